@@ -1,0 +1,2 @@
+# cimport ptreclaim: the C-level contract, re-exported.
+from ptreclaim._core cimport MM, Machine

@@ -1,0 +1,1290 @@
+# The mm_struct and its syscalls: argument checks in Linux's order, the VMA
+# walks of mmap/munmap/mprotect/mlock/madvise, and the Python surface.
+# Per-page work is delegated to the noexcept nogil functions of _pgtable.
+
+import os
+
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
+from libc.errno cimport (EINVAL, ENOMEM, EEXIST, EBADF, ENODEV, EACCES, EAGAIN,
+                         EFAULT, EOVERFLOW, EOPNOTSUPP)
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.string cimport memset
+
+from ptreclaim._types cimport *
+from ptreclaim._pgtable cimport (
+    pte_none, pte_present, pmd_huge_leaf, entry_table, entry_table_slot, pool_table,
+    machine_init, machine_free, put_page, shmem_new, shmem_put, shmem_punch, pte_table_empty,
+    walk_pte, walk_pmd, tlb_gather_mmu, tlb_finish_mmu, unmap_page_range, free_pgd_range,
+    change_protection, madvise_free_range, madvise_pageout_range, fault_range, handle_mm_fault,
+)
+from ptreclaim._vma cimport (
+    find_vma, vma_insert, vma_remove, split_vma, try_merge, anon_vma_prepare, is_mergeable,
+)
+
+from ptreclaim.errors import SegmentationFault, InvariantError, OutOfMemory
+
+cdef extern from *:
+    """
+    #define PTR_VM_MAYREAD     0x10ULL
+    #define PTR_VM_MAYEXEC     0x40ULL
+    #define PTR_VM_MAYSHARE    0x80ULL
+    #define PTR_VM_GROWSDOWN   0x100ULL
+    #define PTR_VM_IO          0x4000ULL
+    #define PTR_VM_SEQ_READ    0x8000ULL
+    #define PTR_VM_RAND_READ   0x10000ULL
+    #define PTR_VM_DONTCOPY    0x20000ULL
+    #define PTR_VM_DONTEXPAND  0x40000ULL
+    #define PTR_VM_ACCOUNT     0x100000ULL
+    #define PTR_VM_NORESERVE   0x200000ULL
+    #define PTR_VM_WIPEONFORK  0x2000000ULL
+    #define PTR_VM_DONTDUMP    0x4000000ULL
+    #define PTR_VM_MIXEDMAP    0x10000000ULL
+    #define PTR_VM_HUGEPAGE    0x20000000ULL
+    #define PTR_VM_NOHUGEPAGE  0x40000000ULL
+    #define PTR_VM_MERGEABLE   0x80000000ULL
+    #define PTR_MMAP_BASE      0x7ffff7fff000ULL
+    /* max(vm.mmap_min_addr, CONFIG_LSM_MMAP_MIN_ADDR) on the reference host */
+    #define PTR_MMAP_MIN_ADDR  65536ULL
+    """
+    const uint64_t PTR_VM_MAYREAD, PTR_VM_MAYEXEC, PTR_VM_MAYSHARE, PTR_VM_GROWSDOWN
+    const uint64_t PTR_VM_IO, PTR_VM_SEQ_READ, PTR_VM_RAND_READ, PTR_VM_DONTCOPY
+    const uint64_t PTR_VM_DONTEXPAND, PTR_VM_ACCOUNT, PTR_VM_NORESERVE, PTR_VM_WIPEONFORK
+    const uint64_t PTR_VM_DONTDUMP, PTR_VM_MIXEDMAP, PTR_VM_HUGEPAGE, PTR_VM_NOHUGEPAGE
+    const uint64_t PTR_VM_MERGEABLE, PTR_MMAP_BASE, PTR_MMAP_MIN_ADDR
+
+cdef enum:
+    PROT_READ = 1
+    PROT_WRITE = 2
+    PROT_EXEC = 4
+    PROT_SEM = 8
+    PROT_GROWSDOWN = 0x01000000
+    PROT_GROWSUP = 0x02000000
+    MAP_SHARED = 0x01
+    MAP_PRIVATE = 0x02
+    MAP_SHARED_VALIDATE = 0x03
+    MAP_DROPPABLE = 0x08
+    MAP_TYPE = 0x0f
+    MAP_FIXED = 0x10
+    MAP_ANONYMOUS = 0x20
+    MAP_GROWSDOWN = 0x100
+    MAP_LOCKED = 0x2000
+    MAP_NORESERVE = 0x4000
+    MAP_POPULATE = 0x8000
+    MAP_NONBLOCK = 0x10000
+    MAP_STACK = 0x20000
+    MAP_HUGETLB = 0x40000
+    MAP_FIXED_NOREPLACE = 0x100000
+    MADV_NORMAL = 0
+    MADV_RANDOM = 1
+    MADV_SEQUENTIAL = 2
+    MADV_WILLNEED = 3
+    MADV_DONTNEED = 4
+    MADV_FREE = 8
+    MADV_REMOVE = 9
+    MADV_DONTFORK = 10
+    MADV_DOFORK = 11
+    MADV_MERGEABLE = 12
+    MADV_UNMERGEABLE = 13
+    MADV_HUGEPAGE = 14
+    MADV_NOHUGEPAGE = 15
+    MADV_DONTDUMP = 16
+    MADV_DODUMP = 17
+    MADV_WIPEONFORK = 18
+    MADV_KEEPONFORK = 19
+    MADV_COLD = 20
+    MADV_PAGEOUT = 21
+    MADV_POPULATE_READ = 22
+    MADV_POPULATE_WRITE = 23
+    MADV_DONTNEED_LOCKED = 24
+    MADV_COLLAPSE = 25
+    MADV_GUARD_INSTALL = 102
+    MADV_GUARD_REMOVE = 103
+
+cdef uint64_t VM_ACCESS_FLAGS = PTR_VM_READ | PTR_VM_WRITE | PTR_VM_EXEC
+cdef uint64_t VM_SPECIAL = PTR_VM_IO | PTR_VM_DONTEXPAND | PTR_VM_PFNMAP | PTR_VM_MIXEDMAP
+
+# ---------------------------------------------------------------------------------
+# vm_page_prot: x86's protection_map (arch/x86/mm/pgprot.c)
+
+cdef uint64_t vm_get_page_prot(uint64_t flags) noexcept nogil:
+    cdef uint64_t base = PTR_PAGE_USER | PTR_PAGE_ACCESSED
+    cdef uint64_t acc = flags & (PTR_VM_READ | PTR_VM_WRITE | PTR_VM_EXEC)
+    cdef uint64_t prot
+    if acc == 0:
+        return PTR_PAGE_ACCESSED | PTR_PAGE_PROTNONE           # PAGE_NONE
+    prot = PTR_PAGE_PRESENT | base
+    if (flags & PTR_VM_SHARED) and (flags & PTR_VM_WRITE):
+        prot |= PTR_PAGE_RW                                      # PAGE_SHARED
+    # Private writable mappings get PAGE_COPY: write-protected until the
+    # first write fault.
+    if not (flags & PTR_VM_EXEC):
+        prot |= PTR_PAGE_NX
+    return prot
+
+cdef inline bint vma_is_accessible(const pt_vma *vma) noexcept nogil:
+    return (vma.flags & VM_ACCESS_FLAGS) != 0
+
+# ---------------------------------------------------------------------------------
+# free_pgtables() grouping and the munmap path (R61-R63)
+
+cdef void free_pgtables(mmu_gather *tlb, pt_vma *vmas, uint64_t n, uint64_t floor,
+                        uint64_t ceiling) noexcept nogil:
+    cdef uint64_t i = 0, j, addr, end, ceil
+    while i < n:
+        addr = vmas[i].start
+        end = vmas[i].end
+        j = i + 1
+        # Neighbouring detached VMAs within 2 MiB are freed in one call.
+        while j < n and vmas[j].start <= end + PTR_PMD_SIZE:
+            end = vmas[j].end
+            j += 1
+        ceil = vmas[j].start if j < n else ceiling
+        free_pgd_range(tlb, addr, end, floor, ceil)
+        i = j
+
+cdef uint64_t vma_pages(const pt_vma *v) noexcept nogil:
+    return (v.end - v.start) >> 12
+
+cdef int munmap_range(pt_mm *mm, uint64_t start, uint64_t end) noexcept nogil:
+    """do_vmi_align_munmap(): split at the edges, zap, free_pgtables, drop the VMAs."""
+    cdef uint64_t i = find_vma(mm, start), j, k, floor, ceiling
+    cdef mmu_gather tlb
+    cdef zap_details details
+    if i == mm.nr_vmas or mm.vmas[i].start >= end:
+        return 0
+    if mm.vmas[i].start < start:
+        if split_vma(mm, i, start) < 0:
+            return ENOMEM
+        i += 1
+    j = i
+    while j < mm.nr_vmas and mm.vmas[j].start < end:
+        j += 1
+    if mm.vmas[j - 1].end > end:
+        if split_vma(mm, j - 1, end) < 0:
+            return ENOMEM
+    floor = mm.vmas[i - 1].end if i > 0 else 0
+    ceiling = mm.vmas[j].start if j < mm.nr_vmas else 0
+    for k in range(i, j):
+        mm.total_vm -= vma_pages(&mm.vmas[k])
+        if mm.vmas[k].flags & PTR_VM_LOCKED:
+            mm.locked_vm -= vma_pages(&mm.vmas[k])
+    details.even_cows = True
+    details.reclaim_pt = False
+    details.drop_markers = True
+    tlb_gather_mmu(&tlb, mm, False)
+    for k in range(i, j):
+        unmap_page_range(&tlb, &mm.vmas[k], mm.vmas[k].start, mm.vmas[k].end, &details)
+    free_pgtables(&tlb, &mm.vmas[i], j - i, floor, ceiling)
+    tlb_finish_mmu(&tlb)
+    vma_remove(mm, i, j - i)
+    mm.vma_cache = 0
+    return 0
+
+cdef void exit_mmap(pt_mm *mm) noexcept nogil:
+    cdef mmu_gather tlb
+    cdef zap_details details
+    cdef uint64_t k
+    details.even_cows = True
+    details.reclaim_pt = False
+    details.drop_markers = True
+    tlb_gather_mmu(&tlb, mm, True)
+    for k in range(mm.nr_vmas):
+        unmap_page_range(&tlb, &mm.vmas[k], mm.vmas[k].start, mm.vmas[k].end, &details)
+    free_pgtables(&tlb, mm.vmas, mm.nr_vmas, 0, 0)
+    tlb_finish_mmu(&tlb)
+    vma_remove(mm, 0, mm.nr_vmas)
+    mm.total_vm = 0
+    mm.locked_vm = 0
+
+# ---------------------------------------------------------------------------------
+# Changing flags on part of the VMA list (vma_modify_flags)
+
+cdef int64_t vma_modify_flags(pt_mm *mm, uint64_t idx, uint64_t start, uint64_t end,
+                              uint64_t newflags) noexcept nogil:
+    """Give [start, end) (inside VMA idx) the flags newflags: split, set, merge.
+
+    Returns the index of the VMA that now holds start, or -1 on host OOM.
+    """
+    if mm.vmas[idx].start < start:
+        if split_vma(mm, idx, start) < 0:
+            return -1
+        idx += 1
+    if mm.vmas[idx].end > end:
+        if split_vma(mm, idx, end) < 0:
+            return -1
+    mm.vmas[idx].flags = newflags
+    mm.vmas[idx].page_prot = vm_get_page_prot(newflags)
+    # Merge with the previous VMA first, as vma_merge_existing_range()
+    # prefers it as the target, then with the next one.
+    if idx > 0 and try_merge(mm, idx - 1):
+        idx -= 1
+    try_merge(mm, idx)
+    mm.vma_cache = 0
+    return idx
+
+# ---------------------------------------------------------------------------------
+# Population (mm/gup.c: __mm_populate, populate_vma_page_range)
+
+cdef int populate_vma_page_range(pt_mm *mm, uint64_t idx, uint64_t start, uint64_t end) noexcept nogil:
+    """Fault in [start, end) of VMA idx as GUP does; 0 or a negative errno."""
+    cdef pt_vma *vma = &mm.vmas[idx]
+    cdef bint write
+    cdef uint64_t addr = start
+    cdef int r
+    if vma.flags & PTR_VM_LOCKONFAULT:
+        return 0
+    # Writable private memory is populated with write faults to break COW;
+    # everything else with read faults.
+    write = (vma.flags & (PTR_VM_WRITE | PTR_VM_SHARED)) == PTR_VM_WRITE
+    # mlock succeeds only for regions with some permission (R24).
+    if not vma_is_accessible(vma):
+        return -EFAULT
+    if write:
+        anon_vma_prepare(mm, idx)
+        vma = &mm.vmas[idx]
+    r = fault_range(mm, vma, &addr, end, write)
+    if r == FAULT_OOM:
+        return -ENOMEM
+    if r != FAULT_OK:
+        return -EFAULT
+    return 0
+
+cdef int mm_populate(pt_mm *mm, uint64_t start, uint64_t end, bint ignore_errors) noexcept nogil:
+    cdef uint64_t nstart = start, nend, idx
+    cdef int r
+    while nstart < end:
+        idx = find_vma(mm, nstart)
+        if idx == mm.nr_vmas or mm.vmas[idx].start >= end:
+            break
+        nend = mm.vmas[idx].end if mm.vmas[idx].end < end else end
+        if mm.vmas[idx].flags & (PTR_VM_IO | PTR_VM_PFNMAP):
+            nstart = nend
+            continue
+        if nstart < mm.vmas[idx].start:
+            nstart = mm.vmas[idx].start
+        r = populate_vma_page_range(mm, idx, nstart, nend)
+        if r < 0 and not ignore_errors:
+            return r
+        nstart = nend
+    return 0
+
+# ---------------------------------------------------------------------------------
+# get_unmapped_area(), top-down (mm/mmap.c, arch/x86/kernel/sys_x86_64.c)
+
+cdef uint64_t unmapped_area_topdown(pt_mm *mm, uint64_t length) noexcept nogil:
+    """Highest gap below mmap_base that fits length; 0 if none."""
+    cdef int64_t i = <int64_t>find_vma(mm, mm.mmap_base) - 1
+    cdef uint64_t hi = mm.mmap_base, lo
+    if <uint64_t>(i + 1) < mm.nr_vmas and mm.vmas[i + 1].start < hi:
+        hi = mm.vmas[i + 1].start
+    while True:
+        lo = mm.vmas[i].end if i >= 0 else PTR_MMAP_MIN_ADDR
+        if hi > lo and hi - lo >= length:
+            return (hi - length) & PTR_PAGE_MASK
+        if i < 0:
+            return 0
+        hi = mm.vmas[i].start
+        i -= 1
+
+cdef uint64_t get_unmapped_area(pt_mm *mm, uint64_t addr, uint64_t length, int flags) noexcept nogil:
+    """The address for a new mapping, or 0 when there is none (ENOMEM)."""
+    cdef uint64_t i, ret, off_sub
+    if flags & MAP_FIXED:
+        return addr
+    if addr:
+        addr &= PTR_PAGE_MASK
+        if addr <= PTR_TASK_SIZE - length:
+            i = find_vma(mm, addr)
+            if (i == mm.nr_vmas or addr + length <= mm.vmas[i].start):
+                return addr
+        return unmapped_area_topdown(mm, length)
+    if not (flags & MAP_SHARED) and length % PTR_PMD_SIZE == 0:
+        # Anonymous lengths that are multiples of 2 MiB get a THP-aligned
+        # address: search for len + 2 MiB and align inside that (R19).
+        ret = unmapped_area_topdown(mm, length + PTR_PMD_SIZE)
+        if ret:
+            off_sub = (0 - ret) & (PTR_PMD_SIZE - 1)
+            return ret + (off_sub if off_sub else PTR_PMD_SIZE)
+    return unmapped_area_topdown(mm, length)
+
+# ---------------------------------------------------------------------------------
+# madvise helpers (mm/madvise.c)
+
+cdef bint madvise_behavior_valid(int advice) noexcept nogil:
+    # This kernel has KSM and THP but not CONFIG_MEMORY_FAILURE, so
+    # MADV_HWPOISON and MADV_SOFT_OFFLINE are unknown (R33).
+    return (0 <= advice <= 4 or 8 <= advice <= 25
+            or advice == MADV_GUARD_INSTALL or advice == MADV_GUARD_REMOVE)
+
+cdef int madvise_dontneed_single_vma(mmu_gather *tlb, pt_vma *vma, uint64_t start,
+                                     uint64_t end) noexcept nogil:
+    cdef zap_details details
+    details.even_cows = True
+    details.reclaim_pt = True
+    details.drop_markers = False
+    unmap_page_range(tlb, vma, start, end, &details)
+    return 0
+
+cdef void unmap_mapping_range(pt_machine *m, pt_mm **mms, Py_ssize_t nr_mms, pt_shmem *obj,
+                              uint64_t first, uint64_t last) noexcept nogil:
+    """Unmap pages [first, last] of a shmem object from every VMA mapping it."""
+    cdef Py_ssize_t k
+    cdef uint64_t i, vfirst, vlast, s, e
+    cdef pt_mm *mm
+    cdef pt_vma *vma
+    cdef mmu_gather tlb
+    cdef zap_details details
+    details.even_cows = False
+    details.reclaim_pt = False
+    details.drop_markers = False
+    for k in range(nr_mms):
+        mm = mms[k]
+        for i in range(mm.nr_vmas):
+            vma = &mm.vmas[i]
+            if vma.shmem != obj:
+                continue
+            vfirst = vma.pgoff
+            vlast = vma.pgoff + vma_pages(vma) - 1
+            if vlast < first or vfirst > last:
+                continue
+            s = vma.start + (((first if first > vfirst else vfirst) - vma.pgoff) << 12)
+            e = vma.start + (((last if last < vlast else vlast) - vma.pgoff + 1) << 12)
+            # zap_page_range_single(): a gather of its own per VMA
+            tlb_gather_mmu(&tlb, mm, False)
+            unmap_page_range(&tlb, vma, s, e, &details)
+            tlb_finish_mmu(&tlb)
+
+# ---------------------------------------------------------------------------------
+
+cdef object _errno(int err):
+    return OSError(err, os.strerror(err))
+
+cdef class Machine:
+    """Simulated physical memory: frames, the page-table pool, shmem objects.
+
+    Several MMs may share one machine (shared memory, and later fork).
+    """
+
+    def __cinit__(self, max_frames=None, totalram_pages=None):
+        cdef uint64_t limit = 0
+        if max_frames is not None:
+            limit = max_frames
+            if limit == 0:
+                raise ValueError("max_frames must be positive or None")
+        if machine_init(&self.m, limit) < 0:
+            raise MemoryError()
+        # The overcommit heuristic (vm.overcommit_memory=0) refuses one
+        # request larger than RAM + swap; by default the machine's RAM is
+        # max_frames, or unlimited.
+        if totalram_pages is not None:
+            self.m.totalram_pages = totalram_pages
+        else:
+            self.m.totalram_pages = limit
+
+    def __dealloc__(self):
+        free(self.mms)
+        machine_free(&self.m)
+
+    cdef int _register(self, pt_mm *mm) except -1:
+        cdef void *p
+        if self.nr_mms == self.mms_cap:
+            p = realloc(self.mms, (2 * self.mms_cap + 4) * sizeof(pt_mm *))
+            if p == NULL:
+                raise MemoryError()
+            self.mms = <pt_mm **>p
+            self.mms_cap = 2 * self.mms_cap + 4
+        self.mms[self.nr_mms] = mm
+        self.nr_mms += 1
+        return 0
+
+    cdef void _unregister(self, pt_mm *mm) noexcept:
+        cdef Py_ssize_t i
+        for i in range(self.nr_mms):
+            if self.mms[i] == mm:
+                self.mms[i] = self.mms[self.nr_mms - 1]
+                self.nr_mms -= 1
+                return
+
+    @property
+    def frames_in_use(self):
+        """Data frames allocated (anonymous and shmem pages)."""
+        return self.m.frames.nr_used
+
+    @property
+    def tables_in_use(self):
+        """Page-table pages not on the pool's free list."""
+        return self.m.pool.nr_tables - self.m.pool.nr_free
+
+    @property
+    def host_bytes(self):
+        """Host memory held by the frame array and the table pool."""
+        return (self.m.frames.cap * sizeof(pt_page)
+                + self.m.pool.nr_chunks * TABLES_PER_CHUNK * (PTRS_PER_TABLE * 8 + 2 + 4))
+
+
+_THP_MODES = {"never": 0, "madvise": 1, "always": 2}
+_RECLAIM_MODES = {False: RECLAIM_OFF, True: RECLAIM_ON, "seed": RECLAIM_SEED}
+
+STATS_FIELDS = (
+    "page_faults", "pte_tables_allocated", "pmd_tables_allocated", "pud_tables_allocated",
+    "pte_tables_freed_reclaim_fast", "pte_tables_freed_reclaim_slow", "reclaim_slow_abandoned",
+    "pte_tables_freed_unmap", "pmd_tables_freed", "pud_tables_freed", "tlb_flushes",
+    "mmu_gathers", "table_batches",
+)
+
+_LEVEL_NAMES = {LEVEL_PUD: "pud", LEVEL_PMD: "pmd", LEVEL_PTE: "pte"}
+
+
+cdef class MM:
+    """One simulated process: its mm_struct on Linux 6.18 x86-64 (4-level paging)."""
+
+    def __cinit__(self, *, pt_reclaim=True, thp="madvise", max_frames=None,
+                  split_ptlocks=True, Machine machine=None):
+        if thp not in _THP_MODES:
+            raise ValueError(f"thp must be one of {sorted(_THP_MODES)}, not {thp!r}")
+        if pt_reclaim not in (True, False, "seed") or pt_reclaim is None:
+            raise ValueError("pt_reclaim must be True, False or 'seed'")
+        if machine is None:
+            machine = Machine(max_frames)
+        elif max_frames is not None:
+            raise ValueError("give max_frames to the Machine, not to an MM on a shared one")
+        self.machine = machine
+        self.mm = <pt_mm *>calloc(1, sizeof(pt_mm))
+        if self.mm == NULL:
+            raise MemoryError()
+        self.mm.gather_pages = <uint32_t *>malloc(MMU_GATHER_CAPACITY * sizeof(uint32_t))
+        if self.mm.gather_pages == NULL:
+            free(self.mm)
+            self.mm = NULL
+            raise MemoryError()
+        self.mm.machine = &machine.m
+        self.mm.reclaim_mode = _RECLAIM_MODES[pt_reclaim]
+        self.mm.thp = _THP_MODES[thp]
+        self.mm.split_ptlocks = bool(split_ptlocks)
+        self.mm.mmap_base = PTR_MMAP_BASE
+        machine._register(self.mm)
+
+    def __dealloc__(self):
+        if self.mm != NULL:
+            if not self.dead:
+                exit_mmap(self.mm)
+            self.machine._unregister(self.mm)
+            free(self.mm.vmas)
+            free(self.mm.gather_pages)
+            free(self.mm)
+            self.mm = NULL
+
+    cdef void _alive(self) except *:
+        if self.dead:
+            raise ValueError("this mm has exited")
+
+    # ----------------------------------------------------------------- mmap
+
+    def mmap(self, uint64_t addr, uint64_t length, int prot, int flags, int fd=-1,
+             uint64_t offset=0):
+        """mmap(2) of anonymous memory; returns the address."""
+        cdef int err
+        cdef uint64_t result = 0
+        self._alive()
+        err = self._do_mmap(addr, length, prot, flags, fd, offset, &result)
+        if err == -2:
+            raise NotImplementedError("MAP_DROPPABLE and hugetlb mappings are not simulated yet")
+        if err:
+            raise _errno(err)
+        return result
+
+    cdef int _do_mmap(self, uint64_t addr, uint64_t length, int prot, int flags, int fd,
+                      uint64_t offset, uint64_t *result) noexcept:
+        cdef pt_mm *mm = self.mm
+        cdef uint64_t pgoff, vm_flags, idx, end
+        cdef pt_vma vma
+        cdef int mtype = flags & MAP_TYPE
+        # The order of the checks is Linux's; each step below names where
+        # the kernel makes it.
+        # sys_mmap: the byte offset must be page aligned.
+        if offset & 4095:
+            return EINVAL
+        # ksys_mmap_pgoff: a file mapping needs a file.
+        if not (flags & MAP_ANONYMOUS):
+            return EBADF if fd < 0 else ENODEV
+        # do_mmap
+        if length == 0:
+            return EINVAL
+        if flags & MAP_FIXED_NOREPLACE:
+            flags |= MAP_FIXED
+        if not (flags & MAP_FIXED) and addr and addr < PTR_MMAP_MIN_ADDR:
+            addr = PTR_MMAP_MIN_ADDR
+        length = (length + 4095) & PTR_PAGE_MASK
+        if length == 0:
+            return ENOMEM
+        # __get_unmapped_area()
+        if length > PTR_TASK_SIZE:
+            return ENOMEM
+        addr = get_unmapped_area(mm, addr, length, flags)
+        if addr == 0 and not (flags & MAP_FIXED):
+            return ENOMEM
+        if addr > PTR_TASK_SIZE - length:
+            return ENOMEM
+        if addr & 4095:
+            return EINVAL
+        end = addr + length
+        if flags & MAP_FIXED_NOREPLACE:
+            idx = find_vma(mm, addr)
+            if idx < mm.nr_vmas and mm.vmas[idx].start < end:
+                return EEXIST
+        # Unknown prot bits are ignored by mmap (mprotect refuses them).
+        vm_flags = <uint64_t>(prot & (PROT_READ | PROT_WRITE | PROT_EXEC))
+        vm_flags |= PTR_VM_MAYREAD | PTR_VM_MAYWRITE | PTR_VM_MAYEXEC
+        if flags & MAP_GROWSDOWN:
+            vm_flags |= PTR_VM_GROWSDOWN
+        if flags & MAP_LOCKED:
+            vm_flags |= PTR_VM_LOCKED
+        if flags & MAP_STACK:
+            vm_flags |= PTR_VM_NOHUGEPAGE
+        if mtype == MAP_PRIVATE:
+            pgoff = addr >> 12
+        elif mtype == MAP_SHARED:
+            if vm_flags & PTR_VM_GROWSDOWN:
+                return EINVAL
+            pgoff = 0
+            vm_flags |= PTR_VM_SHARED | PTR_VM_MAYSHARE
+        elif mtype == MAP_DROPPABLE:
+            return -2
+        else:
+            # MAP_SHARED_VALIDATE included: anonymous mappings take only
+            # MAP_SHARED, MAP_PRIVATE and MAP_DROPPABLE.
+            return EINVAL
+        if flags & MAP_HUGETLB:
+            # The hugetlb pool is empty: a reserving mapping fails here.
+            return -2 if flags & MAP_NORESERVE else ENOMEM
+        if flags & MAP_NORESERVE:
+            vm_flags |= PTR_VM_NORESERVE
+        # accountable_mapping(): private writable memory is charged (and
+        # gets VM_ACCOUNT); shmem charges its whole size on the inode.
+        if not (vm_flags & PTR_VM_NORESERVE) and (vm_flags & (PTR_VM_SHARED | PTR_VM_WRITE)):
+            if mm.machine.totalram_pages and (length >> 12) > mm.machine.totalram_pages:
+                return ENOMEM
+            if not (vm_flags & PTR_VM_SHARED):
+                vm_flags |= PTR_VM_ACCOUNT
+        # MAP_FIXED: the old mappings go first, with full munmap semantics.
+        if munmap_range(mm, addr, end):
+            return ENOMEM
+        memset(&vma, 0, sizeof(pt_vma))
+        vma.start = addr
+        vma.end = end
+        vma.flags = vm_flags
+        vma.pgoff = pgoff
+        vma.page_prot = vm_get_page_prot(vm_flags)
+        if vm_flags & PTR_VM_SHARED:
+            vma.shmem = shmem_new(mm.machine, length >> 12)
+            if vma.shmem == NULL:
+                return ENOMEM
+        idx = find_vma(mm, addr)
+        if vma_insert(mm, idx, &vma) < 0:
+            if vma.shmem != NULL:
+                shmem_put(mm.machine, vma.shmem)
+            return ENOMEM
+        mm.total_vm += length >> 12
+        if vm_flags & PTR_VM_LOCKED:
+            mm.locked_vm += length >> 12
+        # vma_merge_new_range(): with the previous VMA, then the next.
+        if idx > 0 and try_merge(mm, idx - 1):
+            idx -= 1
+        try_merge(mm, idx)
+        mm.vma_cache = 0
+        if (vm_flags & PTR_VM_LOCKED) or (flags & (MAP_POPULATE | MAP_NONBLOCK)) == MAP_POPULATE:
+            mm_populate(mm, addr, end, True)
+        result[0] = addr
+        return 0
+
+    # --------------------------------------------------------------- munmap
+
+    def munmap(self, uint64_t addr, uint64_t length):
+        """munmap(2)."""
+        cdef int err
+        self._alive()
+        err = self.do_munmap(addr, length)
+        if err:
+            raise _errno(err)
+
+    cdef int do_munmap(self, uint64_t start, uint64_t length) noexcept nogil:
+        cdef uint64_t end
+        if (start & 4095) or start > PTR_TASK_SIZE or length > PTR_TASK_SIZE - start:
+            return EINVAL
+        end = start + ((length + 4095) & PTR_PAGE_MASK)
+        if end == start:
+            return EINVAL
+        return munmap_range(self.mm, start, end)
+
+    # ------------------------------------------------------------- mprotect
+
+    def mprotect(self, uint64_t addr, uint64_t length, int prot):
+        """mprotect(2)."""
+        cdef int err
+        self._alive()
+        err = self.do_mprotect(addr, length, prot)
+        if err:
+            raise _errno(err)
+
+    cdef int do_mprotect(self, uint64_t start, uint64_t length, int prot) noexcept nogil:
+        cdef pt_mm *mm = self.mm
+        cdef int grows = prot & (PROT_GROWSDOWN | PROT_GROWSUP)
+        cdef uint64_t end, idx, tmp, nstart, oldflags, newflags
+        cdef int64_t r
+        cdef mmu_gather tlb
+        cdef int error = 0
+        prot &= ~(PROT_GROWSDOWN | PROT_GROWSUP)
+        if grows == (PROT_GROWSDOWN | PROT_GROWSUP):
+            return EINVAL
+        if start & 4095:
+            return EINVAL
+        if length == 0:
+            return 0
+        length = (length + 4095) & PTR_PAGE_MASK
+        end = start + length
+        if end <= start:
+            return ENOMEM
+        if prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC | PROT_SEM):
+            return EINVAL
+        idx = find_vma(mm, start)
+        if idx == mm.nr_vmas or mm.vmas[idx].start >= end:
+            return ENOMEM
+        if grows & PROT_GROWSDOWN:
+            start = mm.vmas[idx].start
+            if not (mm.vmas[idx].flags & PTR_VM_GROWSDOWN):
+                return EINVAL
+        elif mm.vmas[idx].start > start:
+            return ENOMEM
+        tlb_gather_mmu(&tlb, mm, False)
+        nstart = start
+        tmp = mm.vmas[idx].start
+        while idx < mm.nr_vmas and mm.vmas[idx].start < end:
+            if mm.vmas[idx].start != tmp:
+                error = ENOMEM
+                break
+            oldflags = mm.vmas[idx].flags
+            newflags = <uint64_t>(prot & (PROT_READ | PROT_WRITE | PROT_EXEC)) | (oldflags & ~VM_ACCESS_FLAGS)
+            # A permission the VMA may never have (VM_MAY*) is refused.
+            if (newflags & ~(newflags >> 4)) & VM_ACCESS_FLAGS:
+                error = EACCES
+                break
+            tmp = mm.vmas[idx].end if mm.vmas[idx].end < end else end
+            r = self._mprotect_fixup(&tlb, idx, nstart, tmp, newflags)
+            if r < 0:
+                error = ENOMEM if r == -1 else <int>-r
+                break
+            idx = find_vma(mm, tmp)
+            nstart = tmp
+        tlb_finish_mmu(&tlb)
+        if not error and tmp < end:
+            error = ENOMEM
+        return error
+
+    cdef int64_t _mprotect_fixup(self, mmu_gather *tlb, uint64_t idx, uint64_t start,
+                                 uint64_t end, uint64_t newflags) noexcept nogil:
+        cdef pt_mm *mm = self.mm
+        cdef uint64_t oldflags = mm.vmas[idx].flags
+        cdef bint try_writable
+        cdef uint64_t addr
+        cdef int64_t r
+        if newflags == oldflags:
+            return idx
+        # Making private memory writable charges it (VM_ACCOUNT); making it
+        # read-only again uncharges only anonymous memory never written.
+        if newflags & PTR_VM_WRITE:
+            if not (oldflags & (PTR_VM_ACCOUNT | PTR_VM_WRITE | PTR_VM_HUGETLB | PTR_VM_SHARED | PTR_VM_NORESERVE)):
+                if mm.machine.totalram_pages and ((end - start) >> 12) > mm.machine.totalram_pages:
+                    return -ENOMEM
+                newflags |= PTR_VM_ACCOUNT
+        elif (oldflags & PTR_VM_ACCOUNT) and mm.vmas[idx].shmem == NULL and not mm.vmas[idx].anon_vma:
+            newflags &= ~PTR_VM_ACCOUNT
+        r = vma_modify_flags(mm, idx, start, end, newflags)
+        if r < 0:
+            return -ENOMEM
+        # vma_wants_manual_pte_write_upgrade(): private writable mappings
+        # may get their exclusive pages writable again at once.
+        try_writable = (newflags & (PTR_VM_SHARED | PTR_VM_WRITE)) == PTR_VM_WRITE
+        change_protection(mm, &mm.vmas[r], start, end, mm.vmas[r].page_prot, try_writable)
+        # A locked private mapping that becomes writable is populated with
+        # write faults right away, to break COW before any access.
+        if (oldflags & (PTR_VM_WRITE | PTR_VM_SHARED | PTR_VM_LOCKED)) == PTR_VM_LOCKED and (newflags & PTR_VM_WRITE):
+            addr = start
+            idx = find_vma(mm, start)
+            anon_vma_prepare(mm, idx)
+            fault_range(mm, &mm.vmas[idx], &addr, end, True)
+        return r
+
+    # ---------------------------------------------------------------- mlock
+
+    def mlock(self, uint64_t addr, uint64_t length):
+        """mlock(2)."""
+        cdef int err
+        self._alive()
+        err = self._do_mlock(addr, length, PTR_VM_LOCKED)
+        if err:
+            raise _errno(err)
+
+    def munlock(self, uint64_t addr, uint64_t length):
+        """munlock(2)."""
+        cdef int err
+        self._alive()
+        err = self._do_mlock(addr, length, 0)
+        if err:
+            raise _errno(err)
+
+    cdef int _do_mlock(self, uint64_t start, uint64_t length, uint64_t lockflags) noexcept nogil:
+        cdef pt_mm *mm = self.mm
+        cdef uint64_t end, idx, tmp, nstart, oldflags, newflags, pages
+        cdef int64_t r
+        cdef int err
+        length = (length + (start & 4095) + 4095) & PTR_PAGE_MASK
+        start &= PTR_PAGE_MASK
+        # apply_vma_lock_flags()
+        end = start + length
+        if end < start:
+            return EINVAL
+        if end == start:
+            return 0
+        idx = find_vma(mm, start)
+        if idx == mm.nr_vmas or mm.vmas[idx].start > start:
+            return ENOMEM
+        nstart = start
+        tmp = mm.vmas[idx].start
+        while idx < mm.nr_vmas and mm.vmas[idx].start < end:
+            if mm.vmas[idx].start != tmp:
+                return ENOMEM
+            oldflags = mm.vmas[idx].flags
+            newflags = (oldflags & ~(PTR_VM_LOCKED | PTR_VM_LOCKONFAULT)) | lockflags
+            tmp = mm.vmas[idx].end if mm.vmas[idx].end < end else end
+            if newflags != oldflags and not (oldflags & VM_SPECIAL) and not (oldflags & PTR_VM_HUGETLB):
+                r = vma_modify_flags(mm, idx, nstart, tmp, newflags)
+                if r < 0:
+                    return ENOMEM
+                pages = (tmp - nstart) >> 12
+                if newflags & PTR_VM_LOCKED:
+                    if not (oldflags & PTR_VM_LOCKED):
+                        mm.locked_vm += pages
+                else:
+                    mm.locked_vm -= pages
+            idx = find_vma(mm, tmp)
+            nstart = tmp
+        if tmp < end:
+            return ENOMEM
+        if lockflags:
+            err = mm_populate(mm, start, end, False)
+            if err:
+                # __mlock_posix_error_return(): EFAULT becomes ENOMEM and
+                # ENOMEM becomes EAGAIN.
+                if err == -EFAULT:
+                    return ENOMEM
+                return EAGAIN if err == -ENOMEM else -err
+        return 0
+
+    # -------------------------------------------------------------- madvise
+
+    def madvise(self, uint64_t addr, uint64_t length, int advice):
+        """madvise(2)."""
+        cdef int err
+        self._alive()
+        err = self.do_madvise(addr, length, advice)
+        if err == -2:
+            raise NotImplementedError("MADV_COLLAPSE and guard regions are not simulated yet")
+        if err:
+            raise _errno(err)
+
+    cdef int do_madvise(self, uint64_t start, uint64_t len_in, int advice) noexcept nogil:
+        cdef pt_mm *mm = self.mm
+        cdef uint64_t length, end, idx, last_end
+        cdef int unmapped_error = 0, error = 0
+        cdef mmu_gather tlb
+        if not madvise_behavior_valid(advice):
+            return EINVAL
+        # is_valid_madvise() (R33)
+        if start & 4095:
+            return EINVAL
+        length = (len_in + 4095) & PTR_PAGE_MASK
+        if len_in and not length:
+            return EINVAL
+        if start + length < start:
+            return EINVAL
+        end = start + length
+        if end == start:
+            return 0
+        if advice == MADV_POPULATE_READ or advice == MADV_POPULATE_WRITE:
+            return self._madvise_populate(start, end, advice == MADV_POPULATE_WRITE)
+        if advice == MADV_COLLAPSE or advice == MADV_GUARD_INSTALL or advice == MADV_GUARD_REMOVE:
+            return -2
+        # One gather for the whole call, over every VMA (R35).
+        tlb_gather_mmu(&tlb, mm, False)
+        # madvise_walk_vmas() (R34)
+        idx = find_vma(mm, start)
+        last_end = end
+        while True:
+            if idx == mm.nr_vmas:
+                error = ENOMEM
+                break
+            if start < mm.vmas[idx].start:
+                unmapped_error = ENOMEM
+                start = mm.vmas[idx].start
+                if start >= last_end:
+                    break
+            end = mm.vmas[idx].end if mm.vmas[idx].end < last_end else last_end
+            error = self._madvise_vma_behavior(&tlb, &idx, start, end, advice)
+            if error:
+                break
+            start = end
+            if start >= last_end:
+                break
+            idx = find_vma(mm, start)
+        tlb_finish_mmu(&tlb)
+        return error if error else unmapped_error
+
+    cdef int _madvise_populate(self, uint64_t start, uint64_t end, bint write) noexcept nogil:
+        cdef pt_mm *mm = self.mm
+        cdef uint64_t idx, nend, addr
+        cdef pt_vma *vma
+        cdef int r
+        while start < end:
+            idx = find_vma(mm, start)
+            if idx == mm.nr_vmas or mm.vmas[idx].start > start:
+                return ENOMEM
+            vma = &mm.vmas[idx]
+            # check_vma_flags() without FOLL_FORCE: an access the VMA does
+            # not allow is "incompatible" (EINVAL).
+            if vma.flags & (PTR_VM_IO | PTR_VM_PFNMAP):
+                return EINVAL
+            if write and not (vma.flags & PTR_VM_WRITE):
+                return EINVAL
+            if not write and not (vma.flags & PTR_VM_READ):
+                return EINVAL
+            nend = vma.end if vma.end < end else end
+            if write and vma.shmem == NULL:
+                anon_vma_prepare(mm, idx)
+                vma = &mm.vmas[idx]
+            addr = start
+            r = fault_range(mm, vma, &addr, nend, write)
+            if r == FAULT_OOM:
+                return ENOMEM
+            if r != FAULT_OK:
+                return EFAULT
+            start = nend
+        return 0
+
+    cdef int _madvise_vma_behavior(self, mmu_gather *tlb, uint64_t *pidx, uint64_t start,
+                                   uint64_t end, int advice) noexcept nogil:
+        cdef pt_mm *mm = self.mm
+        cdef uint64_t idx = pidx[0]
+        cdef pt_vma *vma = &mm.vmas[idx]
+        cdef uint64_t new_flags = vma.flags
+        cdef uint64_t first, last
+        cdef int64_t r
+        if advice == MADV_DONTNEED or advice == MADV_DONTNEED_LOCKED or advice == MADV_FREE:
+            # madvise_dontneed_free_valid_vma() (R36)
+            if vma.flags & (PTR_VM_PFNMAP | (0 if advice == MADV_DONTNEED_LOCKED else PTR_VM_LOCKED)):
+                return EINVAL
+            if advice == MADV_FREE:
+                if vma.shmem != NULL:
+                    return EINVAL
+                madvise_free_range(tlb, vma, start, end)
+                return 0
+            return madvise_dontneed_single_vma(tlb, vma, start, end)
+        if advice == MADV_REMOVE:
+            if vma.flags & PTR_VM_LOCKED:
+                return EINVAL
+            if vma.shmem == NULL:
+                return EINVAL
+            if (vma.flags & (PTR_VM_SHARED | PTR_VM_MAYWRITE)) != (PTR_VM_SHARED | PTR_VM_MAYWRITE):
+                return EACCES
+            first = vma.pgoff + ((start - vma.start) >> 12)
+            last = first + ((end - start) >> 12) - 1
+            # shmem_fallocate(PUNCH_HOLE): unmap in every mm, then drop the
+            # pages; no page table is reclaimed on this path (R40).
+            unmap_mapping_range(mm.machine, self.machine.mms, self.machine.nr_mms,
+                                vma.shmem, first, last)
+            shmem_punch(mm.machine, vma.shmem, first, last)
+            return 0
+        if advice == MADV_WILLNEED:
+            return 0
+        if advice == MADV_COLD or advice == MADV_PAGEOUT:
+            if vma.flags & (PTR_VM_LOCKED | PTR_VM_PFNMAP | PTR_VM_HUGETLB):
+                return EINVAL
+            # COLD only ages pages, which nothing here observes.
+            if advice == MADV_PAGEOUT:
+                madvise_pageout_range(tlb, vma, start, end)
+            return 0
+        if advice == MADV_NORMAL:
+            new_flags &= ~(PTR_VM_RAND_READ | PTR_VM_SEQ_READ)
+        elif advice == MADV_SEQUENTIAL:
+            new_flags = (new_flags & ~PTR_VM_RAND_READ) | PTR_VM_SEQ_READ
+        elif advice == MADV_RANDOM:
+            new_flags = (new_flags & ~PTR_VM_SEQ_READ) | PTR_VM_RAND_READ
+        elif advice == MADV_DONTFORK:
+            new_flags |= PTR_VM_DONTCOPY
+        elif advice == MADV_DOFORK:
+            if new_flags & PTR_VM_IO:
+                return EINVAL
+            new_flags &= ~PTR_VM_DONTCOPY
+        elif advice == MADV_WIPEONFORK:
+            if vma.shmem != NULL or (new_flags & PTR_VM_SHARED):
+                return EINVAL
+            new_flags |= PTR_VM_WIPEONFORK
+        elif advice == MADV_KEEPONFORK:
+            new_flags &= ~PTR_VM_WIPEONFORK
+        elif advice == MADV_DONTDUMP:
+            new_flags |= PTR_VM_DONTDUMP
+        elif advice == MADV_DODUMP:
+            if new_flags & VM_SPECIAL:
+                return EINVAL
+            new_flags &= ~PTR_VM_DONTDUMP
+        elif advice == MADV_MERGEABLE:
+            # ksm_madvise(): only private, ordinary memory can merge.
+            if not (new_flags & (PTR_VM_SHARED | PTR_VM_MAYSHARE | VM_SPECIAL | PTR_VM_HUGETLB)):
+                new_flags |= PTR_VM_MERGEABLE
+        elif advice == MADV_UNMERGEABLE:
+            new_flags &= ~PTR_VM_MERGEABLE
+        elif advice == MADV_HUGEPAGE:
+            new_flags = (new_flags & ~PTR_VM_NOHUGEPAGE) | PTR_VM_HUGEPAGE
+        elif advice == MADV_NOHUGEPAGE:
+            new_flags = (new_flags & ~PTR_VM_HUGEPAGE) | PTR_VM_NOHUGEPAGE
+        # madvise_update_vma(): nothing to do (and no merge) if unchanged.
+        if new_flags == vma.flags:
+            return 0
+        r = vma_modify_flags(mm, idx, start, end, new_flags)
+        if r < 0:
+            return EAGAIN
+        pidx[0] = <uint64_t>r
+        return 0
+
+    # ---------------------------------------------------------------- touch
+
+    def touch(self, uint64_t addr, uint64_t length=4096, *, bint write=True):
+        """Load from (write=False) or store to every 4 KiB page of [addr, addr+length)."""
+        cdef uint64_t where = 0, end
+        cdef int r
+        self._alive()
+        if length == 0:
+            return
+        end = addr + length
+        if end < addr:
+            raise ValueError("addr + length wraps around the address space")
+        with nogil:
+            r = self.do_touch(addr, end, write, &where)
+        if r == FAULT_SIGSEGV:
+            raise SegmentationFault(where if where > addr else addr)
+        if r == FAULT_OOM:
+            raise OutOfMemory(f"no free frame for the access at {where:#x}")
+        if r:
+            raise MemoryError("the host is out of memory")
+
+    cdef int do_touch(self, uint64_t start, uint64_t end, bint write, uint64_t *where) noexcept nogil:
+        cdef pt_mm *mm = self.mm
+        cdef uint64_t addr = start & PTR_PAGE_MASK, vi, vend
+        cdef pt_vma *vma
+        cdef int r
+        while addr < end:
+            vi = mm.vma_cache
+            if not (vi < mm.nr_vmas and mm.vmas[vi].start <= addr < mm.vmas[vi].end):
+                vi = find_vma(mm, addr)
+                if vi == mm.nr_vmas or mm.vmas[vi].start > addr:
+                    where[0] = addr
+                    return FAULT_SIGSEGV
+                mm.vma_cache = vi
+            vma = &mm.vmas[vi]
+            # access_error(): writes need VM_WRITE, reads any permission.
+            if write:
+                if not (vma.flags & PTR_VM_WRITE):
+                    where[0] = addr
+                    return FAULT_SIGSEGV
+                if vma.shmem == NULL and not vma.anon_vma:
+                    anon_vma_prepare(mm, vi)
+            elif not vma_is_accessible(vma):
+                where[0] = addr
+                return FAULT_SIGSEGV
+            vend = vma.end if vma.end < end else end
+            r = fault_range(mm, vma, &addr, vend, write)
+            if r != FAULT_OK:
+                where[0] = addr
+                return r
+        return 0
+
+    # ------------------------------------------------------------------ exit
+
+    def exit(self):
+        """exit_mmap(): unmap everything and free every table."""
+        self._alive()
+        exit_mmap(self.mm)
+        self.dead = True
+        if self.mm.pgtables_bytes != 0:
+            raise InvariantError("pgtables_bytes is not 0 after exit", str(self.mm.pgtables_bytes))
+
+    # ----------------------------------------------------------- observation
+
+    @property
+    def pgtables_bytes(self):
+        """mm->pgtables_bytes: VmPTE in bytes."""
+        return self.mm.pgtables_bytes
+
+    def status(self):
+        """The memory fields of /proc/<pid>/status, in kB."""
+        cdef pt_mm *mm = self.mm
+        anon = mm.rss[MM_ANONPAGES] * 4
+        file = mm.rss[MM_FILEPAGES] * 4
+        shmem = mm.rss[MM_SHMEMPAGES] * 4
+        return {
+            "VmSize": mm.total_vm * 4,
+            "VmLck": mm.locked_vm * 4,
+            "VmPin": 0,
+            "VmRSS": anon + file + shmem,
+            "RssAnon": anon,
+            "RssFile": file,
+            "RssShmem": shmem,
+            "VmPTE": mm.pgtables_bytes // 1024,
+            "VmSwap": mm.rss[MM_SWAPENTS] * 4,
+            "HugetlbPages": 0,
+        }
+
+    @property
+    def stats(self):
+        """Counters of what the simulated kernel did."""
+        cdef pt_stats *s = &self.mm.stats
+        values = (s.page_faults, s.pte_tables_allocated, s.pmd_tables_allocated,
+                  s.pud_tables_allocated, s.pte_tables_freed_reclaim_fast,
+                  s.pte_tables_freed_reclaim_slow, s.reclaim_slow_abandoned,
+                  s.pte_tables_freed_unmap, s.pmd_tables_freed, s.pud_tables_freed,
+                  s.tlb_flushes, s.mmu_gathers, s.table_batches)
+        return dict(zip(STATS_FIELDS, values))
+
+    def vmas(self):
+        """The VMA list as (start, end, vm_flags, anon_vma) tuples."""
+        cdef uint64_t i
+        cdef pt_vma *v
+        out = []
+        for i in range(self.mm.nr_vmas):
+            v = &self.mm.vmas[i]
+            out.append((v.start, v.end, v.flags, v.anon_vma != 0))
+        return out
+
+    def read_entry(self, uint64_t address, level="pte"):
+        """The raw entry mapping address at that level (0 if none)."""
+        cdef pteval_t *pmd
+        cdef pteval_t *pte
+        cdef pteval_t e
+        cdef pt_pool *pool = &self.mm.machine.pool
+        if address >= (<uint64_t>1 << 47):
+            raise ValueError("address beyond the user address space")
+        e = self.mm.pgd[(address >> 39) & 511]
+        if level == "pgd":
+            return e
+        if e == 0:
+            return 0
+        e = entry_table(pool, e)[(address >> 30) & 511]
+        if level == "pud":
+            return e
+        if e == 0:
+            return 0
+        e = entry_table(pool, e)[(address >> 21) & 511]
+        if level == "pmd":
+            return e
+        if level != "pte":
+            raise ValueError(f"level must be pgd, pud, pmd or pte, not {level!r}")
+        if e == 0 or pmd_huge_leaf(e):
+            return 0
+        return entry_table(pool, e)[(address >> 12) & 511]
+
+    def entries(self, uint64_t start=0, uint64_t end=(1 << 47)):
+        """(address, entry) for every non-none PTE in [start, end), ascending."""
+        cdef pt_pool *pool = &self.mm.machine.pool
+        cdef uint64_t g, u, m, t, base
+        cdef pteval_t *pud
+        cdef pteval_t *pmd
+        cdef pteval_t *pte
+        out = []
+        for g in range(256):
+            if self.mm.pgd[g] == 0:
+                continue
+            pud = entry_table(pool, self.mm.pgd[g])
+            for u in range(512):
+                if pud[u] == 0:
+                    continue
+                pmd = entry_table(pool, pud[u])
+                for m in range(512):
+                    if pmd[m] == 0 or pmd_huge_leaf(pmd[m]):
+                        continue
+                    base = (g << 39) | (u << 30) | (m << 21)
+                    if base + (1 << 21) <= start or base >= end:
+                        continue
+                    pte = entry_table(pool, pmd[m])
+                    for t in range(512):
+                        if not pte_none(pte[t]) and start <= base + (t << 12) < end:
+                            out.append((base + (t << 12), pte[t]))
+        return iter(out)
+
+    def tables(self):
+        """(level, address) of every linked table, sorted by (address, level)."""
+        cdef pt_pool *pool = &self.mm.machine.pool
+        cdef uint64_t g, u, m
+        cdef pteval_t *pud
+        cdef pteval_t *pmd
+        out = []
+        for g in range(256):
+            if self.mm.pgd[g] == 0:
+                continue
+            out.append(("pud", g << 39))
+            pud = entry_table(pool, self.mm.pgd[g])
+            for u in range(512):
+                if pud[u] == 0:
+                    continue
+                out.append(("pmd", (g << 39) | (u << 30)))
+                pmd = entry_table(pool, pud[u])
+                for m in range(512):
+                    if pmd[m] != 0 and not pmd_huge_leaf(pmd[m]):
+                        out.append(("pte", (g << 39) | (u << 30) | (m << 21)))
+        order = {"pud": 0, "pmd": 1, "pte": 2}
+        out.sort(key=lambda t: (t[1], order[t[0]]))
+        return out
+
+    def check(self):
+        """Verify every invariant; raise InvariantError naming the first broken one."""
+        _check_mm(self)
+
+
+cdef _check_mm(MM self):
+    cdef pt_mm *mm = self.mm
+    cdef pt_machine *m = mm.machine
+    cdef pt_pool *pool = &m.pool
+    cdef uint64_t g, u, k, t, i, pfn, nlinked = 0
+    cdef pteval_t *pud
+    cdef pteval_t *pmd
+    cdef pteval_t *pte
+    cdef pteval_t e
+    cdef int64_t rss[4]
+    cdef uint32_t slot
+    cdef pt_vma *v
+    rss[0] = rss[1] = rss[2] = rss[3] = 0
+    mapcounts = {}
+
+    def linked(pteval_t entry, int level, what):
+        cdef uint32_t s = entry_table_slot(entry)
+        if s >= pool.nr_tables:
+            raise InvariantError("table entry points outside the pool", what)
+        if pool.state[s] != TABLE_LINKED:
+            raise InvariantError("a linked table is not in the linked state (freed but still linked?)", what)
+        if pool.level[s] != level:
+            raise InvariantError("a table is linked at the wrong level", what)
+        seen = linked_slots.setdefault(s, what)
+        if seen != what:
+            raise InvariantError("one table is linked twice", f"{seen} and {what}")
+
+    linked_slots = {}
+    for g in range(512):
+        if mm.pgd[g] == 0:
+            continue
+        if g >= 256:
+            raise InvariantError("a PGD entry maps kernel space", hex(g))
+        linked(mm.pgd[g], LEVEL_PUD, f"pud {g << 39:#x}")
+        pud = entry_table(pool, mm.pgd[g])
+        for u in range(512):
+            if pud[u] == 0:
+                continue
+            linked(pud[u], LEVEL_PMD, f"pmd {(g << 39) | (u << 30):#x}")
+            pmd = entry_table(pool, pud[u])
+            for k in range(512):
+                if pmd[k] == 0:
+                    continue
+                if pmd_huge_leaf(pmd[k]):
+                    raise InvariantError("a huge PMD exists but THP is not simulated")
+                base = (g << 39) | (u << 30) | (k << 21)
+                linked(pmd[k], LEVEL_PTE, f"pte {base:#x}")
+                pte = entry_table(pool, pmd[k])
+                for t in range(512):
+                    e = pte[t]
+                    if pte_none(e):
+                        continue
+                    addr = base + (t << 12)
+                    vi = find_vma(mm, addr)
+                    if vi == mm.nr_vmas or mm.vmas[vi].start > addr:
+                        raise InvariantError("a PTE maps an address outside every VMA", hex(addr))
+                    if not pte_present(e):
+                        raise InvariantError("an unknown non-present PTE", hex(addr))
+                    pfn = (e & PTR_PFN_MASK) >> 12
+                    if e & PTR_PAGE_SPECIAL:
+                        if pfn != 1:
+                            raise InvariantError("a special PTE that is not the zero page", hex(addr))
+                        if mm.vmas[vi].shmem != NULL:
+                            raise InvariantError("the zero page in a shared mapping", hex(addr))
+                        continue
+                    if pfn >= m.frames.nr_pages or m.frames.pages[pfn].kind in (FRAME_FREE, FRAME_RESERVED, FRAME_ZERO):
+                        raise InvariantError("a PTE maps a free frame", hex(addr))
+                    if m.frames.pages[pfn].kind == FRAME_ANON:
+                        rss[MM_ANONPAGES] += 1
+                        if mm.vmas[vi].shmem != NULL:
+                            raise InvariantError("an anonymous page in a shared mapping", hex(addr))
+                    else:
+                        rss[MM_SHMEMPAGES] += 1
+                        if mm.vmas[vi].shmem == NULL:
+                            raise InvariantError("a shmem page in a private mapping", hex(addr))
+                    mapcounts[pfn] = mapcounts.get(pfn, 0) + 1
+    nlinked = len(linked_slots)
+    if mm.pgtables_bytes != <int64_t>(4096 * nlinked):
+        raise InvariantError("pgtables_bytes equals 4096 x the tables linked",
+                             f"{mm.pgtables_bytes} != 4096 x {nlinked}")
+    for i, name in ((MM_ANONPAGES, "RssAnon"), (MM_SHMEMPAGES, "RssShmem"), (MM_FILEPAGES, "RssFile"),
+                    (MM_SWAPENTS, "VmSwap")):
+        if mm.rss[i] != rss[i]:
+            raise InvariantError(f"{name} equals the present entries of its kind", f"{mm.rss[i]} != {rss[i]}")
+    # Pool: every slot linked (by some mm on this machine), free, or gathered;
+    # nothing stays gathered between syscalls.
+    nfree = 0
+    for i in range(pool.nr_tables):
+        if pool.state[i] == TABLE_GATHERED:
+            raise InvariantError("a table is still waiting in an mmu_gather after the syscall", str(i))
+        if pool.state[i] == TABLE_FREE:
+            nfree += 1
+    if nfree != pool.nr_free:
+        raise InvariantError("the pool's free list holds exactly the free tables", f"{nfree} != {pool.nr_free}")
+    # Frames mapped by this mm: mapcount at least our mappings (other mms may
+    # map shmem pages too), anonymous pages exactly ours.
+    for pfn, count in mapcounts.items():
+        if m.frames.pages[pfn].kind == FRAME_ANON and m.frames.pages[pfn].mapcount != count:
+            raise InvariantError("an anonymous page's mapcount equals its PTEs",
+                                 f"pfn {pfn}: {m.frames.pages[pfn].mapcount} != {count}")
+        if m.frames.pages[pfn].mapcount < count or m.frames.pages[pfn].refcount < count:
+            raise InvariantError("a page's map and reference counts cover its PTEs", f"pfn {pfn}")
+    # VMAs
+    total = 0
+    locked = 0
+    for i in range(mm.nr_vmas):
+        v = &mm.vmas[i]
+        if v.start >= v.end or (v.start | v.end) & 4095 or v.end > PTR_TASK_SIZE:
+            raise InvariantError("VMAs are page-aligned and non-empty", hex(v.start))
+        if i > 0 and mm.vmas[i - 1].end > v.start:
+            raise InvariantError("VMAs are sorted and non-overlapping", hex(v.start))
+        if i > 0 and is_mergeable(&mm.vmas[i - 1], v):
+            raise InvariantError("VMAs are merged where Linux would merge them", hex(v.start))
+        if v.page_prot != vm_get_page_prot(v.flags):
+            raise InvariantError("vm_page_prot follows vm_flags", hex(v.start))
+        total += (v.end - v.start) >> 12
+        if v.flags & PTR_VM_LOCKED:
+            locked += (v.end - v.start) >> 12
+    if total != mm.total_vm:
+        raise InvariantError("VmSize equals the size of the VMAs", f"{mm.total_vm} != {total}")
+    if locked != mm.locked_vm:
+        raise InvariantError("VmLck equals the size of the locked VMAs", f"{mm.locked_vm} != {locked}")
+
+
+def _scan_empty(tables):
+    """The PTRS_PER_PTE empty scan on a (n, 512) uint64 array: one bool per table.
+
+    Exposed for benchmarks and for callers who keep tables in numpy arrays.
+    """
+    cdef const uint64_t[:, ::1] view = tables
+    cdef Py_ssize_t i, n = view.shape[0]
+    if view.shape[1] != PTRS_PER_TABLE:
+        raise ValueError("tables must have 512 entries per row")
+    out = bytearray(n)
+    cdef unsigned char[::1] res = out
+    with nogil:
+        for i in range(n):
+            res[i] = pte_table_empty(&view[i, 0])
+    return [bool(b) for b in out]

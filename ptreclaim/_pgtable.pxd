@@ -1,0 +1,129 @@
+# Page tables, frames and the zap / PT-reclaim / mmu_gather path: the C-level
+# contract. Every function here is noexcept nogil; those that can fail return
+# a negative value (or NULL) and say so.
+
+from libc.stdint cimport uint32_t, uint64_t, int64_t
+from ptreclaim._types cimport (
+    pteval_t, pt_page, pt_frames, pt_pool, pt_shmem, pt_vma, pt_mm, pt_machine,
+    mmu_gather, zap_details,
+    PTR_PAGE_PRESENT, PTR_PAGE_PROTNONE, PTR_PAGE_PSE, PTR_PAGE_ACCESSED,
+    PTR_PAGE_DIRTY, PTR_PAGE_RW, PTR_PAGE_SPECIAL, PTR_PFN_MASK,
+    PTR_TABLE_PFN_BASE, PTR_PAGE_TABLE, PTRS_PER_TABLE, TABLES_PER_CHUNK,
+)
+
+# --- entries (arch/x86/include/asm/pgtable.h) --------------------------------
+
+cdef inline bint pte_none(pteval_t pte) noexcept nogil:
+    # x86 ignores A and D in a none PTE (a Knights Landing erratum can set
+    # them in non-present entries), R4.
+    return (pte & ~(PTR_PAGE_ACCESSED | PTR_PAGE_DIRTY)) == 0
+
+cdef inline bint pte_present(pteval_t pte) noexcept nogil:
+    # PROT_NONE pages stay "present" with P clear and PROTNONE set (R5).
+    return (pte & (PTR_PAGE_PRESENT | PTR_PAGE_PROTNONE)) != 0
+
+cdef inline bint pte_write(pteval_t pte) noexcept nogil:
+    return (pte & PTR_PAGE_RW) != 0
+
+cdef inline bint pte_special(pteval_t pte) noexcept nogil:
+    return (pte & PTR_PAGE_SPECIAL) != 0
+
+cdef inline uint64_t pte_pfn(pteval_t pte) noexcept nogil:
+    return (pte & PTR_PFN_MASK) >> 12
+
+cdef inline bint pmd_none(pteval_t pmd) noexcept nogil:
+    return pmd == 0
+
+cdef inline bint pmd_huge_leaf(pteval_t pmd) noexcept nogil:
+    return (pmd & PTR_PAGE_PSE) != 0
+
+cdef inline pteval_t mk_table_entry(uint32_t slot) noexcept nogil:
+    return ((PTR_TABLE_PFN_BASE + slot) << 12) | PTR_PAGE_TABLE
+
+cdef inline uint32_t entry_table_slot(pteval_t entry) noexcept nogil:
+    return <uint32_t>(((entry & PTR_PFN_MASK) >> 12) - PTR_TABLE_PFN_BASE)
+
+cdef inline pteval_t *pool_table(pt_pool *pool, uint32_t slot) noexcept nogil:
+    return pool.chunks[slot // TABLES_PER_CHUNK] + (slot % TABLES_PER_CHUNK) * PTRS_PER_TABLE
+
+cdef inline pteval_t *entry_table(pt_pool *pool, pteval_t entry) noexcept nogil:
+    return pool_table(pool, entry_table_slot(entry))
+
+cdef inline uint64_t pte_index(uint64_t addr) noexcept nogil:
+    return (addr >> 12) & 511
+
+cdef inline uint64_t pmd_index(uint64_t addr) noexcept nogil:
+    return (addr >> 21) & 511
+
+cdef inline uint64_t pud_index(uint64_t addr) noexcept nogil:
+    return (addr >> 30) & 511
+
+cdef inline uint64_t pgd_index(uint64_t addr) noexcept nogil:
+    return (addr >> 39) & 511
+
+# --- the PTRS_PER_PTE scan -------------------------------------------------------
+
+cdef bint pte_table_empty(const pteval_t *table) noexcept nogil
+
+# --- machine: frames, table pool, shmem objects ------------------------------------
+
+cdef int machine_init(pt_machine *m, uint64_t max_frames) noexcept nogil
+cdef void machine_free(pt_machine *m) noexcept nogil
+cdef int64_t alloc_frame(pt_frames *f, int kind) noexcept nogil       # -1: none left
+cdef void put_page(pt_machine *m, uint64_t pfn) noexcept nogil
+cdef int64_t pool_alloc(pt_pool *pool, int level) noexcept nogil       # -1: host OOM
+cdef void pool_release(pt_pool *pool, uint32_t slot) noexcept nogil
+
+cdef pt_shmem *shmem_new(pt_machine *m, uint64_t size_pages) noexcept nogil
+cdef void shmem_get(pt_shmem *s) noexcept nogil
+cdef void shmem_put(pt_machine *m, pt_shmem *s) noexcept nogil
+cdef int64_t shmem_lookup(pt_shmem *s, uint64_t index) noexcept nogil   # -1: hole
+cdef int shmem_insert(pt_shmem *s, uint64_t index, uint32_t pfn) noexcept nogil
+cdef void shmem_punch(pt_machine *m, pt_shmem *s, uint64_t first, uint64_t last) noexcept nogil
+
+# --- walking and allocating (R25) --------------------------------------------------
+
+cdef pteval_t *walk_pmd(pt_mm *mm, uint64_t addr) noexcept nogil      # NULL: no PMD table
+cdef pteval_t *walk_pte(pt_mm *mm, uint64_t addr) noexcept nogil      # NULL: no PTE table
+cdef pteval_t *pmd_alloc_walk(pt_mm *mm, uint64_t addr) noexcept nogil   # NULL: host OOM
+cdef pteval_t *pte_alloc(pt_mm *mm, pteval_t *pmd) noexcept nogil     # NULL: host OOM
+
+# --- the mmu_gather (mm/mmu_gather.c) -----------------------------------------------
+
+cdef void tlb_gather_mmu(mmu_gather *tlb, pt_mm *mm, bint fullmm) noexcept nogil
+cdef void tlb_finish_mmu(mmu_gather *tlb) noexcept nogil
+cdef void tlb_flush_mmu_tlbonly(mmu_gather *tlb) noexcept nogil
+cdef void tlb_flush_mmu(mmu_gather *tlb) noexcept nogil
+cdef void tlb_remove_table(mmu_gather *tlb, uint32_t slot) noexcept nogil
+cdef bint tlb_remove_page(mmu_gather *tlb, uint64_t pfn, bint delay_rmap) noexcept nogil
+
+# --- faults (R25-R30) ------------------------------------------------------------------
+
+cdef int handle_mm_fault(pt_mm *mm, pt_vma *vma, uint64_t addr, bint write) noexcept nogil
+
+# --- zap and PT reclaim (R46-R60) -------------------------------------------------------
+
+cdef void unmap_page_range(mmu_gather *tlb, pt_vma *vma, uint64_t addr, uint64_t end,
+                           zap_details *details) noexcept nogil
+cdef uint64_t zap_pte_range(mmu_gather *tlb, pt_vma *vma, pteval_t *pmd, uint64_t addr,
+                            uint64_t end, zap_details *details) noexcept nogil
+cdef bint reclaim_pt_is_enabled(uint64_t start, uint64_t end, zap_details *details) noexcept nogil
+cdef bint try_get_and_clear_pmd(pt_mm *mm, pteval_t *pmd, pteval_t *pmdval) noexcept nogil
+cdef void free_pte(pt_mm *mm, uint64_t addr, mmu_gather *tlb, pteval_t pmdval) noexcept nogil
+cdef bint try_to_free_pte(pt_mm *mm, pteval_t *pmd, uint64_t addr, mmu_gather *tlb) noexcept nogil
+
+# --- munmap / exit (R61-R65) ---------------------------------------------------------------
+
+cdef void free_pgd_range(mmu_gather *tlb, uint64_t addr, uint64_t end, uint64_t floor,
+                         uint64_t ceiling) noexcept nogil
+
+# --- range operations used by mprotect and madvise -------------------------------------------
+
+cdef void change_protection(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t end,
+                            uint64_t newprot, bint try_writable) noexcept nogil
+cdef void madvise_free_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint64_t end) noexcept nogil
+
+# --- the per-page loop behind touch() and population ------------------------------------------
+
+cdef int fault_range(pt_mm *mm, pt_vma *vma, uint64_t *addr, uint64_t end, bint write) noexcept nogil
+cdef void madvise_pageout_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint64_t end) noexcept nogil

@@ -1,0 +1,1044 @@
+# The hot path: page-table pool and frames, faults, zap, PT reclaim and the
+# mmu_gather. Everything is noexcept nogil C over contiguous uint64 tables;
+# names follow the kernel function each step simulates (mm/memory.c,
+# mm/pt_reclaim.c, mm/mmu_gather.c) so the two can be read side by side.
+
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from libc.stdlib cimport malloc, calloc, realloc, free
+from libc.string cimport memset
+
+from ptreclaim._types cimport *
+
+# ---------------------------------------------------------------------------------
+# The PTRS_PER_PTE scan: try_to_free_pte()'s re-check that a table is empty.
+
+cdef bint pte_table_empty(const pteval_t *table) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef pteval_t acc = 0
+    # OR-reduce in blocks so the compiler can vectorise; A/D bits alone do not
+    # make an entry non-none (R4).
+    for i in range(PTRS_PER_TABLE):
+        acc |= table[i] & ~(PTR_PAGE_ACCESSED | PTR_PAGE_DIRTY)
+    return acc == 0
+
+# ---------------------------------------------------------------------------------
+# Frames (struct page) and the table pool
+
+cdef int machine_init(pt_machine *m, uint64_t max_frames) noexcept nogil:
+    memset(m, 0, sizeof(pt_machine))
+    m.frames.cap = 1024
+    m.frames.pages = <pt_page *>calloc(m.frames.cap, sizeof(pt_page))
+    if m.frames.pages == NULL:
+        return -1
+    # Frame 0 stays unused so that 0 can end the free list; frame 1 is the
+    # zero page (ZERO_PFN), which no RSS counter and no refcount ever sees.
+    m.frames.pages[0].kind = FRAME_RESERVED
+    m.frames.pages[1].kind = FRAME_ZERO
+    m.frames.nr_pages = 2
+    m.frames.max_frames = max_frames
+    m.next_anon_vma_id = 1
+    m.next_shmem_id = 1
+    return 0
+
+cdef void machine_free(pt_machine *m) noexcept nogil:
+    cdef uint64_t i
+    free(m.frames.pages)
+    for i in range(m.pool.nr_chunks):
+        free(m.pool.chunks[i])
+    free(m.pool.chunks)
+    free(m.pool.state)
+    free(m.pool.level)
+    free(m.pool.free_stack)
+    memset(m, 0, sizeof(pt_machine))
+
+cdef int64_t alloc_frame(pt_frames *f, int kind) noexcept nogil:
+    cdef uint64_t pfn
+    cdef pt_page *grown
+    if f.max_frames and f.nr_used >= f.max_frames:
+        return -1
+    if f.free_head:
+        pfn = f.free_head
+        f.free_head = f.pages[pfn].index
+        f.nr_free -= 1
+    else:
+        if f.nr_pages == f.cap:
+            grown = <pt_page *>realloc(f.pages, 2 * f.cap * sizeof(pt_page))
+            if grown == NULL:
+                return -2
+            f.pages = grown
+            f.cap *= 2
+        pfn = f.nr_pages
+        f.nr_pages += 1
+    f.pages[pfn].refcount = 1
+    f.pages[pfn].mapcount = 0
+    f.pages[pfn].kind = kind
+    f.pages[pfn].flags = 0
+    f.pages[pfn].index = 0
+    f.nr_used += 1
+    return pfn
+
+cdef void put_page(pt_machine *m, uint64_t pfn) noexcept nogil:
+    cdef pt_frames *f = &m.frames
+    cdef pt_page *p = &f.pages[pfn]
+    if p.kind == FRAME_ZERO or p.kind == FRAME_RESERVED:
+        return
+    p.refcount -= 1
+    if p.refcount == 0:
+        p.kind = FRAME_FREE
+        p.flags = 0
+        p.mapcount = 0
+        p.index = <uint32_t>f.free_head
+        f.free_head = pfn
+        f.nr_free += 1
+        f.nr_used -= 1
+
+cdef int _pool_grow(pt_pool *pool) noexcept nogil:
+    cdef uint64_t n = pool.nr_chunks + 1
+    cdef uint64_t slots = n * TABLES_PER_CHUNK
+    cdef pteval_t *chunk
+    cdef void *p
+    if n > pool.chunks_cap:
+        p = realloc(pool.chunks, 2 * n * sizeof(pteval_t *))
+        if p == NULL:
+            return -1
+        pool.chunks = <pteval_t **>p
+        pool.chunks_cap = 2 * n
+    p = realloc(pool.state, slots)
+    if p == NULL:
+        return -1
+    pool.state = <uint8_t *>p
+    p = realloc(pool.level, slots)
+    if p == NULL:
+        return -1
+    pool.level = <uint8_t *>p
+    p = realloc(pool.free_stack, slots * sizeof(uint32_t))
+    if p == NULL:
+        return -1
+    pool.free_stack = <uint32_t *>p
+    chunk = <pteval_t *>calloc(TABLES_PER_CHUNK * PTRS_PER_TABLE, sizeof(pteval_t))
+    if chunk == NULL:
+        return -1
+    pool.chunks[pool.nr_chunks] = chunk
+    memset(pool.state + pool.nr_chunks * TABLES_PER_CHUNK, TABLE_FREE, TABLES_PER_CHUNK)
+    memset(pool.level + pool.nr_chunks * TABLES_PER_CHUNK, 0, TABLES_PER_CHUNK)
+    pool.nr_chunks = n
+    return 0
+
+cdef int64_t pool_alloc(pt_pool *pool, int level) noexcept nogil:
+    cdef uint32_t slot
+    if pool.nr_free:
+        pool.nr_free -= 1
+        slot = pool.free_stack[pool.nr_free]
+        # Reclaimed and unmapped tables come back all-none, but A/D bits may
+        # remain (R4); a new table starts at zero like a fresh page.
+        memset(pool_table(pool, slot), 0, PTRS_PER_TABLE * sizeof(pteval_t))
+    else:
+        if pool.nr_tables == pool.nr_chunks * TABLES_PER_CHUNK:
+            if _pool_grow(pool) < 0:
+                return -1
+        slot = <uint32_t>pool.nr_tables
+        pool.nr_tables += 1
+    pool.state[slot] = TABLE_LINKED
+    pool.level[slot] = level
+    return slot
+
+cdef void pool_release(pt_pool *pool, uint32_t slot) noexcept nogil:
+    pool.state[slot] = TABLE_FREE
+    pool.level[slot] = 0
+    pool.free_stack[pool.nr_free] = slot
+    pool.nr_free += 1
+
+# ---------------------------------------------------------------------------------
+# shmem objects: the page cache of the inode behind MAP_SHARED|MAP_ANONYMOUS
+
+cdef enum:
+    SHM_EMPTY = 0
+
+cdef uint64_t SHM_DELETED = <uint64_t>-1
+
+cdef inline uint64_t _shm_hash(uint64_t key, uint64_t cap) noexcept nogil:
+    return (key * <uint64_t>0x9E3779B97F4A7C15) >> 17 & (cap - 1)
+
+cdef pt_shmem *shmem_new(pt_machine *m, uint64_t size_pages) noexcept nogil:
+    cdef pt_shmem *s = <pt_shmem *>calloc(1, sizeof(pt_shmem))
+    if s == NULL:
+        return NULL
+    s.cap = 16
+    s.keys = <uint64_t *>calloc(s.cap, sizeof(uint64_t))
+    s.vals = <uint32_t *>calloc(s.cap, sizeof(uint32_t))
+    if s.keys == NULL or s.vals == NULL:
+        free(s.keys)
+        free(s.vals)
+        free(s)
+        return NULL
+    s.size_pages = size_pages
+    s.users = 1
+    s.id = m.next_shmem_id
+    m.next_shmem_id += 1
+    return s
+
+cdef void shmem_get(pt_shmem *s) noexcept nogil:
+    s.users += 1
+
+cdef void shmem_put(pt_machine *m, pt_shmem *s) noexcept nogil:
+    cdef uint64_t i
+    s.users -= 1
+    if s.users > 0:
+        return
+    # The last mapping is gone: the inode is evicted with its page cache.
+    for i in range(s.cap):
+        if s.keys[i] != SHM_EMPTY and s.keys[i] != SHM_DELETED:
+            put_page(m, s.vals[i])
+    free(s.keys)
+    free(s.vals)
+    free(s)
+
+cdef int64_t shmem_lookup(pt_shmem *s, uint64_t index) noexcept nogil:
+    cdef uint64_t key = index + 1
+    cdef uint64_t i = _shm_hash(key, s.cap)
+    while s.keys[i] != SHM_EMPTY:
+        if s.keys[i] == key:
+            return s.vals[i]
+        i = (i + 1) & (s.cap - 1)
+    return -1
+
+cdef int _shm_rehash(pt_shmem *s, uint64_t cap) noexcept nogil:
+    cdef uint64_t *keys = <uint64_t *>calloc(cap, sizeof(uint64_t))
+    cdef uint32_t *vals = <uint32_t *>calloc(cap, sizeof(uint32_t))
+    cdef uint64_t i, j
+    if keys == NULL or vals == NULL:
+        free(keys)
+        free(vals)
+        return -1
+    for i in range(s.cap):
+        if s.keys[i] != SHM_EMPTY and s.keys[i] != SHM_DELETED:
+            j = _shm_hash(s.keys[i], cap)
+            while keys[j] != SHM_EMPTY:
+                j = (j + 1) & (cap - 1)
+            keys[j] = s.keys[i]
+            vals[j] = s.vals[i]
+    free(s.keys)
+    free(s.vals)
+    s.keys = keys
+    s.vals = vals
+    s.cap = cap
+    s.used = s.nr_pages
+    return 0
+
+cdef int shmem_insert(pt_shmem *s, uint64_t index, uint32_t pfn) noexcept nogil:
+    cdef uint64_t key = index + 1
+    cdef uint64_t i
+    if 2 * (s.used + 1) > s.cap:
+        if _shm_rehash(s, s.cap * 2 if 4 * s.nr_pages > s.cap else s.cap) < 0:
+            return -1
+    i = _shm_hash(key, s.cap)
+    while s.keys[i] != SHM_EMPTY and s.keys[i] != SHM_DELETED:
+        i = (i + 1) & (s.cap - 1)
+    if s.keys[i] == SHM_EMPTY:
+        s.used += 1
+    s.keys[i] = key
+    s.vals[i] = pfn
+    s.nr_pages += 1
+    return 0
+
+cdef void shmem_punch(pt_machine *m, pt_shmem *s, uint64_t first, uint64_t last) noexcept nogil:
+    # Drop the page cache of [first, last] (fallocate PUNCH_HOLE); callers
+    # have already unmapped it everywhere (R40).
+    cdef uint64_t i, key
+    for i in range(s.cap):
+        key = s.keys[i]
+        if key != SHM_EMPTY and key != SHM_DELETED and first + 1 <= key <= last + 1:
+            put_page(m, s.vals[i])
+            s.keys[i] = SHM_DELETED
+            s.nr_pages -= 1
+
+# ---------------------------------------------------------------------------------
+# Walking and allocating (R25). A table is counted when it is linked (R11).
+
+cdef pteval_t *walk_pmd(pt_mm *mm, uint64_t addr) noexcept nogil:
+    cdef pt_pool *pool = &mm.machine.pool
+    cdef pteval_t e = mm.pgd[pgd_index(addr)]
+    if e == 0:
+        return NULL
+    e = entry_table(pool, e)[pud_index(addr)]
+    if e == 0:
+        return NULL
+    return entry_table(pool, e) + pmd_index(addr)
+
+cdef pteval_t *walk_pte(pt_mm *mm, uint64_t addr) noexcept nogil:
+    cdef pteval_t *pmd = walk_pmd(mm, addr)
+    if pmd == NULL or pmd[0] == 0 or pmd_huge_leaf(pmd[0]):
+        return NULL
+    return entry_table(&mm.machine.pool, pmd[0]) + pte_index(addr)
+
+cdef pteval_t *pmd_alloc_walk(pt_mm *mm, uint64_t addr) noexcept nogil:
+    cdef pt_pool *pool = &mm.machine.pool
+    cdef pteval_t *pgd = &mm.pgd[pgd_index(addr)]
+    cdef pteval_t *pud
+    cdef int64_t slot
+    if pgd[0] == 0:
+        slot = pool_alloc(pool, LEVEL_PUD)
+        if slot < 0:
+            return NULL
+        pgd[0] = mk_table_entry(<uint32_t>slot)
+        mm.pgtables_bytes += 4096
+        mm.stats.pud_tables_allocated += 1
+    pud = entry_table(pool, pgd[0]) + pud_index(addr)
+    if pud[0] == 0:
+        slot = pool_alloc(pool, LEVEL_PMD)
+        if slot < 0:
+            return NULL
+        pud[0] = mk_table_entry(<uint32_t>slot)
+        mm.pgtables_bytes += 4096
+        mm.stats.pmd_tables_allocated += 1
+    return entry_table(pool, pud[0]) + pmd_index(addr)
+
+cdef pteval_t *pte_alloc(pt_mm *mm, pteval_t *pmd) noexcept nogil:
+    cdef int64_t slot
+    if pmd[0] == 0:
+        slot = pool_alloc(&mm.machine.pool, LEVEL_PTE)
+        if slot < 0:
+            return NULL
+        pmd[0] = mk_table_entry(<uint32_t>slot)
+        mm.pgtables_bytes += 4096
+        mm.stats.pte_tables_allocated += 1
+    return entry_table(&mm.machine.pool, pmd[0])
+
+# ---------------------------------------------------------------------------------
+# The mmu_gather (R59)
+
+cdef void tlb_gather_mmu(mmu_gather *tlb, pt_mm *mm, bint fullmm) noexcept nogil:
+    tlb.mm = mm
+    tlb.fullmm = fullmm
+    tlb.start = PTR_TASK_SIZE
+    tlb.end = 0
+    tlb.freed_tables = False
+    tlb.need_flush = False
+    tlb.delayed_rmap = False
+    tlb.pages = mm.gather_pages
+    tlb.nr_pages = 0
+    tlb.batch_count = 0
+    tlb.active_index = 0
+    tlb.active_nr = 0
+    tlb.active_max = MMU_GATHER_BUNDLE
+    tlb.nr_tables = 0
+    mm.stats.mmu_gathers += 1
+
+cdef inline void tlb_adjust_range(mmu_gather *tlb, uint64_t addr, uint64_t size) noexcept nogil:
+    if addr < tlb.start:
+        tlb.start = addr
+    if addr + size > tlb.end:
+        tlb.end = addr + size
+    tlb.need_flush = True
+
+cdef void tlb_flush_mmu_tlbonly(mmu_gather *tlb) noexcept nogil:
+    # Only a gather that cleared something flushes (tlb_flush_mmu_tlbonly
+    # returns early otherwise).
+    if not tlb.need_flush:
+        return
+    tlb.mm.stats.tlb_flushes += 1
+    tlb.start = PTR_TASK_SIZE
+    tlb.end = 0
+    tlb.freed_tables = False
+    tlb.need_flush = False
+
+cdef void _tlb_table_flush(mmu_gather *tlb) noexcept nogil:
+    # The batch goes to call_rcu; nothing can still walk these tables in a
+    # synchronous simulation, so the grace period ends at once.
+    cdef uint64_t i
+    cdef pt_pool *pool = &tlb.mm.machine.pool
+    if tlb.nr_tables == 0:
+        return
+    tlb_flush_mmu_tlbonly(tlb)          # tlb_table_invalidate()
+    for i in range(tlb.nr_tables):
+        pool_release(pool, tlb.tables[i])
+    tlb.nr_tables = 0
+    tlb.mm.stats.table_batches += 1
+
+cdef void tlb_remove_table(mmu_gather *tlb, uint32_t slot) noexcept nogil:
+    tlb.mm.machine.pool.state[slot] = TABLE_GATHERED
+    tlb.tables[tlb.nr_tables] = slot
+    tlb.nr_tables += 1
+    if tlb.nr_tables == MAX_TABLE_BATCH:
+        _tlb_table_flush(tlb)
+
+cdef void _tlb_batch_pages_flush(mmu_gather *tlb) noexcept nogil:
+    cdef uint64_t i
+    cdef pt_machine *m = tlb.mm.machine
+    for i in range(tlb.nr_pages):
+        put_page(m, tlb.pages[i])
+    tlb.nr_pages = 0
+    tlb.active_index = 0
+    tlb.active_nr = 0
+    tlb.active_max = MMU_GATHER_BUNDLE
+    tlb.delayed_rmap = False
+
+cdef void tlb_flush_mmu(mmu_gather *tlb) noexcept nogil:
+    tlb_flush_mmu_tlbonly(tlb)
+    _tlb_table_flush(tlb)
+    _tlb_batch_pages_flush(tlb)
+
+cdef void tlb_finish_mmu(mmu_gather *tlb) noexcept nogil:
+    tlb_flush_mmu(tlb)
+
+cdef bint _tlb_next_batch(mmu_gather *tlb) noexcept nogil:
+    # With rmap removal pending, the gather may not grow past the local
+    # bundle (the rmaps must be flushed while the PTE lock is held).
+    if tlb.delayed_rmap and tlb.active_index != 0:
+        return False
+    if tlb.active_index >= tlb.batch_count:
+        if tlb.batch_count == MAX_GATHER_BATCH_COUNT:
+            return False
+        tlb.batch_count += 1
+    tlb.active_index += 1
+    tlb.active_nr = 0
+    tlb.active_max = MAX_GATHER_BATCH
+    return True
+
+cdef bint tlb_remove_page(mmu_gather *tlb, uint64_t pfn, bint delay_rmap) noexcept nogil:
+    # Returns True when the gather is full and must be flushed before the
+    # zap loop goes on (force_flush + force_break).
+    tlb.pages[tlb.nr_pages] = <uint32_t>pfn
+    tlb.nr_pages += 1
+    tlb.active_nr += 1
+    if delay_rmap:
+        tlb.delayed_rmap = True
+    # Room is kept for a "page + nr_pages" pair of entries.
+    if tlb.active_nr >= tlb.active_max - 1:
+        if not _tlb_next_batch(tlb):
+            return True
+    return False
+
+# ---------------------------------------------------------------------------------
+# Faults (R25-R30)
+
+cdef inline uint64_t _vma_pgoff_of(pt_vma *vma, uint64_t addr) noexcept nogil:
+    return vma.pgoff + ((addr - vma.start) >> 12)
+
+cdef int _finish_shmem_page(pt_mm *mm, pt_vma *vma, pteval_t *pte, uint64_t pfn,
+                            bint write) noexcept nogil:
+    cdef pteval_t entry = (pfn << 12) | vma.page_prot
+    cdef pt_page *p = &mm.machine.frames.pages[pfn]
+    if write:
+        entry |= PTR_PAGE_DIRTY | PTR_PAGE_RW
+        p.flags |= PG_DIRTY
+    p.refcount += 1
+    p.mapcount += 1
+    pte[0] = entry
+    mm.rss[MM_SHMEMPAGES] += 1
+    return FAULT_OK
+
+cdef int _shmem_get_page(pt_mm *mm, pt_shmem *s, uint64_t index, uint64_t *pfn_out) noexcept nogil:
+    # shmem_get_folio(): a hole in the object gets a new zeroed page, for
+    # read and write faults alike (R28).
+    cdef int64_t pfn = shmem_lookup(s, index)
+    if pfn < 0:
+        pfn = alloc_frame(&mm.machine.frames, FRAME_SHMEM)
+        if pfn < 0:
+            return FAULT_OOM
+        mm.machine.frames.pages[pfn].index = <uint32_t>index
+        if shmem_insert(s, index, <uint32_t>pfn) < 0:
+            put_page(mm.machine, pfn)
+            return FAULT_OOM
+    pfn_out[0] = pfn
+    return FAULT_OK
+
+cdef bint _do_fault_around(pt_mm *mm, pt_vma *vma, uint64_t addr, pteval_t *pmd) noexcept nogil:
+    # do_fault_around() + filemap_map_pages(): map the cached pages of the
+    # 64 KiB-aligned window around addr, clipped to the VMA, the PTE table and
+    # the end of the object (R29). Returns True if addr itself got mapped.
+    cdef uint64_t pte_off = pte_index(addr)
+    cdef uint64_t vma_off = (addr - vma.start) >> 12
+    cdef uint64_t vma_pages = (vma.end - vma.start) >> 12
+    cdef uint64_t from_pte, to_pte, i, pgoff0, index
+    cdef int64_t pfn
+    cdef pteval_t *table
+    cdef bint mapped_addr = False, have_any = False
+    from_pte = pte_off & ~<uint64_t>(FAULT_AROUND_PAGES - 1)
+    if pte_off - (pte_off if pte_off < vma_off else vma_off) > from_pte:
+        from_pte = pte_off - (pte_off if pte_off < vma_off else vma_off)
+    to_pte = from_pte + FAULT_AROUND_PAGES
+    if to_pte > PTRS_PER_TABLE:
+        to_pte = PTRS_PER_TABLE
+    if to_pte > pte_off + vma_pages - vma_off:
+        to_pte = pte_off + vma_pages - vma_off
+    pgoff0 = _vma_pgoff_of(vma, addr) - pte_off      # file index of table slot 0
+    # filemap_map_pages() returns before touching the page table when the
+    # window holds no cached page at all.
+    for i in range(from_pte, to_pte):
+        index = pgoff0 + i
+        if index < vma.shmem.size_pages and shmem_lookup(vma.shmem, index) >= 0:
+            have_any = True
+            break
+    if not have_any:
+        return False
+    table = pte_alloc(mm, pmd)
+    if table == NULL:
+        return False
+    for i in range(from_pte, to_pte):
+        index = pgoff0 + i
+        if index >= vma.shmem.size_pages or not pte_none(table[i]):
+            continue
+        pfn = shmem_lookup(vma.shmem, index)
+        if pfn < 0:
+            continue
+        _finish_shmem_page(mm, vma, &table[i], <uint64_t>pfn, False)
+        if i == pte_off:
+            mapped_addr = True
+    return mapped_addr
+
+cdef int _shmem_fault(pt_mm *mm, pt_vma *vma, uint64_t addr, pteval_t *pmd, bint write) noexcept nogil:
+    cdef pteval_t *table
+    cdef uint64_t pfn
+    cdef int ret
+    # do_read_fault() tries fault-around first; write faults never do (R30).
+    if not write and _do_fault_around(mm, vma, addr, pmd):
+        return FAULT_OK
+    ret = _shmem_get_page(mm, vma.shmem, _vma_pgoff_of(vma, addr), &pfn)
+    if ret != FAULT_OK:
+        return ret
+    table = pte_alloc(mm, pmd)
+    if table == NULL:
+        return FAULT_OOM
+    return _finish_shmem_page(mm, vma, &table[pte_index(addr)], pfn, write)
+
+cdef int _do_anonymous_page(pt_mm *mm, pt_vma *vma, uint64_t addr, pteval_t *pmd,
+                            bint write) noexcept nogil:
+    cdef pteval_t *table = pte_alloc(mm, pmd)
+    cdef int64_t pfn
+    cdef pt_page *p
+    if table == NULL:
+        return FAULT_OOM
+    if not write:
+        # The shared zero page: SPECIAL, read-only, uncounted (R9, R26).
+        table[pte_index(addr)] = (<uint64_t>1 << 12) | vma.page_prot | PTR_PAGE_SPECIAL
+        return FAULT_OK
+    pfn = alloc_frame(&mm.machine.frames, FRAME_ANON)
+    if pfn < 0:
+        return FAULT_OOM
+    p = &mm.machine.frames.pages[pfn]
+    p.mapcount = 1
+    p.flags = PG_ANON_EXCLUSIVE | PG_DIRTY
+    table[pte_index(addr)] = (<uint64_t>pfn << 12) | vma.page_prot | PTR_PAGE_DIRTY | PTR_PAGE_RW
+    mm.rss[MM_ANONPAGES] += 1
+    return FAULT_OK
+
+cdef int _do_wp_page(pt_mm *mm, pt_vma *vma, pteval_t *pte) noexcept nogil:
+    cdef pteval_t old = pte[0]
+    cdef uint64_t pfn = pte_pfn(old)
+    cdef pt_page *p
+    cdef int64_t new
+    if vma.shmem != NULL:
+        # wp_page_shared(): a shared page only needs its write bit back.
+        pte[0] = old | PTR_PAGE_RW | PTR_PAGE_DIRTY | PTR_PAGE_ACCESSED
+        return FAULT_OK
+    if not pte_special(old):
+        p = &mm.machine.frames.pages[pfn]
+        if p.refcount == 1 and p.mapcount == 1:
+            # wp_can_reuse_anon_folio(): nobody else has it; reuse in place.
+            p.flags |= PG_ANON_EXCLUSIVE | PG_DIRTY
+            pte[0] = old | PTR_PAGE_RW | PTR_PAGE_DIRTY | PTR_PAGE_ACCESSED
+            return FAULT_OK
+    # wp_page_copy(): a new private page replaces the zero page or a shared
+    # one; the mapping count of the mm does not change for the latter.
+    new = alloc_frame(&mm.machine.frames, FRAME_ANON)
+    if new < 0:
+        return FAULT_OOM
+    mm.machine.frames.pages[new].mapcount = 1
+    mm.machine.frames.pages[new].flags = PG_ANON_EXCLUSIVE | PG_DIRTY
+    if pte_special(old):
+        mm.rss[MM_ANONPAGES] += 1
+    else:
+        p = &mm.machine.frames.pages[pfn]
+        p.mapcount -= 1
+        put_page(mm.machine, pfn)
+    pte[0] = (<uint64_t>new << 12) | vma.page_prot | PTR_PAGE_DIRTY | PTR_PAGE_RW
+    return FAULT_OK
+
+cdef int handle_mm_fault(pt_mm *mm, pt_vma *vma, uint64_t addr, bint write) noexcept nogil:
+    """One access by the CPU: a fault only if the entry does not allow it.
+
+    The caller has checked the VMA permissions (access_error()) and, for a
+    write to private memory, prepared the anon_vma (R18).
+    """
+    cdef pteval_t *pte = walk_pte(mm, addr)
+    cdef pteval_t *pmd
+    if pte != NULL and pte_present(pte[0]):
+        if not write:
+            pte[0] |= PTR_PAGE_ACCESSED
+            return FAULT_OK
+        if pte_write(pte[0]):
+            pte[0] |= PTR_PAGE_ACCESSED | PTR_PAGE_DIRTY
+            return FAULT_OK
+        mm.stats.page_faults += 1
+        return _do_wp_page(mm, vma, pte)
+    mm.stats.page_faults += 1
+    pmd = pmd_alloc_walk(mm, addr)
+    if pmd == NULL:
+        return FAULT_OOM
+    if vma.shmem != NULL:
+        return _shmem_fault(mm, vma, addr, pmd, write)
+    return _do_anonymous_page(mm, vma, addr, pmd, write)
+
+# ---------------------------------------------------------------------------------
+# Zap (R46-R51) and PT reclaim (R52-R60)
+
+cdef inline int mm_counter(pt_page *p) noexcept nogil:
+    return MM_ANONPAGES if p.kind == FRAME_ANON else MM_SHMEMPAGES
+
+cdef inline Py_ssize_t zap_present_ptes(mmu_gather *tlb, pt_vma *vma, pteval_t *pte,
+                                        uint64_t addr, int64_t *rss, bint *force_flush,
+                                        bint *force_break) noexcept nogil:
+    cdef pteval_t ptent = pte[0]
+    cdef uint64_t pfn = pte_pfn(ptent)
+    cdef pt_page *p
+    cdef bint delay_rmap = False
+    pte[0] = 0
+    tlb_adjust_range(tlb, addr, 4096)
+    if pte_special(ptent):
+        # vm_normal_page() is NULL: nothing to count or free (R50).
+        return 1
+    p = &tlb.mm.machine.frames.pages[pfn]
+    if p.kind != FRAME_ANON:
+        if ptent & PTR_PAGE_DIRTY:
+            p.flags |= PG_DIRTY
+            # Dirty shared pages keep their rmap until the TLB is flushed,
+            # which forces a flush before the PTE lock is dropped (R51).
+            delay_rmap = True
+            force_flush[0] = True
+    rss[mm_counter(p)] -= 1
+    p.mapcount -= 1
+    if tlb_remove_page(tlb, pfn, delay_rmap):
+        force_flush[0] = True
+        force_break[0] = True
+    return 1
+
+cdef inline Py_ssize_t do_zap_pte_range(mmu_gather *tlb, pt_vma *vma, pteval_t *pte,
+                                        uint64_t addr, uint64_t end, zap_details *details,
+                                        int64_t *rss, bint *force_flush, bint *force_break,
+                                        bint *any_skipped) noexcept nogil:
+    cdef Py_ssize_t max_nr = <Py_ssize_t>((end - addr) >> 12)
+    cdef Py_ssize_t nr = 0
+    # Skip the whole run of none entries in one step.
+    if pte_none(pte[0]):
+        nr = 1
+        while nr < max_nr and pte_none(pte[nr]):
+            nr += 1
+        if nr == max_nr:
+            return nr
+        pte += nr
+        addr += <uint64_t>nr << 12
+    if pte_present(pte[0]):
+        return nr + zap_present_ptes(tlb, vma, pte, addr, rss, force_flush, force_break)
+    # Non-present, non-none entries (swap entries, markers) are not created
+    # by any operation simulated so far; clear them as munmap would.
+    pte[0] = 0
+    any_skipped[0] = False
+    return nr + 1
+
+cdef bint reclaim_pt_is_enabled(uint64_t start, uint64_t end, zap_details *details) noexcept nogil:
+    # Only a zap of the whole 2 MiB span in one call may free its table (R53).
+    return details != NULL and details.reclaim_pt and end - start >= PTR_PMD_SIZE
+
+cdef bint try_get_and_clear_pmd(pt_mm *mm, pteval_t *pmd, pteval_t *pmdval) noexcept nogil:
+    # spin_trylock() of the PMD lock while holding the PTE lock: without split
+    # page-table locks both are mm->page_table_lock, which we already hold, so
+    # the try fails and the slow path runs (R57).
+    if not mm.split_ptlocks:
+        return False
+    pmdval[0] = pmd[0]
+    pmd[0] = 0
+    return True
+
+cdef void free_pte(pt_mm *mm, uint64_t addr, mmu_gather *tlb, pteval_t pmdval) noexcept nogil:
+    # pte_free_tlb() + mm_dec_nr_ptes(): VmPTE drops now, the page after RCU (R12).
+    tlb_adjust_range(tlb, addr, 4096)
+    tlb.freed_tables = True
+    tlb_remove_table(tlb, entry_table_slot(pmdval))
+    mm.pgtables_bytes -= 4096
+
+cdef bint try_to_free_pte(pt_mm *mm, pteval_t *pmd, uint64_t addr, mmu_gather *tlb) noexcept nogil:
+    # The slow path (R56): with both locks held, look again at the PMD entry
+    # and at all PTRS_PER_PTE entries, since another thread may have
+    # refilled the table after the PTE lock was dropped.
+    cdef pteval_t pmdval = pmd[0]
+    if pmd_none(pmdval) or pmd_huge_leaf(pmdval):
+        mm.stats.reclaim_slow_abandoned += 1
+        return False
+    if not pte_table_empty(entry_table(&mm.machine.pool, pmdval)):
+        mm.stats.reclaim_slow_abandoned += 1
+        return False
+    pmd[0] = 0
+    free_pte(mm, addr, tlb, pmdval)
+    mm.stats.pte_tables_freed_reclaim_slow += 1
+    return True
+
+cdef uint64_t zap_pte_range(mmu_gather *tlb, pt_vma *vma, pteval_t *pmd, uint64_t addr,
+                            uint64_t end, zap_details *details) noexcept nogil:
+    cdef pt_mm *mm = tlb.mm
+    cdef bint force_flush = False, force_break = False, any_skipped
+    cdef int64_t rss[4]
+    cdef pteval_t *table
+    cdef pteval_t *pte
+    cdef pteval_t pmdval = 0
+    cdef uint64_t start = addr
+    cdef bint can_reclaim_pt = mm.reclaim_mode != RECLAIM_OFF and reclaim_pt_is_enabled(start, end, details)
+    # The Feb-2025 fix: the fast path only if the PTE lock was held from the
+    # first entry to the last. The seed as first merged started with False
+    # and took the fast path after any final pass that reached the end.
+    cdef bint direct_reclaim = mm.reclaim_mode != RECLAIM_SEED
+    cdef Py_ssize_t nr
+    cdef int i
+    while True:
+        rss[0] = rss[1] = rss[2] = rss[3] = 0
+        table = entry_table(&mm.machine.pool, pmd[0])
+        pte = table + pte_index(addr)
+        while True:
+            any_skipped = False
+            nr = do_zap_pte_range(tlb, vma, pte, addr, end, details, rss,
+                                  &force_flush, &force_break, &any_skipped)
+            if any_skipped:
+                can_reclaim_pt = False
+            if force_break:
+                addr += <uint64_t>nr << 12
+                direct_reclaim = False
+                break
+            pte += nr
+            addr += <uint64_t>nr << 12
+            if addr == end:
+                break
+        if mm.reclaim_mode == RECLAIM_SEED:
+            direct_reclaim = False
+            if can_reclaim_pt and addr == end:
+                direct_reclaim = try_get_and_clear_pmd(mm, pmd, &pmdval)
+        elif can_reclaim_pt and direct_reclaim and addr == end:
+            direct_reclaim = try_get_and_clear_pmd(mm, pmd, &pmdval)
+        for i in range(NR_MM_COUNTERS):
+            mm.rss[i] += rss[i]
+        if force_flush:
+            tlb_flush_mmu_tlbonly(tlb)
+            tlb.delayed_rmap = False        # tlb_flush_rmaps()
+            # PTE lock dropped here
+            tlb_flush_mmu(tlb)
+        if addr == end:
+            break
+        force_flush = False
+        force_break = False
+    if can_reclaim_pt:
+        if direct_reclaim:
+            free_pte(mm, start, tlb, pmdval)
+            mm.stats.pte_tables_freed_reclaim_fast += 1
+        else:
+            try_to_free_pte(mm, pmd, start, tlb)
+    return addr
+
+cdef void unmap_page_range(mmu_gather *tlb, pt_vma *vma, uint64_t addr, uint64_t end,
+                           zap_details *details) noexcept nogil:
+    # zap_p4d/pud/pmd_range: only the PMD and PTE levels do any work (R47).
+    cdef pt_mm *mm = tlb.mm
+    cdef pt_pool *pool = &mm.machine.pool
+    cdef pteval_t pgde, pude
+    cdef pteval_t *pmd
+    cdef uint64_t next
+    while addr < end:
+        pgde = mm.pgd[pgd_index(addr)]
+        if pgde == 0:
+            addr = (addr & PTR_PGDIR_MASK) + PTR_PGDIR_SIZE
+            continue
+        pude = entry_table(pool, pgde)[pud_index(addr)]
+        if pude == 0:
+            addr = (addr & PTR_PUD_MASK) + PTR_PUD_SIZE
+            continue
+        pmd = entry_table(pool, pude) + pmd_index(addr)
+        next = (addr & PTR_PMD_MASK) + PTR_PMD_SIZE
+        if next > end:
+            next = end
+        if pmd[0] != 0:
+            zap_pte_range(tlb, vma, pmd, addr, next, details)
+        addr = next
+
+# ---------------------------------------------------------------------------------
+# free_pgtables() (R61-R65)
+
+cdef void _free_pte_range(mmu_gather *tlb, pteval_t *pmd, uint64_t addr) noexcept nogil:
+    cdef pteval_t e = pmd[0]
+    pmd[0] = 0
+    tlb_adjust_range(tlb, addr, 4096)
+    tlb.freed_tables = True
+    tlb_remove_table(tlb, entry_table_slot(e))
+    tlb.mm.pgtables_bytes -= 4096
+    tlb.mm.stats.pte_tables_freed_unmap += 1
+
+cdef inline uint64_t _addr_end(uint64_t addr, uint64_t end, uint64_t size) noexcept nogil:
+    # pmd_addr_end() and friends, with the "- 1" that lets end be 0 (the top).
+    cdef uint64_t boundary = (addr + size) & ~(size - 1)
+    return boundary if boundary - 1 < end - 1 else end
+
+cdef void _free_pmd_range(mmu_gather *tlb, pteval_t *pud, uint64_t addr, uint64_t end,
+                          uint64_t floor, uint64_t ceiling) noexcept nogil:
+    cdef pteval_t *pmdt = entry_table(&tlb.mm.machine.pool, pud[0])
+    cdef uint64_t start = addr, next
+    cdef pteval_t e
+    while True:
+        next = _addr_end(addr, end, PTR_PMD_SIZE)
+        if pmdt[pmd_index(addr)] != 0:
+            _free_pte_range(tlb, &pmdt[pmd_index(addr)], addr)
+        addr = next
+        if addr == end:
+            break
+    start &= PTR_PUD_MASK
+    if start < floor:
+        return
+    if ceiling:
+        ceiling &= PTR_PUD_MASK
+        if not ceiling:
+            return
+    if end - 1 > ceiling - 1:
+        return
+    e = pud[0]
+    pud[0] = 0
+    tlb_adjust_range(tlb, start, 4096)
+    tlb.freed_tables = True
+    tlb_remove_table(tlb, entry_table_slot(e))
+    tlb.mm.pgtables_bytes -= 4096
+    tlb.mm.stats.pmd_tables_freed += 1
+
+cdef void _free_pud_range(mmu_gather *tlb, pteval_t *pgd, uint64_t addr, uint64_t end,
+                          uint64_t floor, uint64_t ceiling) noexcept nogil:
+    cdef pteval_t *pudt = entry_table(&tlb.mm.machine.pool, pgd[0])
+    cdef uint64_t start = addr, next
+    cdef pteval_t e
+    while True:
+        next = _addr_end(addr, end, PTR_PUD_SIZE)
+        if pudt[pud_index(addr)] != 0:
+            _free_pmd_range(tlb, &pudt[pud_index(addr)], addr, next, floor, ceiling)
+        addr = next
+        if addr == end:
+            break
+    # With 4-level paging the P4D level is folded: P4D_MASK is PGDIR_MASK.
+    start &= PTR_PGDIR_MASK
+    if start < floor:
+        return
+    if ceiling:
+        ceiling &= PTR_PGDIR_MASK
+        if not ceiling:
+            return
+    if end - 1 > ceiling - 1:
+        return
+    e = pgd[0]
+    pgd[0] = 0
+    tlb_adjust_range(tlb, start, 4096)
+    tlb.freed_tables = True
+    tlb_remove_table(tlb, entry_table_slot(e))
+    tlb.mm.pgtables_bytes -= 4096
+    tlb.mm.stats.pud_tables_freed += 1
+
+cdef void free_pgd_range(mmu_gather *tlb, uint64_t addr, uint64_t end, uint64_t floor,
+                         uint64_t ceiling) noexcept nogil:
+    cdef uint64_t next
+    addr &= PTR_PMD_MASK
+    if addr < floor:
+        addr += PTR_PMD_SIZE
+        if not addr:
+            return
+    if ceiling:
+        ceiling &= PTR_PMD_MASK
+        if not ceiling:
+            return
+    if end - 1 > ceiling - 1:
+        end -= PTR_PMD_SIZE
+    if addr > end - 1:
+        return
+    while True:
+        next = _addr_end(addr, end, PTR_PGDIR_SIZE)
+        if tlb.mm.pgd[pgd_index(addr)] != 0:
+            # free_p4d_range() frees nothing with 4-level paging (R2).
+            _free_pud_range(tlb, &tlb.mm.pgd[pgd_index(addr)], addr, next, floor, ceiling)
+        addr = next
+        if addr == end:
+            break
+
+# ---------------------------------------------------------------------------------
+# Range walks for mprotect and MADV_FREE: they visit existing PTE tables only,
+# allocating and freeing none (R21, R39).
+
+cdef void change_protection(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t end,
+                            uint64_t newprot, bint try_writable) noexcept nogil:
+    cdef uint64_t addr = start, next, i, first, last
+    cdef pteval_t *pmd
+    cdef pteval_t *table
+    cdef pteval_t pte
+    cdef pt_page *p
+    cdef bint exclusive
+    while addr < end:
+        next = (addr & PTR_PMD_MASK) + PTR_PMD_SIZE
+        if next > end:
+            next = end
+        pmd = walk_pmd(mm, addr)
+        if pmd == NULL:
+            # no PMD table here: skip to the next PUD entry
+            next = (addr & PTR_PUD_MASK) + PTR_PUD_SIZE
+            addr = next if next < end else end
+            continue
+        if pmd[0] != 0 and not pmd_huge_leaf(pmd[0]):
+            table = entry_table(&mm.machine.pool, pmd[0])
+            first = pte_index(addr)
+            last = first + ((next - addr) >> 12)
+            for i in range(first, last):
+                pte = table[i]
+                if not pte_present(pte):
+                    continue
+                pte = (pte & PTR_PAGE_CHG_MASK) | newprot
+                if try_writable and not pte_write(pte):
+                    # can_change_pte_writable(): private pages only when
+                    # exclusively ours, shared ones only when already dirty.
+                    if vma.shmem != NULL:
+                        exclusive = (pte & PTR_PAGE_DIRTY) != 0
+                    elif pte_special(pte):
+                        exclusive = False
+                    else:
+                        p = &mm.machine.frames.pages[pte_pfn(pte)]
+                        exclusive = (p.flags & PG_ANON_EXCLUSIVE) != 0 and p.mapcount == 1
+                    if exclusive:
+                        pte |= PTR_PAGE_RW
+                table[i] = pte
+        addr = next
+
+cdef void madvise_free_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint64_t end) noexcept nogil:
+    # madvise_free_pte_range(): exclusive anonymous pages become clean, old
+    # and lazy-free; they stay mapped and counted (R39).
+    cdef pt_mm *mm = tlb.mm
+    cdef uint64_t addr = start, next, i, first, last
+    cdef pteval_t *pmd
+    cdef pteval_t *table
+    cdef pteval_t pte
+    cdef pt_page *p
+    while addr < end:
+        next = (addr & PTR_PMD_MASK) + PTR_PMD_SIZE
+        if next > end:
+            next = end
+        pmd = walk_pmd(mm, addr)
+        if pmd == NULL:
+            next = (addr & PTR_PUD_MASK) + PTR_PUD_SIZE
+            addr = next if next < end else end
+            continue
+        if pmd[0] != 0 and not pmd_huge_leaf(pmd[0]):
+            table = entry_table(&mm.machine.pool, pmd[0])
+            first = pte_index(addr)
+            last = first + ((next - addr) >> 12)
+            for i in range(first, last):
+                pte = table[i]
+                if not pte_present(pte) or pte_special(pte):
+                    continue
+                p = &mm.machine.frames.pages[pte_pfn(pte)]
+                if p.kind != FRAME_ANON or p.mapcount != 1:
+                    continue
+                p.flags = (p.flags & ~PG_DIRTY) | PG_LAZYFREE
+                if pte & (PTR_PAGE_ACCESSED | PTR_PAGE_DIRTY):
+                    table[i] = pte & ~(PTR_PAGE_ACCESSED | PTR_PAGE_DIRTY)
+                    tlb_adjust_range(tlb, (addr & PTR_PMD_MASK) + (i << 12), 4096)
+        addr = next
+
+# ---------------------------------------------------------------------------------
+# The per-page access loop (touch, population): one walk per PTE table, then
+# the common cases inline; everything else goes through handle_mm_fault().
+
+cdef int fault_range(pt_mm *mm, pt_vma *vma, uint64_t *paddr, uint64_t end, bint write) noexcept nogil:
+    cdef uint64_t addr = paddr[0], span_end
+    cdef pteval_t *pte
+    cdef pteval_t e
+    cdef pteval_t set_bits = PTR_PAGE_ACCESSED | (PTR_PAGE_DIRTY if write else 0)
+    cdef pteval_t anon_bits = vma.page_prot | PTR_PAGE_DIRTY | PTR_PAGE_RW
+    cdef bint anon_write = write and vma.shmem == NULL
+    cdef pt_frames *frames = &mm.machine.frames
+    cdef int64_t pfn
+    cdef pt_page *p
+    cdef int r
+    while addr < end:
+        span_end = (addr & PTR_PMD_MASK) + PTR_PMD_SIZE
+        if span_end > end:
+            span_end = end
+        pte = walk_pte(mm, addr)
+        if pte == NULL:
+            r = handle_mm_fault(mm, vma, addr, write)
+            if r != FAULT_OK:
+                paddr[0] = addr
+                return r
+            addr += 4096
+            continue
+        while addr < span_end:
+            e = pte[0]
+            if pte_present(e) and (not write or pte_write(e)):
+                pte[0] = e | set_bits
+            elif anon_write and pte_none(e):
+                # do_anonymous_page(), write: a fresh exclusive page (R26).
+                pfn = alloc_frame(frames, FRAME_ANON)
+                if pfn < 0:
+                    paddr[0] = addr
+                    return FAULT_OOM
+                p = &frames.pages[pfn]
+                p.mapcount = 1
+                p.flags = PG_ANON_EXCLUSIVE | PG_DIRTY
+                pte[0] = (<uint64_t>pfn << 12) | anon_bits
+                mm.rss[MM_ANONPAGES] += 1
+                mm.stats.page_faults += 1
+            else:
+                r = handle_mm_fault(mm, vma, addr, write)
+                if r != FAULT_OK:
+                    paddr[0] = addr
+                    return r
+            pte += 1
+            addr += 4096
+    paddr[0] = addr
+    return FAULT_OK
+
+cdef void madvise_pageout_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint64_t end) noexcept nogil:
+    # madvise_cold_or_pageout_pte_range() + reclaim_pages() with no swap
+    # device: pages mapped only here are unmapped by try_to_unmap(); shmem
+    # pages then fail to be written out and stay in the page cache, clean
+    # lazy-free anonymous pages are discarded, other anonymous pages cannot
+    # go anywhere and stay mapped (R41).
+    cdef pt_mm *mm = tlb.mm
+    cdef uint64_t addr = start, next, i, first, last, pfn
+    cdef pteval_t *pmd
+    cdef pteval_t *table
+    cdef pteval_t pte
+    cdef pt_page *p
+    while addr < end:
+        next = (addr & PTR_PMD_MASK) + PTR_PMD_SIZE
+        if next > end:
+            next = end
+        pmd = walk_pmd(mm, addr)
+        if pmd == NULL:
+            next = (addr & PTR_PUD_MASK) + PTR_PUD_SIZE
+            addr = next if next < end else end
+            continue
+        if pmd[0] != 0 and not pmd_huge_leaf(pmd[0]):
+            table = entry_table(&mm.machine.pool, pmd[0])
+            first = pte_index(addr)
+            last = first + ((next - addr) >> 12)
+            for i in range(first, last):
+                pte = table[i]
+                if not pte_present(pte) or pte_special(pte):
+                    continue
+                pfn = pte_pfn(pte)
+                p = &mm.machine.frames.pages[pfn]
+                if p.mapcount != 1:
+                    continue
+                if p.kind == FRAME_ANON:
+                    if not (p.flags & PG_LAZYFREE):
+                        continue
+                    if pte & PTR_PAGE_DIRTY:
+                        # written again since MADV_FREE: swap-backed again
+                        p.flags = (p.flags & ~PG_LAZYFREE) | PG_DIRTY
+                        continue
+                    mm.rss[MM_ANONPAGES] -= 1
+                else:
+                    if pte & PTR_PAGE_DIRTY:
+                        p.flags |= PG_DIRTY
+                    mm.rss[MM_SHMEMPAGES] -= 1
+                table[i] = 0
+                p.mapcount -= 1
+                put_page(mm.machine, pfn)
+                tlb_adjust_range(tlb, (addr & PTR_PMD_MASK) + (i << 12), 4096)
+        addr = next

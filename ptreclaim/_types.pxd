@@ -1,0 +1,224 @@
+# The C-level data layout of the simulator: one physical machine (frames, the
+# page-table pool, shmem objects) shared by any number of mm_structs, each with
+# its own PGD page and VMA array. Everything here is plain C so that loops over
+# it run without the GIL; the owning cdef classes live in _core.
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t, int64_t
+
+cdef extern from *:
+    """
+    /* x86-64 entry bits (arch/x86/include/asm/pgtable_types.h) */
+    #define PTR_PAGE_PRESENT   (1ULL << 0)
+    #define PTR_PAGE_RW        (1ULL << 1)
+    #define PTR_PAGE_USER      (1ULL << 2)
+    #define PTR_PAGE_ACCESSED  (1ULL << 5)
+    #define PTR_PAGE_DIRTY     (1ULL << 6)
+    #define PTR_PAGE_PSE       (1ULL << 7)
+    #define PTR_PAGE_PROTNONE  (1ULL << 8)
+    #define PTR_PAGE_SPECIAL   (1ULL << 9)
+    #define PTR_PAGE_UFFD_WP   (1ULL << 10)
+    #define PTR_PAGE_NX        (1ULL << 63)
+    #define PTR_PFN_MASK       (((1ULL << 52) - 1) & ~0xFFFULL)
+    #define PTR_PAGE_TABLE     (PTR_PAGE_PRESENT | PTR_PAGE_RW | PTR_PAGE_USER | \\
+                                PTR_PAGE_ACCESSED | PTR_PAGE_DIRTY)
+    /* pte_modify() keeps these bits of an entry and takes the rest from the
+       new protection (_PAGE_CHG_MASK). */
+    #define PTR_PAGE_CHG_MASK  (PTR_PFN_MASK | (1ULL << 3) | (1ULL << 4) | \\
+                                PTR_PAGE_SPECIAL | PTR_PAGE_ACCESSED | \\
+                                PTR_PAGE_DIRTY | PTR_PAGE_UFFD_WP)
+    /* Table frames live in their own PFN range, so an entry's PFN says at once
+       whether it points at a table (and which one) or at a data frame. */
+    #define PTR_TABLE_PFN_BASE (1ULL << 32)
+    #define PTR_PAGE_SIZE      4096ULL
+    #define PTR_PMD_SIZE       (1ULL << 21)
+    #define PTR_PUD_SIZE       (1ULL << 30)
+    #define PTR_PGDIR_SIZE     (1ULL << 39)
+    #define PTR_TASK_SIZE      ((1ULL << 47) - 4096ULL)
+    #define PTR_PAGE_MASK      (~0xFFFULL)
+    #define PTR_PMD_MASK       (~(PTR_PMD_SIZE - 1))
+    #define PTR_PUD_MASK       (~(PTR_PUD_SIZE - 1))
+    #define PTR_PGDIR_MASK     (~(PTR_PGDIR_SIZE - 1))
+    /* VM_* flags used by the C code (include/linux/mm.h) */
+    #define PTR_VM_READ        0x1ULL
+    #define PTR_VM_WRITE       0x2ULL
+    #define PTR_VM_EXEC        0x4ULL
+    #define PTR_VM_SHARED      0x8ULL
+    #define PTR_VM_MAYWRITE    0x20ULL
+    #define PTR_VM_LOCKED      0x2000ULL
+    #define PTR_VM_PFNMAP      0x400ULL
+    #define PTR_VM_UFFD_WP     0x1000ULL
+    #define PTR_VM_LOCKONFAULT 0x80000ULL
+    #define PTR_VM_HUGETLB     0x400000ULL
+    """
+    const uint64_t PTR_PAGE_PRESENT, PTR_PAGE_RW, PTR_PAGE_USER, PTR_PAGE_ACCESSED
+    const uint64_t PTR_PAGE_DIRTY, PTR_PAGE_PSE, PTR_PAGE_PROTNONE, PTR_PAGE_SPECIAL
+    const uint64_t PTR_PAGE_UFFD_WP, PTR_PAGE_NX, PTR_PFN_MASK, PTR_PAGE_TABLE
+    const uint64_t PTR_PAGE_CHG_MASK, PTR_TABLE_PFN_BASE
+    const uint64_t PTR_PAGE_SIZE, PTR_PMD_SIZE, PTR_PUD_SIZE, PTR_PGDIR_SIZE, PTR_TASK_SIZE
+    const uint64_t PTR_PAGE_MASK, PTR_PMD_MASK, PTR_PUD_MASK, PTR_PGDIR_MASK
+    const uint64_t PTR_VM_READ, PTR_VM_WRITE, PTR_VM_EXEC, PTR_VM_SHARED, PTR_VM_MAYWRITE
+    const uint64_t PTR_VM_LOCKED, PTR_VM_PFNMAP, PTR_VM_UFFD_WP, PTR_VM_LOCKONFAULT
+    const uint64_t PTR_VM_HUGETLB
+
+ctypedef uint64_t pteval_t
+
+cdef enum:
+    PTRS_PER_TABLE = 512
+    # Tables are allocated in chunks so their addresses never move.
+    TABLES_PER_CHUNK = 256
+    # Frame kinds (what the kernel tells apart with folio_test_anon and
+    # folio_test_swapbacked); they select the RSS counter (mm_counter()).
+    FRAME_FREE = 0
+    FRAME_ANON = 1
+    FRAME_SHMEM = 2
+    FRAME_ZERO = 3
+    FRAME_RESERVED = 4
+    # Frame flags
+    PG_DIRTY = 1
+    PG_LAZYFREE = 2        # MADV_FREE'd: clean and on the lazy-free LRU
+    PG_ANON_EXCLUSIVE = 4  # PageAnonExclusive: no COW sharing
+    # RSS counters (enum mm_counter_type)
+    MM_FILEPAGES = 0
+    MM_ANONPAGES = 1
+    MM_SWAPENTS = 2
+    MM_SHMEMPAGES = 3
+    NR_MM_COUNTERS = 4
+    # Table states, for check(): every pool slot is in exactly one.
+    TABLE_FREE = 0
+    TABLE_LINKED = 1
+    TABLE_GATHERED = 2
+    # Table levels
+    LEVEL_PTE = 1
+    LEVEL_PMD = 2
+    LEVEL_PUD = 3
+    # Fault results (VM_FAULT_*)
+    FAULT_OK = 0
+    FAULT_SIGSEGV = 1
+    FAULT_OOM = 2
+    # PT reclaim modes
+    RECLAIM_OFF = 0
+    RECLAIM_ON = 1        # 6.18: the seed patch plus the Feb-2025 fix
+    RECLAIM_SEED = 2      # the seed patch as first merged (fast path after a lock drop)
+    # mmu_gather page batches (mm/mmu_gather.c, include/asm-generic/tlb.h):
+    # a local bundle of 8 pages, then up to MAX_GATHER_BATCH_COUNT batch
+    # pages of MAX_GATHER_BATCH pointers each.
+    MMU_GATHER_BUNDLE = 8
+    MAX_GATHER_BATCH = 510
+    MAX_GATHER_BATCH_COUNT = 19
+    # A table batch (struct mmu_table_batch) is one page of pointers.
+    MAX_TABLE_BATCH = 509
+    MMU_GATHER_CAPACITY = 8 + 19 * 510
+    # fault_around_bytes = 64 KiB
+    FAULT_AROUND_PAGES = 16
+
+ctypedef struct pt_page:
+    # struct page / folio, reduced to what the counters need: 16 bytes
+    int32_t refcount
+    int32_t mapcount
+    uint16_t kind
+    uint16_t flags
+    uint32_t index       # shmem: page offset in its object; free: next free frame
+
+ctypedef struct pt_frames:
+    pt_page *pages
+    uint64_t nr_pages          # frames created (high-water mark)
+    uint64_t cap
+    uint64_t free_head         # a LIFO list threaded through pt_page.index
+    uint64_t nr_free
+    uint64_t nr_used           # data frames in use (excluding reserved ones)
+    uint64_t max_frames        # 0: unbounded
+
+ctypedef struct pt_pool:
+    pteval_t **chunks
+    uint8_t *state             # TABLE_* per slot
+    uint8_t *level             # LEVEL_* per slot while linked
+    uint32_t *free_stack
+    uint64_t nr_free
+    uint64_t nr_tables         # slots created
+    uint64_t nr_chunks
+    uint64_t chunks_cap
+
+ctypedef struct pt_shmem:
+    # A shmem object (the inode behind MAP_SHARED|MAP_ANONYMOUS): its page
+    # cache as an open-addressing hash of page offset -> frame.
+    uint64_t *keys             # offset + 1; 0 = empty slot, ~0 = deleted
+    uint32_t *vals
+    uint64_t cap               # power of two
+    uint64_t used              # live + deleted slots
+    uint64_t nr_pages          # live pages
+    uint64_t size_pages        # i_size in pages
+    int64_t users              # VMAs referring to it
+    uint64_t id
+
+ctypedef struct pt_vma:
+    uint64_t start
+    uint64_t end
+    uint64_t flags             # VM_*
+    uint64_t pgoff             # vm_pgoff
+    uint64_t anon_vma          # 0: none; else an id unique in the machine
+    uint64_t page_prot         # vm_page_prot
+    pt_shmem *shmem            # NULL: private anonymous
+
+ctypedef struct pt_stats:
+    uint64_t page_faults
+    uint64_t pte_tables_allocated
+    uint64_t pmd_tables_allocated
+    uint64_t pud_tables_allocated
+    uint64_t pte_tables_freed_reclaim_fast
+    uint64_t pte_tables_freed_reclaim_slow
+    uint64_t reclaim_slow_abandoned
+    uint64_t pte_tables_freed_unmap
+    uint64_t pmd_tables_freed
+    uint64_t pud_tables_freed
+    uint64_t tlb_flushes
+    uint64_t mmu_gathers
+    uint64_t table_batches
+
+ctypedef struct pt_machine:
+    pt_frames frames
+    pt_pool pool
+    uint64_t next_anon_vma_id
+    uint64_t next_shmem_id
+    uint64_t totalram_pages    # overcommit heuristic limit (0: unlimited)
+
+ctypedef struct pt_mm:
+    pt_machine *machine
+    pteval_t pgd[512]          # the PGD page itself: never counted (R10)
+    int64_t pgtables_bytes
+    int64_t rss[4]             # NR_MM_COUNTERS
+    uint64_t total_vm          # pages
+    uint64_t locked_vm         # pages
+    pt_stats stats
+    int reclaim_mode           # RECLAIM_*
+    bint split_ptlocks
+    int thp                    # 0 never, 1 madvise, 2 always
+    pt_vma *vmas
+    uint64_t nr_vmas
+    uint64_t vmas_cap
+    uint64_t mmap_base
+    uint64_t vma_cache         # index of the VMA last found by a fault
+    uint32_t *gather_pages     # MMU_GATHER_CAPACITY slots for the mmu_gather's page batches
+
+ctypedef struct mmu_gather:
+    # One per syscall (R35). Pages are released, and table batches handed to
+    # RCU, when the gather is flushed; VmPTE already dropped at unlink (R12).
+    pt_mm *mm
+    uint64_t start
+    uint64_t end               # 0: nothing to flush
+    bint fullmm
+    bint freed_tables
+    bint need_flush            # some entry or table was cleared since the last flush
+    bint delayed_rmap
+    uint32_t *pages            # frames whose release waits for the flush (owned by the mm)
+    uint64_t nr_pages
+    uint64_t batch_count       # batch pages allocated beyond the local bundle
+    uint64_t active_nr         # pages in the active batch
+    uint64_t active_max
+    uint64_t active_index      # 0: the local bundle; k: the k-th batch page
+    uint32_t tables[MAX_TABLE_BATCH]   # the current mmu_table_batch
+    uint64_t nr_tables
+
+ctypedef struct zap_details:
+    bint even_cows
+    bint reclaim_pt
+    bint drop_markers

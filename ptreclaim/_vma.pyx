@@ -1,0 +1,100 @@
+# VMA array operations. The array is small next to the page tables (one entry
+# per mapping), so a sorted C array with memmove beats any tree here and
+# keeps lookups a binary search.
+
+from libc.stdint cimport uint64_t
+from libc.stdlib cimport realloc
+from libc.string cimport memmove
+
+from ptreclaim._types cimport pt_mm, pt_vma, PTR_VM_READ, PTR_VM_WRITE, PTR_VM_EXEC
+from ptreclaim._pgtable cimport shmem_get, shmem_put
+
+cdef uint64_t find_vma(pt_mm *mm, uint64_t addr) noexcept nogil:
+    cdef uint64_t lo = 0, hi = mm.nr_vmas, mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if mm.vmas[mid].end <= addr:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+cdef int vma_insert(pt_mm *mm, uint64_t idx, const pt_vma *vma) noexcept nogil:
+    cdef void *p
+    if mm.nr_vmas == mm.vmas_cap:
+        p = realloc(mm.vmas, (2 * mm.vmas_cap + 8) * sizeof(pt_vma))
+        if p == NULL:
+            return -1
+        mm.vmas = <pt_vma *>p
+        mm.vmas_cap = 2 * mm.vmas_cap + 8
+    memmove(&mm.vmas[idx + 1], &mm.vmas[idx], (mm.nr_vmas - idx) * sizeof(pt_vma))
+    mm.vmas[idx] = vma[0]
+    mm.nr_vmas += 1
+    return 0
+
+cdef void vma_remove(pt_mm *mm, uint64_t idx, uint64_t count) noexcept nogil:
+    cdef uint64_t i
+    for i in range(idx, idx + count):
+        if mm.vmas[i].shmem != NULL:
+            shmem_put(mm.machine, mm.vmas[i].shmem)
+    memmove(&mm.vmas[idx], &mm.vmas[idx + count], (mm.nr_vmas - idx - count) * sizeof(pt_vma))
+    mm.nr_vmas -= count
+
+cdef int split_vma(pt_mm *mm, uint64_t idx, uint64_t addr) noexcept nogil:
+    # __split_vma(): both halves keep flags, anon_vma and backing object.
+    cdef pt_vma right = mm.vmas[idx]
+    right.start = addr
+    right.pgoff = mm.vmas[idx].pgoff + ((addr - mm.vmas[idx].start) >> 12)
+    if vma_insert(mm, idx + 1, &right) < 0:
+        return -1
+    mm.vmas[idx].end = addr
+    if right.shmem != NULL:
+        shmem_get(right.shmem)
+    return 0
+
+cdef bint is_mergeable(const pt_vma *a, const pt_vma *b) noexcept nogil:
+    # is_mergeable_vma() + is_mergeable_anon_vma() + contiguous vm_pgoff.
+    # Without fork every anon_vma chain is singular, so a VMA without an
+    # anon_vma merges with any neighbour's.
+    if a.end != b.start or a.flags != b.flags or a.shmem != b.shmem:
+        return False
+    if a.anon_vma and b.anon_vma and a.anon_vma != b.anon_vma:
+        return False
+    return a.pgoff + ((a.end - a.start) >> 12) == b.pgoff
+
+cdef bint try_merge(pt_mm *mm, uint64_t idx) noexcept nogil:
+    cdef pt_vma *a
+    cdef pt_vma *b
+    if idx + 1 >= mm.nr_vmas:
+        return False
+    a = &mm.vmas[idx]
+    b = &mm.vmas[idx + 1]
+    if not is_mergeable(a, b):
+        return False
+    a.end = b.end
+    if not a.anon_vma:
+        a.anon_vma = b.anon_vma
+    vma_remove(mm, idx + 1, 1)
+    return True
+
+cdef inline bint anon_vma_compatible(const pt_vma *a, const pt_vma *b) noexcept nogil:
+    # Neighbours that differ only in read/write/exec may share an anon_vma,
+    # so that a later mprotect can merge them again.
+    cdef uint64_t access = PTR_VM_READ | PTR_VM_WRITE | PTR_VM_EXEC
+    return (a.end == b.start and a.shmem == b.shmem
+            and ((a.flags ^ b.flags) & ~access) == 0
+            and b.pgoff == a.pgoff + ((b.start - a.start) >> 12))
+
+cdef void anon_vma_prepare(pt_mm *mm, uint64_t idx) noexcept nogil:
+    # find_mergeable_anon_vma(): try the next VMA first, then the previous.
+    cdef pt_vma *vma = &mm.vmas[idx]
+    if vma.anon_vma:
+        return
+    if idx + 1 < mm.nr_vmas and mm.vmas[idx + 1].anon_vma and anon_vma_compatible(vma, &mm.vmas[idx + 1]):
+        vma.anon_vma = mm.vmas[idx + 1].anon_vma
+        return
+    if idx > 0 and mm.vmas[idx - 1].anon_vma and anon_vma_compatible(&mm.vmas[idx - 1], vma):
+        vma.anon_vma = mm.vmas[idx - 1].anon_vma
+        return
+    vma.anon_vma = mm.machine.next_anon_vma_id
+    mm.machine.next_anon_vma_id += 1

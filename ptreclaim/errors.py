@@ -1,0 +1,25 @@
+"""Exceptions raised by both implementations."""
+
+
+class SegmentationFault(Exception):
+    """An access that Linux answers with SIGSEGV.
+
+    ``address`` is the faulting address; every page before it in the same
+    ``touch`` call was accessed.
+    """
+
+    def __init__(self, address, message=None):
+        self.address = address
+        super().__init__(message or f"SIGSEGV at {address:#x}")
+
+
+class InvariantError(AssertionError):
+    """``MM.check()`` found simulated state that Linux could never be in."""
+
+    def __init__(self, invariant, detail=""):
+        self.invariant = invariant
+        super().__init__(f"{invariant}: {detail}" if detail else invariant)
+
+
+class OutOfMemory(MemoryError):
+    """The simulated machine has no free frame for an access (its ``max_frames``)."""
