@@ -1,0 +1,2418 @@
+"""Pure-Python reference model of Linux 6.18 x86-64 user page tables.
+
+This module is the executable specification and the test oracle for the
+compiled core. It is written for clarity: plain lists, dicts and small
+classes, one function per kernel step, each named after the kernel function
+it simulates so that ``mm/memory.c``, ``mm/pt_reclaim.c``, ``mm/madvise.c``,
+``mm/mmap.c``/``mm/vma.c``, ``mm/mprotect.c``, ``mm/mlock.c`` and
+``mm/mmu_gather.c`` can be read side by side with it.
+
+Rule numbers (``R12``) and scenarios (``SC-05``) refer to the behaviour spec,
+``linux-mm-semantics.md``. Nothing here is shared with the core.
+
+Modelled: private anonymous and shared anonymous (shmem) mappings, 4 KiB
+faults, the zero page, fault-around, mprotect/mlock/munlock/munmap/exit,
+every madvise advice of this kernel configuration, guard markers, PT reclaim
+(fast and slow path) and the mmu_gather batching that decides between them.
+Not modelled yet: files, fork, THP/huge PMDs, swap, hugetlb, userfaultfd.
+The entry encodings (swap-format markers, a PMD level that can hold leaves
+later) leave room for them.
+
+There is no concurrency, so ``need_resched()`` never fires and the PMD
+try-lock of the PT-reclaim fast path always succeeds (R57, R77); the slow
+path runs only after a forced batch flush (R56).
+"""
+
+import bisect
+import errno
+import os
+
+from .constants import (
+    MADV_COLD,
+    MADV_COLLAPSE,
+    MADV_DODUMP,
+    MADV_DOFORK,
+    MADV_DONTDUMP,
+    MADV_DONTFORK,
+    MADV_DONTNEED,
+    MADV_DONTNEED_LOCKED,
+    MADV_FREE,
+    MADV_GUARD_INSTALL,
+    MADV_GUARD_REMOVE,
+    MADV_HUGEPAGE,
+    MADV_KEEPONFORK,
+    MADV_MERGEABLE,
+    MADV_NOHUGEPAGE,
+    MADV_NORMAL,
+    MADV_PAGEOUT,
+    MADV_POPULATE_READ,
+    MADV_POPULATE_WRITE,
+    MADV_RANDOM,
+    MADV_REMOVE,
+    MADV_SEQUENTIAL,
+    MADV_UNMERGEABLE,
+    MADV_WILLNEED,
+    MADV_WIPEONFORK,
+    MAP_ANONYMOUS,
+    MAP_DROPPABLE,
+    MAP_FIXED,
+    MAP_FIXED_NOREPLACE,
+    MAP_GROWSDOWN,
+    MAP_HUGE_MASK,
+    MAP_HUGE_SHIFT,
+    MAP_HUGETLB,
+    MAP_LOCKED,
+    MAP_NONBLOCK,
+    MAP_NORESERVE,
+    MAP_POPULATE,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    MAP_STACK,
+    MAP_SYNC,
+    MAP_TYPE,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PMD_SHIFT,
+    PMD_SIZE,
+    PGDIR_SHIFT,
+    PGDIR_SIZE,
+    PROT_EXEC,
+    PROT_GROWSDOWN,
+    PROT_GROWSUP,
+    PROT_READ,
+    PROT_SEM,
+    PROT_WRITE,
+    PTE_PFN_MASK,
+    PTRS_PER_PTE,
+    PUD_SHIFT,
+    PUD_SIZE,
+    TASK_SIZE,
+    VM_ACCOUNT,
+    VM_DONTCOPY,
+    VM_DONTDUMP,
+    VM_DONTEXPAND,
+    VM_EXEC,
+    VM_GROWSDOWN,
+    VM_HUGEPAGE,
+    VM_HUGETLB,
+    VM_IO,
+    VM_LOCKED,
+    VM_LOCKONFAULT,
+    VM_MAYEXEC,
+    VM_MAYREAD,
+    VM_MAYSHARE,
+    VM_MAYWRITE,
+    VM_MERGEABLE,
+    VM_MIXEDMAP,
+    VM_NOHUGEPAGE,
+    VM_NORESERVE,
+    VM_PFNMAP,
+    VM_RAND_READ,
+    VM_READ,
+    VM_SEQ_READ,
+    VM_SHARED,
+    VM_SYNC,
+    VM_WIPEONFORK,
+    VM_WRITE,
+    ZERO_PFN,
+    _PAGE_ACCESSED,
+    _PAGE_DIRTY,
+    _PAGE_NX,
+    _PAGE_PSE,
+    _PAGE_PCD,
+    _PAGE_PRESENT,
+    _PAGE_PROTNONE,
+    _PAGE_PWT,
+    _PAGE_RW,
+    _PAGE_SPECIAL,
+    _PAGE_TABLE,
+    _PAGE_UFFD_WP,
+    _PAGE_USER,
+)
+from .errors import InvariantError, OutOfMemory, SegmentationFault
+
+__all__ = ["MM"]
+
+# ---------------------------------------------------------------------------
+# Kernel facts that are not ABI constants.
+# ---------------------------------------------------------------------------
+
+_U64 = (1 << 64) - 1
+_PMD_MASK = ~(PMD_SIZE - 1) & _U64
+_PUD_MASK = ~(PUD_SIZE - 1) & _U64
+_PGDIR_MASK = ~(PGDIR_SIZE - 1) & _U64
+_PAGE_MASK = ~(PAGE_SIZE - 1) & _U64
+
+# Top-down mmap base of a process without ASLR (api.md).
+MMAP_BASE = 0x7FFFF7FFF000
+# Bottom-up fallback base: PAGE_ALIGN(TASK_SIZE / 3) (x86 __TASK_UNMAPPED_BASE).
+_MMAP_LEGACY_BASE = ((TASK_SIZE // 3) + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+# Effective mmap_min_addr (LSM value on the lab machine); hints below it are raised.
+_MMAP_MIN_ADDR = 65536
+# Stack guard gap below a VM_GROWSDOWN VMA (stack_guard_gap = 256 pages).
+_STACK_GUARD_GAP = 256 << PAGE_SHIFT
+# sysctl vm.max_map_count.
+_MAX_MAP_COUNT = 65530
+# Overcommit mode 0 (OVERCOMMIT_GUESS) rejects a single charge larger than
+# totalram_pages + total_swap_pages; these are the lab machine's figures.
+_TOTALRAM_PAGES = 6171023
+_TOTAL_SWAP_PAGES = 0
+# fault_around_bytes = 64 KiB (R29).
+_FAULT_AROUND_PAGES = 16
+
+# mmu_gather geometry (mm/mmu_gather.c, include/asm-generic/tlb.h) for 4 KiB
+# pages and 8-byte pointers: the on-stack bundle, and each extra batch page
+# holds (4096 - 16) / 8 encoded page pointers, at most 10000 / 510 of them.
+MMU_GATHER_BUNDLE = 8
+MAX_GATHER_BATCH = (PAGE_SIZE - 16) // 8
+MAX_GATHER_BATCH_COUNT = 10000 // MAX_GATHER_BATCH
+# A table batch is one page: an rcu_head, a count, then table pointers.
+MAX_TABLE_BATCH = (PAGE_SIZE - 24) // 8
+
+# Swap-format entries (R6): 5 type bits at the top, the offset inverted in
+# bits 9..58. The PTE-marker type is always the highest one.
+_SWP_TYPE_BITS = 5
+_SWP_OFFSET_FIRST_BIT = 9
+_SWP_OFFSET_BITS = 64 - _SWP_TYPE_BITS - _SWP_OFFSET_FIRST_BIT
+_SWP_PTE_MARKER = 31
+PTE_MARKER_UFFD_WP = 1 << 0
+PTE_MARKER_POISONED = 1 << 1
+PTE_MARKER_GUARD = 1 << 2
+
+# _PAGE_CHG_MASK: what pte_modify() keeps from the old entry. The soft-dirty
+# and saved-dirty bits are compiled out on the lab kernel (R3).
+_PAGE_CHG_MASK = (
+    PTE_PFN_MASK | _PAGE_PCD | _PAGE_PWT | _PAGE_SPECIAL | _PAGE_ACCESSED | _PAGE_DIRTY | _PAGE_UFFD_WP | _PAGE_PSE
+)
+
+VM_ACCESS_FLAGS = VM_READ | VM_WRITE | VM_EXEC
+VM_SPECIAL = VM_IO | VM_DONTEXPAND | VM_PFNMAP | VM_MIXEDMAP
+VM_LOCKED_MASK = VM_LOCKED | VM_LOCKONFAULT
+
+# arch/x86/mm/pgprot.c protection_map, after __supported_pte_mask (NX supported).
+_PAGE_NONE = _PAGE_ACCESSED | _PAGE_PROTNONE
+_PAGE_SHARED = _PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED | _PAGE_NX
+_PAGE_SHARED_EXEC = _PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED
+_PAGE_COPY = _PAGE_PRESENT | _PAGE_USER | _PAGE_ACCESSED | _PAGE_NX
+_PAGE_COPY_EXEC = _PAGE_PRESENT | _PAGE_USER | _PAGE_ACCESSED
+_PAGE_READONLY = _PAGE_PRESENT | _PAGE_USER | _PAGE_ACCESSED | _PAGE_NX
+_PAGE_READONLY_EXEC = _PAGE_PRESENT | _PAGE_USER | _PAGE_ACCESSED
+
+_PROTECTION_MAP = (
+    _PAGE_NONE,  # ---
+    _PAGE_READONLY,  # r--
+    _PAGE_COPY,  # -w-
+    _PAGE_COPY,  # rw-
+    _PAGE_READONLY_EXEC,  # --x
+    _PAGE_READONLY_EXEC,  # r-x
+    _PAGE_COPY_EXEC,  # -wx
+    _PAGE_COPY_EXEC,  # rwx
+    _PAGE_NONE,  # shared ---
+    _PAGE_READONLY,
+    _PAGE_SHARED,
+    _PAGE_SHARED,
+    _PAGE_READONLY_EXEC,
+    _PAGE_READONLY_EXEC,
+    _PAGE_SHARED_EXEC,
+    _PAGE_SHARED_EXEC,
+)
+
+# The madvise advice this kernel accepts (R33): no CONFIG_MEMORY_FAILURE, so
+# no HWPOISON/SOFT_OFFLINE; KSM and THP are built in.
+_MADV_VALID = frozenset(
+    (
+        MADV_NORMAL,
+        MADV_RANDOM,
+        MADV_SEQUENTIAL,
+        MADV_WILLNEED,
+        MADV_DONTNEED,
+        MADV_FREE,
+        MADV_REMOVE,
+        MADV_DONTFORK,
+        MADV_DOFORK,
+        MADV_MERGEABLE,
+        MADV_UNMERGEABLE,
+        MADV_HUGEPAGE,
+        MADV_NOHUGEPAGE,
+        MADV_DONTDUMP,
+        MADV_DODUMP,
+        MADV_WIPEONFORK,
+        MADV_KEEPONFORK,
+        MADV_COLD,
+        MADV_PAGEOUT,
+        MADV_POPULATE_READ,
+        MADV_POPULATE_WRITE,
+        MADV_DONTNEED_LOCKED,
+        MADV_COLLAPSE,
+        MADV_GUARD_INSTALL,
+        MADV_GUARD_REMOVE,
+    )
+)
+# madvise_batch_tlb_flush(): one mmu_gather for the whole call (R35).
+_MADV_BATCHED = frozenset((MADV_DONTNEED, MADV_DONTNEED_LOCKED, MADV_FREE))
+
+# Page kinds and their RSS counter (R14).
+MM_FILEPAGES, MM_ANONPAGES, MM_SWAPENTS, MM_SHMEMPAGES = 0, 1, 2, 3
+_ANON = "anon"
+_SHMEM = "shmem"
+_KIND_COUNTER = {_ANON: MM_ANONPAGES, _SHMEM: MM_SHMEMPAGES}
+
+# Table levels.
+_PGD, _PUD, _PMD, _PTE = 0, 1, 2, 3
+_LEVEL_NAMES = ("pgd", "pud", "pmd", "pte")
+_LEVEL_SHIFT = (PGDIR_SHIFT, PUD_SHIFT, PMD_SHIFT, PAGE_SHIFT)
+
+_STAT_KEYS = (
+    "page_faults",
+    "pte_tables_allocated",
+    "pmd_tables_allocated",
+    "pud_tables_allocated",
+    "pte_tables_freed_reclaim_fast",
+    "pte_tables_freed_reclaim_slow",
+    "reclaim_slow_abandoned",
+    "pte_tables_freed_unmap",
+    "pmd_tables_freed",
+    "pud_tables_freed",
+    "tlb_flushes",
+    "mmu_gathers",
+    "table_batches",
+)
+
+
+def _oserror(code):
+    return OSError(code, os.strerror(code))
+
+
+def _ulong(value):
+    """A C ``unsigned long`` argument, checked the way ``os`` functions do."""
+    if not isinstance(value, int):
+        raise TypeError(f"an integer is required (got type {type(value).__name__})")
+    if value < 0 or value > _U64:
+        raise OverflowError("Python int too large to convert to C unsigned long")
+    return int(value)
+
+
+def _cint(value):
+    if not isinstance(value, int):
+        raise TypeError(f"an integer is required (got type {type(value).__name__})")
+    if not -(1 << 31) <= value < (1 << 31):
+        raise OverflowError("signed integer is greater than maximum")
+    return int(value)
+
+
+def _page_align(length):
+    """PAGE_ALIGN() on a 64-bit size_t: may wrap to 0."""
+    return (length + PAGE_SIZE - 1) & _PAGE_MASK
+
+
+# ---------------------------------------------------------------------------
+# Entry encoding (R3-R7)
+# ---------------------------------------------------------------------------
+
+
+def pte_none(pte):
+    # x86 ignores A and D in non-present entries (Knights Landing erratum, R4).
+    return (pte & ~(_PAGE_ACCESSED | _PAGE_DIRTY)) == 0
+
+
+def pte_present(pte):
+    # A PROT_NONE page is still present: P clear, PROTNONE set (R5).
+    return bool(pte & (_PAGE_PRESENT | _PAGE_PROTNONE))
+
+
+def _pte_needs_invert(val):
+    # L1TF mitigation: a non-present, non-zero entry stores its PFN inverted.
+    return val != 0 and not (val & _PAGE_PRESENT)
+
+
+def pfn_pte(pfn, prot):
+    pfn_bits = (pfn << PAGE_SHIFT) & PTE_PFN_MASK
+    if _pte_needs_invert(prot):
+        pfn_bits ^= PTE_PFN_MASK
+    return pfn_bits | prot
+
+
+def pte_pfn(pte):
+    val = pte
+    if _pte_needs_invert(val):
+        val ^= PTE_PFN_MASK
+    return (val & PTE_PFN_MASK) >> PAGE_SHIFT
+
+
+def pte_modify(pte, newprot):
+    """x86 pte_modify(): keep PFN, A, D, SPECIAL and cache bits (R21)."""
+    val = (pte & _PAGE_CHG_MASK) | (newprot & ~_PAGE_CHG_MASK)
+    # flip_protnone_guard(): re-invert the PFN when crossing PROT_NONE.
+    if _pte_needs_invert(pte) != _pte_needs_invert(val):
+        val ^= PTE_PFN_MASK
+    return val
+
+
+def make_pte_marker(bits):
+    """A PTE_MARKER swap-format entry (R6, R7)."""
+    offset = (~bits) & ((1 << _SWP_OFFSET_BITS) - 1)
+    return (_SWP_PTE_MARKER << (64 - _SWP_TYPE_BITS)) | (offset << _SWP_OFFSET_FIRST_BIT)
+
+
+def pte_to_swp_entry(pte):
+    """(type, offset) of a non-present, non-none entry."""
+    swp_type = pte >> (64 - _SWP_TYPE_BITS)
+    offset = (~(pte >> _SWP_OFFSET_FIRST_BIT)) & ((1 << _SWP_OFFSET_BITS) - 1)
+    return swp_type, offset
+
+
+def is_guard_pte_marker(pte):
+    if pte_none(pte) or pte_present(pte):
+        return False
+    swp_type, offset = pte_to_swp_entry(pte)
+    return swp_type == _SWP_PTE_MARKER and offset == PTE_MARKER_GUARD
+
+
+_GUARD_MARKER = make_pte_marker(PTE_MARKER_GUARD)
+
+
+def vm_get_page_prot(vm_flags):
+    return _PROTECTION_MAP[vm_flags & (VM_READ | VM_WRITE | VM_EXEC | VM_SHARED)]
+
+
+def _pte_flags_need_flush(old, new):
+    """x86 pte_needs_flush() for a present old entry (ignoring A)."""
+    if pte_pfn(old) != pte_pfn(new):
+        return True
+    diff = (old ^ new) & ~(_PAGE_SPECIAL | _PAGE_UFFD_WP | (1 << 11) | (1 << 57) | (1 << 58))
+    diff &= ~_PAGE_ACCESSED
+    if diff & old & (_PAGE_DIRTY | _PAGE_PRESENT):
+        return True
+    flush_on_change = _PAGE_RW | _PAGE_USER | _PAGE_PWT | _PAGE_PCD | _PAGE_PSE | _PAGE_PROTNONE | _PAGE_NX
+    flush_on_change |= 0xF << 59  # protection keys
+    return bool(diff & flush_on_change)
+
+
+# ---------------------------------------------------------------------------
+# Simulated physical memory
+# ---------------------------------------------------------------------------
+
+
+class _Frame:
+    """A 4 KiB data page (a small folio)."""
+
+    __slots__ = ("pfn", "kind", "refcount", "mapcount", "lazyfree", "dirty", "shmem", "index")
+
+    def __init__(self, pfn, kind):
+        self.pfn = pfn
+        self.kind = kind
+        self.refcount = 1
+        self.mapcount = 0
+        self.lazyfree = False
+        self.dirty = False
+        self.shmem = None
+        self.index = None
+
+
+class _PhysMem:
+    """Frame allocator. The zero page is frame ZERO_PFN and is never allocated."""
+
+    def __init__(self, max_frames):
+        self.max_frames = max_frames
+        self.frames = {}  # pfn -> _Frame (data pages only)
+        self._next_pfn = ZERO_PFN + 1
+        self._free_pfns = []
+
+    def _take_pfn(self):
+        if self._free_pfns:
+            return self._free_pfns.pop()
+        pfn = self._next_pfn
+        self._next_pfn += 1
+        return pfn
+
+    def alloc_table_pfn(self):
+        # Page-table pages are not data frames: max_frames does not bound them.
+        return self._take_pfn()
+
+    def free_table_pfn(self, pfn):
+        self._free_pfns.append(pfn)
+
+    def alloc_frame(self, kind):
+        if self.max_frames is not None and len(self.frames) >= self.max_frames:
+            return None
+        frame = _Frame(self._take_pfn(), kind)
+        self.frames[frame.pfn] = frame
+        return frame
+
+    def folio_put(self, frame):
+        frame.refcount -= 1
+        if frame.refcount == 0:
+            del self.frames[frame.pfn]
+            self._free_pfns.append(frame.pfn)
+
+
+class _ShmemObject:
+    """The shmem inode behind one MAP_SHARED|MAP_ANONYMOUS mmap (R28)."""
+
+    __slots__ = ("pages", "nr_pages", "vma_refs")
+
+    def __init__(self, nr_pages):
+        self.pages = {}  # page index -> _Frame; the object holds one reference
+        self.nr_pages = nr_pages
+        self.vma_refs = 0
+
+
+class _AnonVma:
+    """Identity only: VMAs may merge iff they share one or one side has none."""
+
+    __slots__ = ("serial",)
+
+    def __init__(self, serial):
+        self.serial = serial
+
+
+# ---------------------------------------------------------------------------
+# Page tables
+# ---------------------------------------------------------------------------
+
+
+class _Table:
+    """One 4 KiB table page: 512 raw entries, plus the child tables they point to."""
+
+    __slots__ = ("level", "pfn", "base", "entries", "children")
+
+    def __init__(self, level, pfn, base):
+        self.level = level
+        self.pfn = pfn
+        self.base = base
+        self.entries = [0] * 512
+        self.children = [None] * 512 if level < _PTE else None
+
+
+class _Vma:
+    __slots__ = ("start", "end", "flags", "pgoff", "anon_vma", "shmem")
+
+    def __init__(self, start, end, flags, pgoff, anon_vma=None, shmem=None):
+        self.start = start
+        self.end = end
+        self.flags = flags
+        self.pgoff = pgoff
+        self.anon_vma = anon_vma
+        self.shmem = shmem
+
+    def pages(self):
+        return (self.end - self.start) >> PAGE_SHIFT
+
+    def __repr__(self):
+        return f"<vma {self.start:#x}-{self.end:#x} {self.flags:#x}>"
+
+
+def vma_is_anonymous(vma):
+    # Private anonymous memory only: shmem VMAs have vm_ops (R17).
+    return vma.shmem is None
+
+
+def vma_is_accessible(vma):
+    return bool(vma.flags & VM_ACCESS_FLAGS)
+
+
+class _ZapDetails:
+    __slots__ = ("even_cows", "reclaim_pt", "drop_markers")
+
+    def __init__(self, even_cows=False, reclaim_pt=False, drop_markers=False):
+        self.even_cows = even_cows
+        self.reclaim_pt = reclaim_pt
+        self.drop_markers = drop_markers
+
+
+def should_zap_cows(details):
+    if details is None or details.reclaim_pt:
+        return True
+    return details.even_cows
+
+
+class _FaultError(Exception):
+    """A VM_FAULT_* error return of handle_mm_fault()."""
+
+    def __init__(self, kind, address):
+        super().__init__(kind)
+        self.kind = kind  # "SIGSEGV" or "OOM"
+        self.address = address
+
+
+# ---------------------------------------------------------------------------
+# mmu_gather (R35, R59)
+# ---------------------------------------------------------------------------
+
+
+class _MmuGather:
+    """One struct mmu_gather. Pages and tables it holds are freed at flush time."""
+
+    def __init__(self, mm, fullmm):
+        self.mm = mm
+        self.fullmm = fullmm
+        # Set by anything that would make tlb_flush_mmu_tlbonly() flush:
+        # cleared PTEs, freed tables (freed_tables/cleared_* in the kernel).
+        self.need_flush = False
+        # Page batches: [0] is the on-stack bundle, the others are batch pages
+        # that stay allocated until tlb_finish_mmu().
+        self.batch_max = [MMU_GATHER_BUNDLE]
+        self.batch_nr = [0]
+        self.active = 0
+        self.batch_count = 0
+        self.delayed_rmap = False
+        self.pages = []
+        self.table_batch = None
+
+
+def tlb_gather_mmu(mm, fullmm=False):
+    mm._stats["mmu_gathers"] += 1
+    return _MmuGather(mm, fullmm)
+
+
+def tlb_next_batch(tlb):
+    # Delayed rmaps must stay within the batches tlb_flush_rmaps() walks.
+    if tlb.delayed_rmap and tlb.active != 0:
+        return False
+    if tlb.active + 1 < len(tlb.batch_max):
+        tlb.active += 1
+        return True
+    if tlb.batch_count == MAX_GATHER_BATCH_COUNT:
+        return False
+    tlb.batch_count += 1
+    tlb.batch_max.append(MAX_GATHER_BATCH)
+    tlb.batch_nr.append(0)
+    tlb.active += 1
+    return True
+
+
+def tlb_remove_folio_pages(tlb, frame, delay_rmap):
+    """__tlb_remove_folio_pages_size() for one small folio; True when full."""
+    if delay_rmap:
+        tlb.delayed_rmap = True
+    tlb.pages.append(frame)
+    active = tlb.active
+    tlb.batch_nr[active] += 1
+    # Keep room for a page plus an nr_pages entry in the active batch.
+    if tlb.batch_nr[active] >= tlb.batch_max[active] - 1:
+        if not tlb_next_batch(tlb):
+            return True
+    return False
+
+
+def tlb_flush_mmu_tlbonly(tlb):
+    if not tlb.need_flush:
+        return
+    tlb.mm._stats["tlb_flushes"] += 1
+    tlb.need_flush = False
+
+
+def tlb_flush_rmaps(tlb):
+    tlb.delayed_rmap = False
+
+
+def tlb_table_flush(tlb):
+    if tlb.table_batch is not None:
+        # The batch goes to call_rcu(); the tables are freed after a grace
+        # period, which the model collapses to "now" (R59, R77).
+        tlb.mm._stats["table_batches"] += 1
+        for table in tlb.table_batch:
+            tlb.mm._mem.free_table_pfn(table.pfn)
+        tlb.table_batch = None
+
+
+def tlb_remove_table(tlb, table):
+    if tlb.table_batch is None:
+        tlb.table_batch = []
+    tlb.table_batch.append(table)
+    if len(tlb.table_batch) == MAX_TABLE_BATCH:
+        tlb_table_flush(tlb)
+
+
+def tlb_batch_pages_flush(tlb):
+    mem = tlb.mm._mem
+    for frame in tlb.pages:
+        mem.folio_put(frame)
+    tlb.pages = []
+    for i in range(len(tlb.batch_nr)):
+        tlb.batch_nr[i] = 0
+    tlb.active = 0
+
+
+def tlb_flush_mmu(tlb):
+    tlb_flush_mmu_tlbonly(tlb)
+    tlb_table_flush(tlb)
+    tlb_batch_pages_flush(tlb)
+
+
+def tlb_finish_mmu(tlb):
+    tlb_flush_mmu(tlb)
+
+
+def tlb_end_vma(tlb):
+    # x86 does not merge VMAs in one flush (no MMU_GATHER_MERGE_VMAS).
+    if not tlb.fullmm:
+        tlb_flush_mmu_tlbonly(tlb)
+
+
+def pte_free_tlb(tlb, table):
+    tlb.need_flush = True
+    tlb_remove_table(tlb, table)
+
+
+# ---------------------------------------------------------------------------
+# The mm
+# ---------------------------------------------------------------------------
+
+
+class MM:
+    """One simulated process address space (``mm_struct``); see ``docs/api.md``."""
+
+    def __init__(self, *, pt_reclaim=True, thp="madvise", max_frames=None):
+        if thp not in ("never", "madvise", "always"):
+            raise ValueError(f"thp must be 'never', 'madvise' or 'always', not {thp!r}")
+        if max_frames is not None:
+            if not isinstance(max_frames, int) or isinstance(max_frames, bool):
+                raise TypeError("max_frames must be an int or None")
+            if max_frames < 0:
+                raise ValueError("max_frames must be >= 0")
+        self.pt_reclaim = bool(pt_reclaim)
+        self.thp = thp
+        self._mem = _PhysMem(max_frames)
+        self._pgd = _Table(_PGD, self._mem.alloc_table_pfn(), 0)
+        self._pgtables_bytes = 0
+        self._rss = [0, 0, 0, 0]
+        self._locked_vm = 0
+        self._vmas = []
+        self._vma_starts = []
+        self._anon_vma_serial = 0
+        self._stats = dict.fromkeys(_STAT_KEYS, 0)
+        # Boundaries (addresses) where Linux legitimately leaves two mergeable
+        # VMAs unmerged: a MAP_FIXED that failed after splitting (vms_abort).
+        self._unmerged_ok = set()
+        self._dead = False
+
+    # ------------------------------------------------------------------ VMAs
+
+    def _vmas_changed(self):
+        self._vma_starts = [v.start for v in self._vmas]
+
+    def find_vma(self, addr):
+        """First VMA with end > addr (the kernel's find_vma)."""
+        i = bisect.bisect_right(self._vma_starts, addr) - 1
+        if i >= 0 and self._vmas[i].end > addr:
+            return self._vmas[i]
+        i += 1
+        return self._vmas[i] if i < len(self._vmas) else None
+
+    def _vma_index(self, vma):
+        i = bisect.bisect_left(self._vma_starts, vma.start)
+        assert self._vmas[i] is vma
+        return i
+
+    def _vma_prev(self, vma):
+        i = self._vma_index(vma)
+        return self._vmas[i - 1] if i > 0 else None
+
+    def _vma_next(self, vma):
+        i = self._vma_index(vma)
+        return self._vmas[i + 1] if i + 1 < len(self._vmas) else None
+
+    def _vma_containing(self, addr):
+        vma = self.find_vma(addr)
+        if vma is not None and vma.start <= addr:
+            return vma
+        return None
+
+    def _insert_vma(self, vma):
+        i = bisect.bisect_left(self._vma_starts, vma.start)
+        self._vmas.insert(i, vma)
+        if vma.shmem is not None:
+            vma.shmem.vma_refs += 1
+        self._vmas_changed()
+
+    def _remove_vma(self, vma):
+        self._vmas.pop(self._vma_index(vma))
+        self._vmas_changed()
+        self._vma_put_file(vma)
+
+    def _vma_put_file(self, vma):
+        obj = vma.shmem
+        if obj is not None:
+            obj.vma_refs -= 1
+            if obj.vma_refs == 0:
+                # Last mapping gone: the shmem inode is evicted with its pages.
+                for frame in obj.pages.values():
+                    self._mem.folio_put(frame)
+                obj.pages.clear()
+
+    def _new_anon_vma(self):
+        self._anon_vma_serial += 1
+        return _AnonVma(self._anon_vma_serial)
+
+    def __split_vma(self, vma, addr):
+        """Split vma at addr; both halves keep the anon_vma and the file."""
+        new = _Vma(addr, vma.end, vma.flags, vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT), vma.anon_vma, vma.shmem)
+        vma.end = addr
+        self._insert_vma(new)
+        return new
+
+    @staticmethod
+    def _anon_vma_compatible_merge(a, b):
+        # is_mergeable_anon_vma() without fork: one side empty, or the same.
+        return a is None or b is None or a is b
+
+    @staticmethod
+    def is_mergeable_vma(vma, flags, shmem):
+        return vma.flags == flags and vma.shmem is shmem
+
+    def can_vma_merge_left(self, prev, start, flags, shmem, pgoff, anon_vma):
+        """can_vma_merge_left()/can_vma_merge_after(): merge [start, ..) into prev."""
+        if prev is None or prev.end != start:
+            return False
+        if not self.is_mergeable_vma(prev, flags, shmem):
+            return False
+        if not self._anon_vma_compatible_merge(prev.anon_vma, anon_vma):
+            return False
+        return prev.pgoff + prev.pages() == pgoff
+
+    def can_vma_merge_right(self, nxt, end, flags, shmem, pgoff, nr_pages, anon_vma, prev, merge_left):
+        if nxt is None or nxt.start != end:
+            return False
+        if not self.is_mergeable_vma(nxt, flags, shmem):
+            return False
+        if not self._anon_vma_compatible_merge(nxt.anon_vma, anon_vma):
+            return False
+        if nxt.pgoff != pgoff + nr_pages:
+            return False
+        if not merge_left:
+            return True
+        return self._anon_vma_compatible_merge(prev.anon_vma, nxt.anon_vma)
+
+    def vma_modify_flags(self, vma, start, end, newflags):
+        """vma_modify(): merge with neighbours if possible, else split (R22)."""
+        left_side = start == vma.start
+        right_side = end == vma.end
+        prev = self._vma_prev(vma) if left_side else None
+        nxt = self._vma_next(vma) if right_side else None
+        pgoff = vma.pgoff + ((start - vma.start) >> PAGE_SHIFT)
+        nr_pages = (end - start) >> PAGE_SHIFT
+        merge_left = merge_right = False
+        if not (newflags & VM_SPECIAL) and (left_side or right_side):
+            if left_side:
+                merge_left = self.can_vma_merge_left(prev, start, newflags, vma.shmem, pgoff, vma.anon_vma)
+            if right_side:
+                merge_right = self.can_vma_merge_right(
+                    nxt, end, newflags, vma.shmem, pgoff, nr_pages, vma.anon_vma, prev, merge_left
+                )
+        if merge_left and merge_right:
+            prev.end = nxt.end
+            if prev.anon_vma is None:
+                prev.anon_vma = nxt.anon_vma or vma.anon_vma
+            self._remove_vma(vma)
+            self._remove_vma(nxt)
+            return prev
+        if merge_left:
+            if prev.anon_vma is None:
+                prev.anon_vma = vma.anon_vma
+            prev.end = end
+            if right_side:
+                self._remove_vma(vma)
+            else:
+                vma.pgoff += (end - vma.start) >> PAGE_SHIFT
+                vma.start = end
+                self._vmas_changed()
+            return prev
+        if merge_right:
+            if nxt.anon_vma is None:
+                nxt.anon_vma = vma.anon_vma
+            nxt.pgoff -= nr_pages
+            nxt.start = start
+            if left_side:
+                self._remove_vma(vma)
+            else:
+                vma.end = start
+            self._vmas_changed()
+            return nxt
+        if vma.start < start:
+            vma = self.__split_vma(vma, start)
+        if vma.end > end:
+            self.__split_vma(vma, end)
+        vma.flags = newflags
+        return vma
+
+    def vma_merge_new_range(self, start, end, flags, pgoff):
+        """vma_merge_new_range() for a new anonymous range; the VMA or None."""
+        if flags & VM_SPECIAL:
+            return None
+        nxt = self.find_vma(start)
+        prev = self._vma_prev(nxt) if nxt is not None else (self._vmas[-1] if self._vmas else None)
+        if nxt is not None and nxt.start < end:
+            return None
+        nr_pages = (end - start) >> PAGE_SHIFT
+        merge_left = self.can_vma_merge_left(prev, start, flags, None, pgoff, None)
+        merge_right = self.can_vma_merge_right(nxt, end, flags, None, pgoff, nr_pages, None, prev, merge_left)
+        if merge_left and merge_right:
+            prev.end = nxt.end
+            if prev.anon_vma is None:
+                prev.anon_vma = nxt.anon_vma
+            self._remove_vma(nxt)
+            return prev
+        if merge_left:
+            prev.end = end
+            return prev
+        if merge_right:
+            nxt.start = start
+            nxt.pgoff = pgoff
+            self._vmas_changed()
+            return nxt
+        return None
+
+    def find_mergeable_anon_vma(self, vma):
+        """Reuse a neighbour's anon_vma if the VMAs could one day merge (R18)."""
+        for other, a, b in ((self._vma_next(vma), vma, None), (self._vma_prev(vma), None, vma)):
+            if other is None:
+                continue
+            a = a or other
+            b = b or other
+            compatible = (
+                a.end == b.start
+                and a.shmem is b.shmem
+                and not ((a.flags ^ b.flags) & ~VM_ACCESS_FLAGS)
+                and b.pgoff == a.pgoff + ((b.start - a.start) >> PAGE_SHIFT)
+            )
+            if compatible and other.anon_vma is not None:
+                return other.anon_vma
+        return None
+
+    def anon_vma_prepare(self, vma):
+        if vma.anon_vma is None:
+            vma.anon_vma = self.find_mergeable_anon_vma(vma) or self._new_anon_vma()
+
+    # ------------------------------------------------------- table allocation
+
+    def _alloc_table(self, parent, index, level):
+        table = _Table(level, self._mem.alloc_table_pfn(), parent.base + (index << _LEVEL_SHIFT[parent.level]))
+        parent.children[index] = table
+        parent.entries[index] = (table.pfn << PAGE_SHIFT) | _PAGE_TABLE
+        # Counted when linked in (R10, R11).
+        self._pgtables_bytes += PAGE_SIZE
+        self._stats[("", "pud_tables_allocated", "pmd_tables_allocated", "pte_tables_allocated")[level]] += 1
+        return table
+
+    def __pud_alloc(self, addr):
+        i = (addr >> PGDIR_SHIFT) & 511
+        return self._pgd.children[i] or self._alloc_table(self._pgd, i, _PUD)
+
+    def __pmd_alloc(self, pud, addr):
+        i = (addr >> PUD_SHIFT) & 511
+        return pud.children[i] or self._alloc_table(pud, i, _PMD)
+
+    def __pte_alloc(self, pmd, addr):
+        i = (addr >> PMD_SHIFT) & 511
+        return pmd.children[i] or self._alloc_table(pmd, i, _PTE)
+
+    def _walk_pmd(self, addr):
+        pud = self._pgd.children[(addr >> PGDIR_SHIFT) & 511]
+        if pud is None:
+            return None
+        return pud.children[(addr >> PUD_SHIFT) & 511]
+
+    def _walk_pte_table(self, addr):
+        pmd = self._walk_pmd(addr)
+        if pmd is None:
+            return None
+        return pmd.children[(addr >> PMD_SHIFT) & 511]
+
+    # ---------------------------------------------------------------- faults
+
+    def handle_mm_fault(self, vma, addr, write):
+        """__handle_mm_fault(): walk and allocate PUD/PMD, then the PTE path (R25)."""
+        self._stats["page_faults"] += 1
+        pud = self.__pud_alloc(addr)
+        pmd = self.__pmd_alloc(pud, addr)
+        # THP is not simulated: every fault takes the PTE path (R27 out of scope).
+        pte_table = pmd.children[(addr >> PMD_SHIFT) & 511]
+        if pte_table is None:
+            if vma_is_anonymous(vma):
+                return self.do_anonymous_page(vma, pmd, None, addr, write)
+            return self.do_fault(vma, pmd, None, addr, write)
+        return self.handle_pte_fault(vma, pmd, pte_table, addr, write)
+
+    def handle_pte_fault(self, vma, pmd, pte_table, addr, write):
+        i = (addr >> PAGE_SHIFT) & 511
+        pte = pte_table.entries[i]
+        if pte_none(pte):
+            if vma_is_anonymous(vma):
+                return self.do_anonymous_page(vma, pmd, pte_table, addr, write)
+            return self.do_fault(vma, pmd, pte_table, addr, write)
+        if not pte_present(pte):
+            return self.do_swap_page(vma, pte, addr)
+        if write and not (pte & _PAGE_RW):
+            return self.do_wp_page(vma, pte_table, i, pte, addr)
+        # Spurious fault: the access bits are all that change.
+        pte_table.entries[i] = pte | _PAGE_ACCESSED | (_PAGE_DIRTY if write else 0)
+        return None
+
+    def do_swap_page(self, vma, pte, addr):
+        if is_guard_pte_marker(pte):
+            # handle_pte_marker(): a guard region raises SIGSEGV (R43).
+            raise _FaultError("SIGSEGV", addr)
+        raise NotImplementedError("swap entries are not simulated")
+
+    def do_anonymous_page(self, vma, pmd, pte_table, addr, write):
+        """Private anonymous fault on a none PTE (R26)."""
+        if pte_table is None:
+            pte_table = self.__pte_alloc(pmd, addr)
+        i = (addr >> PAGE_SHIFT) & 511
+        prot = vm_get_page_prot(vma.flags)
+        if not write:
+            # Zero page: special, read-only, no RSS, no anon_vma (R9, R18).
+            pte_table.entries[i] = pfn_pte(ZERO_PFN, prot) | _PAGE_SPECIAL
+            return None
+        self.anon_vma_prepare(vma)
+        frame = self._mem.alloc_frame(_ANON)
+        if frame is None:
+            raise _FaultError("OOM", addr)
+        entry = pfn_pte(frame.pfn, prot)
+        if vma.flags & VM_WRITE:
+            entry |= _PAGE_DIRTY | _PAGE_RW
+        frame.mapcount = 1
+        self._rss[MM_ANONPAGES] += 1
+        pte_table.entries[i] = entry
+        return None
+
+    def do_wp_page(self, vma, pte_table, i, pte, addr):
+        """Write to a present read-only PTE in a writable VMA (R26, R69)."""
+        pfn = pte_pfn(pte)
+        frame = None if pte & _PAGE_SPECIAL else self._mem.frames.get(pfn)
+        if frame is not None and frame.kind == _ANON and frame.mapcount == 1:
+            # wp_page_reuse(): our exclusive anonymous page.
+            pte_table.entries[i] = pte | _PAGE_ACCESSED | _PAGE_DIRTY | _PAGE_RW
+            frame.lazyfree = False
+            return None
+        if frame is not None and frame.kind == _SHMEM:
+            # A shared mapping's vm_page_prot is writable; nothing to copy.
+            pte_table.entries[i] = pte | _PAGE_ACCESSED | _PAGE_DIRTY | _PAGE_RW
+            return None
+        # wp_page_copy() of the zero page: a fresh private page (R26).
+        self.anon_vma_prepare(vma)
+        new = self._mem.alloc_frame(_ANON)
+        if new is None:
+            raise _FaultError("OOM", addr)
+        new.mapcount = 1
+        entry = pfn_pte(new.pfn, vm_get_page_prot(vma.flags)) | _PAGE_DIRTY
+        if vma.flags & VM_WRITE:
+            entry |= _PAGE_RW
+        pte_table.entries[i] = entry
+        if frame is None:
+            self._rss[MM_ANONPAGES] += 1
+        return None
+
+    def do_fault(self, vma, pmd, pte_table, addr, write):
+        """Shmem faults: do_read_fault / do_shared_fault (R28, R29, R30)."""
+        if not write:
+            return self.do_read_fault(vma, pmd, pte_table, addr)
+        if not (vma.flags & VM_SHARED):
+            raise NotImplementedError("private file mappings are not simulated")
+        return self.do_shared_fault(vma, pmd, pte_table, addr)
+
+    def _linear_page_index(self, vma, addr):
+        return vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT)
+
+    def do_fault_around(self, vma, pmd, pte_table, addr):
+        """Map the cached pages of the fault-around window (R29)."""
+        pte_off = (addr >> PAGE_SHIFT) & 511
+        vma_off = (addr - vma.start) >> PAGE_SHIFT
+        nr = _FAULT_AROUND_PAGES
+        from_pte = max(pte_off & ~(nr - 1), pte_off - min(pte_off, vma_off))
+        to_pte = min(from_pte + nr, PTRS_PER_PTE, pte_off + vma.pages() - vma_off) - 1
+        obj = vma.shmem
+        base_index = self._linear_page_index(vma, addr) - pte_off
+        found = [
+            (j, obj.pages[base_index + j])
+            for j in range(from_pte, to_pte + 1)
+            if base_index + j in obj.pages
+        ]
+        if not found:
+            # filemap_map_pages() installs the table only with a folio to map.
+            return pte_table, False
+        if pte_table is None:
+            pte_table = self.__pte_alloc(pmd, addr)
+        prot = vm_get_page_prot(vma.flags)
+        mapped_fault_page = False
+        for j, frame in found:
+            if not pte_none(pte_table.entries[j]):
+                continue
+            pte_table.entries[j] = pfn_pte(frame.pfn, prot)
+            frame.refcount += 1
+            frame.mapcount += 1
+            self._rss[MM_SHMEMPAGES] += 1
+            if j == pte_off:
+                mapped_fault_page = True
+        return pte_table, mapped_fault_page
+
+    def shmem_fault(self, vma, addr):
+        obj = vma.shmem
+        index = self._linear_page_index(vma, addr)
+        frame = obj.pages.get(index)
+        if frame is None:
+            frame = self._mem.alloc_frame(_SHMEM)
+            if frame is None:
+                raise _FaultError("OOM", addr)
+            frame.shmem = obj
+            frame.index = index
+            obj.pages[index] = frame
+        return frame
+
+    def finish_fault(self, vma, pmd, pte_table, addr, frame, write):
+        if pte_table is None:
+            pte_table = self.__pte_alloc(pmd, addr)
+        i = (addr >> PAGE_SHIFT) & 511
+        if not pte_none(pte_table.entries[i]):
+            return
+        entry = pfn_pte(frame.pfn, vm_get_page_prot(vma.flags))
+        if write:
+            entry |= _PAGE_DIRTY
+            if vma.flags & VM_WRITE:
+                entry |= _PAGE_RW
+            frame.dirty = True
+        pte_table.entries[i] = entry
+        frame.refcount += 1
+        frame.mapcount += 1
+        self._rss[MM_SHMEMPAGES] += 1
+
+    def do_read_fault(self, vma, pmd, pte_table, addr):
+        pte_table, done = self.do_fault_around(vma, pmd, pte_table, addr)
+        if done:
+            return None
+        frame = self.shmem_fault(vma, addr)
+        self.finish_fault(vma, pmd, pte_table, addr, frame, False)
+        return None
+
+    def do_shared_fault(self, vma, pmd, pte_table, addr):
+        # Write faults map only the faulting page: no fault-around (R28).
+        frame = self.shmem_fault(vma, addr)
+        self.finish_fault(vma, pmd, pte_table, addr, frame, True)
+        return None
+
+    def _access(self, vma, addr, write):
+        """One CPU load/store: the hardware walk, then the fault handler."""
+        # arch access_error(): reads need any access right, writes VM_WRITE.
+        if write:
+            if not (vma.flags & VM_WRITE):
+                raise _FaultError("SIGSEGV", addr)
+        elif not (vma.flags & VM_ACCESS_FLAGS):
+            raise _FaultError("SIGSEGV", addr)
+        pte_table = self._walk_pte_table(addr)
+        if pte_table is not None:
+            i = (addr >> PAGE_SHIFT) & 511
+            pte = pte_table.entries[i]
+            if pte & _PAGE_PRESENT and (not write or pte & _PAGE_RW):
+                # The CPU sets the accessed and dirty bits itself.
+                pte_table.entries[i] = pte | _PAGE_ACCESSED | (_PAGE_DIRTY if write else 0)
+                return
+        self.handle_mm_fault(vma, addr, write)
+
+    # ----------------------------------------------------------------- GUP
+
+    def _gup_page_ok(self, addr, write):
+        pte_table = self._walk_pte_table(addr)
+        if pte_table is None:
+            return False
+        pte = pte_table.entries[(addr >> PAGE_SHIFT) & 511]
+        if not (pte & _PAGE_PRESENT):
+            return False
+        return not write or bool(pte & _PAGE_RW)
+
+    def __get_user_pages(self, vma, start, end, write):
+        """Fault in [start, end) of one VMA; returns 0 or a negative errno."""
+        for addr in range(start, end, PAGE_SIZE):
+            if self._gup_page_ok(addr, write):
+                continue
+            try:
+                self.handle_mm_fault(vma, addr, write)
+            except _FaultError as exc:
+                return -errno.ENOMEM if exc.kind == "OOM" else -errno.EFAULT
+        return 0
+
+    def populate_vma_page_range(self, vma, start, end):
+        if vma.flags & VM_LOCKONFAULT:
+            return 0
+        if not vma_is_accessible(vma):
+            return -errno.EFAULT
+        # Break COW on private writable mappings; read-fault everything else.
+        write = (vma.flags & (VM_WRITE | VM_SHARED)) == VM_WRITE
+        return self.__get_user_pages(vma, start, end, write)
+
+    def __mm_populate(self, start, length, ignore_errors):
+        end = start + length
+        nstart = start
+        while nstart < end:
+            vma = self.find_vma(nstart)
+            if vma is None or vma.start >= end:
+                break
+            nend = min(end, vma.end)
+            if vma.flags & (VM_IO | VM_PFNMAP):
+                nstart = nend
+                continue
+            nstart = max(nstart, vma.start)
+            ret = self.populate_vma_page_range(vma, nstart, nend)
+            if ret < 0 and not ignore_errors:
+                return ret
+            nstart = nend
+        return 0
+
+    # ----------------------------------------------------------------- zap
+
+    def unmap_page_range(self, tlb, vma, start, end, details):
+        """Walk PGD/PUD/PMD entries of [start, end) and zap PTE tables (R47, R48)."""
+        addr = start
+        while addr < end:
+            pgd_next = min((addr + PGDIR_SIZE) & _PGDIR_MASK or end, end)
+            pud = self._pgd.children[(addr >> PGDIR_SHIFT) & 511]
+            if pud is None:
+                addr = pgd_next
+                continue
+            while addr < pgd_next:
+                pud_next = min((addr + PUD_SIZE) & _PUD_MASK or pgd_next, pgd_next)
+                pmd = pud.children[(addr >> PUD_SHIFT) & 511]
+                if pmd is None:
+                    addr = pud_next
+                    continue
+                self.zap_pmd_range(tlb, vma, pmd, addr, pud_next, details)
+                addr = pud_next
+        tlb_end_vma(tlb)
+
+    def zap_pmd_range(self, tlb, vma, pmd, addr, end, details):
+        while addr < end:
+            nxt = min((addr + PMD_SIZE) & _PMD_MASK or end, end)
+            if pmd.children[(addr >> PMD_SHIFT) & 511] is not None:
+                self.zap_pte_range(tlb, vma, pmd, addr, nxt, details)
+            addr = nxt
+
+    def reclaim_pt_is_enabled(self, start, end, details):
+        # Only a zap of the whole 2 MiB span may free its table (R53).
+        return self.pt_reclaim and details is not None and details.reclaim_pt and end - start >= PMD_SIZE
+
+    def zap_pte_range(self, tlb, vma, pmd, addr, end, details):
+        """Zap [addr, end) of one PTE table, then try PT reclaim (R49-R56)."""
+        start = addr
+        pmd_index = (addr >> PMD_SHIFT) & 511
+        pte_table = pmd.children[pmd_index]
+        entries = pte_table.entries
+        can_reclaim_pt = self.reclaim_pt_is_enabled(start, end, details)
+        direct_reclaim = True
+        while True:  # "retry:" in the kernel, after a forced flush
+            force_flush = False
+            while addr != end:
+                nr, any_skipped, flushed, full = self.do_zap_pte_range(tlb, vma, entries, addr, end, details)
+                if any_skipped:
+                    can_reclaim_pt = False
+                force_flush = force_flush or flushed
+                if full:
+                    # The gather's page batch is full (R49): flush and resume;
+                    # the PTE lock was dropped, so only the slow path may free.
+                    force_flush = True
+                    addr += nr * PAGE_SIZE
+                    direct_reclaim = False
+                    break
+                addr += nr * PAGE_SIZE
+            pmdval = None
+            if can_reclaim_pt and direct_reclaim and addr == end:
+                pmdval = self.try_get_and_clear_pmd(pmd, pmd_index)
+                direct_reclaim = pmdval is not None
+            if force_flush:
+                tlb_flush_mmu_tlbonly(tlb)
+                tlb_flush_rmaps(tlb)
+                tlb_flush_mmu(tlb)
+            if addr != end:
+                continue
+            break
+        if can_reclaim_pt:
+            if direct_reclaim:
+                self.free_pte(tlb, pmdval, "pte_tables_freed_reclaim_fast")
+            else:
+                self.try_to_free_pte(tlb, pmd, pmd_index)
+
+    def do_zap_pte_range(self, tlb, vma, entries, addr, end, details):
+        """Zap one entry, or skip a run of none entries.
+
+        Returns (nr, any_skipped, force_flush, batch_full).
+        """
+        i = (addr >> PAGE_SHIFT) & 511
+        max_nr = (end - addr) >> PAGE_SHIFT
+        nr = 0
+        pte = entries[i]
+        if pte_none(pte):
+            # Skip all consecutive none PTEs in one step (R49).
+            while nr < max_nr and pte_none(entries[i + nr]):
+                nr += 1
+            if nr == max_nr:
+                return nr, False, False, False
+            i += nr
+            pte = entries[i]
+        if pte_present(pte):
+            skipped, flushed, full = self.zap_present_ptes(tlb, vma, entries, i, pte, details)
+        else:
+            skipped, flushed, full = self.zap_nonpresent_ptes(tlb, vma, entries, i, pte, details)
+            flushed = False
+        return nr + 1, skipped, flushed, full
+
+    def vm_normal_page(self, pte):
+        if pte & _PAGE_SPECIAL:
+            return None
+        return self._mem.frames[pte_pfn(pte)]
+
+    def zap_present_ptes(self, tlb, vma, entries, i, pte, details):
+        frame = self.vm_normal_page(pte)
+        if frame is None:
+            # Zero page: just clear it; it has no struct page to free (R50).
+            entries[i] = 0
+            tlb.need_flush = True
+            return False, False, False
+        if not (should_zap_cows(details) or frame.kind != _ANON):
+            return True, False, False
+        force_flush = False
+        delay_rmap = False
+        if frame.kind != _ANON:
+            if pte & _PAGE_DIRTY:
+                frame.dirty = True
+                # Dirty shared PTEs: flush the TLB before the rmap goes (R51).
+                delay_rmap = True
+                force_flush = True
+        self._rss[_KIND_COUNTER[frame.kind]] -= 1
+        entries[i] = 0
+        tlb.need_flush = True
+        frame.mapcount -= 1
+        full = tlb_remove_folio_pages(tlb, frame, delay_rmap)
+        return False, force_flush, full
+
+    def zap_nonpresent_ptes(self, tlb, vma, entries, i, pte, details):
+        swp_type, offset = pte_to_swp_entry(pte)
+        if swp_type == _SWP_PTE_MARKER:
+            if offset & PTE_MARKER_GUARD:
+                # Guard markers survive everything but munmap/exit (R43, R50).
+                if details is None or not details.drop_markers:
+                    return True, False, False
+            elif offset & PTE_MARKER_UFFD_WP:
+                if not vma_is_anonymous(vma) and not (details is not None and details.drop_markers):
+                    return True, False, False
+            elif not should_zap_cows(details):
+                return True, False, False
+            entries[i] = 0
+            return False, False, False
+        raise NotImplementedError("swap entries are not simulated")
+
+    def try_get_and_clear_pmd(self, pmd, pmd_index):
+        """Fast path (R55): the PMD try-lock always succeeds without contention."""
+        table = pmd.children[pmd_index]
+        pmd.children[pmd_index] = None
+        pmd.entries[pmd_index] = 0
+        return table
+
+    def free_pte(self, tlb, table, stat):
+        pte_free_tlb(tlb, table)
+        # VmPTE drops at unlink time, before the RCU free (R12).
+        self._pgtables_bytes -= PAGE_SIZE
+        self._stats[stat] += 1
+
+    def try_to_free_pte(self, tlb, pmd, pmd_index):
+        """Slow path (R56): re-check all 512 entries under the PMD lock."""
+        table = pmd.children[pmd_index]
+        if table is None or any(not pte_none(e) for e in table.entries):
+            self._stats["reclaim_slow_abandoned"] += 1
+            return
+        pmd.children[pmd_index] = None
+        pmd.entries[pmd_index] = 0
+        self.free_pte(tlb, table, "pte_tables_freed_reclaim_slow")
+
+    def zap_page_range_single_batched(self, tlb, vma, start, end, details):
+        self.unmap_page_range(tlb, vma, start, end, details)
+
+    def zap_page_range_single(self, vma, start, end, details):
+        tlb = tlb_gather_mmu(self)
+        self.zap_page_range_single_batched(tlb, vma, start, end, details)
+        tlb_finish_mmu(tlb)
+
+    # ------------------------------------------------------- free_pgtables
+
+    def free_pgtables(self, tlb, vmas, floor, ceiling):
+        """Free the tables of detached VMAs, grouped when close together (R62)."""
+        i = 0
+        while i < len(vmas):
+            addr = vmas[i].start
+            j = i
+            while j + 1 < len(vmas) and vmas[j + 1].start <= vmas[j].end + PMD_SIZE:
+                j += 1
+            nxt_start = vmas[j + 1].start if j + 1 < len(vmas) else ceiling
+            self.free_pgd_range(tlb, addr, vmas[j].end, floor, nxt_start)
+            i = j + 1
+
+    def free_pgd_range(self, tlb, addr, end, floor, ceiling):
+        """R63: free tables no remaining VMA can use; 0 as ceiling means the top."""
+        addr &= _PMD_MASK
+        if addr < floor:
+            addr += PMD_SIZE
+            if addr == 0:
+                return
+        if ceiling:
+            ceiling &= _PMD_MASK
+            if not ceiling:
+                return
+        if ((end - 1) & _U64) > ((ceiling - 1) & _U64):
+            end -= PMD_SIZE
+        if addr > ((end - 1) & _U64):
+            return
+        while True:
+            nxt = (addr + PGDIR_SIZE) & _PGDIR_MASK
+            if nxt == 0 or nxt > end:
+                nxt = end
+            pgd_index = (addr >> PGDIR_SHIFT) & 511
+            if self._pgd.children[pgd_index] is not None:
+                self.free_pud_range(tlb, self._pgd, pgd_index, addr, nxt, floor, ceiling)
+            addr = nxt
+            if addr == end:
+                break
+
+    def free_pud_range(self, tlb, pgd, pgd_index, addr, end, floor, ceiling):
+        pud = pgd.children[pgd_index]
+        start = addr
+        while True:
+            nxt = (addr + PUD_SIZE) & _PUD_MASK
+            if nxt == 0 or nxt > end:
+                nxt = end
+            i = (addr >> PUD_SHIFT) & 511
+            if pud.children[i] is not None:
+                self.free_pmd_range(tlb, pud, i, addr, nxt, floor, ceiling)
+            addr = nxt
+            if addr == end:
+                break
+        # With P4D folded the PUD table goes when its 512 GiB slot is free.
+        if not self._may_free_upper(start, end, floor, ceiling, _PGDIR_MASK):
+            return
+        pgd.children[pgd_index] = None
+        pgd.entries[pgd_index] = 0
+        pte_free_tlb(tlb, pud)
+        self._pgtables_bytes -= PAGE_SIZE
+        self._stats["pud_tables_freed"] += 1
+
+    def free_pmd_range(self, tlb, pud, pud_index, addr, end, floor, ceiling):
+        pmd = pud.children[pud_index]
+        start = addr
+        while True:
+            nxt = (addr + PMD_SIZE) & _PMD_MASK
+            if nxt == 0 or nxt > end:
+                nxt = end
+            i = (addr >> PMD_SHIFT) & 511
+            table = pmd.children[i]
+            if table is not None:
+                # free_pte_range(): no emptiness check (R61).
+                pmd.children[i] = None
+                pmd.entries[i] = 0
+                pte_free_tlb(tlb, table)
+                self._pgtables_bytes -= PAGE_SIZE
+                self._stats["pte_tables_freed_unmap"] += 1
+            addr = nxt
+            if addr == end:
+                break
+        if not self._may_free_upper(start, end, floor, ceiling, _PUD_MASK):
+            return
+        pud.children[pud_index] = None
+        pud.entries[pud_index] = 0
+        pte_free_tlb(tlb, pmd)
+        self._pgtables_bytes -= PAGE_SIZE
+        self._stats["pmd_tables_freed"] += 1
+
+    @staticmethod
+    def _may_free_upper(start, end, floor, ceiling, mask):
+        start &= mask
+        if start < floor:
+            return False
+        if ceiling:
+            ceiling &= mask
+            if not ceiling:
+                return False
+        return not (((end - 1) & _U64) > ((ceiling - 1) & _U64))
+
+    # ---------------------------------------------------------------- munmap
+
+    def _gather_munmap_vmas(self, start, end):
+        """vms_gather_munmap_vmas(): split at the edges, return the VMAs inside."""
+        vma = self.find_vma(start)
+        if vma is None or vma.start >= end:
+            return []
+        if vma.start < start:
+            if end < vma.end and len(self._vmas) >= _MAX_MAP_COUNT:
+                raise _oserror(errno.ENOMEM)
+            vma = self.__split_vma(vma, start)
+        last = self._vma_containing(end - 1)
+        if last is not None and last.end > end:
+            self.__split_vma(last, end)
+        i = self._vma_index(vma)
+        out = []
+        while i < len(self._vmas) and self._vmas[i].start < end:
+            out.append(self._vmas[i])
+            i += 1
+        return out
+
+    def _clear_ptes(self, detached, start, end):
+        """vms_clear_ptes(): zap the detached VMAs and free their tables (R61)."""
+        idx = self._vma_index(detached[0])
+        prev = self._vmas[idx - 1] if idx > 0 else None
+        nidx = self._vma_index(detached[-1]) + 1
+        nxt = self._vmas[nidx] if nidx < len(self._vmas) else None
+        floor = prev.end if prev is not None else 0
+        ceiling = nxt.start if nxt is not None else 0
+        tlb = tlb_gather_mmu(self)
+        details = _ZapDetails(even_cows=True, drop_markers=True)
+        for vma in detached:
+            self.unmap_page_range(tlb, vma, max(vma.start, start), min(vma.end, end), details)
+        self.free_pgtables(tlb, detached, floor, ceiling)
+        tlb_finish_mmu(tlb)
+
+    def _remove_detached(self, detached):
+        for vma in detached:
+            if vma.flags & VM_LOCKED:
+                self._locked_vm -= vma.pages()
+            self._remove_vma(vma)
+
+    def do_vmi_munmap(self, start, end):
+        detached = self._gather_munmap_vmas(start, end)
+        if not detached:
+            return
+        self._clear_ptes(detached, start, end)
+        self._remove_detached(detached)
+
+    # ------------------------------------------------------------- syscalls
+
+    def _check_alive(self):
+        if self._dead:
+            raise ValueError("the mm has exited")
+
+    def munmap(self, addr, length):
+        addr = _ulong(addr)
+        length = _ulong(length)
+        self._check_alive()
+        if addr & (PAGE_SIZE - 1) or addr > TASK_SIZE or length > TASK_SIZE - addr:
+            raise _oserror(errno.EINVAL)
+        end = addr + _page_align(length)
+        if end == addr:
+            raise _oserror(errno.EINVAL)
+        self.do_vmi_munmap(addr, end)
+
+    def mmap(self, addr, length, prot, flags, fd=-1, offset=0):
+        addr = _ulong(addr)
+        length = _ulong(length)
+        prot = _cint(prot)
+        flags = _cint(flags)
+        fd = _cint(fd)
+        offset = _ulong(offset)
+        self._check_alive()
+        return self.do_mmap(addr, length, prot & _U64, flags & 0xFFFFFFFF, fd, offset)
+
+    def do_mmap(self, addr, length, prot, flags, fd, offset):
+        # Check order follows sys_mmap, ksys_mmap_pgoff and do_mmap (R19).
+        if offset & (PAGE_SIZE - 1):
+            raise _oserror(errno.EINVAL)
+        if not (flags & MAP_ANONYMOUS):
+            if fd < 0:
+                raise _oserror(errno.EBADF)
+            raise _oserror(errno.ENODEV)
+        if flags & MAP_HUGETLB:
+            huge_log = (flags >> MAP_HUGE_SHIFT) & MAP_HUGE_MASK
+            if huge_log not in (0, 21, 30):
+                raise _oserror(errno.EINVAL)
+            raise NotImplementedError("hugetlb mappings are not simulated")
+        if length == 0:
+            raise _oserror(errno.EINVAL)
+        if flags & MAP_FIXED_NOREPLACE:
+            flags |= MAP_FIXED
+        if not (flags & MAP_FIXED) and addr and addr < _MMAP_MIN_ADDR:
+            addr = _MMAP_MIN_ADDR  # round_hint_to_min()
+        length = _page_align(length)
+        if length == 0:
+            raise _oserror(errno.ENOMEM)
+        if len(self._vmas) > _MAX_MAP_COUNT:
+            raise _oserror(errno.ENOMEM)
+        addr = self.__get_unmapped_area(addr, length, flags)
+        if flags & MAP_FIXED_NOREPLACE:
+            vma = self.find_vma(addr)
+            if vma is not None and vma.start < addr + length:
+                raise _oserror(errno.EEXIST)
+        vm_flags = self.calc_vm_flags(prot, flags)
+        map_type = flags & MAP_TYPE
+        if map_type == MAP_SHARED:
+            if flags & MAP_GROWSDOWN:
+                raise _oserror(errno.EINVAL)
+            vm_flags |= VM_SHARED | VM_MAYSHARE
+            pgoff = 0
+        elif map_type == MAP_PRIVATE:
+            pgoff = addr >> PAGE_SHIFT
+        elif map_type == MAP_DROPPABLE:
+            raise NotImplementedError("MAP_DROPPABLE is not simulated")
+        else:
+            raise _oserror(errno.EINVAL)
+        if flags & MAP_NORESERVE:
+            vm_flags |= VM_NORESERVE
+        addr = self.mmap_region(addr, length, vm_flags, pgoff)
+        if (vm_flags & VM_LOCKED) or (flags & (MAP_POPULATE | MAP_NONBLOCK)) == MAP_POPULATE:
+            # mm_populate() ignores errors (R19).
+            self.__mm_populate(addr, length, True)
+        return addr
+
+    @staticmethod
+    def calc_vm_flags(prot, flags):
+        vm_flags = 0
+        if prot & PROT_READ:
+            vm_flags |= VM_READ
+        if prot & PROT_WRITE:
+            vm_flags |= VM_WRITE
+        if prot & PROT_EXEC:
+            vm_flags |= VM_EXEC
+        if flags & MAP_GROWSDOWN:
+            vm_flags |= VM_GROWSDOWN
+        if flags & MAP_LOCKED:
+            vm_flags |= VM_LOCKED
+        if flags & MAP_SYNC:
+            vm_flags |= VM_SYNC
+        if flags & MAP_STACK:
+            vm_flags |= VM_NOHUGEPAGE
+        return vm_flags | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
+
+    def mmap_region(self, addr, length, vm_flags, pgoff):
+        end = addr + length
+        # __mmap_setup(): gather (and split) what MAP_FIXED replaces.
+        detached = self._gather_munmap_vmas(addr, end)
+        nr_accounted = sum(v.pages() for v in detached if v.flags & VM_ACCOUNT)
+        if not (vm_flags & (VM_NORESERVE | VM_SHARED)) and vm_flags & VM_WRITE:
+            charged = (length >> PAGE_SHIFT) - nr_accounted
+            if charged and charged > _TOTALRAM_PAGES + _TOTAL_SWAP_PAGES:
+                # vms_abort_munmap_vmas(): the old VMAs stay, split as they are.
+                self._unmerged_ok.update((addr, end))
+                raise _oserror(errno.ENOMEM)
+            vm_flags |= VM_ACCOUNT
+        if detached:
+            self._clear_ptes(detached, addr, end)
+            self._remove_detached(detached)
+        if vm_flags & VM_SHARED:
+            # shmem_zero_setup() charges the whole object unless VM_NORESERVE;
+            # a failure here leaves the unmapped gap behind.
+            if not (vm_flags & VM_NORESERVE) and (length >> PAGE_SHIFT) > _TOTALRAM_PAGES + _TOTAL_SWAP_PAGES:
+                raise _oserror(errno.ENOMEM)
+            vma = _Vma(addr, end, vm_flags, pgoff, None, _ShmemObject(length >> PAGE_SHIFT))
+            self._insert_vma(vma)
+        else:
+            vma = self.vma_merge_new_range(addr, end, vm_flags, pgoff)
+            if vma is None:
+                vma = _Vma(addr, end, vm_flags, pgoff)
+                self._insert_vma(vma)
+        if vm_flags & VM_LOCKED:
+            self._locked_vm += length >> PAGE_SHIFT
+        return addr
+
+    def __get_unmapped_area(self, addr, length, flags):
+        if length > TASK_SIZE:
+            raise _oserror(errno.ENOMEM)
+        if flags & MAP_FIXED:
+            result = addr
+        elif not (flags & MAP_SHARED) and addr == 0 and length % PMD_SIZE == 0:
+            result = self.thp_get_unmapped_area(length)
+        else:
+            # shmem_get_unmapped_area() adds nothing with shmem_enabled=never.
+            result = self.arch_get_unmapped_area_topdown(addr, length)
+        if result > TASK_SIZE - length:
+            raise _oserror(errno.ENOMEM)
+        if result & (PAGE_SIZE - 1):
+            raise _oserror(errno.EINVAL)
+        return result
+
+    def thp_get_unmapped_area(self, length):
+        """__thp_get_unmapped_area(): pad by 2 MiB, then align (R19)."""
+        len_pad = length + PMD_SIZE
+        try:
+            ret = self.arch_get_unmapped_area_topdown(0, len_pad)
+        except OSError:
+            return self.arch_get_unmapped_area_topdown(0, length)
+        off_sub = (-ret) & (PMD_SIZE - 1)
+        if off_sub == 0:
+            # Top-down: use the upper aligned slot of the padded area.
+            return ret + PMD_SIZE
+        return ret + off_sub
+
+    def _vm_start_gap(self, vma):
+        if vma.flags & VM_GROWSDOWN:
+            return max(vma.start - _STACK_GUARD_GAP, 0)
+        return vma.start
+
+    def arch_get_unmapped_area_topdown(self, addr, length):
+        if addr:
+            addr &= _PAGE_MASK
+            if TASK_SIZE - length >= addr:
+                vma = self.find_vma(addr)
+                if vma is None or addr + length <= self._vm_start_gap(vma):
+                    return addr
+        found = self.unmapped_area_topdown(length, _MMAP_MIN_ADDR, MMAP_BASE)
+        if found is not None:
+            return found
+        found = self.unmapped_area_bottomup(length, _MMAP_LEGACY_BASE, TASK_SIZE)
+        if found is not None:
+            return found
+        raise _oserror(errno.ENOMEM)
+
+    def unmapped_area_topdown(self, length, low, high):
+        gap_end = high
+        for vma in reversed(self._vmas):
+            if vma.end >= gap_end:
+                gap_end = min(gap_end, self._vm_start_gap(vma))
+                continue
+            lo = max(vma.end, low)
+            if gap_end - lo >= length and gap_end >= lo:
+                return gap_end - length
+            gap_end = min(gap_end, self._vm_start_gap(vma))
+            if gap_end <= low:
+                return None
+        if gap_end - low >= length:
+            return gap_end - length
+        return None
+
+    def unmapped_area_bottomup(self, length, low, high):
+        gap_start = low
+        for vma in self._vmas:
+            if vma.end <= gap_start:
+                continue
+            if self._vm_start_gap(vma) - gap_start >= length:
+                return gap_start
+            gap_start = max(gap_start, vma.end)
+        if high - gap_start >= length:
+            return gap_start
+        return None
+
+    # ------------------------------------------------------------ mprotect
+
+    def mprotect(self, addr, length, prot):
+        addr = _ulong(addr)
+        length = _ulong(length)
+        prot = _cint(prot)
+        self._check_alive()
+        self.do_mprotect_pkey(addr, length, prot & _U64)
+
+    def do_mprotect_pkey(self, start, length, prot):
+        grows = prot & (PROT_GROWSDOWN | PROT_GROWSUP)
+        prot &= ~(PROT_GROWSDOWN | PROT_GROWSUP)
+        if grows == (PROT_GROWSDOWN | PROT_GROWSUP):
+            raise _oserror(errno.EINVAL)
+        if start & (PAGE_SIZE - 1):
+            raise _oserror(errno.EINVAL)
+        if not length:
+            return
+        length = _page_align(length)
+        end = (start + length) & _U64
+        if end <= start:
+            raise _oserror(errno.ENOMEM)
+        if prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC | PROT_SEM):
+            raise _oserror(errno.EINVAL)
+        vma = self.find_vma(start)
+        if vma is None or vma.start >= end:
+            raise _oserror(errno.ENOMEM)
+        if grows & PROT_GROWSDOWN:
+            start = vma.start
+            if not (vma.flags & VM_GROWSDOWN):
+                raise _oserror(errno.EINVAL)
+        else:
+            if vma.start > start:
+                raise _oserror(errno.ENOMEM)
+            if grows & PROT_GROWSUP:
+                # x86 has no VM_GROWSUP.
+                raise _oserror(errno.EINVAL)
+        tlb = tlb_gather_mmu(self)
+        error = 0
+        pos = start
+        expected = vma.start  # the first VMA may begin before start
+        try:
+            while True:
+                vma = self.find_vma(pos)
+                if vma is None or vma.start >= end:
+                    break
+                if vma.start != expected:
+                    error = errno.ENOMEM
+                    break
+                newflags = self.calc_vm_flags(prot, 0) & VM_ACCESS_FLAGS
+                newflags |= vma.flags & ~VM_ACCESS_FLAGS
+                if (newflags & ~(newflags >> 4)) & VM_ACCESS_FLAGS:
+                    error = errno.EACCES
+                    break
+                seg_end = min(vma.end, end)
+                error, vma = self.mprotect_fixup(tlb, vma, pos, seg_end, newflags)
+                if error:
+                    break
+                # vma_iter_end(): past whatever the range merged into.
+                pos = expected = vma.end
+        finally:
+            tlb_finish_mmu(tlb)
+        if not error and pos < end:
+            error = errno.ENOMEM
+        if error:
+            raise _oserror(error)
+
+    def mprotect_fixup(self, tlb, vma, start, end, newflags):
+        oldflags = vma.flags
+        nrpages = (end - start) >> PAGE_SHIFT
+        if newflags == oldflags:
+            return 0, vma
+        if newflags & VM_WRITE:
+            if not (oldflags & (VM_ACCOUNT | VM_WRITE | VM_HUGETLB | VM_SHARED | VM_NORESERVE)):
+                # Making private memory writable charges it (overcommit).
+                if nrpages > _TOTALRAM_PAGES + _TOTAL_SWAP_PAGES:
+                    return errno.ENOMEM, vma
+                newflags |= VM_ACCOUNT
+        elif oldflags & VM_ACCOUNT and vma_is_anonymous(vma) and vma.anon_vma is None:
+            newflags &= ~VM_ACCOUNT
+        vma = self.vma_modify_flags(vma, start, end, newflags)
+        vma.flags = newflags
+        try_writable = bool(newflags & VM_WRITE) and not (newflags & VM_SHARED)
+        self.change_protection(tlb, vma, start, end, try_writable)
+        if (oldflags & (VM_WRITE | VM_SHARED | VM_LOCKED)) == VM_LOCKED and newflags & VM_WRITE:
+            # A locked private VMA becoming writable is COW-populated at once.
+            self.populate_vma_page_range(vma, start, end)
+        return 0, vma
+
+    def change_protection(self, tlb, vma, start, end, try_change_writable):
+        """change_pte_range() over present tables; never allocates (R21)."""
+        newprot = vm_get_page_prot(vma.flags)
+        for span in range(start & _PMD_MASK, end, PMD_SIZE):
+            table = self._walk_pte_table(span)
+            if table is None:
+                continue
+            lo = max(start, span)
+            hi = min(end, span + PMD_SIZE)
+            entries = table.entries
+            for addr in range(lo, hi, PAGE_SIZE):
+                i = (addr >> PAGE_SHIFT) & 511
+                old = entries[i]
+                if not pte_present(old):
+                    continue
+                new = pte_modify(old, newprot)
+                if try_change_writable and not (new & _PAGE_RW) and self.can_change_pte_writable(vma, new):
+                    new |= _PAGE_RW
+                entries[i] = new
+                if old & _PAGE_PRESENT and _pte_flags_need_flush(old, new):
+                    tlb.need_flush = True
+
+    def can_change_pte_writable(self, vma, pte):
+        if not (pte & _PAGE_PRESENT):
+            return False
+        frame = self.vm_normal_page(pte)
+        # Our anonymous pages are always exclusive: there is no fork yet.
+        return frame is not None and frame.kind == _ANON
+
+    # -------------------------------------------------------------- mlock
+
+    def mlock(self, addr, length):
+        addr = _ulong(addr)
+        length = _ulong(length)
+        self._check_alive()
+        length = _page_align(length + (addr & (PAGE_SIZE - 1)))
+        addr &= _PAGE_MASK
+        self.apply_vma_lock_flags(addr, length, VM_LOCKED)
+        ret = self.__mm_populate(addr, length, False)
+        if ret:
+            # __mlock_posix_error_return()
+            raise _oserror(errno.ENOMEM if ret == -errno.EFAULT else errno.EAGAIN if ret == -errno.ENOMEM else -ret)
+
+    def munlock(self, addr, length):
+        addr = _ulong(addr)
+        length = _ulong(length)
+        self._check_alive()
+        length = _page_align(length + (addr & (PAGE_SIZE - 1)))
+        addr &= _PAGE_MASK
+        self.apply_vma_lock_flags(addr, length, 0)
+
+    def apply_vma_lock_flags(self, start, length, flags):
+        end = start + length
+        if end > _U64:
+            raise _oserror(errno.EINVAL)
+        if end == start:
+            return
+        vma = self._vma_containing(start)
+        if vma is None:
+            raise _oserror(errno.ENOMEM)
+        pos = start
+        expected = vma.start
+        while True:
+            vma = self.find_vma(pos)
+            if vma is None or vma.start >= end:
+                break
+            if vma.start != expected:
+                raise _oserror(errno.ENOMEM)
+            newflags = (vma.flags & ~VM_LOCKED_MASK) | flags
+            seg_end = min(vma.end, end)
+            vma = self.mlock_fixup(vma, pos, seg_end, newflags)
+            pos = expected = vma.end
+        if pos < end:
+            raise _oserror(errno.ENOMEM)
+
+    def mlock_fixup(self, vma, start, end, newflags):
+        oldflags = vma.flags
+        if newflags == oldflags or vma.flags & VM_SPECIAL:
+            return vma
+        vma = self.vma_modify_flags(vma, start, end, newflags)
+        nr_pages = (end - start) >> PAGE_SHIFT
+        if not (newflags & VM_LOCKED):
+            nr_pages = -nr_pages
+        elif oldflags & VM_LOCKED:
+            nr_pages = 0
+        self._locked_vm += nr_pages
+        vma.flags = newflags
+        return vma
+
+    # ------------------------------------------------------------- madvise
+
+    def madvise(self, addr, length, advice):
+        addr = _ulong(addr)
+        length = _ulong(length)
+        advice = _cint(advice)
+        self._check_alive()
+        self.do_madvise(addr, length, advice)
+
+    def do_madvise(self, start, len_in, behavior):
+        # madvise_should_skip() / is_valid_madvise(): R33.
+        if behavior not in _MADV_VALID:
+            raise _oserror(errno.EINVAL)
+        if start & (PAGE_SIZE - 1):
+            raise _oserror(errno.EINVAL)
+        length = _page_align(len_in)
+        if len_in and not length:
+            raise _oserror(errno.EINVAL)
+        if start + length > _U64:
+            raise _oserror(errno.EINVAL)
+        if length == 0:
+            return
+        end = start + length
+        tlb = tlb_gather_mmu(self) if behavior in _MADV_BATCHED else None
+        try:
+            if behavior in (MADV_POPULATE_READ, MADV_POPULATE_WRITE):
+                error = self.madvise_populate(start, end, behavior == MADV_POPULATE_WRITE)
+            else:
+                error = self.madvise_walk_vmas(tlb, start, end, behavior)
+        finally:
+            if tlb is not None:
+                tlb_finish_mmu(tlb)
+        if error:
+            raise _oserror(error)
+
+    def madvise_walk_vmas(self, tlb, start, end, behavior):
+        """R34: holes give ENOMEM after the mapped parts; errors return at once."""
+        unmapped_error = 0
+        pos = start
+        while True:
+            vma = self.find_vma(pos)
+            if vma is None:
+                return errno.ENOMEM
+            if pos < vma.start:
+                unmapped_error = errno.ENOMEM
+                pos = vma.start
+                if pos >= end:
+                    break
+            range_end = min(vma.end, end)
+            error = self.madvise_vma_behavior(tlb, vma, pos, range_end, behavior)
+            if error:
+                return error
+            pos = range_end
+            if pos >= end:
+                break
+        return unmapped_error
+
+    def madvise_vma_behavior(self, tlb, vma, start, end, behavior):
+        if behavior == MADV_REMOVE:
+            return self.madvise_remove(vma, start, end)
+        if behavior == MADV_WILLNEED:
+            return 0  # swap-in/readahead only: nothing to map (R42)
+        if behavior in (MADV_COLD, MADV_PAGEOUT):
+            return self.madvise_cold_or_pageout(vma, start, end, behavior == MADV_PAGEOUT)
+        if behavior in (MADV_FREE, MADV_DONTNEED, MADV_DONTNEED_LOCKED):
+            return self.madvise_dontneed_free(tlb, vma, start, end, behavior)
+        if behavior == MADV_COLLAPSE:
+            raise NotImplementedError("MADV_COLLAPSE needs THP, which is not simulated")
+        if behavior == MADV_GUARD_INSTALL:
+            return self.madvise_guard_install(vma, start, end)
+        if behavior == MADV_GUARD_REMOVE:
+            return self.madvise_guard_remove(vma, start, end)
+        new_flags = vma.flags
+        if behavior == MADV_NORMAL:
+            new_flags &= ~(VM_RAND_READ | VM_SEQ_READ)
+        elif behavior == MADV_SEQUENTIAL:
+            new_flags = (new_flags & ~VM_RAND_READ) | VM_SEQ_READ
+        elif behavior == MADV_RANDOM:
+            new_flags = (new_flags & ~VM_SEQ_READ) | VM_RAND_READ
+        elif behavior == MADV_DONTFORK:
+            new_flags |= VM_DONTCOPY
+        elif behavior == MADV_DOFORK:
+            if new_flags & VM_IO:
+                return errno.EINVAL
+            new_flags &= ~VM_DONTCOPY
+        elif behavior == MADV_WIPEONFORK:
+            if vma.shmem is not None or new_flags & VM_SHARED:
+                return errno.EINVAL
+            new_flags |= VM_WIPEONFORK
+        elif behavior == MADV_KEEPONFORK:
+            new_flags &= ~VM_WIPEONFORK
+        elif behavior == MADV_DONTDUMP:
+            new_flags |= VM_DONTDUMP
+        elif behavior == MADV_DODUMP:
+            if new_flags & VM_SPECIAL:
+                return errno.EINVAL
+            new_flags &= ~VM_DONTDUMP
+        elif behavior == MADV_MERGEABLE:
+            # ksm_madvise(): silently ignored on incompatible VMAs.
+            ksm_incompatible = VM_SHARED | VM_MAYSHARE | VM_PFNMAP | VM_IO | VM_DONTEXPAND | VM_HUGETLB | VM_MIXEDMAP
+            if not (new_flags & ksm_incompatible):
+                new_flags |= VM_MERGEABLE
+        elif behavior == MADV_UNMERGEABLE:
+            # ksmd never merged anything here, so there is nothing to break.
+            new_flags &= ~VM_MERGEABLE
+        elif behavior == MADV_HUGEPAGE:
+            new_flags = (new_flags & ~VM_NOHUGEPAGE) | VM_HUGEPAGE
+        elif behavior == MADV_NOHUGEPAGE:
+            new_flags = (new_flags & ~VM_HUGEPAGE) | VM_NOHUGEPAGE
+        return self.madvise_update_vma(vma, start, end, new_flags)
+
+    def madvise_update_vma(self, vma, start, end, new_flags):
+        if new_flags == vma.flags:
+            return 0
+        vma = self.vma_modify_flags(vma, start, end, new_flags)
+        vma.flags = new_flags
+        return 0
+
+    def madvise_dontneed_free(self, tlb, vma, start, end, behavior):
+        forbidden = VM_PFNMAP
+        if behavior != MADV_DONTNEED_LOCKED:
+            forbidden |= VM_LOCKED
+        if vma.flags & forbidden:
+            return errno.EINVAL
+        if start == end:
+            return 0
+        if behavior == MADV_FREE:
+            return self.madvise_free_single_vma(tlb, vma, start, end)
+        # R37: reclaim_pt and even_cows.
+        details = _ZapDetails(even_cows=True, reclaim_pt=True)
+        self.zap_page_range_single_batched(tlb, vma, start, end, details)
+        return 0
+
+    def madvise_free_single_vma(self, tlb, vma, start, end):
+        """R39: mark lazy-free; never allocates or frees tables."""
+        if not vma_is_anonymous(vma):
+            return errno.EINVAL
+        for span in range(start & _PMD_MASK, end, PMD_SIZE):
+            table = self._walk_pte_table(span)
+            if table is None:
+                continue
+            entries = table.entries
+            for addr in range(max(start, span), min(end, span + PMD_SIZE), PAGE_SIZE):
+                i = (addr >> PAGE_SHIFT) & 511
+                pte = entries[i]
+                if pte_none(pte) or not pte_present(pte):
+                    continue
+                frame = self.vm_normal_page(pte)
+                if frame is None:
+                    continue
+                frame.dirty = False
+                if pte & (_PAGE_ACCESSED | _PAGE_DIRTY):
+                    entries[i] = pte & ~(_PAGE_ACCESSED | _PAGE_DIRTY)
+                    tlb.need_flush = True
+                frame.lazyfree = True
+        tlb_end_vma(tlb)
+        return 0
+
+    def madvise_cold_or_pageout(self, vma, start, end, pageout):
+        """R41. Without swap only lazy-free anon and shmem pages are unmapped."""
+        if vma.flags & (VM_LOCKED | VM_PFNMAP | VM_HUGETLB):
+            return errno.EINVAL
+        tlb = tlb_gather_mmu(self)
+        reclaim = []
+        for span in range(start & _PMD_MASK, end, PMD_SIZE):
+            table = self._walk_pte_table(span)
+            if table is None:
+                continue
+            entries = table.entries
+            for addr in range(max(start, span), min(end, span + PMD_SIZE), PAGE_SIZE):
+                i = (addr >> PAGE_SHIFT) & 511
+                pte = entries[i]
+                if not pte_present(pte):
+                    continue
+                frame = self.vm_normal_page(pte)
+                if frame is None:
+                    continue
+                if not pageout:
+                    if pte & _PAGE_ACCESSED:
+                        entries[i] = pte & ~_PAGE_ACCESSED
+                        tlb.need_flush = True
+                else:
+                    reclaim.append((table, i, frame))
+        tlb_end_vma(tlb)
+        tlb_finish_mmu(tlb)
+        for table, i, frame in reclaim:
+            self.shrink_folio(vma, table, i, frame)
+        return 0
+
+    def shrink_folio(self, vma, table, i, frame):
+        """shrink_folio_list() for one isolated folio, with no swap device."""
+        pte = table.entries[i]
+        if frame.kind == _ANON:
+            if not frame.lazyfree:
+                return  # add_to_swap() fails: the folio is kept
+            if pte & _PAGE_DIRTY or frame.dirty:
+                # Re-dirtied after MADV_FREE: remapped and swap-backed again.
+                frame.lazyfree = False
+                frame.dirty = True
+                return
+            table.entries[i] = 0
+            frame.mapcount -= 1
+            self._rss[MM_ANONPAGES] -= 1
+            self._mem.folio_put(frame)
+            return
+        # Shmem: try_to_unmap() succeeds, then writeout fails for lack of swap,
+        # so the page stays in the object, unmapped.
+        if pte & _PAGE_DIRTY:
+            frame.dirty = True
+        table.entries[i] = 0
+        frame.mapcount -= 1
+        self._rss[MM_SHMEMPAGES] -= 1
+        self._mem.folio_put(frame)
+
+    def madvise_remove(self, vma, start, end):
+        """R40: punch a hole in the shmem object, unmapping it everywhere."""
+        if vma.flags & VM_LOCKED:
+            return errno.EINVAL
+        if vma.shmem is None:
+            return errno.EINVAL
+        if (vma.flags & (VM_SHARED | VM_MAYWRITE)) != (VM_SHARED | VM_MAYWRITE):
+            return errno.EACCES
+        obj = vma.shmem
+        first = self._linear_page_index(vma, start)
+        last = first + ((end - start) >> PAGE_SHIFT) - 1
+        self.unmap_mapping_range(obj, first, last)
+        for index in range(first, last + 1):
+            frame = obj.pages.pop(index, None)
+            if frame is not None:
+                self._mem.folio_put(frame)
+        return 0
+
+    def unmap_mapping_range(self, obj, first, last):
+        details = _ZapDetails(even_cows=False)
+        for vma in [v for v in self._vmas if v.shmem is obj]:
+            vba = vma.pgoff
+            vea = vba + vma.pages() - 1
+            if vea < first or vba > last:
+                continue
+            zba = max(first, vba)
+            zea = min(last, vea)
+            self.zap_page_range_single(
+                vma, vma.start + ((zba - vba) << PAGE_SHIFT), vma.start + ((zea - vba + 1) << PAGE_SHIFT), details
+            )
+
+    def madvise_populate(self, start, end, write):
+        """R42: fault in page by page; the first failure ends the call."""
+        pos = start
+        while pos < end:
+            vma = self._vma_containing(pos)
+            if vma is None:
+                return errno.ENOMEM
+            if vma.flags & (VM_IO | VM_PFNMAP):
+                return errno.EINVAL
+            if write and not (vma.flags & VM_WRITE):
+                return errno.EINVAL
+            if not write and not (vma.flags & VM_READ):
+                return errno.EINVAL
+            seg_end = min(end, vma.end)
+            ret = self.__get_user_pages(vma, pos, seg_end, write)
+            if ret:
+                return -ret
+            pos = seg_end
+        return 0
+
+    def madvise_guard_install(self, vma, start, end):
+        """R43: GUARD markers in every PTE, zapping mapped pages first."""
+        if vma.flags & (VM_SPECIAL | VM_HUGETLB | VM_LOCKED):
+            return errno.EINVAL
+        # Markers make the range non-empty, so fork must copy it.
+        self.anon_vma_prepare(vma)
+        for _attempt in range(3):
+            if self._guard_install_walk(vma, start, end):
+                return 0
+            self.zap_page_range_single(vma, start, end, None)
+        return errno.EINTR
+
+    def _guard_install_walk(self, vma, start, end):
+        for addr in range(start, end, PAGE_SIZE):
+            pud = self.__pud_alloc(addr)
+            pmd = self.__pmd_alloc(pud, addr)
+            table = self.__pte_alloc(pmd, addr)
+            i = (addr >> PAGE_SHIFT) & 511
+            pte = table.entries[i]
+            if pte_none(pte):
+                table.entries[i] = _GUARD_MARKER
+            elif not is_guard_pte_marker(pte):
+                return False
+        return True
+
+    def madvise_guard_remove(self, vma, start, end):
+        if vma.flags & (VM_SPECIAL | VM_HUGETLB):
+            return errno.EINVAL
+        for addr in range(start, end, PAGE_SIZE):
+            table = self._walk_pte_table(addr)
+            if table is None:
+                continue
+            i = (addr >> PAGE_SHIFT) & 511
+            if is_guard_pte_marker(table.entries[i]):
+                table.entries[i] = 0
+        return 0
+
+    # --------------------------------------------------------------- touch
+
+    def touch(self, addr, length=PAGE_SIZE, *, write=True):
+        addr = _ulong(addr)
+        length = _ulong(length)
+        self._check_alive()
+        write = bool(write)
+        if length == 0:
+            return
+        if addr + length > 1 << 64:
+            raise ValueError("addr + length wraps around the address space")
+        first = addr & _PAGE_MASK
+        last = (addr + length - 1) & _PAGE_MASK
+        vma = None
+        page = first
+        while page <= last:
+            if vma is None or not (vma.start <= page < vma.end):
+                vma = self._vma_containing(page) if page < TASK_SIZE else None
+                if vma is None:
+                    # The first access is at addr itself, later ones at page starts.
+                    raise SegmentationFault(max(page, addr))
+            try:
+                self._access(vma, page, write)
+            except _FaultError as exc:
+                if exc.kind == "OOM":
+                    raise OutOfMemory(f"no free frame for the access at {page:#x}") from None
+                raise SegmentationFault(max(page, addr)) from None
+            page += PAGE_SIZE
+
+    # ---------------------------------------------------------------- exit
+
+    def exit(self):
+        self._check_alive()
+        self.exit_mmap()
+        self._dead = True
+
+    def exit_mmap(self):
+        """R65: zap everything with a full-mm gather, then free all tables."""
+        tlb = tlb_gather_mmu(self, fullmm=True)
+        details = _ZapDetails(even_cows=True, drop_markers=True)
+        for vma in self._vmas:
+            self.unmap_page_range(tlb, vma, vma.start, vma.end, details)
+        if self._vmas:
+            self.free_pgtables(tlb, list(self._vmas), 0, 0)
+        tlb_finish_mmu(tlb)
+        for vma in list(self._vmas):
+            self._remove_vma(vma)
+        self._locked_vm = 0
+        self._unmerged_ok = set()
+
+    # ---------------------------------------------------------- observation
+
+    @property
+    def pgtables_bytes(self):
+        return self._pgtables_bytes
+
+    @property
+    def stats(self):
+        return dict(self._stats)
+
+    def status(self):
+        rss = self._rss
+        anon = rss[MM_ANONPAGES] * 4
+        file_ = rss[MM_FILEPAGES] * 4
+        shmem = rss[MM_SHMEMPAGES] * 4
+        return {
+            "VmSize": sum(v.pages() for v in self._vmas) * 4,
+            "VmLck": self._locked_vm * 4,
+            "VmPin": 0,
+            "VmRSS": anon + file_ + shmem,
+            "RssAnon": anon,
+            "RssFile": file_,
+            "RssShmem": shmem,
+            "VmPTE": self._pgtables_bytes // 1024,
+            "VmSwap": rss[MM_SWAPENTS] * 4,
+            "HugetlbPages": 0,
+        }
+
+    def vmas(self):
+        return [(v.start, v.end, v.flags, v.anon_vma is not None) for v in self._vmas]
+
+    def _iter_pte_tables(self):
+        for pud in self._pgd.children:
+            if pud is None:
+                continue
+            for pmd in pud.children:
+                if pmd is None:
+                    continue
+                for pte_table in pmd.children:
+                    if pte_table is not None:
+                        yield pte_table
+
+    def entries(self, start=0, end=TASK_SIZE):
+        start = _ulong(start)
+        end = _ulong(end)
+        for table in self._iter_pte_tables():
+            if table.base + PMD_SIZE <= start or table.base >= end:
+                continue
+            for i, pte in enumerate(table.entries):
+                addr = table.base + (i << PAGE_SHIFT)
+                if start <= addr < end and not pte_none(pte):
+                    yield addr, pte
+
+    def tables(self):
+        out = []
+        for pud in self._pgd.children:
+            if pud is None:
+                continue
+            out.append(("pud", pud.base))
+            for pmd in pud.children:
+                if pmd is None:
+                    continue
+                out.append(("pmd", pmd.base))
+                for pte_table in pmd.children:
+                    if pte_table is not None:
+                        out.append(("pte", pte_table.base))
+        return sorted(out, key=lambda t: (t[1], t[0]))
+
+    def read_entry(self, address, level="pte"):
+        address = _ulong(address)
+        if level not in _LEVEL_NAMES:
+            raise ValueError(f"level must be one of {_LEVEL_NAMES}, not {level!r}")
+        depth = _LEVEL_NAMES.index(level)
+        table = self._pgd
+        for lvl in range(depth):
+            table = table.children[(address >> _LEVEL_SHIFT[lvl]) & 511]
+            if table is None:
+                return 0
+        return table.entries[(address >> _LEVEL_SHIFT[depth]) & 511]
+
+    # --------------------------------------------------------------- check
+
+    def check(self):
+        """Raise InvariantError for any state Linux could not be in (R76)."""
+        self._check_vmas()
+        counted, mapped = self._check_tables()
+        if self._pgtables_bytes != counted * PAGE_SIZE:
+            raise InvariantError(
+                "pgtables_bytes", f"{self._pgtables_bytes} != 4096 * {counted} linked tables (R10, R76.1)"
+            )
+        rss = [0, 0, 0, 0]
+        for pfn, count in mapped.items():
+            frame = self._mem.frames.get(pfn)
+            if frame is None:
+                raise InvariantError("frame", f"PTE maps freed frame {pfn}")
+            rss[_KIND_COUNTER[frame.kind]] += count
+        if rss != self._rss:
+            raise InvariantError("rss", f"counters {self._rss} != mapped pages {rss} (R14, R76.3)")
+        for pfn, frame in self._mem.frames.items():
+            maps = mapped.get(pfn, 0)
+            if frame.mapcount != maps:
+                raise InvariantError("mapcount", f"frame {pfn}: mapcount {frame.mapcount} != {maps} PTEs")
+            held = 1 if frame.shmem is not None and frame.shmem.pages.get(frame.index) is frame else 0
+            if frame.refcount != maps + held:
+                raise InvariantError("refcount", f"frame {pfn}: refcount {frame.refcount} != {maps} + {held}")
+            if frame.refcount == 0:
+                raise InvariantError("refcount", f"frame {pfn} is allocated with no reference")
+        locked = sum(v.pages() for v in self._vmas if v.flags & VM_LOCKED)
+        if locked != self._locked_vm:
+            raise InvariantError("locked_vm", f"{self._locked_vm} != {locked} locked VMA pages")
+        if self._dead and (self._pgtables_bytes or any(self._rss) or self._vmas):
+            raise InvariantError("exit", "state left after exit (R15)")
+
+    def _check_vmas(self):
+        prev = None
+        for vma in self._vmas:
+            if vma.start & (PAGE_SIZE - 1) or vma.end & (PAGE_SIZE - 1) or vma.start >= vma.end:
+                raise InvariantError("vma-alignment", repr(vma))
+            if vma.end > TASK_SIZE:
+                raise InvariantError("vma-range", repr(vma))
+            if prev is not None:
+                if prev.end > vma.start:
+                    raise InvariantError("vma-order", f"{prev!r} overlaps {vma!r}")
+                if (
+                    prev.end == vma.start
+                    and vma.start not in self._unmerged_ok
+                    and not (vma.flags & VM_SPECIAL)
+                    and self.is_mergeable_vma(prev, vma.flags, vma.shmem)
+                    and self._anon_vma_compatible_merge(prev.anon_vma, vma.anon_vma)
+                    and prev.pgoff + prev.pages() == vma.pgoff
+                ):
+                    raise InvariantError("vma-merge", f"{prev!r} and {vma!r} would have been merged (R22)")
+            prev = vma
+        if self._vma_starts != [v.start for v in self._vmas]:
+            raise InvariantError("vma-index", "start index out of date")
+
+    def _check_tables(self):
+        counted = 0
+        mapped = {}
+        for pgd_i, pud in enumerate(self._pgd.children):
+            self._check_link(self._pgd, pgd_i, pud)
+            if pud is None:
+                continue
+            counted += 1
+            for pud_i, pmd in enumerate(pud.children):
+                self._check_link(pud, pud_i, pmd)
+                if pmd is None:
+                    continue
+                counted += 1
+                for pmd_i, pte_table in enumerate(pmd.children):
+                    self._check_link(pmd, pmd_i, pte_table)
+                    if pte_table is None:
+                        continue
+                    counted += 1
+                    self._check_pte_table(pte_table, mapped)
+        return counted, mapped
+
+    @staticmethod
+    def _check_link(parent, index, child):
+        entry = parent.entries[index]
+        if child is None:
+            if entry:
+                raise InvariantError("table-link", f"{_LEVEL_NAMES[parent.level]} entry {index} set with no table")
+            return
+        if entry != (child.pfn << PAGE_SHIFT) | _PAGE_TABLE:
+            raise InvariantError("table-link", f"{_LEVEL_NAMES[parent.level]} entry {index} does not point at its table")
+        if child.base != parent.base + (index << _LEVEL_SHIFT[parent.level]):
+            raise InvariantError("table-base", f"table at {child.base:#x} under wrong entry")
+
+    def _check_pte_table(self, table, mapped):
+        vma = None
+        for i, pte in enumerate(table.entries):
+            if pte_none(pte):
+                continue
+            addr = table.base + (i << PAGE_SHIFT)
+            if vma is None or not (vma.start <= addr < vma.end):
+                vma = self._vma_containing(addr)
+            if vma is None:
+                raise InvariantError("pte-outside-vma", f"entry {pte:#x} at {addr:#x} outside every VMA")
+            if not pte_present(pte):
+                if not is_guard_pte_marker(pte):
+                    raise InvariantError("pte-kind", f"unknown non-present entry {pte:#x} at {addr:#x}")
+                continue
+            prot = vm_get_page_prot(vma.flags)
+            fixed = _PAGE_PRESENT | _PAGE_PROTNONE | _PAGE_USER | _PAGE_NX
+            if (pte & fixed) != (prot & fixed):
+                raise InvariantError("pte-prot", f"entry {pte:#x} at {addr:#x} does not match vm_page_prot {prot:#x}")
+            if pte & _PAGE_RW and not (vma.flags & VM_WRITE):
+                raise InvariantError("pte-prot", f"writable entry at {addr:#x} in a read-only VMA")
+            if pte & _PAGE_SPECIAL:
+                if pte_pfn(pte) != ZERO_PFN or pte & (_PAGE_RW | _PAGE_DIRTY) or not vma_is_anonymous(vma):
+                    raise InvariantError("zero-page", f"bad special entry {pte:#x} at {addr:#x}")
+                continue
+            pfn = pte_pfn(pte)
+            frame = self._mem.frames.get(pfn)
+            if frame is None:
+                raise InvariantError("frame", f"entry at {addr:#x} maps free frame {pfn}")
+            if frame.kind == _ANON:
+                if not vma_is_anonymous(vma) or vma.anon_vma is None:
+                    raise InvariantError("anon_vma", f"anonymous page at {addr:#x} without an anon_vma (R18)")
+            elif frame.shmem is not vma.shmem or frame.index != self._linear_page_index(vma, addr):
+                raise InvariantError("shmem", f"shmem page at {addr:#x} is not the object's page")
+            mapped[pfn] = mapped.get(pfn, 0) + 1

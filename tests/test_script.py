@@ -1,0 +1,229 @@
+"""Operation scripts: the parser, and run() on the simulator."""
+
+import errno
+import importlib
+import pathlib
+import re
+
+import pytest
+
+from ptreclaim import constants as C
+from ptreclaim import script as S
+
+SCENARIOS = pathlib.Path(__file__).parent / "data" / "scenarios"
+SCENARIO_FILES = sorted(SCENARIOS.glob("*.txt"))
+B = S.DEFAULT_BASE
+K, M, G = 1 << 10, 1 << 20, 1 << 30
+
+
+# --- parser: valid lines ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("line, op", [
+    ("mmap 0 4M rw private", S.Mmap(0, 4 * M, C.PROT_READ | C.PROT_WRITE)),
+    ("mmap 2M 4K r shared populate locked noreserve fixed",
+     S.Mmap(2 * M, 4 * K, C.PROT_READ, shared=True, populate=True, locked=True, noreserve=True, fixed=True)),
+    ("mmap 0 4K none private", S.Mmap(0, 4 * K, C.PROT_NONE)),
+    ("mmap 0 4K rwx private", S.Mmap(0, 4 * K, 7)),
+    ("mmap 0 4K r-x private", S.Mmap(0, 4 * K, C.PROT_READ | C.PROT_EXEC)),
+    ("mmap 0 4K 0x1000000 private", S.Mmap(0, 4 * K, C.PROT_GROWSDOWN)),
+    ("MMAP 0 4K RW PRIVATE NORESERVE", S.Mmap(0, 4 * K, 3, noreserve=True)),
+    ("munmap 2M+4K 1G-4K", S.Munmap(2 * M + 4 * K, G - 4 * K)),
+    ("mprotect 0x1000 8192 r", S.Mprotect(4 * K, 8 * K, C.PROT_READ)),
+    ("mlock 1_000 (1+1)*2M", S.Mlock(1000, 4 * M)),
+    ("munlock -4K 4k", S.Munlock(-4 * K, 4 * K)),
+    ("madvise 0 2M DONTNEED", S.Madvise(0, 2 * M, C.MADV_DONTNEED)),
+    ("madvise 0 2M MADV_DONTNEED", S.Madvise(0, 2 * M, C.MADV_DONTNEED)),
+    ("madvise 0 2M dontneed_locked", S.Madvise(0, 2 * M, C.MADV_DONTNEED_LOCKED)),
+    ("madvise 0 0 9999", S.Madvise(0, 0, 9999)),
+    ("madvise 0 0 -1", S.Madvise(0, 0, -1)),
+    ("madvise 0 0x10 0x4", S.Madvise(0, 16, C.MADV_DONTNEED)),
+    ("touch 100K 1 read", S.Touch(100 * K, 1, write=False)),
+    ("touch 0 512G w", S.Touch(0, 512 * G, write=True)),
+    ("touch 1T 1P write", S.Touch(1 << 40, 1 << 50, write=True)),
+    ("fork", S.Fork()),
+    ("forkp   # the child idles", S.ForkP()),
+])
+def test_parse_line(line, op):
+    assert S.parse_line(line, 7) == op
+    assert S.parse_line(line, 7).lineno == 7
+
+
+@pytest.mark.parametrize("text, length", [
+    ("0xffffffffffffffff", (1 << 64) - 1),
+    ("-1", (1 << 64) - 1),           # (size_t)-1
+    ("-8K", (1 << 64) - 8 * K),       # wraps: what a C caller passes as (size_t)-8192
+    ("-0x8000000000000000", 1 << 63),  # the most negative accepted
+])
+def test_negative_and_huge_lengths(text, length):
+    assert S.parse_line(f"munmap 0 {text}").length == length
+
+
+def test_parse_skips_blank_and_comment_lines_and_numbers_lines():
+    ops = S.parse("# a comment\n\n   \nmmap 0 2M rw private  # trailing\n\t\ntouch 0 2M write\n")
+    assert [op.lineno for op in ops] == [4, 6]
+    assert ops == [S.Mmap(0, 2 * M, 3), S.Touch(0, 2 * M, write=True)]
+
+
+def test_mmap_flags():
+    assert S.Mmap(0, 4 * K, 3).flags == C.MAP_PRIVATE | C.MAP_ANONYMOUS | C.MAP_FIXED_NOREPLACE
+    op = S.parse_line("mmap 0 4K rw shared fixed populate locked noreserve")
+    assert op.flags == (C.MAP_SHARED | C.MAP_ANONYMOUS | C.MAP_FIXED | C.MAP_POPULATE | C.MAP_LOCKED
+                        | C.MAP_NORESERVE)
+
+
+@pytest.mark.parametrize("path", SCENARIO_FILES, ids=lambda p: p.name)
+def test_dumps_round_trips(path):
+    ops = S.load(path)
+    assert ops
+    assert S.parse(S.dumps(ops)) == ops
+
+
+# --- parser: malformed lines -----------------------------------------------------------------
+
+@pytest.mark.parametrize("line, reason", [
+    ("frobnicate 0 4K", "unknown operation 'frobnicate'"),
+    ("mmap 0 4K rw", "mmap needs ADDR LEN PROT KIND"),
+    ("mmap 0 4K rw anon", "bad KIND 'anon'"),
+    ("mmap 0 4K rw private hugetlb", "unknown mmap flag 'hugetlb'"),
+    ("mmap 0 4K rw private populate populate", "given twice"),
+    ("mmap 0 4K rq private", "bad PROT 'rq'"),
+    ("mmap 0 4K rr private", "bad PROT 'rr'"),
+    ("mmap 0 4K 0x80000000 private", "does not fit a C int"),
+    ("mmap 0 4KB rw private", "bad LEN '4KB'"),
+    ("munmap 0", "munmap needs ADDR LEN"),
+    ("munmap 0 4K 4K", "munmap needs ADDR LEN"),
+    ("munmap zero 4K", "bad ADDR 'zero'"),
+    ("munmap 2M+ 4K", "bad ADDR '2M+'"),
+    ("munmap (2M 4K", "missing ')'"),
+    ("munmap 2M) 4K", "unexpected ')'"),
+    ("munmap 0x 4K", "bad ADDR '0x'"),
+    ("munmap 1__0 4K", "bad number"),
+    ("munmap 0 0x10000000000000000", "LEN '0x10000000000000000' is out of range"),
+    ("munmap 0 -0x8000000000000001", "is out of range"),
+    ("munmap 0x10000000000000000 4K", "ADDR '0x10000000000000000' is out of range"),
+    ("mprotect 0 4K", "mprotect needs ADDR LEN PROT"),
+    ("mprotect 0 4K rwz", "bad PROT 'rwz'"),
+    ("madvise 0 4K", "madvise needs ADDR LEN ADVICE"),
+    ("madvise 0 4K DONTWANT", "unknown ADVICE 'DONTWANT'"),
+    ("madvise 0 4K 0x100000000", "does not fit a C int"),
+    ("madvise 0 4K 12abc", "bad ADVICE '12abc'"),
+    ("touch 0 4K", "touch needs ADDR LEN read|write"),
+    ("touch 0 4K execute", "bad touch mode 'execute'"),
+    ("fork now", "fork takes no arguments"),
+    ("forkp 1", "forkp takes no arguments"),
+])
+def test_malformed_line_names_line_and_reason(line, reason):
+    text = f"# header\nmmap 0 2M rw private\n\n{line}\ntouch 0 1 write\n"
+    with pytest.raises(S.ScriptError) as info:
+        S.parse(text, filename="t.txt")
+    err = info.value
+    assert isinstance(err, ValueError)
+    assert err.lineno == 4
+    assert reason in err.reason
+    assert str(err).startswith("t.txt, line 4: ")
+
+
+def test_error_without_filename():
+    with pytest.raises(S.ScriptError, match=r"^line 1: unknown operation"):
+        S.parse("nope\n")
+
+
+# --- run() on the simulator ------------------------------------------------------------------
+
+EXPECT = re.compile(r"#\s*expect\s+(.*)$")
+
+
+def expectations(path):
+    """Per operation: the '# expect KEY=VALUE ...' of its line (None if it has none)."""
+    out = []
+    for line in path.read_text().splitlines():
+        if S.parse_line(line) is not None:
+            m = EXPECT.search(line)
+            out.append(dict(kv.split("=", 1) for kv in m.group(1).split()) if m else None)
+    return out
+
+
+def check_expectations(results, exp):
+    """Each result against its line's expected errno and step deltas (kB)."""
+    prev = dict.fromkeys(S.FIELDS, 0)
+    for r, e in zip(results, exp, strict=True):
+        d = r.delta
+        step = {k: d[k] - prev[k] for k in S.FIELDS}
+        prev = d
+        if e is None:
+            continue
+        got = {k: (S.errno_name(r.errno) if k == "errno" else step[k]) for k in e}
+        want = {k: (v if k == "errno" else int(v)) for k, v in e.items()}
+        assert got == want, f"line {r.op.lineno}: {r.op}"
+
+
+@pytest.fixture(params=["core", "reference"])
+def MM(request):
+    """Each implementation, imported directly; a missing one skips, naming the build."""
+    name = f"ptreclaim._{request.param}"
+    try:
+        return importlib.import_module(name).MM
+    except (ImportError, AttributeError) as e:
+        pytest.skip(f"{name} is not available (build the package: pip install -e .): {e}")
+
+
+def test_run_result_shape(MM):
+    mm = MM(pt_reclaim=True, thp="madvise")
+    res = S.run("mmap 0 2M rw private noreserve\ntouch 0 2M write\nmunmap 0 0\n", mm)
+    assert [type(r) for r in res] == [S.Result] * 3
+    for r in res:
+        assert set(r.status) == set(S.FIELDS) == set(r.baseline) == set(r.delta)
+        assert r.depth == 0
+    assert res[0].ret == B and res[0].errno == 0
+    assert res[1].delta["RssAnon"] == 2048 and res[1].delta["VmPTE"] == 12
+    assert res[2].errno == errno.EINVAL and res[2].ret is None
+    assert res[0].baseline == mm_status(MM(pt_reclaim=True, thp="madvise"))
+
+
+def mm_status(mm):
+    st = mm.status()
+    return {k: st[k] for k in S.FIELDS}
+
+
+def test_run_reports_segfault_address(MM):
+    mm = MM(pt_reclaim=True, thp="madvise")
+    res = S.run("mmap 0 8K rw private\nmprotect 4K 4K none\ntouch 0 8K write\ntouch 6K 1 read\n", mm)
+    assert res[2].errno == S.SIGSEGV_ERRNO == -11
+    assert res[2].fault == B + 4 * K
+    assert res[2].delta["RssAnon"] == 4        # the page before the fault was written
+    assert res[3].fault == B + 6 * K           # the access: ADDR itself in the first page
+
+
+def test_run_rejects_touch_past_the_address_space(MM):
+    with pytest.raises(S.ScriptError, match="line 1: .* runs past the end"):
+        S.run("touch 0 -4K read\n", MM(pt_reclaim=True, thp="madvise"))
+
+
+def test_run_takes_a_base(MM):
+    base = 0x3000_0000_0000
+    res = S.run([S.Mmap(2 * M, 2 * M, 3)], MM(pt_reclaim=True, thp="madvise"), base=base)
+    assert res[0].ret == base + 2 * M
+
+
+def test_run_rejects_address_outside_64_bits(MM):
+    with pytest.raises(S.ScriptError, match="line 1: .* is not a 64-bit address"):
+        S.run("munmap -0x300000000000 4K\n", MM(pt_reclaim=True, thp="madvise"))
+
+
+def test_fork_needs_simulator_fork(MM):
+    if hasattr(MM, "fork"):
+        pytest.skip("this simulator has fork(); the fork scenarios below run instead")
+    mm = MM(pt_reclaim=True, thp="madvise")
+    with pytest.raises(S.ForkUnsupported, match="line 2: 'fork' needs fork()"):
+        S.run("mmap 0 4K rw private\nfork\n", mm)
+    assert mm.status()["VmSize"] == 0  # refused before anything ran
+
+
+@pytest.mark.parametrize("path", SCENARIO_FILES, ids=lambda p: p.name)
+def test_scenario_on_simulator(MM, path):
+    """The measured scenarios (linux-mm-semantics §14), in the simulator configured as the
+    lab machine (§0.1: PT reclaim on, THP madvise)."""
+    ops = S.load(path)
+    if any(isinstance(op, (S.Fork, S.ForkP)) for op in ops) and not hasattr(MM, "fork"):
+        pytest.skip(f"{path.name} forks; the simulator has no fork() yet")
+    check_expectations(S.run(ops, MM(pt_reclaim=True, thp="madvise")), expectations(path))
