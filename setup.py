@@ -25,8 +25,8 @@ extensions = [
               define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
     for name in ("_pgtable", "_vma", "_core")
 ]
-if os.path.exists("ptreclaim/_kernelrun.c"):
-    extensions.append(Extension("ptreclaim._kernelrun", ["ptreclaim/_kernelrun.c"],
-                                extra_compile_args=["-O2"]))
+# The host-kernel runner: plain C, so the forked child never runs Python.
+extensions.append(Extension("ptreclaim._kernelrun", ["ptreclaim/_kernelrun.c"],
+                            extra_compile_args=["-O2"]))
 
 setup(ext_modules=cythonize(extensions, compiler_directives=DIRECTIVES))

@@ -4,7 +4,9 @@
 
 import os
 
-from cpython.mem cimport PyMem_Malloc, PyMem_Free
+from cpython.long cimport PyLong_Check, PyLong_AsUnsignedLongLong, PyLong_AsLongLong
+from cpython.number cimport PyNumber_Index
+cimport cython
 from libc.errno cimport (EINVAL, ENOMEM, EEXIST, EBADF, ENODEV, EACCES, EAGAIN,
                          EFAULT, EOVERFLOW, EOPNOTSUPP)
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
@@ -360,6 +362,26 @@ cdef void unmap_mapping_range(pt_machine *m, pt_mm **mms, Py_ssize_t nr_mms, pt_
 cdef object _errno(int err):
     return OSError(err, os.strerror(err))
 
+
+# Argument conversion as the os module does it: operator.index() semantics
+# (floats are a TypeError, not truncated), then the C range (OverflowError).
+
+cdef inline uint64_t _ulong(object x) except? 0xFFFFFFFFFFFFFFFF:
+    if not PyLong_Check(x):
+        x = PyNumber_Index(x)
+    return PyLong_AsUnsignedLongLong(x)
+
+
+cdef inline int _cint(object x) except? -1:
+    cdef long long v
+    if not PyLong_Check(x):
+        x = PyNumber_Index(x)
+    v = PyLong_AsLongLong(x)
+    if v < -2147483648 or v > 2147483647:
+        raise OverflowError("signed integer is greater than maximum" if v > 0
+                            else "signed integer is less than minimum")
+    return <int>v
+
 cdef class Machine:
     """Simulated physical memory: frames, the page-table pool, shmem objects.
 
@@ -436,6 +458,7 @@ STATS_FIELDS = (
 _LEVEL_NAMES = {LEVEL_PUD: "pud", LEVEL_PMD: "pmd", LEVEL_PTE: "pte"}
 
 
+@cython.no_gc_clear
 cdef class MM:
     """One simulated process: its mm_struct on Linux 6.18 x86-64 (4-level paging)."""
 
@@ -481,13 +504,13 @@ cdef class MM:
 
     # ----------------------------------------------------------------- mmap
 
-    def mmap(self, uint64_t addr, uint64_t length, int prot, int flags, int fd=-1,
-             uint64_t offset=0):
+    def mmap(self, addr, length, prot, flags, fd=-1, offset=0):
         """mmap(2) of anonymous memory; returns the address."""
         cdef int err
         cdef uint64_t result = 0
         self._alive()
-        err = self._do_mmap(addr, length, prot, flags, fd, offset, &result)
+        err = self._do_mmap(_ulong(addr), _ulong(length), _cint(prot), _cint(flags), _cint(fd),
+                            _ulong(offset), &result)
         if err == -2:
             raise NotImplementedError("MAP_DROPPABLE and hugetlb mappings are not simulated yet")
         if err:
@@ -600,11 +623,11 @@ cdef class MM:
 
     # --------------------------------------------------------------- munmap
 
-    def munmap(self, uint64_t addr, uint64_t length):
+    def munmap(self, addr, length):
         """munmap(2)."""
         cdef int err
         self._alive()
-        err = self.do_munmap(addr, length)
+        err = self.do_munmap(_ulong(addr), _ulong(length))
         if err:
             raise _errno(err)
 
@@ -619,11 +642,11 @@ cdef class MM:
 
     # ------------------------------------------------------------- mprotect
 
-    def mprotect(self, uint64_t addr, uint64_t length, int prot):
+    def mprotect(self, addr, length, prot):
         """mprotect(2)."""
         cdef int err
         self._alive()
-        err = self.do_mprotect(addr, length, prot)
+        err = self.do_mprotect(_ulong(addr), _ulong(length), _cint(prot))
         if err:
             raise _errno(err)
 
@@ -717,19 +740,19 @@ cdef class MM:
 
     # ---------------------------------------------------------------- mlock
 
-    def mlock(self, uint64_t addr, uint64_t length):
+    def mlock(self, addr, length):
         """mlock(2)."""
         cdef int err
         self._alive()
-        err = self._do_mlock(addr, length, PTR_VM_LOCKED)
+        err = self._do_mlock(_ulong(addr), _ulong(length), PTR_VM_LOCKED)
         if err:
             raise _errno(err)
 
-    def munlock(self, uint64_t addr, uint64_t length):
+    def munlock(self, addr, length):
         """munlock(2)."""
         cdef int err
         self._alive()
-        err = self._do_mlock(addr, length, 0)
+        err = self._do_mlock(_ulong(addr), _ulong(length), 0)
         if err:
             raise _errno(err)
 
@@ -783,11 +806,11 @@ cdef class MM:
 
     # -------------------------------------------------------------- madvise
 
-    def madvise(self, uint64_t addr, uint64_t length, int advice):
+    def madvise(self, addr, length, advice):
         """madvise(2)."""
         cdef int err
         self._alive()
-        err = self.do_madvise(addr, length, advice)
+        err = self.do_madvise(_ulong(addr), _ulong(length), _cint(advice))
         if err == -2:
             raise NotImplementedError("MADV_COLLAPSE and guard regions are not simulated yet")
         if err:
@@ -958,20 +981,21 @@ cdef class MM:
 
     # ---------------------------------------------------------------- touch
 
-    def touch(self, uint64_t addr, uint64_t length=4096, *, bint write=True):
+    def touch(self, addr, length=4096, *, bint write=True):
         """Load from (write=False) or store to every 4 KiB page of [addr, addr+length)."""
+        cdef uint64_t start = _ulong(addr), size = _ulong(length)
         cdef uint64_t where = 0, end
         cdef int r
         self._alive()
-        if length == 0:
+        if size == 0:
             return
-        end = addr + length
-        if end < addr:
+        end = start + size
+        if end < start:
             raise ValueError("addr + length wraps around the address space")
         with nogil:
-            r = self.do_touch(addr, end, write, &where)
+            r = self.do_touch(start, end, write, &where)
         if r == FAULT_SIGSEGV:
-            raise SegmentationFault(where if where > addr else addr)
+            raise SegmentationFault(where if where > start else start)
         if r == FAULT_OOM:
             raise OutOfMemory(f"no free frame for the access at {where:#x}")
         if r:

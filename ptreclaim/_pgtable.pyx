@@ -365,8 +365,24 @@ cdef void tlb_remove_table(mmu_gather *tlb, uint32_t slot) noexcept nogil:
 cdef void _tlb_batch_pages_flush(mmu_gather *tlb) noexcept nogil:
     cdef uint64_t i
     cdef pt_machine *m = tlb.mm.machine
+    cdef pt_frames *f = &m.frames
+    cdef pt_page *p
+    cdef uint32_t pfn
     for i in range(tlb.nr_pages):
-        put_page(m, tlb.pages[i])
+        pfn = tlb.pages[i]
+        p = &f.pages[pfn]
+        if p.refcount == 1 and p.kind == FRAME_ANON:
+            # put_page() of the last reference, inline for the common case
+            p.refcount = 0
+            p.kind = FRAME_FREE
+            p.flags = 0
+            p.mapcount = 0
+            p.index = <uint32_t>f.free_head
+            f.free_head = pfn
+            f.nr_free += 1
+            f.nr_used -= 1
+        else:
+            put_page(m, pfn)
     tlb.nr_pages = 0
     tlb.active_index = 0
     tlb.active_nr = 0
@@ -588,13 +604,13 @@ cdef inline int mm_counter(pt_page *p) noexcept nogil:
 
 cdef inline Py_ssize_t zap_present_ptes(mmu_gather *tlb, pt_vma *vma, pteval_t *pte,
                                         uint64_t addr, int64_t *rss, bint *force_flush,
-                                        bint *force_break) noexcept nogil:
+                                        bint *force_break, bint *cleared) noexcept nogil:
     cdef pteval_t ptent = pte[0]
     cdef uint64_t pfn = pte_pfn(ptent)
     cdef pt_page *p
     cdef bint delay_rmap = False
     pte[0] = 0
-    tlb_adjust_range(tlb, addr, 4096)
+    cleared[0] = True
     if pte_special(ptent):
         # vm_normal_page() is NULL: nothing to count or free (R50).
         return 1
@@ -608,7 +624,13 @@ cdef inline Py_ssize_t zap_present_ptes(mmu_gather *tlb, pt_vma *vma, pteval_t *
             force_flush[0] = True
     rss[mm_counter(p)] -= 1
     p.mapcount -= 1
-    if tlb_remove_page(tlb, pfn, delay_rmap):
+    # __tlb_remove_folio_pages(), inline for the common case
+    tlb.pages[tlb.nr_pages] = <uint32_t>pfn
+    tlb.nr_pages += 1
+    tlb.active_nr += 1
+    if delay_rmap:
+        tlb.delayed_rmap = True
+    if tlb.active_nr >= tlb.active_max - 1 and not _tlb_next_batch(tlb):
         force_flush[0] = True
         force_break[0] = True
     return 1
@@ -616,7 +638,7 @@ cdef inline Py_ssize_t zap_present_ptes(mmu_gather *tlb, pt_vma *vma, pteval_t *
 cdef inline Py_ssize_t do_zap_pte_range(mmu_gather *tlb, pt_vma *vma, pteval_t *pte,
                                         uint64_t addr, uint64_t end, zap_details *details,
                                         int64_t *rss, bint *force_flush, bint *force_break,
-                                        bint *any_skipped) noexcept nogil:
+                                        bint *any_skipped, bint *cleared) noexcept nogil:
     cdef Py_ssize_t max_nr = <Py_ssize_t>((end - addr) >> 12)
     cdef Py_ssize_t nr = 0
     # Skip the whole run of none entries in one step.
@@ -629,10 +651,11 @@ cdef inline Py_ssize_t do_zap_pte_range(mmu_gather *tlb, pt_vma *vma, pteval_t *
         pte += nr
         addr += <uint64_t>nr << 12
     if pte_present(pte[0]):
-        return nr + zap_present_ptes(tlb, vma, pte, addr, rss, force_flush, force_break)
+        return nr + zap_present_ptes(tlb, vma, pte, addr, rss, force_flush, force_break, cleared)
     # Non-present, non-none entries (swap entries, markers) are not created
     # by any operation simulated so far; clear them as munmap would.
     pte[0] = 0
+    cleared[0] = True
     any_skipped[0] = False
     return nr + 1
 
@@ -689,14 +712,18 @@ cdef uint64_t zap_pte_range(mmu_gather *tlb, pt_vma *vma, pteval_t *pmd, uint64_
     cdef bint direct_reclaim = mm.reclaim_mode != RECLAIM_SEED
     cdef Py_ssize_t nr
     cdef int i
+    cdef uint64_t pass_start
+    cdef bint cleared
     while True:
+        cleared = False
         rss[0] = rss[1] = rss[2] = rss[3] = 0
         table = entry_table(&mm.machine.pool, pmd[0])
         pte = table + pte_index(addr)
+        pass_start = addr
         while True:
             any_skipped = False
             nr = do_zap_pte_range(tlb, vma, pte, addr, end, details, rss,
-                                  &force_flush, &force_break, &any_skipped)
+                                  &force_flush, &force_break, &any_skipped, &cleared)
             if any_skipped:
                 can_reclaim_pt = False
             if force_break:
@@ -715,6 +742,11 @@ cdef uint64_t zap_pte_range(mmu_gather *tlb, pt_vma *vma, pteval_t *pmd, uint64_
             direct_reclaim = try_get_and_clear_pmd(mm, pmd, &pmdval)
         for i in range(NR_MM_COUNTERS):
             mm.rss[i] += rss[i]
+        # tlb_remove_tlb_entry() for every entry cleared in this pass; the
+        # span of the pass bounds them (the range only decides that a flush
+        # is due, never its outcome).
+        if cleared:
+            tlb_adjust_range(tlb, pass_start, addr - pass_start)
         if force_flush:
             tlb_flush_mmu_tlbonly(tlb)
             tlb.delayed_rmap = False        # tlb_flush_rmaps()
@@ -972,11 +1004,21 @@ cdef int fault_range(pt_mm *mm, pt_vma *vma, uint64_t *paddr, uint64_t end, bint
                 pte[0] = e | set_bits
             elif anon_write and pte_none(e):
                 # do_anonymous_page(), write: a fresh exclusive page (R26).
-                pfn = alloc_frame(frames, FRAME_ANON)
-                if pfn < 0:
-                    paddr[0] = addr
-                    return FAULT_OOM
-                p = &frames.pages[pfn]
+                pfn = <int64_t>frames.free_head
+                if pfn and not (frames.max_frames and frames.nr_used >= frames.max_frames):
+                    p = &frames.pages[pfn]
+                    frames.free_head = p.index
+                    frames.nr_free -= 1
+                    frames.nr_used += 1
+                    p.kind = FRAME_ANON
+                    p.refcount = 1
+                    p.index = 0
+                else:
+                    pfn = alloc_frame(frames, FRAME_ANON)
+                    if pfn < 0:
+                        paddr[0] = addr
+                        return FAULT_OOM
+                    p = &frames.pages[pfn]
                 p.mapcount = 1
                 p.flags = PG_ANON_EXCLUSIVE | PG_DIRTY
                 pte[0] = (<uint64_t>pfn << 12) | anon_bits

@@ -153,10 +153,6 @@ _MMAP_MIN_ADDR = 65536
 _STACK_GUARD_GAP = 256 << PAGE_SHIFT
 # sysctl vm.max_map_count.
 _MAX_MAP_COUNT = 65530
-# Overcommit mode 0 (OVERCOMMIT_GUESS) rejects a single charge larger than
-# totalram_pages + total_swap_pages; these are the lab machine's figures.
-_TOTALRAM_PAGES = 6171023
-_TOTAL_SWAP_PAGES = 0
 # fault_around_bytes = 64 KiB (R29).
 _FAULT_AROUND_PAGES = 16
 
@@ -660,20 +656,43 @@ def pte_free_tlb(tlb, table):
 # ---------------------------------------------------------------------------
 
 
+class Machine:
+    """Simulated physical memory shared by the MMs on it (see ``docs/api.md``)."""
+
+    def __init__(self, max_frames=None, totalram_pages=None):
+        for name, value in (("max_frames", max_frames), ("totalram_pages", totalram_pages)):
+            if value is not None:
+                _ulong(value)
+        if max_frames is not None and max_frames == 0:
+            raise ValueError("max_frames must be positive or None")
+        self.mem = _PhysMem(max_frames)
+        # Overcommit mode 0 (OVERCOMMIT_GUESS) refuses one charge larger than
+        # totalram_pages + total_swap_pages; by default max_frames, or no limit.
+        self.totalram_pages = totalram_pages if totalram_pages is not None else max_frames
+
+    @property
+    def frames_in_use(self):
+        return len(self.mem.frames)
+
+
 class MM:
     """One simulated process address space (``mm_struct``); see ``docs/api.md``."""
 
-    def __init__(self, *, pt_reclaim=True, thp="madvise", max_frames=None):
+    def __init__(self, *, pt_reclaim=True, thp="madvise", max_frames=None, split_ptlocks=True,
+                 machine=None):
         if thp not in ("never", "madvise", "always"):
             raise ValueError(f"thp must be 'never', 'madvise' or 'always', not {thp!r}")
-        if max_frames is not None:
-            if not isinstance(max_frames, int) or isinstance(max_frames, bool):
-                raise TypeError("max_frames must be an int or None")
-            if max_frames < 0:
-                raise ValueError("max_frames must be >= 0")
-        self.pt_reclaim = bool(pt_reclaim)
+        if pt_reclaim not in (True, False, "seed") or pt_reclaim is None:
+            raise ValueError("pt_reclaim must be True, False or 'seed'")
+        if machine is None:
+            machine = Machine(max_frames)
+        elif max_frames is not None:
+            raise ValueError("give max_frames to the Machine, not to an MM on a shared one")
+        self.machine = machine
+        self.pt_reclaim = pt_reclaim
+        self.split_ptlocks = bool(split_ptlocks)
         self.thp = thp
-        self._mem = _PhysMem(max_frames)
+        self._mem = machine.mem
         self._pgd = _Table(_PGD, self._mem.alloc_table_pfn(), 0)
         self._pgtables_bytes = 0
         self._rss = [0, 0, 0, 0]
@@ -686,6 +705,10 @@ class MM:
         # VMAs unmerged: a MAP_FIXED that failed after splitting (vms_abort).
         self._unmerged_ok = set()
         self._dead = False
+
+    def _overcommit_limit(self):
+        limit = self.machine.totalram_pages
+        return float("inf") if limit is None else limit
 
     # ------------------------------------------------------------------ VMAs
 
@@ -1197,6 +1220,9 @@ class MM:
         pte_table = pmd.children[pmd_index]
         entries = pte_table.entries
         can_reclaim_pt = self.reclaim_pt_is_enabled(start, end, details)
+        # "seed": the patch as first merged, before the Feb-2025 fix, took the
+        # fast path after any final pass that reached the end.
+        seed_rules = self.pt_reclaim == "seed"
         direct_reclaim = True
         while True:  # "retry:" in the kernel, after a forced flush
             force_flush = False
@@ -1214,6 +1240,8 @@ class MM:
                     break
                 addr += nr * PAGE_SIZE
             pmdval = None
+            if seed_rules:
+                direct_reclaim = True
             if can_reclaim_pt and direct_reclaim and addr == end:
                 pmdval = self.try_get_and_clear_pmd(pmd, pmd_index)
                 direct_reclaim = pmdval is not None
@@ -1300,7 +1328,14 @@ class MM:
         raise NotImplementedError("swap entries are not simulated")
 
     def try_get_and_clear_pmd(self, pmd, pmd_index):
-        """Fast path (R55): the PMD try-lock always succeeds without contention."""
+        """Fast path (R55): try the PMD lock while holding the PTE lock.
+
+        Without split page-table locks both locks are mm->page_table_lock,
+        already held, so the try fails (R57); with them there is no
+        contention in a single-threaded simulation.
+        """
+        if not self.split_ptlocks:
+            return None
         table = pmd.children[pmd_index]
         pmd.children[pmd_index] = None
         pmd.entries[pmd_index] = 0
@@ -1582,7 +1617,7 @@ class MM:
         nr_accounted = sum(v.pages() for v in detached if v.flags & VM_ACCOUNT)
         if not (vm_flags & (VM_NORESERVE | VM_SHARED)) and vm_flags & VM_WRITE:
             charged = (length >> PAGE_SHIFT) - nr_accounted
-            if charged and charged > _TOTALRAM_PAGES + _TOTAL_SWAP_PAGES:
+            if charged and charged > self._overcommit_limit():
                 # vms_abort_munmap_vmas(): the old VMAs stay, split as they are.
                 self._unmerged_ok.update((addr, end))
                 raise _oserror(errno.ENOMEM)
@@ -1593,7 +1628,7 @@ class MM:
         if vm_flags & VM_SHARED:
             # shmem_zero_setup() charges the whole object unless VM_NORESERVE;
             # a failure here leaves the unmapped gap behind.
-            if not (vm_flags & VM_NORESERVE) and (length >> PAGE_SHIFT) > _TOTALRAM_PAGES + _TOTAL_SWAP_PAGES:
+            if not (vm_flags & VM_NORESERVE) and (length >> PAGE_SHIFT) > self._overcommit_limit():
                 raise _oserror(errno.ENOMEM)
             vma = _Vma(addr, end, vm_flags, pgoff, None, _ShmemObject(length >> PAGE_SHIFT))
             self._insert_vma(vma)
@@ -1758,7 +1793,7 @@ class MM:
         if newflags & VM_WRITE:
             if not (oldflags & (VM_ACCOUNT | VM_WRITE | VM_HUGETLB | VM_SHARED | VM_NORESERVE)):
                 # Making private memory writable charges it (overcommit).
-                if nrpages > _TOTALRAM_PAGES + _TOTAL_SWAP_PAGES:
+                if nrpages > self._overcommit_limit():
                     return errno.ENOMEM, vma
                 newflags |= VM_ACCOUNT
         elif oldflags & VM_ACCOUNT and vma_is_anonymous(vma) and vma.anon_vma is None:

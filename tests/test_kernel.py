@@ -229,18 +229,15 @@ def test_fork_depth_limit():
 
 @pytest.fixture(scope="module")
 def MM():
-    try:
-        import ptreclaim
-        return ptreclaim.MM
-    except (ImportError, AttributeError) as e:
-        pytest.skip(f"the simulator is not built (pip install -e .): {e}")
+    import ptreclaim
+    return ptreclaim.MM
 
 
 @pytest.mark.parametrize("path", SCENARIO_FILES, ids=lambda p: p.name)
 def test_kernel_and_simulator_agree(MM, path):
     ops = S.load(path)
     if any(isinstance(op, (S.Fork, S.ForkP)) for op in ops) and not hasattr(MM, "fork"):
-        pytest.skip(f"{path.name} forks; the simulator has no fork() yet")
+        pytest.xfail(f"{path.name} waits for fork() in the simulator")
     cfg = kernel.host_config()
     kres = kernel.run(ops)
     sres = S.run(ops, MM(pt_reclaim=cfg["pt_reclaim"], thp=cfg["thp"]))

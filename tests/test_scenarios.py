@@ -1,8 +1,5 @@
 """The measured scenarios of §14, exact to the kB, against both implementations."""
 
-import os
-import time
-
 import pytest
 
 from ptreclaim.constants import (
@@ -19,8 +16,6 @@ from ptreclaim.errors import SegmentationFault
 from scenarios import (
     SCENARIOS,
     WAITING,
-    SEED_FULL_DVMPTE,
-    SEED_FULL_SPANS,
     seed_rcu_scenario,
     seed_scenario,
 )
@@ -161,16 +156,6 @@ def test_seed_without_reclaim(MM):
         apply(mm, op, args)
     apply(mm, *scenario.steps[0][:2])
     assert mm.status()["VmPTE"] == 4 * (1 + 1 + 100)
-
-
-@pytest.mark.skipif(not os.environ.get("PTRECLAIM_FULL_SEED"), reason="set PTRECLAIM_FULL_SEED=1 (about a minute)")
-def test_seed_full(MM):
-    mm = MM()
-    start = time.perf_counter()
-    assert run_scenario(mm, seed_scenario(SEED_FULL_SPANS)) == []
-    elapsed = time.perf_counter() - start
-    assert mm.status()["VmPTE"] == SEED_FULL_DVMPTE
-    print(f"seed loop, {SEED_FULL_SPANS} iterations: {elapsed:.1f} s")
 
 
 def test_force_break_takes_slow_path(MM):
