@@ -25,6 +25,8 @@ cdef class MM:
                                  uint64_t end, uint64_t newflags) noexcept nogil
     cdef int _do_mlock(self, uint64_t start, uint64_t length, uint64_t lockflags) noexcept nogil
     cdef int _madvise_populate(self, uint64_t start, uint64_t end, bint write) noexcept nogil
+    cdef int _madvise_guard(self, uint64_t idx, uint64_t start, uint64_t end,
+                            bint install) noexcept nogil
     cdef int _madvise_vma_behavior(self, mmu_gather *tlb, uint64_t *pidx, uint64_t start,
                                    uint64_t end, int advice) noexcept nogil
     # Syscalls at C level: 0 or a positive errno.

@@ -8,7 +8,7 @@ from cpython.long cimport PyLong_Check, PyLong_AsUnsignedLongLong, PyLong_AsLong
 from cpython.number cimport PyNumber_Index
 cimport cython
 from libc.errno cimport (EINVAL, ENOMEM, EEXIST, EBADF, ENODEV, EACCES, EAGAIN,
-                         EFAULT, EOVERFLOW, EOPNOTSUPP)
+                         EFAULT, EINTR, EOVERFLOW, EOPNOTSUPP)
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memset
@@ -19,6 +19,7 @@ from ptreclaim._pgtable cimport (
     machine_init, machine_free, put_page, shmem_new, shmem_put, shmem_punch, pte_table_empty,
     walk_pte, walk_pmd, tlb_gather_mmu, tlb_finish_mmu, unmap_page_range, free_pgd_range,
     change_protection, madvise_free_range, madvise_pageout_range, fault_range, handle_mm_fault,
+    guard_install_range, guard_remove_range,
 )
 from ptreclaim._vma cimport (
     find_vma, vma_insert, vma_remove, split_vma, try_merge, anon_vma_prepare, is_mergeable,
@@ -697,7 +698,9 @@ cdef class MM:
             if r < 0:
                 error = ENOMEM if r == -1 else <int>-r
                 break
-            idx = find_vma(mm, tmp)
+            # Go on with the VMA after the one that now holds [nstart, tmp):
+            # an unchanged VMA is not split, and may end past tmp.
+            idx = find_vma(mm, tmp - 1) + 1
             nstart = tmp
         tlb_finish_mmu(&tlb)
         if not error and tmp < end:
@@ -790,7 +793,7 @@ cdef class MM:
                         mm.locked_vm += pages
                 else:
                     mm.locked_vm -= pages
-            idx = find_vma(mm, tmp)
+            idx = find_vma(mm, tmp - 1) + 1
             nstart = tmp
         if tmp < end:
             return ENOMEM
@@ -812,7 +815,7 @@ cdef class MM:
         self._alive()
         err = self.do_madvise(_ulong(addr), _ulong(length), _cint(advice))
         if err == -2:
-            raise NotImplementedError("MADV_COLLAPSE and guard regions are not simulated yet")
+            raise NotImplementedError("MADV_COLLAPSE is not simulated yet (it needs THP)")
         if err:
             raise _errno(err)
 
@@ -836,7 +839,7 @@ cdef class MM:
             return 0
         if advice == MADV_POPULATE_READ or advice == MADV_POPULATE_WRITE:
             return self._madvise_populate(start, end, advice == MADV_POPULATE_WRITE)
-        if advice == MADV_COLLAPSE or advice == MADV_GUARD_INSTALL or advice == MADV_GUARD_REMOVE:
+        if advice == MADV_COLLAPSE:
             return -2
         # One gather for the whole call, over every VMA (R35).
         tlb_gather_mmu(&tlb, mm, False)
@@ -929,6 +932,8 @@ cdef class MM:
             return 0
         if advice == MADV_WILLNEED:
             return 0
+        if advice == MADV_GUARD_INSTALL or advice == MADV_GUARD_REMOVE:
+            return self._madvise_guard(idx, start, end, advice == MADV_GUARD_INSTALL)
         if advice == MADV_COLD or advice == MADV_PAGEOUT:
             if vma.flags & (PTR_VM_LOCKED | PTR_VM_PFNMAP | PTR_VM_HUGETLB):
                 return EINVAL
@@ -978,6 +983,37 @@ cdef class MM:
             return EAGAIN
         pidx[0] = <uint64_t>r
         return 0
+
+    cdef int _madvise_guard(self, uint64_t idx, uint64_t start, uint64_t end,
+                            bint install) noexcept nogil:
+        """MADV_GUARD_INSTALL / MADV_GUARD_REMOVE on one VMA piece (R43)."""
+        cdef pt_mm *mm = self.mm
+        cdef pt_vma *vma = &mm.vmas[idx]
+        cdef mmu_gather tlb
+        cdef int attempt, r
+        if vma.flags & (VM_SPECIAL | PTR_VM_HUGETLB | (PTR_VM_LOCKED if install else 0)):
+            return EINVAL
+        if not install:
+            guard_remove_range(mm, start, end)
+            return 0
+        # The whole VMA may now hold markers: a sticky flag, set without a
+        # split, that merges keep.
+        vma.flags |= PTR_VM_MAYBE_GUARD
+        if vma.shmem == NULL:
+            anon_vma_prepare(mm, idx)
+            vma = &mm.vmas[idx]
+        for attempt in range(3):
+            r = guard_install_range(mm, start, end)
+            if r == 0:
+                return 0
+            if r < 0:
+                return ENOMEM
+            # A mapped page is in the way: zap the range (markers stay, no
+            # PT reclaim) and walk again.
+            tlb_gather_mmu(&tlb, mm, False)
+            unmap_page_range(&tlb, vma, start, end, NULL)
+            tlb_finish_mmu(&tlb)
+        return EINTR
 
     # ---------------------------------------------------------------- touch
 
@@ -1230,7 +1266,11 @@ cdef _check_mm(MM self):
                     if vi == mm.nr_vmas or mm.vmas[vi].start > addr:
                         raise InvariantError("a PTE maps an address outside every VMA", hex(addr))
                     if not pte_present(e):
-                        raise InvariantError("an unknown non-present PTE", hex(addr))
+                        if e != PTR_GUARD_MARKER:
+                            raise InvariantError("an unknown non-present PTE", hex(addr))
+                        if not (mm.vmas[vi].flags & PTR_VM_MAYBE_GUARD):
+                            raise InvariantError("a guard marker in a VMA never guarded", hex(addr))
+                        continue
                     pfn = (e & PTR_PFN_MASK) >> 12
                     if e & PTR_PAGE_SPECIAL:
                         if pfn != 1:

@@ -8,7 +8,7 @@ from ptreclaim._types cimport (
     mmu_gather, zap_details,
     PTR_PAGE_PRESENT, PTR_PAGE_PROTNONE, PTR_PAGE_PSE, PTR_PAGE_ACCESSED,
     PTR_PAGE_DIRTY, PTR_PAGE_RW, PTR_PAGE_SPECIAL, PTR_PFN_MASK,
-    PTR_TABLE_PFN_BASE, PTR_PAGE_TABLE, PTRS_PER_TABLE, TABLES_PER_CHUNK,
+    PTR_TABLE_PFN_BASE, PTR_PAGE_TABLE, PTRS_PER_TABLE, TABLES_PER_CHUNK, PTR_GUARD_MARKER,
 )
 
 # --- entries (arch/x86/include/asm/pgtable.h) --------------------------------
@@ -79,6 +79,7 @@ cdef void shmem_get(pt_shmem *s) noexcept nogil
 cdef void shmem_put(pt_machine *m, pt_shmem *s) noexcept nogil
 cdef int64_t shmem_lookup(pt_shmem *s, uint64_t index) noexcept nogil   # -1: hole
 cdef int shmem_insert(pt_shmem *s, uint64_t index, uint32_t pfn) noexcept nogil
+cdef void shmem_delete(pt_machine *m, pt_shmem *s, uint64_t index) noexcept nogil
 cdef void shmem_punch(pt_machine *m, pt_shmem *s, uint64_t first, uint64_t last) noexcept nogil
 
 # --- walking and allocating (R25) --------------------------------------------------
@@ -127,3 +128,8 @@ cdef void madvise_free_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint6
 
 cdef int fault_range(pt_mm *mm, pt_vma *vma, uint64_t *addr, uint64_t end, bint write) noexcept nogil
 cdef void madvise_pageout_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint64_t end) noexcept nogil
+
+# --- guard regions ---------------------------------------------------------------------------------
+
+cdef int guard_install_range(pt_mm *mm, uint64_t start, uint64_t end) noexcept nogil
+cdef void guard_remove_range(pt_mm *mm, uint64_t start, uint64_t end) noexcept nogil

@@ -241,6 +241,18 @@ cdef int shmem_insert(pt_shmem *s, uint64_t index, uint32_t pfn) noexcept nogil:
     s.nr_pages += 1
     return 0
 
+cdef void shmem_delete(pt_machine *m, pt_shmem *s, uint64_t index) noexcept nogil:
+    # Drop one page from the page cache (its reference goes with it).
+    cdef uint64_t key = index + 1
+    cdef uint64_t i = _shm_hash(key, s.cap)
+    while s.keys[i] != SHM_EMPTY:
+        if s.keys[i] == key:
+            put_page(m, s.vals[i])
+            s.keys[i] = SHM_DELETED
+            s.nr_pages -= 1
+            return
+        i = (i + 1) & (s.cap - 1)
+
 cdef void shmem_punch(pt_machine *m, pt_shmem *s, uint64_t first, uint64_t last) noexcept nogil:
     # Drop the page cache of [first, last] (fallocate PUNCH_HOLE); callers
     # have already unmapped it everywhere (R40).
@@ -579,6 +591,10 @@ cdef int handle_mm_fault(pt_mm *mm, pt_vma *vma, uint64_t addr, bint write) noex
     """
     cdef pteval_t *pte = walk_pte(mm, addr)
     cdef pteval_t *pmd
+    if pte != NULL and not pte_none(pte[0]) and not pte_present(pte[0]):
+        # handle_pte_marker(): an access to a guard region is SIGSEGV (R43).
+        mm.stats.page_faults += 1
+        return FAULT_SIGSEGV
     if pte != NULL and pte_present(pte[0]):
         if not write:
             pte[0] |= PTR_PAGE_ACCESSED
@@ -603,36 +619,86 @@ cdef inline int mm_counter(pt_page *p) noexcept nogil:
     return MM_ANONPAGES if p.kind == FRAME_ANON else MM_SHMEMPAGES
 
 cdef inline Py_ssize_t zap_present_ptes(mmu_gather *tlb, pt_vma *vma, pteval_t *pte,
-                                        uint64_t addr, int64_t *rss, bint *force_flush,
-                                        bint *force_break, bint *cleared) noexcept nogil:
-    cdef pteval_t ptent = pte[0]
-    cdef uint64_t pfn = pte_pfn(ptent)
+                                        uint64_t addr, Py_ssize_t max_nr, int64_t *rss,
+                                        bint *force_flush, bint *force_break,
+                                        bint *cleared) noexcept nogil:
+    """Zap the run of present entries starting at pte; returns how many.
+
+    The kernel batches the PTEs of one large folio here; with small folios
+    only, a run of consecutive present entries is the same work done one
+    entry at a time, and it stops exactly where the kernel's loop would
+    (the page that fills the gather).
+    """
+    cdef pt_page *pages = tlb.mm.machine.frames.pages
+    # Local copies: the gather's counters would otherwise be reloaded after
+    # every store to an entry (both are 64-bit integers, which may alias).
+    cdef uint32_t *batch = tlb.pages
+    cdef uint64_t nr_pages = tlb.nr_pages
+    cdef uint64_t active_nr = tlb.active_nr
+    cdef uint64_t active_max = tlb.active_max
+    cdef int64_t anon = 0, shmem = 0
+    cdef Py_ssize_t i = 0
+    cdef pteval_t ptent
+    cdef uint64_t pfn
     cdef pt_page *p
-    cdef bint delay_rmap = False
-    pte[0] = 0
+    cdef bint full = False
     cleared[0] = True
-    if pte_special(ptent):
-        # vm_normal_page() is NULL: nothing to count or free (R50).
-        return 1
-    p = &tlb.mm.machine.frames.pages[pfn]
-    if p.kind != FRAME_ANON:
-        if ptent & PTR_PAGE_DIRTY:
-            p.flags |= PG_DIRTY
-            # Dirty shared pages keep their rmap until the TLB is flushed,
-            # which forces a flush before the PTE lock is dropped (R51).
-            delay_rmap = True
-            force_flush[0] = True
-    rss[mm_counter(p)] -= 1
-    p.mapcount -= 1
-    # __tlb_remove_folio_pages(), inline for the common case
-    tlb.pages[tlb.nr_pages] = <uint32_t>pfn
-    tlb.nr_pages += 1
-    tlb.active_nr += 1
-    if delay_rmap:
-        tlb.delayed_rmap = True
-    if tlb.active_nr >= tlb.active_max - 1 and not _tlb_next_batch(tlb):
+    while i < max_nr:
+        ptent = pte[i]
+        if not pte_present(ptent):
+            break
+        pte[i] = 0
+        i += 1
+        if pte_special(ptent):
+            # vm_normal_page() is NULL: nothing to count or free (R50).
+            continue
+        pfn = pte_pfn(ptent)
+        p = &pages[pfn]
+        if p.kind == FRAME_ANON:
+            anon += 1
+        else:
+            shmem += 1
+            if ptent & PTR_PAGE_DIRTY:
+                p.flags |= PG_DIRTY
+                # Dirty shared pages keep their rmap until the TLB is
+                # flushed, which forces a flush before the PTE lock is
+                # dropped (R51).
+                tlb.delayed_rmap = True
+                force_flush[0] = True
+        p.mapcount -= 1
+        # __tlb_remove_folio_pages(): room is always kept for a two-entry item.
+        batch[nr_pages] = <uint32_t>pfn
+        nr_pages += 1
+        active_nr += 1
+        if active_nr >= active_max - 1:
+            tlb.nr_pages = nr_pages
+            tlb.active_nr = active_nr
+            if not _tlb_next_batch(tlb):
+                full = True
+                break
+            active_nr = tlb.active_nr
+            active_max = tlb.active_max
+    tlb.nr_pages = nr_pages
+    if not full:
+        tlb.active_nr = active_nr
+    rss[MM_ANONPAGES] -= anon
+    rss[MM_SHMEMPAGES] -= shmem
+    if full:
         force_flush[0] = True
         force_break[0] = True
+    return i
+
+cdef inline Py_ssize_t zap_nonpresent_ptes(mmu_gather *tlb, pt_vma *vma, pteval_t *pte,
+                                           zap_details *details, bint *cleared,
+                                           bint *any_skipped) noexcept nogil:
+    # Guard markers are the only non-present entries simulated so far: they
+    # survive every zap but munmap/exit (DROP_MARKER), and one kept cancels
+    # PT reclaim of its table (R50, R54).
+    if pte[0] == PTR_GUARD_MARKER and (details == NULL or not details.drop_markers):
+        any_skipped[0] = True
+        return 1
+    pte[0] = 0
+    cleared[0] = True
     return 1
 
 cdef inline Py_ssize_t do_zap_pte_range(mmu_gather *tlb, pt_vma *vma, pteval_t *pte,
@@ -651,13 +717,9 @@ cdef inline Py_ssize_t do_zap_pte_range(mmu_gather *tlb, pt_vma *vma, pteval_t *
         pte += nr
         addr += <uint64_t>nr << 12
     if pte_present(pte[0]):
-        return nr + zap_present_ptes(tlb, vma, pte, addr, rss, force_flush, force_break, cleared)
-    # Non-present, non-none entries (swap entries, markers) are not created
-    # by any operation simulated so far; clear them as munmap would.
-    pte[0] = 0
-    cleared[0] = True
-    any_skipped[0] = False
-    return nr + 1
+        return nr + zap_present_ptes(tlb, vma, pte, addr, max_nr - nr, rss, force_flush,
+                                     force_break, cleared)
+    return nr + zap_nonpresent_ptes(tlb, vma, pte, details, cleared, any_skipped)
 
 cdef bint reclaim_pt_is_enabled(uint64_t start, uint64_t end, zap_details *details) noexcept nogil:
     # Only a zap of the whole 2 MiB span in one call may free its table (R53).
@@ -985,7 +1047,10 @@ cdef int fault_range(pt_mm *mm, pt_vma *vma, uint64_t *paddr, uint64_t end, bint
     cdef pt_frames *frames = &mm.machine.frames
     cdef int64_t pfn
     cdef pt_page *p
-    cdef int r
+    cdef int r = FAULT_OK
+    # Counted locally and added once: stores to entries could otherwise alias
+    # the mm's 64-bit counters and force a reload per page.
+    cdef int64_t new_pages = 0
     while addr < end:
         span_end = (addr & PTR_PMD_MASK) + PTR_PMD_SIZE
         if span_end > end:
@@ -994,8 +1059,7 @@ cdef int fault_range(pt_mm *mm, pt_vma *vma, uint64_t *paddr, uint64_t end, bint
         if pte == NULL:
             r = handle_mm_fault(mm, vma, addr, write)
             if r != FAULT_OK:
-                paddr[0] = addr
-                return r
+                break
             addr += 4096
             continue
         while addr < span_end:
@@ -1016,23 +1080,29 @@ cdef int fault_range(pt_mm *mm, pt_vma *vma, uint64_t *paddr, uint64_t end, bint
                 else:
                     pfn = alloc_frame(frames, FRAME_ANON)
                     if pfn < 0:
-                        paddr[0] = addr
-                        return FAULT_OOM
+                        r = FAULT_OOM
+                        break
                     p = &frames.pages[pfn]
                 p.mapcount = 1
                 p.flags = PG_ANON_EXCLUSIVE | PG_DIRTY
                 pte[0] = (<uint64_t>pfn << 12) | anon_bits
-                mm.rss[MM_ANONPAGES] += 1
-                mm.stats.page_faults += 1
+                new_pages += 1
             else:
+                mm.rss[MM_ANONPAGES] += new_pages
+                mm.stats.page_faults += <uint64_t>new_pages
+                new_pages = 0
                 r = handle_mm_fault(mm, vma, addr, write)
                 if r != FAULT_OK:
-                    paddr[0] = addr
-                    return r
+                    break
             pte += 1
             addr += 4096
+        if r != FAULT_OK:
+            break
+    mm.rss[MM_ANONPAGES] += new_pages
+    mm.stats.page_faults += <uint64_t>new_pages
     paddr[0] = addr
-    return FAULT_OK
+    return r
+
 
 cdef void madvise_pageout_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint64_t end) noexcept nogil:
     # madvise_cold_or_pageout_pte_range() + reclaim_pages() with no swap
@@ -1081,6 +1151,50 @@ cdef void madvise_pageout_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, ui
                     mm.rss[MM_SHMEMPAGES] -= 1
                 table[i] = 0
                 p.mapcount -= 1
+                if p.kind == FRAME_SHMEM and not (p.flags & PG_DIRTY):
+                    # A clean shmem page skips pageout() and leaves the page
+                    # cache (__remove_mapping); only dirty ones fail to be
+                    # written without swap and stay.
+                    put_page(mm.machine, pfn)
+                    shmem_delete(mm.machine, vma.shmem, p.index)
+                    continue
                 put_page(mm.machine, pfn)
                 tlb_adjust_range(tlb, (addr & PTR_PMD_MASK) + (i << 12), 4096)
         addr = next
+
+
+# ---------------------------------------------------------------------------------
+# Guard regions (mm/madvise.c: madvise_guard_install / madvise_guard_remove)
+
+cdef int guard_install_range(pt_mm *mm, uint64_t start, uint64_t end) noexcept nogil:
+    """Write a guard marker in every none entry of [start, end), allocating
+    tables as a fault would. Returns 1 if a mapped page was in the way (the
+    caller zaps the range and tries again), 0 when done, -1 on host OOM."""
+    cdef uint64_t addr = start
+    cdef pteval_t *pmd
+    cdef pteval_t *table
+    cdef pteval_t e
+    while addr < end:
+        pmd = pmd_alloc_walk(mm, addr)
+        if pmd == NULL:
+            return -1
+        table = pte_alloc(mm, pmd)
+        if table == NULL:
+            return -1
+        e = table[pte_index(addr)]
+        if pte_none(e):
+            table[pte_index(addr)] = PTR_GUARD_MARKER
+        elif e != PTR_GUARD_MARKER:
+            return 1
+        addr += 4096
+    return 0
+
+cdef void guard_remove_range(pt_mm *mm, uint64_t start, uint64_t end) noexcept nogil:
+    # Clear the markers; tables stay until a later full-span DONTNEED (R43).
+    cdef uint64_t addr = start
+    cdef pteval_t *pte
+    while addr < end:
+        pte = walk_pte(mm, addr)
+        if pte != NULL and pte[0] == PTR_GUARD_MARKER:
+            pte[0] = 0
+        addr += 4096

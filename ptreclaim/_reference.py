@@ -104,6 +104,7 @@ from .constants import (
     VM_MAYWRITE,
     VM_MERGEABLE,
     VM_MIXEDMAP,
+    VM_MAYBE_GUARD,
     VM_NOHUGEPAGE,
     VM_NORESERVE,
     VM_PFNMAP,
@@ -183,6 +184,8 @@ _PAGE_CHG_MASK = (
 
 VM_ACCESS_FLAGS = VM_READ | VM_WRITE | VM_EXEC
 VM_SPECIAL = VM_IO | VM_DONTEXPAND | VM_PFNMAP | VM_MIXEDMAP
+# Flags a merge keeps from either side and never lets stop a merge.
+VM_STICKY = VM_MAYBE_GUARD
 VM_LOCKED_MASK = VM_LOCKED | VM_LOCKONFAULT
 
 # arch/x86/mm/pgprot.c protection_map, after __supported_pte_mask (NX supported).
@@ -782,7 +785,8 @@ class MM:
 
     @staticmethod
     def is_mergeable_vma(vma, flags, shmem):
-        return vma.flags == flags and vma.shmem is shmem
+        # Sticky flags (VM_MAYBE_GUARD) do not stop a merge; the result keeps them.
+        return not ((vma.flags ^ flags) & ~VM_STICKY) and vma.shmem is shmem
 
     def can_vma_merge_left(self, prev, start, flags, shmem, pgoff, anon_vma):
         """can_vma_merge_left()/can_vma_merge_after(): merge [start, ..) into prev."""
@@ -825,12 +829,14 @@ class MM:
                 )
         if merge_left and merge_right:
             prev.end = nxt.end
+            prev.flags |= (newflags | nxt.flags) & VM_STICKY
             if prev.anon_vma is None:
                 prev.anon_vma = nxt.anon_vma or vma.anon_vma
             self._remove_vma(vma)
             self._remove_vma(nxt)
             return prev
         if merge_left:
+            prev.flags |= newflags & VM_STICKY
             if prev.anon_vma is None:
                 prev.anon_vma = vma.anon_vma
             prev.end = end
@@ -842,6 +848,7 @@ class MM:
                 self._vmas_changed()
             return prev
         if merge_right:
+            nxt.flags |= newflags & VM_STICKY
             if nxt.anon_vma is None:
                 nxt.anon_vma = vma.anon_vma
             nxt.pgoff -= nr_pages
@@ -872,6 +879,7 @@ class MM:
         merge_right = self.can_vma_merge_right(nxt, end, flags, None, pgoff, nr_pages, None, prev, merge_left)
         if merge_left and merge_right:
             prev.end = nxt.end
+            prev.flags |= nxt.flags & VM_STICKY
             if prev.anon_vma is None:
                 prev.anon_vma = nxt.anon_vma
             self._remove_vma(nxt)
@@ -896,7 +904,7 @@ class MM:
             compatible = (
                 a.end == b.start
                 and a.shmem is b.shmem
-                and not ((a.flags ^ b.flags) & ~VM_ACCESS_FLAGS)
+                and not ((a.flags ^ b.flags) & ~(VM_ACCESS_FLAGS | VM_STICKY))
                 and b.pgoff == a.pgoff + ((b.start - a.start) >> PAGE_SHIFT)
             )
             if compatible and other.anon_vma is not None:
@@ -2101,14 +2109,20 @@ class MM:
             self._rss[MM_ANONPAGES] -= 1
             self._mem.folio_put(frame)
             return
-        # Shmem: try_to_unmap() succeeds, then writeout fails for lack of swap,
-        # so the page stays in the object, unmapped.
+        # Shmem: try_to_unmap() succeeds (moving the PTE's dirty bit to the folio).
+        # A dirty folio goes to pageout(), whose writeout fails for lack of swap, so
+        # it stays in the object, unmapped. A clean one (never written: zero-filled
+        # by a read fault) is simply dropped from the page cache by
+        # __remove_mapping(); the next access faults in a fresh zeroed page.
         if pte & _PAGE_DIRTY:
             frame.dirty = True
         table.entries[i] = 0
         frame.mapcount -= 1
         self._rss[MM_SHMEMPAGES] -= 1
         self._mem.folio_put(frame)
+        if not frame.dirty and frame.mapcount == 0 and frame.shmem.pages.get(frame.index) is frame:
+            del frame.shmem.pages[frame.index]
+            self._mem.folio_put(frame)
 
     def madvise_remove(self, vma, start, end):
         """R40: punch a hole in the shmem object, unmapping it everywhere."""
@@ -2165,8 +2179,11 @@ class MM:
         """R43: GUARD markers in every PTE, zapping mapped pages first."""
         if vma.flags & (VM_SPECIAL | VM_HUGETLB | VM_LOCKED):
             return errno.EINVAL
+        # The whole VMA may hold markers now: a sticky flag, set without a split.
+        vma.flags |= VM_MAYBE_GUARD
         # Markers make the range non-empty, so fork must copy it.
-        self.anon_vma_prepare(vma)
+        if vma.shmem is None:
+            self.anon_vma_prepare(vma)
         for _attempt in range(3):
             if self._guard_install_walk(vma, start, end):
                 return 0

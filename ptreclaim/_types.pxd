@@ -49,6 +49,13 @@ cdef extern from *:
     #define PTR_VM_UFFD_WP     0x1000ULL
     #define PTR_VM_LOCKONFAULT 0x80000ULL
     #define PTR_VM_HUGETLB     0x400000ULL
+    /* Sticky flags: merge compatibility ignores them, the merged VMA keeps them. */
+    #define PTR_VM_MAYBE_GUARD 0x800ULL
+    #define PTR_VM_STICKY      PTR_VM_MAYBE_GUARD
+    /* A PTE marker: swap type 31 (the highest) with the flags inverted in the
+       offset bits 9..58 (arch/x86/include/asm/pgtable_64.h, swapops.h). */
+    #define PTR_PTE_MARKER(bits) ((31ULL << 59) | ((~(unsigned long long)(bits) & ((1ULL << 50) - 1)) << 9))
+    #define PTR_GUARD_MARKER   PTR_PTE_MARKER(4)
     """
     const uint64_t PTR_PAGE_PRESENT, PTR_PAGE_RW, PTR_PAGE_USER, PTR_PAGE_ACCESSED
     const uint64_t PTR_PAGE_DIRTY, PTR_PAGE_PSE, PTR_PAGE_PROTNONE, PTR_PAGE_SPECIAL
@@ -58,7 +65,7 @@ cdef extern from *:
     const uint64_t PTR_PAGE_MASK, PTR_PMD_MASK, PTR_PUD_MASK, PTR_PGDIR_MASK
     const uint64_t PTR_VM_READ, PTR_VM_WRITE, PTR_VM_EXEC, PTR_VM_SHARED, PTR_VM_MAYWRITE
     const uint64_t PTR_VM_LOCKED, PTR_VM_PFNMAP, PTR_VM_UFFD_WP, PTR_VM_LOCKONFAULT
-    const uint64_t PTR_VM_HUGETLB
+    const uint64_t PTR_VM_HUGETLB, PTR_VM_MAYBE_GUARD, PTR_VM_STICKY, PTR_GUARD_MARKER
 
 ctypedef uint64_t pteval_t
 

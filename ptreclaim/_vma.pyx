@@ -6,7 +6,7 @@ from libc.stdint cimport uint64_t
 from libc.stdlib cimport realloc
 from libc.string cimport memmove
 
-from ptreclaim._types cimport pt_mm, pt_vma, PTR_VM_READ, PTR_VM_WRITE, PTR_VM_EXEC
+from ptreclaim._types cimport pt_mm, pt_vma, PTR_VM_READ, PTR_VM_WRITE, PTR_VM_EXEC, PTR_VM_STICKY
 from ptreclaim._pgtable cimport shmem_get, shmem_put
 
 cdef uint64_t find_vma(pt_mm *mm, uint64_t addr) noexcept nogil:
@@ -56,7 +56,7 @@ cdef bint is_mergeable(const pt_vma *a, const pt_vma *b) noexcept nogil:
     # is_mergeable_vma() + is_mergeable_anon_vma() + contiguous vm_pgoff.
     # Without fork every anon_vma chain is singular, so a VMA without an
     # anon_vma merges with any neighbour's.
-    if a.end != b.start or a.flags != b.flags or a.shmem != b.shmem:
+    if a.end != b.start or (a.flags ^ b.flags) & ~PTR_VM_STICKY or a.shmem != b.shmem:
         return False
     if a.anon_vma and b.anon_vma and a.anon_vma != b.anon_vma:
         return False
@@ -72,6 +72,7 @@ cdef bint try_merge(pt_mm *mm, uint64_t idx) noexcept nogil:
     if not is_mergeable(a, b):
         return False
     a.end = b.end
+    a.flags |= b.flags & PTR_VM_STICKY
     if not a.anon_vma:
         a.anon_vma = b.anon_vma
     vma_remove(mm, idx + 1, 1)
@@ -80,7 +81,7 @@ cdef bint try_merge(pt_mm *mm, uint64_t idx) noexcept nogil:
 cdef inline bint anon_vma_compatible(const pt_vma *a, const pt_vma *b) noexcept nogil:
     # Neighbours that differ only in read/write/exec may share an anon_vma,
     # so that a later mprotect can merge them again.
-    cdef uint64_t access = PTR_VM_READ | PTR_VM_WRITE | PTR_VM_EXEC
+    cdef uint64_t access = PTR_VM_READ | PTR_VM_WRITE | PTR_VM_EXEC | PTR_VM_STICKY
     return (a.end == b.start and a.shmem == b.shmem
             and ((a.flags ^ b.flags) & ~access) == 0
             and b.pgoff == a.pgoff + ((b.start - a.start) >> 12))

@@ -98,6 +98,8 @@ VM_MAYEXEC = 0x40
 VM_MAYSHARE = 0x80
 VM_GROWSDOWN = 0x100
 VM_UFFD_MISSING = 0x200
+# Set by MADV_GUARD_INSTALL on the whole VMA; sticky: merges keep it.
+VM_MAYBE_GUARD = 0x800
 VM_PFNMAP = 0x400
 VM_UFFD_WP = 0x1000
 VM_LOCKED = 0x2000
@@ -136,6 +138,20 @@ _PAGE_NX = 1 << 63
 PTE_PFN_MASK = ((1 << 52) - 1) & ~(PAGE_SIZE - 1)
 # A table entry (PGD/PUD/PMD pointing at a table): present, writable, user, accessed, dirty.
 _PAGE_TABLE = _PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED | _PAGE_DIRTY
+
+# PTE markers (include/linux/swapops.h): swap-format entries of the highest swap
+# type, 31 on the reference kernel, whose offset (stored inverted in bits 9..58)
+# holds these flags.
+SWP_PTE_MARKER = 31
+PTE_MARKER_UFFD_WP = 1 << 0
+PTE_MARKER_POISONED = 1 << 1
+PTE_MARKER_GUARD = 1 << 2
+
+
+def make_pte_marker(bits):
+    """The raw x86-64 entry of a PTE marker with these flags."""
+    return (SWP_PTE_MARKER << 59) | ((~bits & ((1 << 50) - 1)) << 9)
+
 
 # The zero page's frame number in the simulated machine (any fixed frame will do;
 # user space never sees it).

@@ -94,16 +94,8 @@ def run_scenario(mm, scenario):
     return mismatches
 
 
-# Guard markers are in the reference model; the compiled core gets them with the
-# hard cases of PT reclaim.
-CORE_WAITS_FOR_GUARD = {"SC-13", "SC-41"}
-
-
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.id for s in SCENARIOS])
-def test_scenario(MM, impl, scenario, request):
-    if impl.__name__.endswith("_core") and scenario.id in CORE_WAITS_FOR_GUARD:
-        request.applymarker(pytest.mark.xfail(raises=NotImplementedError, strict=True,
-                                              reason="waits for guard markers in the core"))
+def test_scenario(MM, scenario):
     mm = MM()
     assert run_scenario(mm, scenario) == []
     mm.exit()

@@ -1,0 +1,514 @@
+"""Seeded random operation scripts for comparing the simulator with the host kernel.
+
+``generate(n_ops, seed)`` returns ``n_ops`` script operations (``ptreclaim.script``) that
+are *legal* on the host-kernel runner: every ``touch`` lands on memory that is mapped with
+the permission it needs (so it never faults), every range stays inside the runner's window
+``[base, base + 512 GiB)`` (or has a length that wraps past 2**64), and the memory the
+script can make resident stays small.  Everything else is left to chance on purpose:
+``madvise``/``mprotect``/``munmap``/``mlock``/``munlock`` ranges cross holes and VMA
+boundaries, start unaligned, straddle 2 MiB, 1 GiB and 512 GiB boundaries, use invalid
+advice and protections; mappings are private and shared, charged and ``MAP_NORESERVE``.
+
+To know what is mapped with which protection after operations that may fail half-way
+(mprotect and mlock stop at the first hole, madvise goes on past holes, mlock sets
+VM_LOCKED and then fails to populate PROT_NONE...), the generator runs every operation on
+a simulator instance (the *oracle*) as it goes and reads ``vmas()`` back.  The oracle only
+decides legality; whether the simulator is *right* is what the comparison with the kernel
+judges.  The same seed gives the same script as long as the oracle behaves the same.
+
+``Config`` switches on what the simulator cannot do yet (guard regions in the core,
+``MADV_COLLAPSE``, THP faults in ``MADV_HUGEPAGE`` regions); ``generate`` uses
+``DEFAULT_CONFIG``, which is what ``python -m ptreclaim compare --random N --seed S`` and
+``tests/test_random_vs_kernel.py`` compare.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass
+
+from . import constants as C
+from . import script as S
+
+__all__ = ["Config", "DEFAULT_CONFIG", "VALID_ADVICE", "OPTIONAL_ADVICE", "INVALID_ADVICE",
+           "generate", "generate_text", "outcome", "first_difference", "minimize"]
+
+K, M, G = 1 << 10, 1 << 20, 1 << 30
+PAGE = C.PAGE_SIZE
+WINDOW = 512 * G          # the runner's window (kernel.WINDOW): every range stays inside it
+_U64 = 1 << 64
+
+# Every advice the simulator implements: flag-only advice, zapping, freeing, populating.
+VALID_ADVICE = (
+    C.MADV_NORMAL, C.MADV_RANDOM, C.MADV_SEQUENTIAL, C.MADV_WILLNEED, C.MADV_DONTNEED,
+    C.MADV_FREE, C.MADV_REMOVE, C.MADV_DONTFORK, C.MADV_DOFORK, C.MADV_MERGEABLE,
+    C.MADV_UNMERGEABLE, C.MADV_HUGEPAGE, C.MADV_NOHUGEPAGE, C.MADV_DONTDUMP, C.MADV_DODUMP,
+    C.MADV_WIPEONFORK, C.MADV_KEEPONFORK, C.MADV_COLD, C.MADV_PAGEOUT, C.MADV_POPULATE_READ,
+    C.MADV_POPULATE_WRITE, C.MADV_DONTNEED_LOCKED,
+)
+# Valid on the kernel but raising NotImplementedError in (one of) the simulators today.
+OPTIONAL_ADVICE = (C.MADV_COLLAPSE, C.MADV_GUARD_INSTALL, C.MADV_GUARD_REMOVE)
+# Rejected with EINVAL by this kernel (HWPOISON/SOFT_OFFLINE: CONFIG_MEMORY_FAILURE is off).
+INVALID_ADVICE = (5, 6, 7, 26, 99, C.MADV_HWPOISON, C.MADV_SOFT_OFFLINE, 104, 9999, -1)
+
+# How often each advice is drawn (relative): the ones that change page tables most.
+_ADVICE_WEIGHT = {
+    C.MADV_DONTNEED: 12, C.MADV_DONTNEED_LOCKED: 4, C.MADV_FREE: 4, C.MADV_REMOVE: 3,
+    C.MADV_PAGEOUT: 3, C.MADV_COLD: 2, C.MADV_POPULATE_READ: 3, C.MADV_POPULATE_WRITE: 3,
+    C.MADV_GUARD_INSTALL: 3, C.MADV_GUARD_REMOVE: 2, C.MADV_COLLAPSE: 2,
+}
+
+_PROT_NAMES = {"none": 0, "r": 1, "w": 2, "rw": 3, "x": 4, "rx": 5, "wx": 6, "rwx": 7}
+_MMAP_PROTS = ((3, 40), (1, 14), (0, 10), (2, 5), (4, 5), (5, 6), (7, 12), (6, 3), (0x10 | 3, 2), (8 | 1, 2))
+# mprotect: valid protections, plus PROT_SEM (accepted), an unknown bit and PROT_GROWSDOWN/UP.
+_MPROTECT_PROTS = ((3, 30), (1, 20), (0, 16), (2, 4), (4, 4), (5, 5), (7, 8), (6, 2), (8 | 3, 2),
+                   (0x10, 2), (C.PROT_GROWSDOWN | 1, 2), (0x02000000 | 1, 1),
+                   (C.PROT_GROWSDOWN | 0x02000000, 1))
+
+# Interesting places in the window: its start (a 512 GiB boundary), 1 GiB boundaries, and
+# the top 1 GiB below the window's end (the next 512 GiB boundary).
+_ANCHORS = (0, 0, 0, 2 * M, 64 * M, G, G, 2 * G, 3 * G, 64 * G, 255 * G, 256 * G, 511 * G,
+            511 * G, WINDOW - 2 * M, WINDOW - 64 * M)
+
+
+@dataclass(frozen=True)
+class Config:
+    """What ``generate`` may produce.
+
+    * ``advice``: the valid advice values drawn; ``invalid_advice`` are drawn with
+      probability ``p_invalid_advice``.
+    * ``thp_faults``: ``False`` (default) keeps every access out of ``VM_HUGEPAGE`` VMAs and
+      applies ``MADV_HUGEPAGE`` only where nothing is mapped in the page tables: with THP
+      ``madvise`` the kernel would fault 2 MiB pages there (and khugepaged could collapse
+      present pages at any time), which the simulator does not model yet.  ``True`` lifts
+      both restrictions.
+    * ``op_cap``: the most memory one operation may populate (bytes); ``budget``: the most
+      all operations of a script may populate together.
+    * ``oracle``: ``"reference"`` (default: the scripts do not depend on how the core is
+      built, and it implements guard regions), ``"core"`` (faster), or ``None`` (the core
+      when it is built and implements every advice in ``advice``, else the reference).
+    """
+
+    advice: tuple = VALID_ADVICE
+    invalid_advice: tuple = INVALID_ADVICE
+    p_invalid_advice: float = 0.04
+    thp_faults: bool = False
+    op_cap: int = 8 * M
+    budget: int = 192 * M
+    oracle: str | None = "reference"
+
+    def with_advice(self, *extra):
+        """A copy that also draws ``extra`` advice values (e.g. ``OPTIONAL_ADVICE``)."""
+        return dataclasses.replace(self, advice=tuple(dict.fromkeys(self.advice + tuple(extra))))
+
+
+DEFAULT_CONFIG = Config()
+
+# The core raises NotImplementedError for these; the reference implements guard regions.
+_CORE_MISSING = {C.MADV_COLLAPSE, C.MADV_GUARD_INSTALL, C.MADV_GUARD_REMOVE}
+
+
+def _oracle_class(cfg):
+    want = cfg.oracle
+    if want is None:
+        want = "reference" if _CORE_MISSING & set(cfg.advice) else "core"
+        if want == "core":
+            try:
+                from ._core import MM
+                return MM
+            except ImportError:
+                want = "reference"
+    if want == "core":
+        from ._core import MM
+    elif want == "reference":
+        from ._reference import MM
+    else:
+        raise ValueError(f"oracle must be 'core', 'reference' or None, not {want!r}")
+    return MM
+
+
+def _weighted(rng, pairs):
+    values = [v for v, _ in pairs]
+    weights = [w for _, w in pairs]
+    return rng.choices(values, weights)[0]
+
+
+def _page_down(a):
+    return a & ~(PAGE - 1)
+
+
+def _page_up(a):
+    return (a + PAGE - 1) & ~(PAGE - 1)
+
+
+_READABLE = C.VM_READ | C.VM_WRITE | C.VM_EXEC
+
+
+class _Gen:
+    def __init__(self, rng, cfg, mm, base):
+        self.rng = rng
+        self.cfg = cfg
+        self.mm = mm
+        self.base = base
+        self.spent = 0  # bytes the script's operations may have populated so far
+        self.vmas = []  # (start, end, flags, anon_vma), relative to the base
+        self.guards = C.MADV_GUARD_INSTALL in cfg.advice
+        self.advice = [(a, _ADVICE_WEIGHT.get(a, 1)) for a in cfg.advice]
+
+    # --- the oracle -------------------------------------------------------------------------
+
+    def apply(self, op):
+        err, fault, _ = S._apply(self.mm, op, self.base)
+        if fault is not None:
+            # The generator chose a touch the oracle says faults: a generator bug, not a
+            # finding (the kernel comparison judges the simulator, not this).
+            raise RuntimeError(f"generated touch faulted in the oracle: {op} at {fault - self.base:#x}")
+        self.vmas = [(s - self.base, e - self.base, f, a) for s, e, f, a in self.mm.vmas()
+                     if self.base <= s < self.base + WINDOW]
+        return err
+
+    def room(self):
+        return self.cfg.budget - self.spent
+
+    # --- addresses and ranges ---------------------------------------------------------------
+
+    def small_offset(self):
+        r = self.rng.random()
+        if r < 0.3:
+            return 0
+        if r < 0.6:
+            return self.rng.randint(-16, 16) * PAGE
+        if r < 0.85:
+            return self.rng.randint(-4, 4) * 2 * M + self.rng.choice((0, 0, PAGE, -PAGE))
+        return self.rng.randint(-64, 64) * 64 * K
+
+    def addr(self):
+        """A page-aligned address in the window: near an anchor or near a VMA edge."""
+        rng = self.rng
+        if self.vmas and rng.random() < 0.55:
+            s, e, _, _ = rng.choice(self.vmas)
+            a = rng.choice((s, e, s, e, (s + e) // 2 & ~(PAGE - 1))) + self.small_offset()
+        else:
+            a = rng.choice(_ANCHORS) + self.small_offset()
+        return min(max(a, 0), WINDOW - PAGE)
+
+    def length(self, big=True):
+        rng = self.rng
+        r = rng.random()
+        if r < 0.35:
+            n = rng.randint(1, 16) * PAGE
+        elif r < 0.65:
+            n = rng.randint(1, 4) * 2 * M + rng.choice((0, 0, 0, PAGE, -PAGE, 512 * K))
+        elif r < 0.8:
+            n = rng.randint(1, 64) * 256 * K
+        elif r < 0.9 or not big:
+            n = rng.randint(1, 24) * M
+        else:
+            n = rng.choice((G, G + 2 * M, 2 * G, 3 * G + PAGE, 64 * G, 300 * G))
+        if rng.random() < 0.1:
+            n += rng.randint(1, PAGE - 1) - PAGE  # unaligned: the kernel rounds it up
+        return max(n, 1)
+
+    def fit(self, a, n):
+        """Clamp [a, a + n) to the window (page-rounded end <= WINDOW)."""
+        if a + _page_up(n) > WINDOW:
+            n = WINDOW - a
+        return n
+
+    def range(self, big=True):
+        """(addr, len) for madvise/mprotect/munmap/mlock/munlock: mostly aligned."""
+        rng = self.rng
+        r = rng.random()
+        if r < 0.03:
+            # A length that wraps past 2**64: rejected (or, mlock/munlock, a no-op) before acting.
+            return self.addr(), rng.choice((-PAGE, -2 * PAGE, -1, -(2 * M))) % _U64
+        if r < 0.06:
+            return self.addr(), 0
+        if self.vmas and r < 0.5:
+            a, end = self.inside_vma()
+        elif self.vmas and r < 0.7:
+            a, end = self.across_vmas(holes=False)
+        elif self.vmas and r < 0.82:
+            a, end = self.across_vmas(holes=True)
+        else:
+            a = self.addr()
+            end = a + self.length(big)
+        if rng.random() < 0.08:
+            end += rng.choice((1, 100, PAGE // 2, 1 - PAGE))  # unaligned length: rounded up
+        if rng.random() < 0.05:
+            a += rng.choice((1, 100, PAGE // 2, PAGE - 1))  # unaligned start
+        a = min(max(a, 0), WINDOW - PAGE)
+        n = end - a if end > a else self.length(big)
+        return a, self.fit(a, n)
+
+    def inside_vma(self):
+        """A range inside one VMA: all of it, its whole 2 MiB spans, or a random part."""
+        rng = self.rng
+        s, e, _, _ = rng.choice(self.vmas)
+        r = rng.random()
+        if r < 0.25:
+            return s, e
+        if r < 0.5:
+            lo, hi = (s + 2 * M - 1) & ~(2 * M - 1), e & ~(2 * M - 1)
+            if lo < hi:
+                k = rng.randint(1, (hi - lo) // (2 * M))
+                lo += rng.randint(0, (hi - lo) // (2 * M) - k) * 2 * M
+                return lo, lo + k * 2 * M
+        a = s + _page_down(rng.randrange(e - s))
+        return a, a + _page_up(rng.randint(1, e - a))
+
+    def across_vmas(self, holes):
+        """A range over several neighbouring VMAs (touching each other unless ``holes``)."""
+        rng = self.rng
+        i = rng.randrange(len(self.vmas))
+        j = i
+        while j + 1 < len(self.vmas) and rng.random() < 0.6 and (holes or self.vmas[j + 1][0] == self.vmas[j][1]):
+            j += 1
+        s, e = self.vmas[i][0], self.vmas[j][1]
+        a = s + rng.choice((0, 0, 0, PAGE, -PAGE, 2 * M, -2 * M, (e - s) // 2 & ~(PAGE - 1)))
+        end = e + rng.choice((0, 0, 0, PAGE, -PAGE, 2 * M, -2 * M))
+        return a, end
+
+    # --- what the current layout allows ---------------------------------------------------
+
+    def overlapping(self, a, n):
+        lo, hi = _page_down(a), _page_up(a + n) if n else _page_down(a)
+        return [v for v in self.vmas if v[0] < hi and v[1] > lo]
+
+    def mapped_bytes(self, a, n, need=None):
+        lo, hi = _page_down(a), _page_up(a + n)
+        return sum(min(hi, e) - max(lo, s) for s, e, f, _ in self.overlapping(a, n)
+                   if need is None or f & need)
+
+    def hits_hugepage(self, a, n, also=0):
+        if self.cfg.thp_faults:
+            return False
+        return any(f & C.VM_HUGEPAGE and (not also or f & also) for _, _, f, _ in self.overlapping(a, n))
+
+    def has_entries(self, a, n):
+        lo, hi = _page_down(a), min(_page_up(a + n), WINDOW)
+        for _ in self.mm.entries(self.base + lo, self.base + hi):
+            return True
+        return False
+
+    def guarded(self, a, n):
+        if not self.guards:
+            return False
+        lo, hi = _page_down(a), min(_page_up(a + n), WINDOW)
+        for _, entry in self.mm.entries(self.base + lo, self.base + hi):
+            if not entry & (C._PAGE_PRESENT | C._PAGE_PROTNONE):
+                return True
+        return False
+
+    def spend(self, nbytes):
+        if nbytes > self.cfg.op_cap or nbytes > self.room():
+            return False
+        self.spent += nbytes
+        return True
+
+    # --- operations -------------------------------------------------------------------------
+
+    def op_mmap(self):
+        rng = self.rng
+        fixed = rng.random() < 0.15
+        prot = _weighted(rng, _MMAP_PROTS)
+        shared = rng.random() < 0.3
+        noreserve = rng.random() < 0.6
+        n = self.length(big=noreserve)
+        if not noreserve:
+            n = min(n, 256 * M)  # charged: far below RAM, so the overcommit check passes
+            if rng.random() < 0.5:
+                n = min(n, 16 * M)
+        # Without MAP_FIXED, an occupied address fails with EEXIST: keep that occasional.
+        for _ in range(1 if fixed or rng.random() < 0.12 else 8):
+            a = self.addr()
+            if self.vmas and rng.random() < 0.3:
+                s, e, _, _ = rng.choice(self.vmas)
+                a = e if rng.random() < 0.6 else s - _page_up(n)  # adjacent: may merge
+                a = min(max(a, 0), WINDOW - PAGE)
+            if not self.overlapping(a, self.fit(a, n)):
+                break
+        populate = rng.random() < 0.08
+        locked = rng.random() < 0.06
+        r = rng.random()
+        if r < 0.03:
+            n = 0  # EINVAL
+        elif r < 0.06:
+            a += rng.choice((1, PAGE // 2))  # EINVAL
+        n = self.fit(a, n)
+        if n <= 0:
+            return None
+        if (populate or locked) and prot & 7:
+            if n > self.cfg.op_cap:
+                n = rng.randint(1, self.cfg.op_cap // PAGE) * PAGE
+            if not self.spend(_page_up(n)):
+                populate = locked = False
+        return S.Mmap(a, n, prot, shared=shared, populate=populate, locked=locked,
+                      noreserve=noreserve, fixed=fixed)
+
+    def op_touch(self):
+        rng = self.rng
+        write = rng.random() < 0.65
+        need = C.VM_WRITE if write else _READABLE
+        ok = [v for v in self.vmas if v[2] & need
+              and (self.cfg.thp_faults or not v[2] & C.VM_HUGEPAGE)]
+        if not ok:
+            return None
+        s, e, _, _ = rng.choice(ok)
+        # Extend across neighbours that allow the access too.
+        runs = {v[0]: v for v in ok}
+        while e in runs and rng.random() < 0.7:
+            e = runs[e][1]
+        r = rng.random()
+        if r < 0.3:
+            a = s
+        elif r < 0.5:
+            a = max(s, _page_down(e - rng.randint(1, 8) * PAGE))
+        else:
+            a = s + _page_down(rng.randrange(e - s))
+        if rng.random() < 0.15:
+            a += rng.randint(1, PAGE - 1)  # the first access need not be page-aligned
+        cap = min(e - a, rng.choice((PAGE, 16 * K, 2 * M, 4 * M, 4 * M, self.cfg.op_cap)))
+        n = rng.randint(1, cap) if rng.random() < 0.4 else cap
+        if self.guarded(a, n):
+            return None
+        if not self.spend(_page_up(a + n) - _page_down(a)):
+            return None
+        return S.Touch(a, n, write)
+
+    def op_madvise(self):
+        rng = self.rng
+        if rng.random() < self.cfg.p_invalid_advice:
+            advice = rng.choice(self.cfg.invalid_advice)
+        else:
+            advice = _weighted(rng, self.advice)
+        a, n = self.range()
+        if advice in (C.MADV_POPULATE_READ, C.MADV_POPULATE_WRITE):
+            if self.hits_hugepage(a, n):
+                return None
+            if self.guards and self.guarded(a, n):
+                pass  # EFAULT at the marker: nothing there is populated, that is fine
+            if not self.spend(self.mapped_bytes(a, n, _READABLE)):
+                return None
+        elif advice == C.MADV_HUGEPAGE and not self.cfg.thp_faults:
+            if a % PAGE == 0 and self.has_entries(a, n):
+                return None
+        elif advice == C.MADV_COLLAPSE:
+            # Collapsing fills the huge page: as much memory as the 2 MiB spans in range.
+            if not self.spend(self.mapped_bytes(a, n) + 4 * M):
+                return None
+        return S.Madvise(a, n, advice)
+
+    def op_mprotect(self):
+        prot = _weighted(self.rng, _MPROTECT_PROTS)
+        a, n = self.range()
+        if prot & C.PROT_WRITE:
+            # mprotect_fixup() populates VM_LOCKED VMAs that become writable.
+            if self.hits_hugepage(a, n, also=C.VM_LOCKED):
+                return None
+            locked = self.mapped_bytes(a, n, C.VM_LOCKED)
+            if locked and not self.spend(locked):
+                return None
+        return S.Mprotect(a, n, prot)
+
+    def op_munmap(self):
+        a, n = self.range()
+        return S.Munmap(a, n)
+
+    def op_mlock(self):
+        a, n = self.range(big=False)
+        if n < _U64 // 2:
+            if self.hits_hugepage(a, n):
+                return None
+            # mlock populates every accessible VMA in range (unless it fails first).
+            if not self.spend(self.mapped_bytes(a, n, _READABLE)):
+                return None
+        return S.Mlock(a, n)
+
+    def op_munlock(self):
+        a, n = self.range()
+        return S.Munlock(a, n)
+
+    _KINDS = (("op_mmap", 18), ("op_touch", 24), ("op_madvise", 24), ("op_mprotect", 10),
+              ("op_munmap", 9), ("op_mlock", 7), ("op_munlock", 5))
+
+    def next_op(self):
+        for _ in range(200):
+            if not self.vmas or self.rng.random() < 0.05:
+                kind = "op_mmap"
+            else:
+                kind = _weighted(self.rng, self._KINDS)
+            op = getattr(self, kind)()
+            if op is not None:
+                return op
+        return S.Madvise(0, 0, C.MADV_NORMAL)  # nothing else fits: a harmless no-op
+
+
+def generate(n_ops, seed, config=DEFAULT_CONFIG, *, base=S.DEFAULT_BASE):
+    """``n_ops`` legal script operations drawn from ``seed`` (lines numbered 1..n_ops).
+
+    The script runs unchanged on the host kernel (``ptreclaim.kernel.run``) and in the
+    simulator (``ptreclaim.script.run``); ``base`` only places the oracle's copy.
+    """
+    if not isinstance(n_ops, int) or n_ops < 0:
+        raise ValueError(f"n_ops must be a non-negative int, not {n_ops!r}")
+    rng = random.Random(f"ptreclaim.randscript:{seed}")
+    gen = _Gen(rng, config, _oracle_class(config)(pt_reclaim=True, thp="madvise"), base)
+    ops = []
+    for i in range(n_ops):
+        op = dataclasses.replace(gen.next_op(), lineno=i + 1)
+        gen.apply(op)
+        ops.append(op)
+    return ops
+
+
+def generate_text(n_ops, seed, config=DEFAULT_CONFIG):
+    """The script of ``generate`` as text (``python -m ptreclaim run -`` reads it)."""
+    return S.dumps(generate(n_ops, seed, config))
+
+
+# --- comparing and minimising ---------------------------------------------------------------
+
+def outcome(result):
+    """What the comparison checks of one ``Result``: errno, fault, mmap's address, deltas."""
+    return result.errno, result.fault, result.ret, result.delta
+
+
+def first_difference(a, b):
+    """Index of the first operation whose ``outcome`` differs between two result lists."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if outcome(x) != outcome(y):
+            return i
+    return None
+
+
+def minimize(ops, run_a, run_b):
+    """A short script on which ``run_a`` and ``run_b`` (ops -> results) still differ.
+
+    Cuts the script after its first differing operation, then removes chunks of earlier
+    operations (delta debugging) as long as the last operation still differs and every
+    operation before it still agrees, so the last line shows the same disagreement.
+    """
+    ops = list(ops)
+
+    def last_differs(cand):
+        i = first_difference(run_a(cand), run_b(cand))
+        return i == len(cand) - 1
+
+    i = first_difference(run_a(ops), run_b(ops))
+    if i is None:
+        return None
+    ops = ops[:i + 1]
+    chunk = max(1, len(ops) // 2)
+    while chunk >= 1:
+        pos, removed = 0, False
+        while pos < len(ops) - 1:
+            cand = ops[:pos] + ops[pos + chunk:] if pos + chunk < len(ops) else None
+            if cand and last_differs(cand):
+                ops, removed = cand, True
+            else:
+                pos += chunk
+        if not removed:
+            chunk //= 2
+    return [dataclasses.replace(op, lineno=n + 1) for n, op in enumerate(ops)]

@@ -1,0 +1,280 @@
+"""Differential execution: one operation vocabulary, run on the compiled core and on
+the reference model side by side, with everything observable compared after each step.
+
+Used by tests/test_state_machine.py (Hypothesis chooses the operations) and by
+fuzz/fuzz_ops.py (atheris bytes are decoded into the same operations), so the two
+explore the same space and a failure from either replays through ``Pair.step``.
+
+An operation is a plain tuple ``(name, args, kwargs)``. Addresses and lengths are
+described symbolically (``AddrSpec``/``LenSpec``) and resolved against the current
+VMA list, so that random inputs land on VMA edges, table-span boundaries and holes
+far more often than uniform integers would; ``resolve`` turns a description into
+the concrete call, with per-operation caps that keep the reference model fast.
+"""
+
+import errno
+
+import ptreclaim._core as core_impl
+import ptreclaim._reference as ref_impl
+from ptreclaim.constants import (
+    MADV_COLLAPSE, MADV_GUARD_INSTALL, MADV_GUARD_REMOVE, MADV_NAMES, MADV_POPULATE_READ,
+    MADV_POPULATE_WRITE, MAP_ANONYMOUS, MAP_DROPPABLE, MAP_FIXED, MAP_FIXED_NOREPLACE,
+    MAP_GROWSDOWN, MAP_HUGETLB, MAP_LOCKED, MAP_NONBLOCK, MAP_NORESERVE, MAP_POPULATE, MAP_PRIVATE,
+    MAP_SHARED, MAP_SHARED_VALIDATE, MAP_STACK, MAP_SYNC, PAGE_SIZE, PGDIR_SIZE, PMD_SIZE,
+    PROT_EXEC, PROT_GROWSDOWN, PROT_GROWSUP, PROT_READ, PROT_SEM, PROT_WRITE, PTE_PFN_MASK,
+    PUD_SIZE, TASK_SIZE, ZERO_PFN, _PAGE_PRESENT, _PAGE_PROTNONE, _PAGE_SPECIAL,
+)
+from ptreclaim.errors import InvariantError, OutOfMemory, SegmentationFault
+
+K = 1024
+M = 1024 * K
+G = 1024 * M
+U64 = (1 << 64) - 1
+# 32 TiB: 512 GiB-aligned and empty in a real process, the base every test uses.
+B = 0x2000_0000_0000
+
+# Places worth aiming at: the base, its 2 MiB / 1 GiB / 512 GiB neighbours, the slot
+# below and above it, the top-down mmap area and the top of user space.
+ANCHORS = (
+    B, B + PMD_SIZE, B + 2 * PMD_SIZE, B - PMD_SIZE, B + PUD_SIZE, B + PUD_SIZE - PMD_SIZE,
+    B - PUD_SIZE, B + PGDIR_SIZE, B + PGDIR_SIZE - PMD_SIZE, B - PGDIR_SIZE, B - PAGE_SIZE,
+    B + 2 * PGDIR_SIZE - PUD_SIZE, 0x7FFF_F7FF_F000 - 4 * M, TASK_SIZE - PMD_SIZE, 0,
+)
+# Added to an anchor or a VMA edge: exact, a page either side, unaligned, a span over.
+DELTAS = (0, 0, 0, PAGE_SIZE, -PAGE_SIZE, 2 * PAGE_SIZE, 16 * PAGE_SIZE, -16 * PAGE_SIZE,
+          1, 4095, PMD_SIZE, -PMD_SIZE, PMD_SIZE // 2, 3 * PAGE_SIZE + 1)
+LENGTHS = (
+    PAGE_SIZE, 2 * PAGE_SIZE, 16 * PAGE_SIZE, 64 * K, 1 * M, PMD_SIZE - PAGE_SIZE, PMD_SIZE,
+    PMD_SIZE + PAGE_SIZE, 3 * M, 4 * M, 6 * M, 8 * M, 0, 1, 4095, 4097,
+    # Rare, large: cross 1 GiB or a whole slot; only for calls that do not populate.
+    PUD_SIZE + PMD_SIZE, PGDIR_SIZE,
+    # Bad or wrapping sizes.
+    U64, U64 - 4095, U64 - 8191, 1 << 63, TASK_SIZE,
+)
+PROTS = (PROT_READ | PROT_WRITE, PROT_READ, 0, PROT_WRITE, PROT_READ | PROT_WRITE | PROT_EXEC,
+         PROT_EXEC, PROT_READ | PROT_EXEC, PROT_SEM | PROT_READ, 0x10 | PROT_READ,
+         PROT_GROWSDOWN | PROT_READ, PROT_GROWSUP | PROT_READ, PROT_GROWSDOWN | PROT_GROWSUP,
+         0x80000 | PROT_WRITE, -1)
+MAP_TYPES = (MAP_PRIVATE, MAP_PRIVATE, MAP_PRIVATE, MAP_SHARED, MAP_SHARED, MAP_SHARED_VALIDATE, 0,
+             MAP_DROPPABLE, 0xF)
+# Each optional mmap flag, drawn independently.
+MAP_EXTRA = (MAP_FIXED_NOREPLACE, MAP_FIXED, MAP_NORESERVE, MAP_POPULATE, MAP_LOCKED, MAP_NONBLOCK,
+             MAP_GROWSDOWN, MAP_STACK, MAP_HUGETLB, MAP_SYNC)
+# Every advice Linux defines, plus values it rejects.
+ADVICES = tuple(sorted(set(MADV_NAMES.values()))) + (5, 7, 26, 99, 104, 9999, -1, -(1 << 31))
+
+# Calls that fault pages in: their length is capped so one step stays cheap.
+POPULATE_CAP = 8 * M
+TOUCH_CAP = 4 * M
+
+
+def _clamp(addr, length, cap):
+    # Keep small lengths and those that wrap past 2**64 (an error or a no-op, never
+    # work); bring every other big length under cap.
+    if length <= cap or addr + length > U64:
+        return length
+    return length % cap or cap
+
+
+def addr_of(mm_vmas, spec):
+    """spec = (kind, index, delta): kind 0 an anchor, 1 a VMA start, 2 a VMA end."""
+    kind, index, delta = spec
+    if kind == 0 or not mm_vmas:
+        base = ANCHORS[index % len(ANCHORS)]
+    else:
+        vma = mm_vmas[index % len(mm_vmas)]
+        base = vma[0] if kind == 1 else vma[1]
+    addr = base + DELTAS[delta % len(DELTAS)]
+    return min(max(addr, 0), U64)
+
+
+def length_of(spec):
+    """spec = (index, pages): a listed length, or (index < 0) that many pages plus one byte."""
+    index, pages = spec
+    if index >= 0:
+        return LENGTHS[index % len(LENGTHS)]
+    return pages * PAGE_SIZE + (1 if index == -2 else 0)
+
+
+def resolve(vmas, op):
+    """Turn a symbolic operation into (method, args, kwargs) for MM."""
+    name = op[0]
+    if name == "mmap":
+        _, aspec, lspec, prot_i, type_i, extra_bits, anon, fd_off = op
+        addr = addr_of(vmas, aspec)
+        if aspec[0] == 3:
+            addr = 0  # let the kernel choose
+        length = length_of(lspec)
+        flags = MAP_TYPES[type_i % len(MAP_TYPES)] | (MAP_ANONYMOUS if anon else 0)
+        for i, bit in enumerate(MAP_EXTRA):
+            if extra_bits >> i & 1:
+                flags |= bit
+        if flags & (MAP_POPULATE | MAP_LOCKED):
+            length = _clamp(addr, length, POPULATE_CAP)
+        fd, offset = ((-1, 0), (-1, 0), (-1, 0), (3, 0), (-1, 1), (-1, PAGE_SIZE), (-1, U64 - 4095))[fd_off % 7]
+        return "mmap", (addr, length, PROTS[prot_i % len(PROTS)], flags, fd, offset), {}
+    if name in ("munmap", "mlock", "munlock"):
+        _, aspec, lspec = op
+        addr, length = addr_of(vmas, aspec), length_of(lspec)
+        if name == "mlock":
+            length = _clamp(addr, length, POPULATE_CAP)
+        return name, (addr, length), {}
+    if name == "mprotect":
+        _, aspec, lspec, prot_i = op
+        return name, (addr_of(vmas, aspec), length_of(lspec), PROTS[prot_i % len(PROTS)]), {}
+    if name == "madvise":
+        _, aspec, lspec, adv_i = op
+        advice = ADVICES[adv_i % len(ADVICES)]
+        addr, length = addr_of(vmas, aspec), length_of(lspec)
+        if advice in (MADV_POPULATE_READ, MADV_POPULATE_WRITE):
+            length = _clamp(addr, length, POPULATE_CAP)
+        return name, (addr, length, advice), {}
+    if name == "touch":
+        _, aspec, lspec, write = op
+        addr, length = addr_of(vmas, aspec), length_of(lspec)
+        if length > TOUCH_CAP:
+            # A touch that wraps is a ValueError; anything else big is capped.
+            length = length if addr + length > 1 << 64 else TOUCH_CAP
+        return name, (addr, length), {"write": bool(write)}
+    raise ValueError(f"unknown operation {name!r}")
+
+
+def outcome(mm, method, args, kwargs):
+    """Run one call; what it returned or raised, in a form both sides can match."""
+    try:
+        return ("ok", getattr(mm, method)(*args, **kwargs))
+    except SegmentationFault as e:
+        return ("SIGSEGV", e.address)
+    except OSError as e:
+        return ("OSError", errno.errorcode.get(e.errno, e.errno))
+    except OutOfMemory:
+        return ("OutOfMemory",)
+    except InvariantError as e:
+        return ("InvariantError", e.invariant)
+    except (NotImplementedError, ValueError, TypeError, OverflowError) as e:
+        return (type(e).__name__,)
+
+
+class Divergence(AssertionError):
+    """The core and the reference disagree."""
+
+
+def _pte_pfn(entry):
+    # Present and PROT_NONE entries carry a PFN (inverted when not present: L1TF).
+    val = entry if entry & _PAGE_PRESENT else entry ^ PTE_PFN_MASK
+    return (val & PTE_PFN_MASK) >> 12
+
+
+def core_supports_guard():
+    """Whether the compiled core simulates guard markers yet (it raised
+    NotImplementedError for them when this suite was written)."""
+    mm = core_impl.MM()
+    mm.mmap(B, PAGE_SIZE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE)
+    try:
+        mm.madvise(B, PAGE_SIZE, MADV_GUARD_INSTALL)
+    except NotImplementedError:
+        return False
+    return True
+
+
+# Advice the core does not simulate yet, and which the reference already does:
+# excluded from generation (not tolerated after the fact) until the core has them.
+UNSIMULATED_IN_CORE = () if core_supports_guard() else (MADV_GUARD_INSTALL, MADV_GUARD_REMOVE)
+# Neither side simulates it: both must raise NotImplementedError.
+assert MADV_COLLAPSE in ADVICES
+
+
+class Pair:
+    """A core MM and a reference MM built alike, stepped and compared together."""
+
+    def __init__(self, pt_reclaim=True, split_ptlocks=True, max_frames=None, totalram_pages=None):
+        self.config = dict(pt_reclaim=pt_reclaim, split_ptlocks=split_ptlocks,
+                           max_frames=max_frames, totalram_pages=totalram_pages)
+        self.core_machine = core_impl.Machine(max_frames, totalram_pages)
+        self.ref_machine = ref_impl.Machine(max_frames, totalram_pages)
+        self.core = core_impl.MM(pt_reclaim=pt_reclaim, split_ptlocks=split_ptlocks,
+                                 machine=self.core_machine)
+        self.ref = ref_impl.MM(pt_reclaim=pt_reclaim, split_ptlocks=split_ptlocks,
+                               machine=self.ref_machine)
+        self.pfn_map = {}  # core pfn -> reference pfn
+        self.log = []  # concrete calls so far, for the failure message
+
+    def describe(self):
+        lines = [f"Pair({', '.join(f'{k}={v!r}' for k, v in self.config.items())})"]
+        for method, args, kwargs in self.log:
+            shown = ", ".join(hex(a) if isinstance(a, int) and abs(a) > 4096 else repr(a) for a in args)
+            shown += "".join(f", {k}={v!r}" for k, v in kwargs.items())
+            lines.append(f"  {method}({shown})")
+        return "\n".join(lines)
+
+    def fail(self, what, core_value, ref_value):
+        raise Divergence(f"{what} differs\n  core:      {core_value!r}\n  reference: {ref_value!r}\n"
+                         f"after:\n{self.describe()}")
+
+    def step(self, op, compare=True):
+        method, args, kwargs = resolve(self.ref.vmas(), op)
+        return self.call(method, args, kwargs, compare)
+
+    def call(self, method, args, kwargs=None, compare=True):
+        kwargs = kwargs or {}
+        self.log.append((method, args, kwargs))
+        got_core = outcome(self.core, method, args, kwargs)
+        got_ref = outcome(self.ref, method, args, kwargs)
+        if got_core != got_ref:
+            self.fail(f"the result of {method}", got_core, got_ref)
+        if compare:
+            self.compare()
+        return got_core
+
+    def compare(self, full=True):
+        core, ref = self.core, self.ref
+        for name, get in (("status()", lambda mm: mm.status()), ("stats", lambda mm: mm.stats),
+                          ("vmas()", lambda mm: mm.vmas()), ("tables()", lambda mm: mm.tables()),
+                          ("pgtables_bytes", lambda mm: mm.pgtables_bytes)):
+            a, b = get(core), get(ref)
+            if a != b:
+                self.fail(name, a, b)
+        if self.core_machine.frames_in_use != self.ref_machine.frames_in_use:
+            self.fail("Machine.frames_in_use", self.core_machine.frames_in_use,
+                      self.ref_machine.frames_in_use)
+        if full:
+            self.compare_entries()
+        for side, mm in (("core", core), ("reference", ref)):
+            try:
+                mm.check()
+            except InvariantError as e:
+                raise Divergence(f"{side} check() failed: {e}\nafter:\n{self.describe()}") from None
+
+    def compare_entries(self):
+        core_entries = list(self.core.entries())
+        ref_entries = list(self.ref.entries())
+        if [a for a, _ in core_entries] != [a for a, _ in ref_entries]:
+            self.fail("the addresses of entries()", [hex(a) for a, _ in core_entries],
+                      [hex(a) for a, _ in ref_entries])
+        # Pairs whose reference frame was freed since may be renamed now.
+        live = self.ref_machine.mem.frames
+        self.pfn_map = {c: r for c, r in self.pfn_map.items() if r in live}
+        inverse = {r: c for c, r in self.pfn_map.items()}
+        for (addr, ce), (_, re) in zip(core_entries, ref_entries):
+            carries_pfn = bool(ce & (_PAGE_PRESENT | _PAGE_PROTNONE))
+            if not carries_pfn:
+                # A swap-format entry (guard marker): no frame, compare it whole.
+                if ce != re:
+                    self.fail(f"the entry at {addr:#x}", hex(ce), hex(re))
+                continue
+            if ce & ~PTE_PFN_MASK != re & ~PTE_PFN_MASK:
+                self.fail(f"the entry flags at {addr:#x}", hex(ce & ~PTE_PFN_MASK), hex(re & ~PTE_PFN_MASK))
+            cp, rp = _pte_pfn(ce), _pte_pfn(re)
+            if ce & _PAGE_SPECIAL or cp == ZERO_PFN or rp == ZERO_PFN:
+                if cp != rp or cp != ZERO_PFN:
+                    self.fail(f"the zero-page PFN at {addr:#x}", cp, rp)
+                continue
+            if self.pfn_map.setdefault(cp, rp) != rp:
+                self.fail(f"the frame at {addr:#x} (core pfn {cp} was reference pfn "
+                          f"{self.pfn_map[cp]})", cp, rp)
+            if inverse.setdefault(rp, cp) != cp:
+                self.fail(f"the frame at {addr:#x} (reference pfn {rp} was core pfn {inverse[rp]})", cp, rp)
+
+    def finish(self):
+        """exit() on both, then the empty process must look the same."""
+        self.call("exit", (), {})
