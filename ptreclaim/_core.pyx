@@ -4,6 +4,8 @@
 
 import os
 
+import numpy as np
+
 from cpython.long cimport PyLong_Check, PyLong_AsUnsignedLongLong, PyLong_AsLongLong
 from cpython.number cimport PyNumber_Index
 cimport cython
@@ -359,6 +361,22 @@ cdef void unmap_mapping_range(pt_machine *m, pt_mm **mms, Py_ssize_t nr_mms, pt_
             tlb_finish_mmu(&tlb)
 
 # ---------------------------------------------------------------------------------
+
+cdef object _as_u64_array(addresses):
+    """A contiguous uint64 view of addresses, refusing what would change value."""
+    a = np.asarray(addresses)
+    if a.ndim != 1:
+        raise ValueError("addresses must be one-dimensional")
+    if a.dtype.kind == "u":
+        return np.ascontiguousarray(a, dtype=np.uint64)
+    if a.dtype.kind == "i":
+        if a.size and a.min() < 0:
+            raise OverflowError("addresses must not be negative")
+        return np.ascontiguousarray(a, dtype=np.uint64)
+    if a.dtype.kind == "O" or (a.size == 0 and a.dtype.kind == "f"):
+        return np.ascontiguousarray(np.array([_ulong(x) for x in a.tolist()], dtype=np.uint64))
+    raise TypeError(f"addresses must be integers, not {a.dtype}")
+
 
 cdef object _errno(int err):
     return OSError(err, os.strerror(err))
@@ -1067,6 +1085,54 @@ cdef class MM:
                 where[0] = addr
                 return r
         return 0
+
+    def touch_pages(self, addresses, write=True):
+        """One access per address, in array order, all inside the core.
+
+        addresses: a 1-D array of uint64 addresses (any order, any VMA);
+        write: a bool for all, or a bool array of the same length. Stops with
+        SegmentationFault (its .index is the position in the array) at the
+        first access Linux answers with SIGSEGV, after the ones before it, as
+        the same accesses made one by one with touch() would.
+        """
+        cdef const uint64_t[::1] addrs = _as_u64_array(addresses)
+        cdef const uint8_t[::1] writes
+        cdef Py_ssize_t n = addrs.shape[0], i = 0
+        cdef bint one_write = True, per_address = False
+        cdef uint64_t where = 0
+        cdef int r = 0
+        self._alive()
+        if isinstance(write, (bool, int)) and not hasattr(write, "shape"):
+            one_write = bool(write)
+        else:
+            w = np.asarray(write)
+            if w.dtype != np.bool_:
+                raise TypeError(f"write must be a bool or a bool array, not {w.dtype}")
+            if w.shape != (n,):
+                raise ValueError(f"write has shape {w.shape}, addresses has ({n},)")
+            writes = np.ascontiguousarray(w).view(np.uint8)
+            per_address = True
+        with nogil:
+            while i < n:
+                if addrs[i] == <uint64_t>-1:
+                    r = FAULT_SIGSEGV
+                    where = addrs[i]
+                    break
+                r = self.do_touch(addrs[i], addrs[i] + 1,
+                                  writes[i] != 0 if per_address else one_write, &where)
+                if r != FAULT_OK:
+                    break
+                i += 1
+        if r == FAULT_SIGSEGV:
+            exc = SegmentationFault(addrs[i])
+            exc.index = i
+            raise exc
+        if r == FAULT_OOM:
+            exc = OutOfMemory(f"no free frame for the access at {addrs[i]:#x}")
+            exc.index = i
+            raise exc
+        if r:
+            raise MemoryError("the host is out of memory")
 
     # ------------------------------------------------------------------ exit
 

@@ -2244,6 +2244,37 @@ class MM:
                 raise SegmentationFault(max(page, addr)) from None
             page += PAGE_SIZE
 
+    def touch_pages(self, addresses, write=True):
+        """The bulk form of touch(): one access per address, in order (api.md)."""
+        import numpy as np
+
+        a = np.asarray(addresses)
+        if a.ndim != 1:
+            raise ValueError("addresses must be one-dimensional")
+        if a.dtype.kind == "i" and a.size and a.min() < 0:
+            raise OverflowError("addresses must not be negative")
+        if a.dtype.kind not in "iuO" and a.size:
+            raise TypeError(f"addresses must be integers, not {a.dtype}")
+        if isinstance(write, (bool, int)) and not hasattr(write, "shape"):
+            writes = [bool(write)] * len(a)
+        else:
+            w = np.asarray(write)
+            if w.dtype != np.bool_:
+                raise TypeError(f"write must be a bool or a bool array, not {w.dtype}")
+            if w.shape != (len(a),):
+                raise ValueError(f"write has shape {w.shape}, addresses has ({len(a)},)")
+            writes = w.tolist()
+        self._check_alive()
+        for i, (addr, w) in enumerate(zip(a.tolist(), writes)):
+            addr = _ulong(addr)
+            try:
+                if addr == (1 << 64) - 1:
+                    raise SegmentationFault(addr)
+                self.touch(addr, 1, write=w)
+            except (SegmentationFault, OutOfMemory) as exc:
+                exc.index = i
+                raise
+
     # ---------------------------------------------------------------- exit
 
     def exit(self):
