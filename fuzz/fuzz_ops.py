@@ -18,7 +18,12 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+ROOT = os.path.dirname(HERE)
+# The shared vocabulary lives in tests/; the repository root makes an in-place build
+# (setup.py build_ext --inplace) importable when the package is not installed.
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+if ROOT not in sys.path:
+    sys.path.append(ROOT)
 
 # At most this many operations per input: long inputs would only slow the fuzzer
 # down (the reference model is the slow side), short ones already reach every path.
@@ -136,10 +141,14 @@ def main():
         sys.exit("atheris is not installed (pip install atheris); "
                  "use --replay FILE_OR_DIR... to run inputs without it")
     # Coverage feedback comes from the Python side (the reference model and the
-    # decoder); the compiled core is not instrumented.
-    with atheris.instrument_imports():
-        import differential  # noqa: F401
-        import ptreclaim._reference  # noqa: F401
+    # decoder); the compiled core is not instrumented. A wrapper that imported them
+    # already gets everything loaded instrumented instead.
+    if "differential" in sys.modules:
+        atheris.instrument_all()
+    else:
+        with atheris.instrument_imports():
+            import differential  # noqa: F401
+            import ptreclaim._reference  # noqa: F401
     atheris.Setup(sys.argv, run_one)
     atheris.Fuzz()
 

@@ -18,6 +18,10 @@ cdef class MM:
     cdef pt_mm *mm
     cdef readonly Machine machine
     cdef bint dead
+    cdef object unmerged_ok     # VMA boundaries Linux leaves unmerged (failed MAP_FIXED)
+    cdef void _split_edges(self, uint64_t addr, uint64_t end) noexcept
+    cdef int _hugetlb_mmap_tail(self, uint64_t addr, uint64_t end, int flags, int mtype,
+                                uint64_t vm_flags, uint64_t pgoff) noexcept
     cdef void _alive(self) except *
     cdef int _do_mmap(self, uint64_t addr, uint64_t length, int prot, int flags, int fd,
                       uint64_t offset, uint64_t *result) noexcept

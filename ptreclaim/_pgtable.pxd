@@ -28,7 +28,14 @@ cdef inline bint pte_write(pteval_t pte) noexcept nogil:
 cdef inline bint pte_special(pteval_t pte) noexcept nogil:
     return (pte & PTR_PAGE_SPECIAL) != 0
 
+cdef inline bint pte_needs_invert(pteval_t pte) noexcept nogil:
+    # x86-64 stores the PFN of a non-present, non-zero entry (PROT_NONE)
+    # inverted, so that a speculative walk never points at real memory (L1TF).
+    return pte != 0 and not (pte & PTR_PAGE_PRESENT)
+
 cdef inline uint64_t pte_pfn(pteval_t pte) noexcept nogil:
+    if pte_needs_invert(pte):
+        pte ^= PTR_PFN_MASK
     return (pte & PTR_PFN_MASK) >> 12
 
 cdef inline bint pmd_none(pteval_t pmd) noexcept nogil:
@@ -120,14 +127,16 @@ cdef void free_pgd_range(mmu_gather *tlb, uint64_t addr, uint64_t end, uint64_t 
 
 # --- range operations used by mprotect and madvise -------------------------------------------
 
-cdef void change_protection(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t end,
+cdef void change_protection(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint64_t end,
                             uint64_t newprot, bint try_writable) noexcept nogil
 cdef void madvise_free_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint64_t end) noexcept nogil
 
 # --- the per-page loop behind touch() and population ------------------------------------------
 
-cdef int fault_range(pt_mm *mm, pt_vma *vma, uint64_t *addr, uint64_t end, bint write) noexcept nogil
+cdef int fault_range(pt_mm *mm, pt_vma *vma, uint64_t *addr, uint64_t end, bint write,
+                     bint gup) noexcept nogil
 cdef void madvise_pageout_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint64_t end) noexcept nogil
+cdef void madvise_cold_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint64_t end) noexcept nogil
 
 # --- guard regions ---------------------------------------------------------------------------------
 

@@ -13,13 +13,18 @@ from ptreclaim._types cimport *
 # The PTRS_PER_PTE scan: try_to_free_pte()'s re-check that a table is empty.
 
 cdef bint pte_table_empty(const pteval_t *table) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef pteval_t acc = 0
-    # OR-reduce in blocks so the compiler can vectorise; A/D bits alone do not
+    cdef Py_ssize_t i, j
+    cdef pteval_t acc
+    # Blocks of 16 entries OR-reduced (vectorisable), with the kernel's early
+    # exit at the first block holding a non-none entry; A and D alone do not
     # make an entry non-none (R4).
-    for i in range(PTRS_PER_TABLE):
-        acc |= table[i] & ~(PTR_PAGE_ACCESSED | PTR_PAGE_DIRTY)
-    return acc == 0
+    for i in range(0, PTRS_PER_TABLE, 16):
+        acc = 0
+        for j in range(16):
+            acc |= table[i + j]
+        if acc & ~(PTR_PAGE_ACCESSED | PTR_PAGE_DIRTY):
+            return False
+    return True
 
 # ---------------------------------------------------------------------------------
 # Frames (struct page) and the table pool
@@ -956,12 +961,29 @@ cdef void free_pgd_range(mmu_gather *tlb, uint64_t addr, uint64_t end, uint64_t 
 # Range walks for mprotect and MADV_FREE: they visit existing PTE tables only,
 # allocating and freeing none (R21, R39).
 
-cdef void change_protection(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t end,
+cdef inline bint pte_needs_flush(pteval_t oldpte, pteval_t newpte) noexcept nogil:
+    # x86: a non-present entry is never cached; otherwise a new PFN, a
+    # cleared D/P bit or any changed permission bit needs a flush (A ignored).
+    cdef pteval_t diff
+    if not (oldpte & PTR_PAGE_PRESENT):
+        return False
+    if pte_pfn(oldpte) != pte_pfn(newpte):
+        return True
+    diff = (oldpte ^ newpte) & ~PTR_PFN_MASK
+    # _PAGE_SOFTW1..3 (bits 9..11) and SOFTW4/SAVED_DIRTY (57, 58) are software bits.
+    diff &= ~((<pteval_t>7 << 9) | (<pteval_t>3 << 57) | PTR_PAGE_ACCESSED)
+    if diff & oldpte & (PTR_PAGE_DIRTY | PTR_PAGE_PRESENT):
+        return True
+    return (diff & (PTR_PAGE_RW | PTR_PAGE_USER | (<pteval_t>3 << 3) | PTR_PAGE_PSE | PTR_PAGE_PROTNONE
+                    | (<pteval_t>1 << 12) | (<pteval_t>15 << 59) | PTR_PAGE_NX)) != 0
+
+cdef void change_protection(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint64_t end,
                             uint64_t newprot, bint try_writable) noexcept nogil:
+    cdef pt_mm *mm = tlb.mm
     cdef uint64_t addr = start, next, i, first, last
     cdef pteval_t *pmd
     cdef pteval_t *table
-    cdef pteval_t pte
+    cdef pteval_t pte, old
     cdef pt_page *p
     cdef bint exclusive
     while addr < end:
@@ -979,11 +1001,15 @@ cdef void change_protection(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t end
             first = pte_index(addr)
             last = first + ((next - addr) >> 12)
             for i in range(first, last):
-                pte = table[i]
-                if not pte_present(pte):
+                old = table[i]
+                if not pte_present(old):
                     continue
-                pte = (pte & PTR_PAGE_CHG_MASK) | newprot
-                if try_writable and not pte_write(pte):
+                # pte_modify(): keep PFN, A, D, SPECIAL; take the rest from the
+                # new protection; re-invert the PFN when crossing PROT_NONE.
+                pte = (old & PTR_PAGE_CHG_MASK) | newprot
+                if pte_needs_invert(old) != pte_needs_invert(pte):
+                    pte ^= PTR_PFN_MASK
+                if try_writable and not pte_write(pte) and (pte & PTR_PAGE_PRESENT):
                     # can_change_pte_writable(): private pages only when
                     # exclusively ours, shared ones only when already dirty.
                     if vma.shmem != NULL:
@@ -996,6 +1022,8 @@ cdef void change_protection(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t end
                     if exclusive:
                         pte |= PTR_PAGE_RW
                 table[i] = pte
+                if pte_needs_flush(old, pte):
+                    tlb_adjust_range(tlb, (addr & PTR_PMD_MASK) + (i << 12), 4096)
         addr = next
 
 cdef void madvise_free_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint64_t end) noexcept nogil:
@@ -1037,13 +1065,20 @@ cdef void madvise_free_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint6
 # The per-page access loop (touch, population): one walk per PTE table, then
 # the common cases inline; everything else goes through handle_mm_fault().
 
-cdef int fault_range(pt_mm *mm, pt_vma *vma, uint64_t *paddr, uint64_t end, bint write) noexcept nogil:
+cdef int fault_range(pt_mm *mm, pt_vma *vma, uint64_t *paddr, uint64_t end, bint write,
+                     bint gup) noexcept nogil:
+    """Access every page of [*paddr, end): the CPU's loads/stores, or with gup
+    the kernel's get_user_pages() (population), which faults the same way but
+    leaves the A/D bits of entries that already allow the access alone."""
     cdef uint64_t addr = paddr[0], span_end
     cdef pteval_t *pte
     cdef pteval_t e
-    cdef pteval_t set_bits = PTR_PAGE_ACCESSED | (PTR_PAGE_DIRTY if write else 0)
+    cdef pteval_t set_bits = 0 if gup else PTR_PAGE_ACCESSED | (PTR_PAGE_DIRTY if write else 0)
     cdef pteval_t anon_bits = vma.page_prot | PTR_PAGE_DIRTY | PTR_PAGE_RW
     cdef bint anon_write = write and vma.shmem == NULL
+    cdef bint zero_read = not write and vma.shmem == NULL
+    cdef pteval_t zero_entry = (<uint64_t>1 << 12) | vma.page_prot | PTR_PAGE_SPECIAL
+    cdef uint64_t zero_faults = 0
     cdef pt_frames *frames = &mm.machine.frames
     cdef int64_t pfn
     cdef pt_page *p
@@ -1080,6 +1115,8 @@ cdef int fault_range(pt_mm *mm, pt_vma *vma, uint64_t *paddr, uint64_t end, bint
                 else:
                     pfn = alloc_frame(frames, FRAME_ANON)
                     if pfn < 0:
+                        # handle_mm_fault() counts the fault before it fails.
+                        mm.stats.page_faults += 1
                         r = FAULT_OOM
                         break
                     p = &frames.pages[pfn]
@@ -1087,6 +1124,10 @@ cdef int fault_range(pt_mm *mm, pt_vma *vma, uint64_t *paddr, uint64_t end, bint
                 p.flags = PG_ANON_EXCLUSIVE | PG_DIRTY
                 pte[0] = (<uint64_t>pfn << 12) | anon_bits
                 new_pages += 1
+            elif zero_read and pte_none(e):
+                # do_anonymous_page(), read: the zero page (R9, R26).
+                pte[0] = zero_entry
+                zero_faults += 1
             else:
                 mm.rss[MM_ANONPAGES] += new_pages
                 mm.stats.page_faults += <uint64_t>new_pages
@@ -1099,7 +1140,7 @@ cdef int fault_range(pt_mm *mm, pt_vma *vma, uint64_t *paddr, uint64_t end, bint
         if r != FAULT_OK:
             break
     mm.rss[MM_ANONPAGES] += new_pages
-    mm.stats.page_faults += <uint64_t>new_pages
+    mm.stats.page_faults += <uint64_t>new_pages + zero_faults
     paddr[0] = addr
     return r
 
@@ -1198,3 +1239,36 @@ cdef void guard_remove_range(pt_mm *mm, uint64_t start, uint64_t end) noexcept n
         if pte != NULL and pte[0] == PTR_GUARD_MARKER:
             pte[0] = 0
         addr += 4096
+
+
+cdef void madvise_cold_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint64_t end) noexcept nogil:
+    # madvise_cold_or_pageout_pte_range(), cold: pages mapped only here lose
+    # their accessed bit (and move to the inactive list, not simulated).
+    cdef pt_mm *mm = tlb.mm
+    cdef uint64_t addr = start, next, i, first, last
+    cdef pteval_t *pmd
+    cdef pteval_t *table
+    cdef pteval_t pte
+    while addr < end:
+        next = (addr & PTR_PMD_MASK) + PTR_PMD_SIZE
+        if next > end:
+            next = end
+        pmd = walk_pmd(mm, addr)
+        if pmd == NULL:
+            next = (addr & PTR_PUD_MASK) + PTR_PUD_SIZE
+            addr = next if next < end else end
+            continue
+        if pmd[0] != 0 and not pmd_huge_leaf(pmd[0]):
+            table = entry_table(&mm.machine.pool, pmd[0])
+            first = pte_index(addr)
+            last = first + ((next - addr) >> 12)
+            for i in range(first, last):
+                pte = table[i]
+                if not pte_present(pte) or pte_special(pte):
+                    continue
+                if mm.machine.frames.pages[pte_pfn(pte)].mapcount != 1:
+                    continue
+                if pte & PTR_PAGE_ACCESSED:
+                    table[i] = pte & ~PTR_PAGE_ACCESSED
+                    tlb_adjust_range(tlb, (addr & PTR_PMD_MASK) + (i << 12), 4096)
+        addr = next

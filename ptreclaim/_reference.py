@@ -54,7 +54,9 @@ from .constants import (
     MADV_WILLNEED,
     MADV_WIPEONFORK,
     MAP_ANONYMOUS,
+    MAP_DENYWRITE,
     MAP_DROPPABLE,
+    MAP_EXECUTABLE,
     MAP_FIXED,
     MAP_FIXED_NOREPLACE,
     MAP_GROWSDOWN,
@@ -67,9 +69,11 @@ from .constants import (
     MAP_POPULATE,
     MAP_PRIVATE,
     MAP_SHARED,
+    MAP_SHARED_VALIDATE,
     MAP_STACK,
     MAP_SYNC,
     MAP_TYPE,
+    MAP_UNINITIALIZED,
     PAGE_SHIFT,
     PAGE_SIZE,
     PMD_SHIFT,
@@ -152,6 +156,13 @@ _MMAP_LEGACY_BASE = ((TASK_SIZE // 3) + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
 _MMAP_MIN_ADDR = 65536
 # Stack guard gap below a VM_GROWSDOWN VMA (stack_guard_gap = 256 pages).
 _STACK_GUARD_GAP = 256 << PAGE_SHIFT
+# include/linux/mman.h LEGACY_MAP_MASK: the flags MAP_SHARED_VALIDATE accepts
+# from any file (hugetlbfs adds none).
+_LEGACY_MAP_MASK = (
+    MAP_SHARED | MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS | MAP_DENYWRITE | MAP_EXECUTABLE | MAP_UNINITIALIZED
+    | MAP_GROWSDOWN
+    | MAP_LOCKED | MAP_NORESERVE | MAP_POPULATE | MAP_NONBLOCK | MAP_STACK | MAP_HUGETLB
+)
 # sysctl vm.max_map_count.
 _MAX_MAP_COUNT = 65530
 # fault_around_bytes = 64 KiB (R29).
@@ -312,6 +323,11 @@ def _page_align(length):
 def pte_none(pte):
     # x86 ignores A and D in non-present entries (Knights Landing erratum, R4).
     return (pte & ~(_PAGE_ACCESSED | _PAGE_DIRTY)) == 0
+
+
+def pte_table_empty(entries):
+    """The PTRS_PER_PTE scan: every entry of a PTE table is none."""
+    return not any(not pte_none(e) for e in entries)
 
 
 def pte_present(pte):
@@ -644,9 +660,9 @@ def tlb_finish_mmu(tlb):
 
 
 def tlb_end_vma(tlb):
-    # x86 does not merge VMAs in one flush (no MMU_GATHER_MERGE_VMAS).
-    if not tlb.fullmm:
-        tlb_flush_mmu_tlbonly(tlb)
+    # x86 selects MMU_GATHER_MERGE_VMAS: one flush serves all the VMAs of a
+    # gather (only VM_PFNMAP ones, not simulated, flush at their end).
+    return
 
 
 def pte_free_tlb(tlb, table):
@@ -1151,10 +1167,20 @@ class MM:
             return False
         return not write or bool(pte & _PAGE_RW)
 
+    def _gup_mark_dirty(self, addr):
+        pte = self._walk_pte_table(addr).entries[(addr >> PAGE_SHIFT) & 511]
+        frame = self.vm_normal_page(pte)
+        if frame is not None:
+            frame.dirty = True
+
     def __get_user_pages(self, vma, start, end, write):
         """Fault in [start, end) of one VMA; returns 0 or a negative errno."""
         for addr in range(start, end, PAGE_SIZE):
             if self._gup_page_ok(addr, write):
+                if write:
+                    # follow_page_pte() with FOLL_TOUCH|FOLL_WRITE dirties the folio,
+                    # never the PTE: a lazy-free page is no longer discardable.
+                    self._gup_mark_dirty(addr)
                 continue
             try:
                 self.handle_mm_fault(vma, addr, write)
@@ -1358,7 +1384,7 @@ class MM:
     def try_to_free_pte(self, tlb, pmd, pmd_index):
         """Slow path (R56): re-check all 512 entries under the PMD lock."""
         table = pmd.children[pmd_index]
-        if table is None or any(not pte_none(e) for e in table.entries):
+        if table is None or not pte_table_empty(table.entries):
             self._stats["reclaim_slow_abandoned"] += 1
             return
         pmd.children[pmd_index] = None
@@ -1558,10 +1584,7 @@ class MM:
                 raise _oserror(errno.EBADF)
             raise _oserror(errno.ENODEV)
         if flags & MAP_HUGETLB:
-            huge_log = (flags >> MAP_HUGE_SHIFT) & MAP_HUGE_MASK
-            if huge_log not in (0, 21, 30):
-                raise _oserror(errno.EINVAL)
-            raise NotImplementedError("hugetlb mappings are not simulated")
+            return self._mmap_hugetlb(addr, length, flags, offset)
         if length == 0:
             raise _oserror(errno.EINVAL)
         if flags & MAP_FIXED_NOREPLACE:
@@ -1588,6 +1611,9 @@ class MM:
         elif map_type == MAP_PRIVATE:
             pgoff = addr >> PAGE_SHIFT
         elif map_type == MAP_DROPPABLE:
+            # Locked or stack memory cannot be droppable.
+            if flags & MAP_LOCKED or vm_flags & VM_GROWSDOWN:
+                raise _oserror(errno.EINVAL)
             raise NotImplementedError("MAP_DROPPABLE is not simulated")
         else:
             raise _oserror(errno.EINVAL)
@@ -1598,6 +1624,55 @@ class MM:
             # mm_populate() ignores errors (R19).
             self.__mm_populate(addr, length, True)
         return addr
+
+    def _mmap_hugetlb(self, addr, length, flags, offset):
+        """MAP_ANONYMOUS|MAP_HUGETLB with an empty huge page pool (nr_hugepages=0).
+
+        ksys_mmap_pgoff() turns the request into a hugetlbfs file mapping, so the
+        file branch of do_mmap() applies. Every outcome short of success is Linux's
+        (probed on the lab machine); a mapping that would succeed (MAP_NORESERVE
+        skips the reservation) needs hugetlb, which is not simulated.
+        """
+        # hstate_sizelog(): the lab machine has only the 2 MiB hstate (no 1 GiB one).
+        if (flags >> MAP_HUGE_SHIFT) & MAP_HUGE_MASK not in (0, PMD_SHIFT):
+            raise _oserror(errno.EINVAL)
+        length = (length + PMD_SIZE - 1) & ~(PMD_SIZE - 1) & _U64  # may wrap to 0
+        if length == 0:
+            raise _oserror(errno.EINVAL)
+        if flags & MAP_FIXED_NOREPLACE:
+            flags |= MAP_FIXED
+        if not (flags & MAP_FIXED) and addr and addr < _MMAP_MIN_ADDR:
+            addr = _MMAP_MIN_ADDR
+        if len(self._vmas) > _MAX_MAP_COUNT or length > TASK_SIZE:
+            raise _oserror(errno.ENOMEM)
+        if flags & MAP_FIXED:
+            # The huge page alignment is checked before the TASK_SIZE limit.
+            if addr & (PMD_SIZE - 1):
+                raise _oserror(errno.EINVAL)
+            if addr > TASK_SIZE - length:
+                raise _oserror(errno.ENOMEM)
+        if flags & MAP_FIXED_NOREPLACE:
+            vma = self.find_vma(addr)
+            if vma is not None and vma.start < addr + length:
+                raise _oserror(errno.EEXIST)
+        # do_mmap(), file branch. MAP_SHARED_VALIDATE refuses any flag outside
+        # LEGACY_MAP_MASK (MAP_FIXED_NOREPLACE, MAP_SYNC and the huge size bits too).
+        map_type = flags & MAP_TYPE
+        if map_type == MAP_SHARED_VALIDATE and flags & ~_LEGACY_MAP_MASK:
+            raise _oserror(errno.EOPNOTSUPP)
+        if map_type not in (MAP_SHARED, MAP_SHARED_VALIDATE, MAP_PRIVATE):
+            raise _oserror(errno.EINVAL)
+        if flags & MAP_GROWSDOWN:
+            raise _oserror(errno.EINVAL)
+        # hugetlbfs_file_mmap() wants the offset huge-page aligned, then reserves.
+        misaligned = offset & (PMD_SIZE - 1)
+        if flags & MAP_NORESERVE and not misaligned:
+            raise NotImplementedError("hugetlb mappings are not simulated")
+        # mmap_region() clears what a file mapping replaces before calling the
+        # file's mmap; when that fails the gap stays (as for shmem).
+        if flags & MAP_FIXED:
+            self.do_vmi_munmap(addr, addr + length)
+        raise _oserror(errno.EINVAL if misaligned else errno.ENOMEM)
 
     @staticmethod
     def calc_vm_flags(prot, flags):
@@ -2136,10 +2211,10 @@ class MM:
         first = self._linear_page_index(vma, start)
         last = first + ((end - start) >> PAGE_SHIFT) - 1
         self.unmap_mapping_range(obj, first, last)
-        for index in range(first, last + 1):
-            frame = obj.pages.pop(index, None)
-            if frame is not None:
-                self._mem.folio_put(frame)
+        # The cached pages in the hole, in index order (not every index of a range that
+        # may span hundreds of GiB).
+        for index in sorted(i for i in obj.pages if first <= i <= last):
+            self._mem.folio_put(obj.pages.pop(index))
         return 0
 
     def unmap_mapping_range(self, obj, first, last):
@@ -2345,6 +2420,8 @@ class MM:
             if table.base + PMD_SIZE <= start or table.base >= end:
                 continue
             for i, pte in enumerate(table.entries):
+                if not pte:
+                    continue
                 addr = table.base + (i << PAGE_SHIFT)
                 if start <= addr < end and not pte_none(pte):
                     yield addr, pte
@@ -2362,7 +2439,10 @@ class MM:
                 for pte_table in pmd.children:
                     if pte_table is not None:
                         out.append(("pte", pte_table.base))
-        return sorted(out, key=lambda t: (t[1], t[0]))
+        # By address, then from the top of the hierarchy down (api.md); the level
+        # names do not sort that way alphabetically.
+        depth = {"pud": 0, "pmd": 1, "pte": 2}
+        return sorted(out, key=lambda t: (t[1], depth[t[0]]))
 
     def read_entry(self, address, level="pte"):
         address = _ulong(address)
@@ -2382,6 +2462,7 @@ class MM:
         """Raise InvariantError for any state Linux could not be in (R76)."""
         self._check_vmas()
         counted, mapped = self._check_tables()
+        self._check_table_pages()
         if self._pgtables_bytes != counted * PAGE_SIZE:
             raise InvariantError(
                 "pgtables_bytes", f"{self._pgtables_bytes} != 4096 * {counted} linked tables (R10, R76.1)"
@@ -2435,23 +2516,53 @@ class MM:
     def _check_tables(self):
         counted = 0
         mapped = {}
-        for pgd_i, pud in enumerate(self._pgd.children):
-            self._check_link(self._pgd, pgd_i, pud)
-            if pud is None:
-                continue
+        for pgd_i, pud in self._linked_children(self._pgd):
             counted += 1
-            for pud_i, pmd in enumerate(pud.children):
-                self._check_link(pud, pud_i, pmd)
-                if pmd is None:
-                    continue
+            for pud_i, pmd in self._linked_children(pud):
                 counted += 1
-                for pmd_i, pte_table in enumerate(pmd.children):
-                    self._check_link(pmd, pmd_i, pte_table)
-                    if pte_table is None:
-                        continue
+                for pmd_i, pte_table in self._linked_children(pmd):
                     counted += 1
                     self._check_pte_table(pte_table, mapped)
         return counted, mapped
+
+    def _linked_children(self, parent):
+        """(index, child) of every child table, after checking all 512 links of parent."""
+        out = []
+        for index, child in enumerate(parent.children):
+            if child is None:
+                if parent.entries[index]:
+                    self._check_link(parent, index, child)
+                continue
+            self._check_link(parent, index, child)
+            out.append((index, child))
+        return out
+
+    def _check_table_pages(self):
+        """Every linked table owns its page: not free, not a data frame, linked once."""
+        free = set(self._mem._free_pfns)
+        seen = {self._pgd.pfn}
+        for table in self._iter_upper_and_pte_tables():
+            if table.pfn in free:
+                raise InvariantError("table-freed", f"{_LEVEL_NAMES[table.level]} table at {table.base:#x} "
+                                     f"is linked but its page {table.pfn} is free")
+            if table.pfn in self._mem.frames:
+                raise InvariantError("table-freed", f"table page {table.pfn} is also a data frame")
+            if table.pfn in seen:
+                raise InvariantError("table-link", f"table page {table.pfn} is linked twice")
+            seen.add(table.pfn)
+
+    def _iter_upper_and_pte_tables(self):
+        for pud in self._pgd.children:
+            if pud is None:
+                continue
+            yield pud
+            for pmd in pud.children:
+                if pmd is None:
+                    continue
+                yield pmd
+                for pte_table in pmd.children:
+                    if pte_table is not None:
+                        yield pte_table
 
     @staticmethod
     def _check_link(parent, index, child):
@@ -2468,7 +2579,7 @@ class MM:
     def _check_pte_table(self, table, mapped):
         vma = None
         for i, pte in enumerate(table.entries):
-            if pte_none(pte):
+            if not pte or pte_none(pte):  # the cheap test first: most entries are 0
                 continue
             addr = table.base + (i << PAGE_SHIFT)
             if vma is None or not (vma.start <= addr < vma.end):

@@ -35,9 +35,9 @@ class CliError(Exception):
 def random_script(n, seed):
     """The hook for generated scripts: ``ptreclaim.randscript.generate(n, seed)``.
 
-    The generator is not written yet.  When it is, it lives in ``ptreclaim/randscript.py``
-    and returns a list of ``ptreclaim.script`` operations (or script text) of ``n``
-    operations, the same for the same ``seed``; nothing here needs to change.
+    It returns a list of ``ptreclaim.script`` operations (or script text) of ``n``
+    operations, the same for the same ``seed``: the scripts of
+    ``tests/test_random_vs_kernel.py`` (see ``docs/validation.md``).
     """
     name = f"{__package__}.randscript"
     try:

@@ -16,8 +16,8 @@ a simulator instance (the *oracle*) as it goes and reads ``vmas()`` back.  The o
 decides legality; whether the simulator is *right* is what the comparison with the kernel
 judges.  The same seed gives the same script as long as the oracle behaves the same.
 
-``Config`` switches on what the simulator cannot do yet (guard regions in the core,
-``MADV_COLLAPSE``, THP faults in ``MADV_HUGEPAGE`` regions); ``generate`` uses
+``Config`` switches on what the simulator cannot do yet (``MADV_COLLAPSE``, THP faults
+in ``MADV_HUGEPAGE`` regions); ``generate`` uses
 ``DEFAULT_CONFIG``, which is what ``python -m ptreclaim compare --random N --seed S`` and
 ``tests/test_random_vs_kernel.py`` compare.
 """
@@ -45,10 +45,10 @@ VALID_ADVICE = (
     C.MADV_FREE, C.MADV_REMOVE, C.MADV_DONTFORK, C.MADV_DOFORK, C.MADV_MERGEABLE,
     C.MADV_UNMERGEABLE, C.MADV_HUGEPAGE, C.MADV_NOHUGEPAGE, C.MADV_DONTDUMP, C.MADV_DODUMP,
     C.MADV_WIPEONFORK, C.MADV_KEEPONFORK, C.MADV_COLD, C.MADV_PAGEOUT, C.MADV_POPULATE_READ,
-    C.MADV_POPULATE_WRITE, C.MADV_DONTNEED_LOCKED,
+    C.MADV_POPULATE_WRITE, C.MADV_DONTNEED_LOCKED, C.MADV_GUARD_INSTALL, C.MADV_GUARD_REMOVE,
 )
-# Valid on the kernel but raising NotImplementedError in (one of) the simulators today.
-OPTIONAL_ADVICE = (C.MADV_COLLAPSE, C.MADV_GUARD_INSTALL, C.MADV_GUARD_REMOVE)
+# Valid on the kernel but raising NotImplementedError in the simulators today (it needs THP).
+OPTIONAL_ADVICE = (C.MADV_COLLAPSE,)
 # Rejected with EINVAL by this kernel (HWPOISON/SOFT_OFFLINE: CONFIG_MEMORY_FAILURE is off).
 INVALID_ADVICE = (5, 6, 7, 26, 99, C.MADV_HWPOISON, C.MADV_SOFT_OFFLINE, 104, 9999, -1)
 
@@ -86,8 +86,8 @@ class Config:
     * ``op_cap``: the most memory one operation may populate (bytes); ``budget``: the most
       all operations of a script may populate together.
     * ``oracle``: ``"reference"`` (default: the scripts do not depend on how the core is
-      built, and it implements guard regions), ``"core"`` (faster), or ``None`` (the core
-      when it is built and implements every advice in ``advice``, else the reference).
+      built), ``"core"`` (faster), or ``None`` (the core when it is built and implements
+      every advice in ``advice``, else the reference).
     """
 
     advice: tuple = VALID_ADVICE
@@ -105,8 +105,8 @@ class Config:
 
 DEFAULT_CONFIG = Config()
 
-# The core raises NotImplementedError for these; the reference implements guard regions.
-_CORE_MISSING = {C.MADV_COLLAPSE, C.MADV_GUARD_INSTALL, C.MADV_GUARD_REMOVE}
+# Advice the core raises NotImplementedError for.
+_CORE_MISSING = {C.MADV_COLLAPSE}
 
 
 def _oracle_class(cfg):
@@ -159,7 +159,13 @@ class _Gen:
     # --- the oracle -------------------------------------------------------------------------
 
     def apply(self, op):
-        err, fault, _ = S._apply(self.mm, op, self.base)
+        try:
+            err, fault, _ = S._apply(self.mm, op, self.base)
+        except NotImplementedError:
+            # An optional advice the oracle does not simulate (MADV_COLLAPSE): it refuses
+            # before changing anything, and the advice changes no VMA or protection on the
+            # kernel either, so the layout the generator needs stays right.
+            return None
         if fault is not None:
             # The generator chose a touch the oracle says faults: a generator bug, not a
             # finding (the kernel comparison judges the simulator, not this).
@@ -242,11 +248,14 @@ class _Gen:
         n = end - a if end > a else self.length(big)
         return a, self.fit(a, n)
 
-    def inside_vma(self):
+    def inside_vma(self, spans=False):
         """A range inside one VMA: all of it, its whole 2 MiB spans, or a random part."""
         rng = self.rng
-        s, e, _, _ = rng.choice(self.vmas)
-        r = rng.random()
+        vmas = self.vmas
+        if spans:
+            vmas = [v for v in vmas if (v[0] + 2 * M - 1) & ~(2 * M - 1) < v[1] & ~(2 * M - 1)] or vmas
+        s, e, _, _ = rng.choice(vmas)
+        r = 0.3 if spans else rng.random()
         if r < 0.25:
             return s, e
         if r < 0.5:
@@ -361,9 +370,16 @@ class _Gen:
         while e in runs and rng.random() < 0.7:
             e = runs[e][1]
         r = rng.random()
-        if r < 0.3:
+        lo, hi = (s + 2 * M - 1) & ~(2 * M - 1), e & ~(2 * M - 1)
+        if r < 0.3 and lo < hi:
+            # One whole 2 MiB span: a full PTE table, which a later DONTNEED can reclaim.
+            a = lo + rng.randrange((hi - lo) // (2 * M)) * 2 * M
+            if self.guarded(a, 2 * M) or not self.spend(2 * M):
+                return None
+            return S.Touch(a, 2 * M, write)
+        if r < 0.4:
             a = s
-        elif r < 0.5:
+        elif r < 0.55:
             a = max(s, _page_down(e - rng.randint(1, 8) * PAGE))
         else:
             a = s + _page_down(rng.randrange(e - s))
@@ -383,16 +399,28 @@ class _Gen:
             advice = rng.choice(self.cfg.invalid_advice)
         else:
             advice = _weighted(rng, self.advice)
-        a, n = self.range()
+        if advice in (C.MADV_DONTNEED, C.MADV_DONTNEED_LOCKED) and self.vmas and rng.random() < 0.5:
+            a, end = self.inside_vma(spans=True)  # whole PTE tables: PT reclaim's case
+            n = end - a
+        else:
+            a, n = self.range()
         if advice in (C.MADV_POPULATE_READ, C.MADV_POPULATE_WRITE):
             if self.hits_hugepage(a, n):
                 return None
-            if self.guards and self.guarded(a, n):
-                pass  # EFAULT at the marker: nothing there is populated, that is fine
             if not self.spend(self.mapped_bytes(a, n, _READABLE)):
                 return None
         elif advice == C.MADV_HUGEPAGE and not self.cfg.thp_faults:
             if a % PAGE == 0 and self.has_entries(a, n):
+                return None
+        elif advice == C.MADV_GUARD_INSTALL:
+            # A marker in every page of the mapped part: page tables for all of it, and a
+            # slow walk in the reference model. Keep it to a few 2 MiB spans.
+            if self.mapped_bytes(a, n) > 16 * M:
+                return None
+        elif advice == C.MADV_GUARD_REMOVE:
+            # The reference model visits every page of the mapped part (the kernel only
+            # the tables that exist): keep the oracle fast.
+            if self.mapped_bytes(a, n) > G:
                 return None
         elif advice == C.MADV_COLLAPSE:
             # Collapsing fills the huge page: as much memory as the 2 MiB spans in range.

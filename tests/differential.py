@@ -196,7 +196,7 @@ class Pair:
                                  machine=self.core_machine)
         self.ref = ref_impl.MM(pt_reclaim=pt_reclaim, split_ptlocks=split_ptlocks,
                                machine=self.ref_machine)
-        self.pfn_map = {}  # core pfn -> reference pfn
+        self.pfn_map = {}  # core pfn -> reference frame object
         self.log = []  # concrete calls so far, for the failure message
 
     def describe(self):
@@ -251,10 +251,13 @@ class Pair:
         if [a for a, _ in core_entries] != [a for a, _ in ref_entries]:
             self.fail("the addresses of entries()", [hex(a) for a, _ in core_entries],
                       [hex(a) for a, _ in ref_entries])
-        # Pairs whose reference frame was freed since may be renamed now.
+        # The map pairs a core PFN with the reference's frame object, not its PFN: a
+        # frame freed and reallocated within one call is a new frame, whose PFN
+        # either side may have reused. Pairs whose reference frame is gone are
+        # dropped; the core PFN may be renamed from then on.
         live = self.ref_machine.mem.frames
-        self.pfn_map = {c: r for c, r in self.pfn_map.items() if r in live}
-        inverse = {r: c for c, r in self.pfn_map.items()}
+        self.pfn_map = {c: f for c, f in self.pfn_map.items() if live.get(f.pfn) is f}
+        inverse = {id(f): c for c, f in self.pfn_map.items()}
         for (addr, ce), (_, re) in zip(core_entries, ref_entries):
             carries_pfn = bool(ce & (_PAGE_PRESENT | _PAGE_PROTNONE))
             if not carries_pfn:
@@ -269,11 +272,16 @@ class Pair:
                 if cp != rp or cp != ZERO_PFN:
                     self.fail(f"the zero-page PFN at {addr:#x}", cp, rp)
                 continue
-            if self.pfn_map.setdefault(cp, rp) != rp:
-                self.fail(f"the frame at {addr:#x} (core pfn {cp} was reference pfn "
-                          f"{self.pfn_map[cp]})", cp, rp)
-            if inverse.setdefault(rp, cp) != cp:
-                self.fail(f"the frame at {addr:#x} (reference pfn {rp} was core pfn {inverse[rp]})", cp, rp)
+            frame = live.get(rp)
+            if frame is None:
+                self.fail(f"the frame at {addr:#x} (the reference maps a free pfn)", cp, rp)
+            paired = self.pfn_map.setdefault(cp, frame)
+            if paired is not frame:
+                self.fail(f"the frame at {addr:#x} (core pfn {cp} was paired with reference pfn {paired.pfn})",
+                          cp, rp)
+            if inverse.setdefault(id(frame), cp) != cp:
+                self.fail(f"the frame at {addr:#x} (reference pfn {rp} was paired with core pfn "
+                          f"{inverse[id(frame)]})", cp, rp)
 
     def finish(self):
         """exit() on both, then the empty process must look the same."""
