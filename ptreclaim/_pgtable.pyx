@@ -6,6 +6,10 @@
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memset
+from posix.mman cimport mmap, munmap, madvise, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FAILED
+
+cdef extern from "<sys/mman.h>":
+    int MADV_HUGEPAGE
 
 from ptreclaim._types cimport *
 
@@ -49,7 +53,7 @@ cdef void machine_free(pt_machine *m) noexcept nogil:
     cdef uint64_t i
     free(m.frames.pages)
     for i in range(m.pool.nr_chunks):
-        free(m.pool.chunks[i])
+        munmap(m.pool.chunks[i], TABLES_PER_CHUNK * PTRS_PER_TABLE * sizeof(pteval_t))
     free(m.pool.chunks)
     free(m.pool.state)
     free(m.pool.level)
@@ -97,6 +101,17 @@ cdef void put_page(pt_machine *m, uint64_t pfn) noexcept nogil:
         f.nr_free += 1
         f.nr_used -= 1
 
+cdef pteval_t *_chunk_alloc() noexcept nogil:
+    # Anonymous memory straight from the host: zeroed, 2 MiB-aligned (a
+    # 2 MiB-multiple anonymous mmap is THP-aligned), and a huge page where the
+    # host allows, so a million tables cost a few thousand host faults.
+    cdef size_t size = TABLES_PER_CHUNK * PTRS_PER_TABLE * sizeof(pteval_t)
+    cdef void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    if p == MAP_FAILED:
+        return NULL
+    madvise(p, size, MADV_HUGEPAGE)
+    return <pteval_t *>p
+
 cdef int _pool_grow(pt_pool *pool) noexcept nogil:
     cdef uint64_t n = pool.nr_chunks + 1
     cdef uint64_t slots = n * TABLES_PER_CHUNK
@@ -120,7 +135,7 @@ cdef int _pool_grow(pt_pool *pool) noexcept nogil:
     if p == NULL:
         return -1
     pool.free_stack = <uint32_t *>p
-    chunk = <pteval_t *>calloc(TABLES_PER_CHUNK * PTRS_PER_TABLE, sizeof(pteval_t))
+    chunk = _chunk_alloc()
     if chunk == NULL:
         return -1
     pool.chunks[pool.nr_chunks] = chunk

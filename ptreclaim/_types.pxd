@@ -71,8 +71,9 @@ ctypedef uint64_t pteval_t
 
 cdef enum:
     PTRS_PER_TABLE = 512
-    # Tables are allocated in chunks so their addresses never move.
-    TABLES_PER_CHUNK = 256
+    # Tables are allocated in 2 MiB chunks, so their addresses never move
+    # and the host can back each chunk with one huge page.
+    TABLES_PER_CHUNK = 512
     # Frame kinds (what the kernel tells apart with folio_test_anon and
     # folio_test_swapbacked); they select the RSS counter (mm_counter()).
     FRAME_FREE = 0

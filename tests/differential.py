@@ -159,10 +159,7 @@ class Divergence(AssertionError):
     """The core and the reference disagree."""
 
 
-def _pte_pfn(entry):
-    # Present and PROT_NONE entries carry a PFN (inverted when not present: L1TF).
-    val = entry if entry & _PAGE_PRESENT else entry ^ PTE_PFN_MASK
-    return (val & PTE_PFN_MASK) >> 12
+_NOT_PFN = U64 & ~PTE_PFN_MASK
 
 
 def core_supports_guard():
@@ -258,16 +255,18 @@ class Pair:
         live = self.ref_machine.mem.frames
         self.pfn_map = {c: f for c, f in self.pfn_map.items() if live.get(f.pfn) is f}
         inverse = {id(f): c for c, f in self.pfn_map.items()}
+        carries = _PAGE_PRESENT | _PAGE_PROTNONE
         for (addr, ce), (_, re) in zip(core_entries, ref_entries):
-            carries_pfn = bool(ce & (_PAGE_PRESENT | _PAGE_PROTNONE))
-            if not carries_pfn:
+            if not ce & carries:
                 # A swap-format entry (guard marker): no frame, compare it whole.
                 if ce != re:
                     self.fail(f"the entry at {addr:#x}", hex(ce), hex(re))
                 continue
-            if ce & ~PTE_PFN_MASK != re & ~PTE_PFN_MASK:
-                self.fail(f"the entry flags at {addr:#x}", hex(ce & ~PTE_PFN_MASK), hex(re & ~PTE_PFN_MASK))
-            cp, rp = _pte_pfn(ce), _pte_pfn(re)
+            if (ce ^ re) & _NOT_PFN:
+                self.fail(f"the entry flags at {addr:#x}", hex(ce & _NOT_PFN), hex(re & _NOT_PFN))
+            # The PFN, inverted in a PROT_NONE entry (L1TF), as pte_pfn() reads it.
+            cp = ((ce if ce & _PAGE_PRESENT else ce ^ PTE_PFN_MASK) & PTE_PFN_MASK) >> 12
+            rp = ((re if re & _PAGE_PRESENT else re ^ PTE_PFN_MASK) & PTE_PFN_MASK) >> 12
             if ce & _PAGE_SPECIAL or cp == ZERO_PFN or rp == ZERO_PFN:
                 if cp != rp or cp != ZERO_PFN:
                     self.fail(f"the zero-page PFN at {addr:#x}", cp, rp)
