@@ -19,6 +19,12 @@ cdef class MM:
     cdef readonly Machine machine
     cdef bint dead
     cdef object unmerged_ok     # VMA boundaries Linux leaves unmerged (failed MAP_FIXED)
+    cdef object _listeners      # event name -> callbacks
+    cdef int cb_state           # 0: no callback running; 1: at a lock-free point; 2: under a lock
+    cdef object _pending        # an exception raised by a callback, re-raised after the call
+    cdef int _dispatch(self, int event, uint64_t addr, uint64_t arg) noexcept
+    cdef void _no_reentry(self) except *
+    cdef void _raise_pending(self) except *
     cdef void _split_edges(self, uint64_t addr, uint64_t end) noexcept
     cdef int _hugetlb_mmap_tail(self, uint64_t addr, uint64_t end, int flags, int mtype,
                                 uint64_t vm_flags, uint64_t pgoff) noexcept

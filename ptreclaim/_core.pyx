@@ -473,6 +473,35 @@ cdef class Machine:
                 + self.m.pool.nr_chunks * TABLES_PER_CHUNK * (PTRS_PER_TABLE * 8 + 2 + 4))
 
 
+EVENTS = ("fault", "table_alloc", "zap_begin", "zap_end", "zap_lock_dropped", "reclaim_fast",
+          "reclaim_slow", "reclaim_abandoned", "pmd_clear", "table_free", "tlb_flush",
+          "pmd_trylock", "lost_mapping")
+_EVENT_IDS = {name: i for i, name in enumerate(EVENTS)}
+# Where the simulated kernel holds no page-table lock: another thread may fault.
+_LOCK_FREE = frozenset({EV_FAULT, EV_ZAP_BEGIN, EV_ZAP_END, EV_ZAP_LOCK_DROPPED, EV_RECLAIM_SLOW})
+
+
+class TraceEvent:
+    """One tracepoint hit: name, mm, address and arg (a table slot, a level, a reason...)."""
+
+    __slots__ = ("name", "mm", "address", "arg")
+
+    def __init__(self, name, mm, address, arg):
+        self.name, self.mm, self.address, self.arg = name, mm, address, arg
+
+    @property
+    def table(self):
+        return self.arg
+
+    def __repr__(self):
+        return f"TraceEvent({self.name}, address={self.address:#x}, arg={self.arg})"
+
+
+cdef int _trace_trampoline(void *mmp, int event, uint64_t addr, uint64_t arg) noexcept nogil:
+    with gil:
+        return (<MM>(<pt_mm *>mmp).trace_owner)._dispatch(event, addr, arg)
+
+
 _THP_MODES = {"never": 0, "madvise": 1, "always": 2}
 _RECLAIM_MODES = {False: RECLAIM_OFF, True: RECLAIM_ON, "seed": RECLAIM_SEED}
 
@@ -515,10 +544,16 @@ cdef class MM:
         self.mm.split_ptlocks = bool(split_ptlocks)
         self.mm.mmap_base = PTR_MMAP_BASE
         self.unmerged_ok = set()
+        self._listeners = {}
+        self.mm.resched_countdown = -1
+        self.mm.trace_owner = <void *>self
+        self.mm.trace_fn = _trace_trampoline
         machine._register(self.mm)
 
     def __dealloc__(self):
         if self.mm != NULL:
+            # No tracepoint may see an object that is being destroyed.
+            self.mm.trace_mask = 0
             if not self.dead:
                 exit_mmap(self.mm)
             self.machine._unregister(self.mm)
@@ -530,6 +565,19 @@ cdef class MM:
     cdef void _alive(self) except *:
         if self.dead:
             raise ValueError("this mm has exited")
+        if self.cb_state == 2:
+            raise RuntimeError("a tracepoint callback under a page-table lock may only observe")
+
+    cdef void _no_reentry(self) except *:
+        # At a lock-free point the kernel still holds the mmap lock for read:
+        # another thread may fault, but not map, unmap or change VMAs.
+        if self.cb_state:
+            raise RuntimeError("a tracepoint callback may only fault pages (touch) on its mm")
+
+    cdef void _raise_pending(self) except *:
+        if self._pending is not None:
+            exc, self._pending = self._pending, None
+            raise exc
 
     # ----------------------------------------------------------------- mmap
 
@@ -538,8 +586,10 @@ cdef class MM:
         cdef int err
         cdef uint64_t result = 0
         self._alive()
+        self._no_reentry()
         err = self._do_mmap(_ulong(addr), _ulong(length), _cint(prot), _cint(flags), _cint(fd),
                             _ulong(offset), &result)
+        self._raise_pending()
         if err == -2:
             raise NotImplementedError("MAP_DROPPABLE and hugetlb mappings are not simulated yet")
         if err:
@@ -715,7 +765,9 @@ cdef class MM:
         """munmap(2)."""
         cdef int err
         self._alive()
+        self._no_reentry()
         err = self.do_munmap(_ulong(addr), _ulong(length))
+        self._raise_pending()
         if err:
             raise _errno(err)
 
@@ -734,7 +786,9 @@ cdef class MM:
         """mprotect(2)."""
         cdef int err
         self._alive()
+        self._no_reentry()
         err = self.do_mprotect(_ulong(addr), _ulong(length), _cint(prot))
+        self._raise_pending()
         if err:
             raise _errno(err)
 
@@ -840,7 +894,9 @@ cdef class MM:
         """mlock(2)."""
         cdef int err
         self._alive()
+        self._no_reentry()
         err = self._do_mlock(_ulong(addr), _ulong(length), PTR_VM_LOCKED)
+        self._raise_pending()
         if err:
             raise _errno(err)
 
@@ -848,7 +904,9 @@ cdef class MM:
         """munlock(2)."""
         cdef int err
         self._alive()
+        self._no_reentry()
         err = self._do_mlock(_ulong(addr), _ulong(length), 0)
+        self._raise_pending()
         if err:
             raise _errno(err)
 
@@ -908,7 +966,9 @@ cdef class MM:
         """madvise(2)."""
         cdef int err
         self._alive()
+        self._no_reentry()
         err = self.do_madvise(_ulong(addr), _ulong(length), _cint(advice))
+        self._raise_pending()
         if err == -2:
             raise NotImplementedError("MADV_COLLAPSE is not simulated yet (it needs THP)")
         if err:
@@ -1135,6 +1195,7 @@ cdef class MM:
             raise ValueError("addr + length wraps around the address space")
         with nogil:
             r = self.do_touch(start, end, write, &where)
+        self._raise_pending()
         if r == FAULT_SIGSEGV:
             raise SegmentationFault(where if where > start else start)
         if r == FAULT_OOM:
@@ -1210,6 +1271,7 @@ cdef class MM:
                 if r != FAULT_OK:
                     break
                 i += 1
+        self._raise_pending()
         if r == FAULT_SIGSEGV:
             exc = SegmentationFault(addrs[i])
             exc.index = i
@@ -1226,10 +1288,82 @@ cdef class MM:
     def exit(self):
         """exit_mmap(): unmap everything and free every table."""
         self._alive()
+        self._no_reentry()
+        self.mm.trace_mask = 0
         exit_mmap(self.mm)
         self.dead = True
         if self.mm.pgtables_bytes != 0:
             raise InvariantError("pgtables_bytes is not 0 after exit", str(self.mm.pgtables_bytes))
+
+    # ------------------------------------------------------------ tracepoints
+
+    def on(self, event, callback):
+        """Call callback(TraceEvent) at every `event` (see EVENTS and docs/races.md).
+
+        At lock-free points (fault, zap_begin, zap_end, zap_lock_dropped,
+        reclaim_slow) the callback may fault pages into this mm with touch(),
+        as another thread would; at the others it may only observe.
+        A "pmd_trylock" callback that returns True makes the try-lock fail.
+        """
+        if event not in _EVENT_IDS:
+            raise ValueError(f"unknown event {event!r}; events: {', '.join(EVENTS)}")
+        if not callable(callback):
+            raise TypeError("callback must be callable")
+        self._listeners.setdefault(event, []).append(callback)
+        self.mm.trace_mask |= 1u << _EVENT_IDS[event]
+
+    def off(self, event, callback=None):
+        """Remove one callback of `event`, or all of them."""
+        if event not in _EVENT_IDS:
+            raise ValueError(f"unknown event {event!r}")
+        callbacks = self._listeners.get(event, [])
+        if callback is None:
+            callbacks.clear()
+        else:
+            callbacks.remove(callback)
+        if not callbacks:
+            self._listeners.pop(event, None)
+            self.mm.trace_mask &= ~(1u << _EVENT_IDS[event])
+
+    def set_contention(self, probability=0.0, *, seed=0):
+        """Make the PMD try-lock of the reclaim fast path fail with this probability."""
+        if not 0.0 <= probability <= 1.0:
+            raise ValueError("probability must be in [0, 1]")
+        self.mm.contention = probability
+        self.mm.rng = (_ulong(seed) * 0x9E3779B97F4A7C15 + 1) & 0xFFFFFFFFFFFFFFFF or 1
+
+    def inject_need_resched(self, after_entries):
+        """The next zap loop drops its lock once, after that many PTE entries (None: never)."""
+        if after_entries is None:
+            self.mm.resched_countdown = -1
+        else:
+            self.mm.resched_countdown = _ulong(after_entries)
+
+    @property
+    def lost_mappings(self):
+        """Tables PT reclaim freed while they still mapped something (0 with the 6.18 rules)."""
+        return self.mm.lost_mappings
+
+    cdef int _dispatch(self, int event, uint64_t addr, uint64_t arg) noexcept:
+        cdef int result = 0
+        cdef uint32_t saved = self.mm.trace_mask
+        name = EVENTS[event]
+        ev = TraceEvent(name, self, addr, arg)
+        # Callbacks run with tracing off (no recursion) and with the rights of
+        # the point they run at.
+        self.mm.trace_mask = 0
+        self.cb_state = 1 if event in _LOCK_FREE else 2
+        try:
+            for callback in list(self._listeners.get(name, ())):
+                if callback(ev) and event == EV_PMD_TRYLOCK:
+                    result = 1
+        except BaseException as exc:
+            if self._pending is None:
+                self._pending = exc
+        finally:
+            self.cb_state = 0
+            self.mm.trace_mask = saved
+        return result
 
     # ----------------------------------------------------------- observation
 
@@ -1438,6 +1572,9 @@ cdef _check_mm(MM self):
     cdef pt_vma *v
     rss[0] = rss[1] = rss[2] = rss[3] = 0
     mapcounts = {}
+    if mm.lost_mappings:
+        raise InvariantError("no PTE table is freed while it still maps pages (lost mapping)",
+                             f"{mm.lost_mappings} table(s)")
 
     def linked(pteval_t entry, int level, what):
         cdef uint32_t s = entry_table_slot(entry)

@@ -68,6 +68,13 @@ cdef inline uint64_t pud_index(uint64_t addr) noexcept nogil:
 cdef inline uint64_t pgd_index(uint64_t addr) noexcept nogil:
     return (addr >> 39) & 511
 
+# --- tracepoints: one predictable branch when nobody listens -----------------------
+
+cdef inline int trace(pt_mm *mm, int event, uint64_t addr, uint64_t arg) noexcept nogil:
+    if mm.trace_mask & (1u << event):
+        return mm.trace_fn(<void *>mm, event, addr, arg)
+    return 0
+
 # --- the PTRS_PER_PTE scan -------------------------------------------------------
 
 cdef bint pte_table_empty(const pteval_t *table) noexcept nogil

@@ -315,6 +315,7 @@ cdef pteval_t *pmd_alloc_walk(pt_mm *mm, uint64_t addr) noexcept nogil:
         pgd[0] = mk_table_entry(<uint32_t>slot)
         mm.pgtables_bytes += 4096
         mm.stats.pud_tables_allocated += 1
+        trace(mm, EV_TABLE_ALLOC, addr & PTR_PGDIR_MASK, LEVEL_PUD)
     pud = entry_table(pool, pgd[0]) + pud_index(addr)
     if pud[0] == 0:
         slot = pool_alloc(pool, LEVEL_PMD)
@@ -323,6 +324,7 @@ cdef pteval_t *pmd_alloc_walk(pt_mm *mm, uint64_t addr) noexcept nogil:
         pud[0] = mk_table_entry(<uint32_t>slot)
         mm.pgtables_bytes += 4096
         mm.stats.pmd_tables_allocated += 1
+        trace(mm, EV_TABLE_ALLOC, addr & PTR_PUD_MASK, LEVEL_PMD)
     return entry_table(pool, pud[0]) + pmd_index(addr)
 
 cdef pteval_t *pte_alloc(pt_mm *mm, pteval_t *pmd) noexcept nogil:
@@ -334,6 +336,7 @@ cdef pteval_t *pte_alloc(pt_mm *mm, pteval_t *pmd) noexcept nogil:
         pmd[0] = mk_table_entry(<uint32_t>slot)
         mm.pgtables_bytes += 4096
         mm.stats.pte_tables_allocated += 1
+        trace(mm, EV_TABLE_ALLOC, 0, LEVEL_PTE)
     return entry_table(&mm.machine.pool, pmd[0])
 
 # ---------------------------------------------------------------------------------
@@ -369,6 +372,7 @@ cdef void tlb_flush_mmu_tlbonly(mmu_gather *tlb) noexcept nogil:
     if not tlb.need_flush:
         return
     tlb.mm.stats.tlb_flushes += 1
+    trace(tlb.mm, EV_TLB_FLUSH, tlb.start, tlb.end)
     tlb.start = PTR_TASK_SIZE
     tlb.end = 0
     tlb.freed_tables = False
@@ -611,6 +615,9 @@ cdef int handle_mm_fault(pt_mm *mm, pt_vma *vma, uint64_t addr, bint write) noex
     """
     cdef pteval_t *pte = walk_pte(mm, addr)
     cdef pteval_t *pmd
+    if pte == NULL or not pte_present(pte[0]) or (write and not pte_write(pte[0])):
+        trace(mm, EV_FAULT, addr, write)
+        pte = walk_pte(mm, addr)           # a listener may have faulted it in
     if pte != NULL and not pte_none(pte[0]) and not pte_present(pte[0]):
         # handle_pte_marker(): an access to a guard region is SIGSEGV (R43).
         mm.stats.page_faults += 1
@@ -745,35 +752,59 @@ cdef bint reclaim_pt_is_enabled(uint64_t start, uint64_t end, zap_details *detai
     # Only a zap of the whole 2 MiB span in one call may free its table (R53).
     return details != NULL and details.reclaim_pt and end - start >= PTR_PMD_SIZE
 
+cdef inline bint _contended(pt_mm *mm) noexcept nogil:
+    # Another CPU holds the PMD lock with probability mm.contention (seeded).
+    mm.rng ^= mm.rng << 13
+    mm.rng ^= mm.rng >> 7
+    mm.rng ^= mm.rng << 17
+    return (mm.rng >> 11) * (1.0 / 9007199254740992.0) < mm.contention
+
 cdef bint try_get_and_clear_pmd(pt_mm *mm, pteval_t *pmd, pteval_t *pmdval) noexcept nogil:
     # spin_trylock() of the PMD lock while holding the PTE lock: without split
     # page-table locks both are mm->page_table_lock, which we already hold, so
     # the try fails and the slow path runs (R57).
     if not mm.split_ptlocks:
         return False
+    if mm.contention > 0.0 and _contended(mm):
+        return False
+    if trace(mm, EV_PMD_TRYLOCK, 0, 0) > 0:
+        return False               # a listener holds the PMD lock
     pmdval[0] = pmd[0]
     pmd[0] = 0
     return True
 
 cdef void free_pte(pt_mm *mm, uint64_t addr, mmu_gather *tlb, pteval_t pmdval) noexcept nogil:
     # pte_free_tlb() + mm_dec_nr_ptes(): VmPTE drops now, the page after RCU (R12).
+    cdef uint32_t slot = entry_table_slot(pmdval)
+    if not pte_table_empty(pool_table(&mm.machine.pool, slot)):
+        # Not something the kernel checks: the simulator's detector for a
+        # table freed under a mapping (the bug the Feb-2025 fix closed).
+        mm.lost_mappings += 1
+        trace(mm, EV_LOST_MAPPING, addr, slot)
     tlb_adjust_range(tlb, addr, 4096)
     tlb.freed_tables = True
-    tlb_remove_table(tlb, entry_table_slot(pmdval))
+    tlb_remove_table(tlb, slot)
     mm.pgtables_bytes -= 4096
+    trace(mm, EV_TABLE_FREE, addr, slot)
 
 cdef bint try_to_free_pte(pt_mm *mm, pteval_t *pmd, uint64_t addr, mmu_gather *tlb) noexcept nogil:
     # The slow path (R56): with both locks held, look again at the PMD entry
     # and at all PTRS_PER_PTE entries, since another thread may have
     # refilled the table after the PTE lock was dropped.
-    cdef pteval_t pmdval = pmd[0]
+    cdef pteval_t pmdval
+    # No page-table lock is held yet: another thread may fault here.
+    trace(mm, EV_RECLAIM_SLOW, addr, 0)
+    pmdval = pmd[0]
     if pmd_none(pmdval) or pmd_huge_leaf(pmdval):
         mm.stats.reclaim_slow_abandoned += 1
+        trace(mm, EV_RECLAIM_ABANDONED, addr, 1)
         return False
     if not pte_table_empty(entry_table(&mm.machine.pool, pmdval)):
         mm.stats.reclaim_slow_abandoned += 1
+        trace(mm, EV_RECLAIM_ABANDONED, addr, 2)
         return False
     pmd[0] = 0
+    trace(mm, EV_PMD_CLEAR, addr, entry_table_slot(pmdval))
     free_pte(mm, addr, tlb, pmdval)
     mm.stats.pte_tables_freed_reclaim_slow += 1
     return True
@@ -794,7 +825,7 @@ cdef uint64_t zap_pte_range(mmu_gather *tlb, pt_vma *vma, pteval_t *pmd, uint64_
     cdef bint direct_reclaim = mm.reclaim_mode != RECLAIM_SEED
     cdef Py_ssize_t nr
     cdef int i
-    cdef uint64_t pass_start
+    cdef uint64_t pass_start, run_end
     cdef bint cleared
     while True:
         cleared = False
@@ -804,8 +835,19 @@ cdef uint64_t zap_pte_range(mmu_gather *tlb, pt_vma *vma, pteval_t *pmd, uint64_
         pass_start = addr
         while True:
             any_skipped = False
-            nr = do_zap_pte_range(tlb, vma, pte, addr, end, details, rss,
+            run_end = end
+            if mm.resched_countdown >= 0:
+                if mm.resched_countdown == 0:
+                    # need_resched(): the lock is dropped midway (R49, R56).
+                    mm.resched_countdown = -1
+                    direct_reclaim = False
+                    break
+                if addr + (<uint64_t>mm.resched_countdown << 12) < end:
+                    run_end = addr + (<uint64_t>mm.resched_countdown << 12)
+            nr = do_zap_pte_range(tlb, vma, pte, addr, run_end, details, rss,
                                   &force_flush, &force_break, &any_skipped, &cleared)
+            if mm.resched_countdown > 0:
+                mm.resched_countdown -= nr
             if any_skipped:
                 can_reclaim_pt = False
             if force_break:
@@ -822,6 +864,9 @@ cdef uint64_t zap_pte_range(mmu_gather *tlb, pt_vma *vma, pteval_t *pmd, uint64_
                 direct_reclaim = try_get_and_clear_pmd(mm, pmd, &pmdval)
         elif can_reclaim_pt and direct_reclaim and addr == end:
             direct_reclaim = try_get_and_clear_pmd(mm, pmd, &pmdval)
+        if can_reclaim_pt and direct_reclaim and addr == end:
+            trace(mm, EV_RECLAIM_FAST, start, entry_table_slot(pmdval))
+            trace(mm, EV_PMD_CLEAR, start, entry_table_slot(pmdval))
         for i in range(NR_MM_COUNTERS):
             mm.rss[i] += rss[i]
         # tlb_remove_tlb_entry() for every entry cleared in this pass; the
@@ -836,6 +881,10 @@ cdef uint64_t zap_pte_range(mmu_gather *tlb, pt_vma *vma, pteval_t *pmd, uint64_
             tlb_flush_mmu(tlb)
         if addr == end:
             break
+        # The PTE lock is dropped until the retry: faults may run now.
+        trace(mm, EV_ZAP_LOCK_DROPPED, addr, entry_table_slot(pmd[0]))
+        if pmd[0] == 0 or pmd_huge_leaf(pmd[0]):
+            break                          # pte_offset_map_lock() finds no table
         force_flush = False
         force_break = False
     if can_reclaim_pt:
@@ -853,7 +902,8 @@ cdef void unmap_page_range(mmu_gather *tlb, pt_vma *vma, uint64_t addr, uint64_t
     cdef pt_pool *pool = &mm.machine.pool
     cdef pteval_t pgde, pude
     cdef pteval_t *pmd
-    cdef uint64_t next
+    cdef uint64_t next, start = addr, stop = end
+    trace(mm, EV_ZAP_BEGIN, start, stop)
     while addr < end:
         pgde = mm.pgd[pgd_index(addr)]
         if pgde == 0:
@@ -867,9 +917,10 @@ cdef void unmap_page_range(mmu_gather *tlb, pt_vma *vma, uint64_t addr, uint64_t
         next = (addr & PTR_PMD_MASK) + PTR_PMD_SIZE
         if next > end:
             next = end
-        if pmd[0] != 0:
+        if pmd[0] != 0 and not pmd_huge_leaf(pmd[0]):
             zap_pte_range(tlb, vma, pmd, addr, next, details)
         addr = next
+    trace(mm, EV_ZAP_END, start, stop)
 
 # ---------------------------------------------------------------------------------
 # free_pgtables() (R61-R65)
@@ -1090,8 +1141,10 @@ cdef int fault_range(pt_mm *mm, pt_vma *vma, uint64_t *paddr, uint64_t end, bint
     cdef pteval_t e
     cdef pteval_t set_bits = 0 if gup else PTR_PAGE_ACCESSED | (PTR_PAGE_DIRTY if write else 0)
     cdef pteval_t anon_bits = vma.page_prot | PTR_PAGE_DIRTY | PTR_PAGE_RW
-    cdef bint anon_write = write and vma.shmem == NULL
-    cdef bint zero_read = not write and vma.shmem == NULL
+    # With a fault tracepoint set, every fault goes through handle_mm_fault().
+    cdef bint traced = (mm.trace_mask & (1u << EV_FAULT)) != 0
+    cdef bint anon_write = write and vma.shmem == NULL and not traced
+    cdef bint zero_read = not write and vma.shmem == NULL and not traced
     cdef pteval_t zero_entry = (<uint64_t>1 << 12) | vma.page_prot | PTR_PAGE_SPECIAL
     cdef uint64_t zero_faults = 0
     cdef pt_frames *frames = &mm.machine.frames

@@ -103,6 +103,21 @@ cdef enum:
     FAULT_OK = 0
     FAULT_SIGSEGV = 1
     FAULT_OOM = 2
+    # Tracepoint events
+    EV_FAULT = 0
+    EV_TABLE_ALLOC = 1
+    EV_ZAP_BEGIN = 2
+    EV_ZAP_END = 3
+    EV_ZAP_LOCK_DROPPED = 4
+    EV_RECLAIM_FAST = 5
+    EV_RECLAIM_SLOW = 6
+    EV_RECLAIM_ABANDONED = 7
+    EV_PMD_CLEAR = 8
+    EV_TABLE_FREE = 9
+    EV_TLB_FLUSH = 10
+    EV_PMD_TRYLOCK = 11
+    EV_LOST_MAPPING = 12
+    NR_EVENTS = 13
     # PT reclaim modes
     RECLAIM_OFF = 0
     RECLAIM_ON = 1        # 6.18: the seed patch plus the Feb-2025 fix
@@ -206,6 +221,14 @@ ctypedef struct pt_mm:
     uint64_t mmap_base
     uint64_t vma_cache         # index of the VMA last found by a fault
     uint32_t *gather_pages     # MMU_GATHER_CAPACITY slots for the mmu_gather's page batches
+    # Tracepoints and injected concurrency: the hard cases of PT reclaim.
+    uint32_t trace_mask        # 1 << EV_* for every event someone listens to
+    void *trace_owner          # the owning MM object, for the trampoline
+    int (*trace_fn)(void *mm, int event, uint64_t addr, uint64_t arg) noexcept nogil
+    int64_t resched_countdown  # -1: never; else need_resched() after that many entries
+    double contention          # probability that the PMD try-lock fails
+    uint64_t rng               # its xorshift state
+    uint64_t lost_mappings     # tables freed while they still mapped something
 
 ctypedef struct mmu_gather:
     # One per syscall (R35). Pages are released, and table batches handed to
