@@ -7,7 +7,9 @@ environment it uses the pure-Python reference model instead (same API).
 import os as _os
 
 from ptreclaim.constants import *  # noqa: F401,F403
-from ptreclaim.errors import InvariantError, OutOfMemory, SegmentationFault  # noqa: F401
+from ptreclaim.errors import (  # noqa: F401
+    InvariantError, OutOfMemory, SegmentationFault, UserfaultfdFault,
+)
 
 if _os.environ.get("PTRECLAIM_PURE_PYTHON") == "1":
     from ptreclaim._reference import MM, Machine  # noqa: F401

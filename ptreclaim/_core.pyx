@@ -10,7 +10,7 @@ from cpython.long cimport PyLong_Check, PyLong_AsUnsignedLongLong, PyLong_AsLong
 from cpython.number cimport PyNumber_Index
 cimport cython
 from libc.errno cimport (EINVAL, ENOMEM, EEXIST, EBADF, ENODEV, EACCES, EAGAIN,
-                         EFAULT, EINTR, EOVERFLOW, EOPNOTSUPP)
+                         EFAULT, EINTR, ENOENT, EOVERFLOW, EOPNOTSUPP)
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memset
@@ -22,14 +22,14 @@ from ptreclaim._pgtable cimport (
     pool_release, pool_alloc,
     walk_pte, walk_pmd, tlb_gather_mmu, tlb_finish_mmu, unmap_page_range, free_pgd_range,
     change_protection, madvise_free_range, madvise_pageout_range, madvise_cold_range,
-    fault_range, handle_mm_fault, pte_pfn,
+    fault_range, handle_mm_fault, pte_pfn, uffd_wp_range,
     guard_install_range, guard_remove_range,
 )
 from ptreclaim._vma cimport (
     find_vma, vma_insert, vma_remove, split_vma, try_merge, anon_vma_prepare, is_mergeable,
 )
 
-from ptreclaim.errors import SegmentationFault, InvariantError, OutOfMemory
+from ptreclaim.errors import SegmentationFault, InvariantError, OutOfMemory, UserfaultfdFault
 
 cdef extern from *:
     """
@@ -1198,6 +1198,8 @@ cdef class MM:
         self._raise_pending()
         if r == FAULT_SIGSEGV:
             raise SegmentationFault(where if where > start else start)
+        if r == FAULT_UFFD:
+            raise UserfaultfdFault(where if where > start else start)
         if r == FAULT_OOM:
             raise OutOfMemory(f"no free frame for the access at {where:#x}")
         if r:
@@ -1276,6 +1278,10 @@ cdef class MM:
             exc = SegmentationFault(addrs[i])
             exc.index = i
             raise exc
+        if r == FAULT_UFFD:
+            exc = UserfaultfdFault(addrs[i])
+            exc.index = i
+            raise exc
         if r == FAULT_OOM:
             exc = OutOfMemory(f"no free frame for the access at {addrs[i]:#x}")
             exc.index = i
@@ -1294,6 +1300,59 @@ cdef class MM:
         self.dead = True
         if self.mm.pgtables_bytes != 0:
             raise InvariantError("pgtables_bytes is not 0 after exit", str(self.mm.pgtables_bytes))
+
+    # -------------------------------------------------------------- userfaultfd
+
+    def uffd_register_wp(self, addr, length):
+        """UFFDIO_REGISTER in write-protect mode over [addr, addr+length) (sets VM_UFFD_WP).
+
+        One userfaultfd context per mm. The range must be page aligned and fully
+        mapped by private anonymous or shmem VMAs (EINVAL otherwise).
+        """
+        cdef pt_mm *mm = self.mm
+        cdef uint64_t start = _ulong(addr), size = _ulong(length), end, idx, tmp
+        self._alive()
+        self._no_reentry()
+        end = start + size
+        if (start | size) & 4095 or size == 0 or end < start or end > PTR_TASK_SIZE:
+            raise _errno(EINVAL)
+        idx = find_vma(mm, start)
+        tmp = start
+        while tmp < end:
+            if idx >= mm.nr_vmas or mm.vmas[idx].start > tmp or mm.vmas[idx].flags & (VM_SPECIAL | PTR_VM_HUGETLB):
+                raise _errno(EINVAL)
+            tmp = mm.vmas[idx].end
+            idx += 1
+        tmp = start
+        while tmp < end:
+            idx = find_vma(mm, tmp)
+            r = vma_modify_flags(mm, idx, tmp, min(mm.vmas[idx].end, end),
+                                 mm.vmas[idx].flags | PTR_VM_UFFD_WP)
+            if r < 0:
+                raise MemoryError()
+            tmp = min(mm.vmas[find_vma(mm, tmp)].end, end)
+
+    def uffd_wp(self, addr, length, enable=True):
+        """UFFDIO_WRITEPROTECT: write-protect (or release) [addr, addr+length).
+
+        ENOENT where the range is not registered for write-protect (or a hole).
+        """
+        cdef pt_mm *mm = self.mm
+        cdef uint64_t start = _ulong(addr), size = _ulong(length), end, idx, tmp, stop
+        self._alive()
+        self._no_reentry()
+        end = start + size
+        if (start | size) & 4095 or size == 0 or end < start:
+            raise _errno(EINVAL)
+        tmp = start
+        while tmp < end:
+            idx = find_vma(mm, tmp)
+            if idx >= mm.nr_vmas or mm.vmas[idx].start > tmp or not (mm.vmas[idx].flags & PTR_VM_UFFD_WP):
+                raise _errno(ENOENT)
+            stop = min(mm.vmas[idx].end, end)
+            if uffd_wp_range(mm, &mm.vmas[idx], tmp, stop, bool(enable)) < 0:
+                raise MemoryError()
+            tmp = stop
 
     # ------------------------------------------------------------ tracepoints
 
@@ -1618,6 +1677,10 @@ cdef _check_mm(MM self):
                     if vi == mm.nr_vmas or mm.vmas[vi].start > addr:
                         raise InvariantError("a PTE maps an address outside every VMA", hex(addr))
                     if not pte_present(e):
+                        if e == PTR_UFFD_WP_MARKER:
+                            if mm.vmas[vi].shmem == NULL:
+                                raise InvariantError("a uffd-wp marker in an anonymous VMA", hex(addr))
+                            continue
                         if e != PTR_GUARD_MARKER:
                             raise InvariantError("an unknown non-present PTE", hex(addr))
                         if not (mm.vmas[vi].flags & PTR_VM_MAYBE_GUARD):

@@ -9,6 +9,7 @@ from ptreclaim._types cimport (
     PTR_PAGE_PRESENT, PTR_PAGE_PROTNONE, PTR_PAGE_PSE, PTR_PAGE_ACCESSED,
     PTR_PAGE_DIRTY, PTR_PAGE_RW, PTR_PAGE_SPECIAL, PTR_PFN_MASK,
     PTR_TABLE_PFN_BASE, PTR_PAGE_TABLE, PTRS_PER_TABLE, TABLES_PER_CHUNK, PTR_GUARD_MARKER,
+    PTR_UFFD_WP_MARKER, PTR_PAGE_UFFD_WP, PTR_VM_UFFD_WP,
 )
 
 # --- entries (arch/x86/include/asm/pgtable.h) --------------------------------
@@ -149,3 +150,7 @@ cdef void madvise_cold_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint6
 
 cdef int guard_install_range(pt_mm *mm, uint64_t start, uint64_t end) noexcept nogil
 cdef void guard_remove_range(pt_mm *mm, uint64_t start, uint64_t end) noexcept nogil
+
+# --- userfaultfd write-protect ------------------------------------------------------------------
+
+cdef int uffd_wp_range(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t end, bint enable) noexcept nogil

@@ -615,13 +615,28 @@ cdef int handle_mm_fault(pt_mm *mm, pt_vma *vma, uint64_t addr, bint write) noex
     """
     cdef pteval_t *pte = walk_pte(mm, addr)
     cdef pteval_t *pmd
+    cdef int r
     if pte == NULL or not pte_present(pte[0]) or (write and not pte_write(pte[0])):
         trace(mm, EV_FAULT, addr, write)
         pte = walk_pte(mm, addr)           # a listener may have faulted it in
+    if pte != NULL and pte[0] == PTR_UFFD_WP_MARKER:
+        mm.stats.page_faults += 1
+        if write:
+            return FAULT_UFFD           # handle_userfault(): the monitor must resolve it
+        # pte_marker_handle_uffd_wp(): fault the page in, still write-protected.
+        pte[0] = 0
+        r = _shmem_fault(mm, vma, addr, walk_pmd(mm, addr), False)
+        if r == FAULT_OK:
+            pte = walk_pte(mm, addr)
+            pte[0] = (pte[0] & ~PTR_PAGE_RW) | PTR_PAGE_UFFD_WP
+        return r
     if pte != NULL and not pte_none(pte[0]) and not pte_present(pte[0]):
         # handle_pte_marker(): an access to a guard region is SIGSEGV (R43).
         mm.stats.page_faults += 1
         return FAULT_SIGSEGV
+    if pte != NULL and write and (pte[0] & PTR_PAGE_UFFD_WP) and (vma.flags & PTR_VM_UFFD_WP):
+        mm.stats.page_faults += 1
+        return FAULT_UFFD
     if pte != NULL and pte_present(pte[0]):
         if not write:
             pte[0] |= PTR_PAGE_ACCESSED
@@ -648,7 +663,8 @@ cdef inline int mm_counter(pt_page *p) noexcept nogil:
 cdef inline Py_ssize_t zap_present_ptes(mmu_gather *tlb, pt_vma *vma, pteval_t *pte,
                                         uint64_t addr, Py_ssize_t max_nr, int64_t *rss,
                                         bint *force_flush, bint *force_break,
-                                        bint *cleared) noexcept nogil:
+                                        bint *cleared, bint drop_markers,
+                                        bint *any_skipped) noexcept nogil:
     """Zap the run of present entries starting at pte; returns how many.
 
     The kernel batches the PTEs of one large folio here; with small folios
@@ -676,6 +692,12 @@ cdef inline Py_ssize_t zap_present_ptes(mmu_gather *tlb, pt_vma *vma, pteval_t *
             break
         pte[i] = 0
         i += 1
+        if (ptent & PTR_PAGE_UFFD_WP) and (vma.flags & PTR_VM_UFFD_WP) and vma.shmem != NULL \
+                and not drop_markers:
+            # zap_install_uffd_wp_if_needed(): a write-protected page of a
+            # file/shmem VMA leaves a marker, which cancels reclaim (R50, R54).
+            pte[i - 1] = PTR_UFFD_WP_MARKER
+            any_skipped[0] = True
         if pte_special(ptent):
             # vm_normal_page() is NULL: nothing to count or free (R50).
             continue
@@ -724,6 +746,12 @@ cdef inline Py_ssize_t zap_nonpresent_ptes(mmu_gather *tlb, pt_vma *vma, pteval_
     if pte[0] == PTR_GUARD_MARKER and (details == NULL or not details.drop_markers):
         any_skipped[0] = True
         return 1
+    # A uffd-wp marker stays in a file/shmem VMA (munmap drops it); an
+    # anonymous VMA never keeps one (R50).
+    if pte[0] == PTR_UFFD_WP_MARKER and vma.shmem != NULL and \
+            (details == NULL or not details.drop_markers):
+        any_skipped[0] = True
+        return 1
     pte[0] = 0
     cleared[0] = True
     return 1
@@ -745,7 +773,8 @@ cdef inline Py_ssize_t do_zap_pte_range(mmu_gather *tlb, pt_vma *vma, pteval_t *
         addr += <uint64_t>nr << 12
     if pte_present(pte[0]):
         return nr + zap_present_ptes(tlb, vma, pte, addr, max_nr - nr, rss, force_flush,
-                                     force_break, cleared)
+                                     force_break, cleared,
+                                     details != NULL and details.drop_markers, any_skipped)
     return nr + zap_nonpresent_ptes(tlb, vma, pte, details, cleared, any_skipped)
 
 cdef bint reclaim_pt_is_enabled(uint64_t start, uint64_t end, zap_details *details) noexcept nogil:
@@ -1340,3 +1369,39 @@ cdef void madvise_cold_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint6
                     table[i] = pte & ~PTR_PAGE_ACCESSED
                     tlb_adjust_range(tlb, (addr & PTR_PMD_MASK) + (i << 12), 4096)
         addr = next
+
+
+cdef int uffd_wp_range(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t end, bint enable) noexcept nogil:
+    """UFFDIO_WRITEPROTECT over [start, end) of one registered VMA (uffd_wp_range()).
+
+    Present pages get the uffd-wp bit and lose write access; in a file/shmem
+    VMA a none entry gets a uffd-wp marker, allocating its table (markers are
+    how shmem remembers protection of pages it may drop). Returns -1 on host OOM.
+    """
+    cdef uint64_t addr = start
+    cdef pteval_t *pmd
+    cdef pteval_t *pte
+    cdef pteval_t *table
+    while addr < end:
+        if enable and vma.shmem != NULL:
+            pmd = pmd_alloc_walk(mm, addr)
+            if pmd == NULL:
+                return -1
+            table = pte_alloc(mm, pmd)
+            if table == NULL:
+                return -1
+            pte = table + pte_index(addr)
+        else:
+            pte = walk_pte(mm, addr)
+        if pte != NULL:
+            if pte_present(pte[0]):
+                if enable:
+                    pte[0] = (pte[0] & ~PTR_PAGE_RW) | PTR_PAGE_UFFD_WP
+                else:
+                    pte[0] &= ~PTR_PAGE_UFFD_WP
+            elif enable and pte_none(pte[0]) and vma.shmem != NULL:
+                pte[0] = PTR_UFFD_WP_MARKER
+            elif not enable and pte[0] == PTR_UFFD_WP_MARKER:
+                pte[0] = 0
+        addr += 4096
+    return 0

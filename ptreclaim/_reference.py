@@ -2174,6 +2174,10 @@ class MM:
         if frame.kind == _ANON:
             if not frame.lazyfree:
                 return  # add_to_swap() fails: the folio is kept
+            # try_to_unmap_one() clears the PTE with ptep_clear_flush(): the batched
+            # flush (TTU_BATCH_FLUSH) is deferred only when the mm is live on another
+            # CPU, never in a single-threaded process, so each PTE is one flush.
+            self._stats["tlb_flushes"] += 1
             if pte & _PAGE_DIRTY or frame.dirty:
                 # Re-dirtied after MADV_FREE: remapped and swap-backed again.
                 frame.lazyfree = False
@@ -2192,6 +2196,7 @@ class MM:
         if pte & _PAGE_DIRTY:
             frame.dirty = True
         table.entries[i] = 0
+        self._stats["tlb_flushes"] += 1  # ptep_clear_flush(), as above
         frame.mapcount -= 1
         self._rss[MM_SHMEMPAGES] -= 1
         self._mem.folio_put(frame)

@@ -56,6 +56,7 @@ cdef extern from *:
        offset bits 9..58 (arch/x86/include/asm/pgtable_64.h, swapops.h). */
     #define PTR_PTE_MARKER(bits) ((31ULL << 59) | ((~(unsigned long long)(bits) & ((1ULL << 50) - 1)) << 9))
     #define PTR_GUARD_MARKER   PTR_PTE_MARKER(4)
+    #define PTR_UFFD_WP_MARKER PTR_PTE_MARKER(1)
     """
     const uint64_t PTR_PAGE_PRESENT, PTR_PAGE_RW, PTR_PAGE_USER, PTR_PAGE_ACCESSED
     const uint64_t PTR_PAGE_DIRTY, PTR_PAGE_PSE, PTR_PAGE_PROTNONE, PTR_PAGE_SPECIAL
@@ -66,6 +67,7 @@ cdef extern from *:
     const uint64_t PTR_VM_READ, PTR_VM_WRITE, PTR_VM_EXEC, PTR_VM_SHARED, PTR_VM_MAYWRITE
     const uint64_t PTR_VM_LOCKED, PTR_VM_PFNMAP, PTR_VM_UFFD_WP, PTR_VM_LOCKONFAULT
     const uint64_t PTR_VM_HUGETLB, PTR_VM_MAYBE_GUARD, PTR_VM_STICKY, PTR_GUARD_MARKER
+    const uint64_t PTR_UFFD_WP_MARKER
 
 ctypedef uint64_t pteval_t
 
@@ -103,6 +105,7 @@ cdef enum:
     FAULT_OK = 0
     FAULT_SIGSEGV = 1
     FAULT_OOM = 2
+    FAULT_UFFD = 3            # a userfaultfd monitor would have to resolve it
     # Tracepoint events
     EV_FAULT = 0
     EV_TABLE_ALLOC = 1

@@ -23,3 +23,13 @@ class InvariantError(AssertionError):
 
 class OutOfMemory(MemoryError):
     """The simulated machine has no free frame for an access (its ``max_frames``)."""
+
+
+class UserfaultfdFault(Exception):
+    """A write to userfaultfd write-protected memory: in Linux the thread waits
+    in handle_userfault() until the monitor resolves it, which no simulated
+    monitor does. ``address`` is the faulting address; earlier pages were accessed."""
+
+    def __init__(self, address):
+        self.address = address
+        super().__init__(f"write to userfaultfd write-protected memory at {address:#x}")

@@ -524,15 +524,6 @@ WAITING = [
         ok("madvise", (B + 2 * M, 2 * M, MADV_DONTNEED)),
         ok("munmap", (B, 4 * M), -8, 0),
     ], needs="hugetlb"),
-    Scenario("SC-42", "userfaultfd write-protect leaves a marker in shmem",
-             [("mmap", (B, 2 * M, RW, SHARED_ANON))], [
-        ok("write", (B, 2 * M), 12, 0, 2048),
-        ok("uffd_register_wp", (B, 2 * M)),
-        ok("uffd_wp", (B, 4 * K, True)),
-        ok("madvise", (B, 2 * M, MADV_DONTNEED), 0, 0, -2048),
-        ok("madvise", (B, 2 * M, MADV_DONTNEED)),
-        ok("munmap", (B, 2 * M), -12, 0, 0),
-    ], needs="uffd"),
 ]
 
 

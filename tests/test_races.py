@@ -161,3 +161,62 @@ def test_explorer_finds_nothing_bad_with_the_current_rules():
     # The refill either precedes the zap (zapped too: table freed), or follows
     # it (a new table), or lands in between (the table kept, with the page).
     assert {(o.status["VmPTE"], o.status["RssAnon"]) for o in outcomes} == {(8, 0), (12, 4)}
+
+
+# --- SC-42: userfaultfd write-protect markers (shmem keeps one, anonymous memory not) ------
+
+@pytest.mark.parametrize("shared, rows", [
+    # (ΔVmPTE, ΔRss) per step, measured on Linux 6.18 (SC-42, kexp/uffd.c)
+    (True, [(12, 2048), (0, 0), (0, 0), (0, -2048), (0, 0), (-12, 0)]),
+    (False, [(12, 2048), (0, 0), (0, 0), (-4, -2048), (0, 0), (-8, 0)]),
+], ids=["shmem", "anon"])
+def test_sc42_uffd_wp_marker_blocks_reclaim_in_shmem_only(shared, rows):
+    from ptreclaim.constants import MAP_SHARED
+    mm = _core.MM()
+    flags = (MAP_SHARED if shared else MAP_PRIVATE) | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE
+    mm.mmap(B, SPAN, 3, flags)
+    rss = "RssShmem" if shared else "RssAnon"
+    steps = [lambda: mm.touch(B, SPAN), lambda: mm.uffd_register_wp(B, SPAN),
+             lambda: mm.uffd_wp(B, 4096, True), lambda: mm.madvise(B, SPAN, MADV_DONTNEED),
+             lambda: mm.madvise(B, SPAN, MADV_DONTNEED), lambda: mm.munmap(B, SPAN)]
+    for step, (dpte, drss) in zip(steps, rows):
+        before = mm.status()
+        step()
+        after = mm.status()
+        assert (after["VmPTE"] - before["VmPTE"], after[rss] - before[rss]) == (dpte, drss)
+        mm.check()
+
+
+def test_uffd_wp_marker_faults_back_write_protected():
+    from ptreclaim.constants import MAP_SHARED
+    from ptreclaim.errors import UserfaultfdFault
+    mm = _core.MM()
+    mm.mmap(B, SPAN, 3, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE)
+    mm.touch(B, SPAN)
+    mm.uffd_register_wp(B, SPAN)
+    mm.uffd_wp(B, 8192, True)
+    mm.madvise(B, SPAN, MADV_DONTNEED)
+    mm.touch(B, 4096, write=False)              # reads fault the page back in
+    assert mm.status()["RssShmem"] > 0
+    with pytest.raises(UserfaultfdFault):       # writes would wait for the monitor
+        mm.touch(B + 4096, 4096)
+    mm.uffd_wp(B, 8192, False)
+    mm.touch(B + 4096, 4096)
+    mm.madvise(B, SPAN, MADV_DONTNEED)
+    assert mm.status()["VmPTE"] == 8            # no marker left: the table is reclaimed
+    mm.check()
+
+
+def test_uffd_argument_errors():
+    import errno
+    mm = _core.MM()
+    mm.mmap(B, SPAN, 3, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE)
+    with pytest.raises(OSError) as e:
+        mm.uffd_register_wp(B + 1, SPAN)
+    assert e.value.errno == errno.EINVAL
+    with pytest.raises(OSError) as e:
+        mm.uffd_register_wp(B, 2 * SPAN)        # runs into a hole
+    assert e.value.errno == errno.EINVAL
+    with pytest.raises(OSError) as e:
+        mm.uffd_wp(B, 4096)                     # not registered
+    assert e.value.errno == errno.ENOENT

@@ -246,3 +246,23 @@ def test_populate_write_makes_lazy_free_pages_stay(MM):
     mm.madvise(B, 64 * K, MADV_PAGEOUT)
     assert mm.status()["RssAnon"] == 32
     mm.check()
+
+
+def test_pageout_flushes_once_per_unmapped_page(MM):
+    # try_to_unmap_one() in a single-threaded process does not defer the flush
+    # (arch_tlbbatch_should_defer: no other CPU runs the mm): ptep_clear_flush() per page.
+    # Dirty shmem pages are unmapped (kept in the page cache); clean private anon pages
+    # without swap are not unmapped at all.
+    from ptreclaim.constants import MADV_PAGEOUT
+    mm = MM()
+    mm.mmap(B, 6 * M, RW, SHARED)
+    mm.touch(B, 64 * K)
+    mm.mmap(B + 8 * M, 64 * K, RW, ANON)
+    mm.touch(B + 8 * M, 64 * K)
+    flushes = mm.stats["tlb_flushes"]
+    mm.madvise(B, 64 * K, MADV_PAGEOUT)
+    assert mm.stats["tlb_flushes"] - flushes == 16
+    assert mm.status()["RssShmem"] == 0
+    mm.madvise(B + 8 * M, 64 * K, MADV_PAGEOUT)
+    assert mm.stats["tlb_flushes"] - flushes == 16
+    assert mm.status()["RssAnon"] == 64
