@@ -286,19 +286,25 @@ cdef int mm_populate(pt_mm *mm, uint64_t start, uint64_t end, bint ignore_errors
 # ---------------------------------------------------------------------------------
 # get_unmapped_area(), top-down (mm/mmap.c, arch/x86/kernel/sys_x86_64.c)
 
+cdef inline uint64_t vm_start_gap(const pt_vma *v) noexcept nogil:
+    # A stack (VM_GROWSDOWN) keeps stack_guard_gap (256 pages) free below it.
+    if v.flags & PTR_VM_GROWSDOWN:
+        return v.start - (256 << 12) if v.start > (256 << 12) else 0
+    return v.start
+
 cdef uint64_t unmapped_area_topdown(pt_mm *mm, uint64_t length) noexcept nogil:
     """Highest gap below mmap_base that fits length; 0 if none."""
     cdef int64_t i = <int64_t>find_vma(mm, mm.mmap_base) - 1
     cdef uint64_t hi = mm.mmap_base, lo
-    if <uint64_t>(i + 1) < mm.nr_vmas and mm.vmas[i + 1].start < hi:
-        hi = mm.vmas[i + 1].start
+    if <uint64_t>(i + 1) < mm.nr_vmas and vm_start_gap(&mm.vmas[i + 1]) < hi:
+        hi = vm_start_gap(&mm.vmas[i + 1])
     while True:
         lo = mm.vmas[i].end if i >= 0 else PTR_MMAP_MIN_ADDR
         if hi > lo and hi - lo >= length:
             return (hi - length) & PTR_PAGE_MASK
         if i < 0:
             return 0
-        hi = mm.vmas[i].start
+        hi = vm_start_gap(&mm.vmas[i])
         i -= 1
 
 cdef uint64_t get_unmapped_area(pt_mm *mm, uint64_t addr, uint64_t length, int flags) noexcept nogil:
@@ -310,7 +316,7 @@ cdef uint64_t get_unmapped_area(pt_mm *mm, uint64_t addr, uint64_t length, int f
         addr &= PTR_PAGE_MASK
         if addr <= PTR_TASK_SIZE - length:
             i = find_vma(mm, addr)
-            if (i == mm.nr_vmas or addr + length <= mm.vmas[i].start):
+            if i == mm.nr_vmas or addr + length <= vm_start_gap(&mm.vmas[i]):
                 return addr
         return unmapped_area_topdown(mm, length)
     if not (flags & MAP_SHARED) and length % PTR_PMD_SIZE == 0:

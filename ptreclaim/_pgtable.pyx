@@ -1197,7 +1197,11 @@ cdef int fault_range(pt_mm *mm, pt_vma *vma, uint64_t *paddr, uint64_t end, bint
         while addr < span_end:
             e = pte[0]
             if pte_present(e) and (not write or pte_write(e)):
-                pte[0] = e | set_bits
+                if not gup:
+                    pte[0] = e | set_bits
+                elif write and not pte_special(e):
+                    # FOLL_TOUCH: GUP dirties the folio, not the entry.
+                    frames.pages[pte_pfn(e)].flags |= PG_DIRTY
             elif anon_write and pte_none(e):
                 # do_anonymous_page(), write: a fresh exclusive page (R26).
                 pfn = <int64_t>frames.free_head
@@ -1278,7 +1282,7 @@ cdef void madvise_pageout_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, ui
                 if p.kind == FRAME_ANON:
                     if not (p.flags & PG_LAZYFREE):
                         continue
-                    if pte & PTR_PAGE_DIRTY:
+                    if (pte & PTR_PAGE_DIRTY) or (p.flags & PG_DIRTY):
                         # written again since MADV_FREE: swap-backed again
                         p.flags = (p.flags & ~PG_LAZYFREE) | PG_DIRTY
                         continue
@@ -1288,6 +1292,9 @@ cdef void madvise_pageout_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, ui
                         p.flags |= PG_DIRTY
                     mm.rss[MM_SHMEMPAGES] -= 1
                 table[i] = 0
+                # try_to_unmap_one(): ptep_clear_flush(), one flush per page in a
+                # single-threaded process (nothing to batch with), not the gather's.
+                mm.stats.tlb_flushes += 1
                 p.mapcount -= 1
                 if p.kind == FRAME_SHMEM and not (p.flags & PG_DIRTY):
                     # A clean shmem page skips pageout() and leaves the page
@@ -1297,7 +1304,6 @@ cdef void madvise_pageout_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, ui
                     shmem_delete(mm.machine, vma.shmem, p.index)
                     continue
                 put_page(mm.machine, pfn)
-                tlb_adjust_range(tlb, (addr & PTR_PMD_MASK) + (i << 12), 4096)
         addr = next
 
 
