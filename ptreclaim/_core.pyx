@@ -319,7 +319,7 @@ cdef uint64_t get_unmapped_area(pt_mm *mm, uint64_t addr, uint64_t length, int f
             if i == mm.nr_vmas or addr + length <= vm_start_gap(&mm.vmas[i]):
                 return addr
         return unmapped_area_topdown(mm, length)
-    if not (flags & MAP_SHARED) and length % PTR_PMD_SIZE == 0:
+    if not (flags & MAP_SHARED) and length & (PTR_PMD_SIZE - 1) == 0:
         # Anonymous lengths that are multiples of 2 MiB get a THP-aligned
         # address: search for len + 2 MiB and align inside that (R19).
         ret = unmapped_area_topdown(mm, length + PTR_PMD_SIZE)
