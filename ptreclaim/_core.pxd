@@ -46,3 +46,4 @@ cdef class MM:
     # One access per page of [start, end): 0, or FAULT_SIGSEGV / FAULT_OOM with
     # *where set to the failing address.
     cdef int do_touch(self, uint64_t start, uint64_t end, bint write, uint64_t *where) noexcept nogil
+    cdef bint _touch_one_fast(self, uint64_t addr, bint write) noexcept nogil

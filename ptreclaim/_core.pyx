@@ -17,12 +17,12 @@ from libc.string cimport memset
 
 from ptreclaim._types cimport *
 from ptreclaim._pgtable cimport (
-    pte_none, pte_present, pmd_huge_leaf, entry_table, entry_table_slot, pool_table,
+    pte_none, pte_present, pte_write, pmd_huge_leaf, entry_table, entry_table_slot, pool_table,
     machine_init, machine_free, put_page, shmem_new, shmem_put, shmem_punch, pte_table_empty,
     pool_release, pool_alloc,
     walk_pte, walk_pmd, tlb_gather_mmu, tlb_finish_mmu, unmap_page_range, free_pgd_range,
     change_protection, madvise_free_range, madvise_pageout_range, madvise_cold_range,
-    fault_range, handle_mm_fault, pte_pfn, uffd_wp_range,
+    fault_range, handle_mm_fault, pte_pfn, uffd_wp_range, anon_page_fast,
     guard_install_range, guard_remove_range,
 )
 from ptreclaim._vma cimport (
@@ -1211,6 +1211,44 @@ cdef class MM:
         if r:
             raise MemoryError("the host is out of memory")
 
+    cdef bint _touch_one_fast(self, uint64_t addr, bint write) noexcept nogil:
+        """The bulk API's common cases, inline: an access the entry already
+        allows, or a write to a none entry of a table that exists in a private
+        VMA with an anon_vma. Anything else (a missing table, a fault of another
+        kind, a tracepoint to call) returns False for do_touch() to handle."""
+        cdef pt_mm *mm = self.mm
+        cdef uint64_t vi = mm.vma_cache
+        cdef pt_vma *vma
+        cdef pteval_t *pte
+        cdef pteval_t e
+        cdef int64_t pfn
+        if mm.trace_mask or vi >= mm.nr_vmas:
+            return False
+        vma = &mm.vmas[vi]
+        if not (vma.start <= addr < vma.end):
+            return False
+        if write:
+            if not (vma.flags & PTR_VM_WRITE) or (vma.shmem == NULL and not vma.anon_vma):
+                return False
+        elif not vma_is_accessible(vma):
+            return False
+        pte = walk_pte(mm, addr)
+        if pte == NULL:
+            return False
+        e = pte[0]
+        if pte_present(e) and (not write or pte_write(e)):
+            pte[0] = e | PTR_PAGE_ACCESSED | (PTR_PAGE_DIRTY if write else 0)
+            return True
+        if write and pte_none(e) and vma.shmem == NULL:
+            pfn = anon_page_fast(&mm.machine.frames)
+            if pfn < 0:
+                return False
+            pte[0] = (<uint64_t>pfn << 12) | vma.page_prot | PTR_PAGE_DIRTY | PTR_PAGE_RW
+            mm.rss[MM_ANONPAGES] += 1
+            mm.stats.page_faults += 1
+            return True
+        return False
+
     cdef int do_touch(self, uint64_t start, uint64_t end, bint write, uint64_t *where) noexcept nogil:
         cdef pt_mm *mm = self.mm
         cdef uint64_t addr = start & PTR_PAGE_MASK, vi, vend
@@ -1254,7 +1292,7 @@ cdef class MM:
         cdef const uint64_t[::1] addrs = _as_u64_array(addresses)
         cdef const uint8_t[::1] writes
         cdef Py_ssize_t n = addrs.shape[0], i = 0
-        cdef bint one_write = True, per_address = False
+        cdef bint one_write = True, per_address = False, wr
         cdef uint64_t where = 0
         cdef int r = 0
         self._alive()
@@ -1274,8 +1312,11 @@ cdef class MM:
                     r = FAULT_SIGSEGV
                     where = addrs[i]
                     break
-                r = self.do_touch(addrs[i], addrs[i] + 1,
-                                  writes[i] != 0 if per_address else one_write, &where)
+                wr = writes[i] != 0 if per_address else one_write
+                if self._touch_one_fast(addrs[i], wr):
+                    i += 1
+                    continue
+                r = self.do_touch(addrs[i], addrs[i] + 1, wr, &where)
                 if r != FAULT_OK:
                     break
                 i += 1

@@ -5,6 +5,7 @@
 from libc.stdint cimport uint32_t, uint64_t, int64_t
 from ptreclaim._types cimport (
     pteval_t, pt_page, pt_frames, pt_pool, pt_shmem, pt_vma, pt_mm, pt_machine,
+    FRAME_ANON, PG_ANON_EXCLUSIVE, PG_DIRTY,
     mmu_gather, zap_details,
     PTR_PAGE_PRESENT, PTR_PAGE_PROTNONE, PTR_PAGE_PSE, PTR_PAGE_ACCESSED,
     PTR_PAGE_DIRTY, PTR_PAGE_RW, PTR_PAGE_SPECIAL, PTR_PFN_MASK,
@@ -75,6 +76,28 @@ cdef inline int trace(pt_mm *mm, int event, uint64_t addr, uint64_t arg) noexcep
     if mm.trace_mask & (1u << event):
         return mm.trace_fn(<void *>mm, event, addr, arg)
     return 0
+
+# --- a fresh anonymous page, the common case inline ---------------------------------
+
+cdef inline int64_t anon_page_fast(pt_frames *f) noexcept nogil:
+    """A new exclusive anonymous page from the free list, or -1 (then alloc_frame()).
+
+    Its counts are set as do_anonymous_page() leaves them: one reference, one mapping.
+    """
+    cdef uint64_t pfn = f.free_head
+    cdef pt_page *p
+    if pfn == 0 or (f.max_frames and f.nr_used >= f.max_frames):
+        return -1
+    p = &f.pages[pfn]
+    f.free_head = p.index
+    f.nr_free -= 1
+    f.nr_used += 1
+    p.kind = FRAME_ANON
+    p.refcount = 1
+    p.mapcount = 1
+    p.flags = PG_ANON_EXCLUSIVE | PG_DIRTY
+    p.index = 0
+    return pfn
 
 # --- the PTRS_PER_PTE scan -------------------------------------------------------
 

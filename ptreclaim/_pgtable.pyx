@@ -1204,16 +1204,8 @@ cdef int fault_range(pt_mm *mm, pt_vma *vma, uint64_t *paddr, uint64_t end, bint
                     frames.pages[pte_pfn(e)].flags |= PG_DIRTY
             elif anon_write and pte_none(e):
                 # do_anonymous_page(), write: a fresh exclusive page (R26).
-                pfn = <int64_t>frames.free_head
-                if pfn and not (frames.max_frames and frames.nr_used >= frames.max_frames):
-                    p = &frames.pages[pfn]
-                    frames.free_head = p.index
-                    frames.nr_free -= 1
-                    frames.nr_used += 1
-                    p.kind = FRAME_ANON
-                    p.refcount = 1
-                    p.index = 0
-                else:
+                pfn = anon_page_fast(frames)
+                if pfn < 0:
                     pfn = alloc_frame(frames, FRAME_ANON)
                     if pfn < 0:
                         # handle_mm_fault() counts the fault before it fails.
@@ -1221,8 +1213,8 @@ cdef int fault_range(pt_mm *mm, pt_vma *vma, uint64_t *paddr, uint64_t end, bint
                         r = FAULT_OOM
                         break
                     p = &frames.pages[pfn]
-                p.mapcount = 1
-                p.flags = PG_ANON_EXCLUSIVE | PG_DIRTY
+                    p.mapcount = 1
+                    p.flags = PG_ANON_EXCLUSIVE | PG_DIRTY
                 pte[0] = (<uint64_t>pfn << 12) | anon_bits
                 new_pages += 1
             elif zero_read and pte_none(e):

@@ -18,7 +18,8 @@ CORE_NOGIL = ("free_pgtables", "munmap_range", "exit_mmap", "vma_modify_flags",
               "populate_vma_page_range", "mm_populate", "unmapped_area_topdown",
               "get_unmapped_area", "madvise_dontneed_single_vma", "unmap_mapping_range",
               "do_munmap", "do_mprotect", "_mprotect_fixup", "_do_mlock", "do_madvise",
-              "_madvise_populate", "_madvise_vma_behavior", "_madvise_guard", "do_touch")
+              "_madvise_populate", "_madvise_vma_behavior", "_madvise_guard", "do_touch",
+              "_touch_one_fast")
 
 
 def annotate(module, tmp_path):
