@@ -1774,19 +1774,22 @@ class MM:
         raise _oserror(errno.ENOMEM)
 
     def unmapped_area_topdown(self, length, low, high):
-        gap_end = high
+        """The highest gap of length below high; it ends at vm_start_gap() of the VMA
+        right above it. Linux checks that VMA only (unmapped_area_topdown()'s retry):
+        a stack guard gap reaching over a lower VMA does not limit the gap below that one."""
+        upper = None
         for vma in reversed(self._vmas):
-            if vma.end >= gap_end:
-                gap_end = min(gap_end, self._vm_start_gap(vma))
-                continue
-            lo = max(vma.end, low)
-            if gap_end - lo >= length and gap_end >= lo:
-                return gap_end - length
-            gap_end = min(gap_end, self._vm_start_gap(vma))
-            if gap_end <= low:
-                return None
-        if gap_end - low >= length:
-            return gap_end - length
+            if upper is not None or vma.start < high:
+                gap_hi = high if upper is None else min(high, self._vm_start_gap(upper))
+                gap_lo = max(vma.end, low)
+                if gap_hi >= gap_lo and gap_hi - gap_lo >= length:
+                    return gap_hi - length
+                if vma.end <= low:
+                    return None
+            upper = vma
+        gap_hi = high if upper is None else min(high, self._vm_start_gap(upper))
+        if gap_hi >= low and gap_hi - low >= length:
+            return gap_hi - length
         return None
 
     def unmapped_area_bottomup(self, length, low, high):

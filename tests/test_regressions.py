@@ -266,3 +266,14 @@ def test_pageout_flushes_once_per_unmapped_page(MM):
     mm.madvise(B + 8 * M, 64 * K, MADV_PAGEOUT)
     assert mm.stats["tlb_flushes"] - flushes == 16
     assert mm.status()["RssAnon"] == 64
+
+
+def test_stack_guard_gap_limits_only_the_gap_right_below_it(MM):
+    # unmapped_area_topdown() checks vm_start_gap() of the VMA just above the gap it
+    # found, nothing higher: a stack's guard gap reaching over a lower VMA does not push
+    # a mapping placed below that VMA further down. (Found by the state machine.)
+    mm = MM()
+    mm.mmap(0x7FFF_F7DF_F000, 4 * M, PROT_READ, ANON)
+    mm.mmap(0x7FFF_F7CE_0000, 0x11F000, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_GROWSDOWN | MAP_FIXED_NOREPLACE)
+    mm.mmap(0x7FFF_F7BE_F000, 0x10000, PROT_READ, ANON)  # inside the stack's 1 MiB guard gap
+    assert mm.mmap(0, 0x11E000, PROT_READ, MAP_SHARED | MAP_ANONYMOUS) == 0x7FFF_F7BE_F000 - 0x11E000
