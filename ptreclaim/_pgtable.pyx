@@ -149,8 +149,7 @@ cdef int64_t pool_alloc(pt_pool *pool, int level) noexcept nogil:
     if pool.nr_free:
         pool.nr_free -= 1
         slot = pool.free_stack[pool.nr_free]
-        # Reclaimed and unmapped tables come back all-none, but A/D bits may
-        # remain (R4); a new table starts at zero like a fresh page.
+        # A new table starts at zero, as pagetable_alloc() gives it (__GFP_ZERO).
         memset(pool_table(pool, slot), 0, PTRS_PER_TABLE * sizeof(pteval_t))
     else:
         if pool.nr_tables == pool.nr_chunks * TABLES_PER_CHUNK:
@@ -805,9 +804,12 @@ cdef bint try_get_and_clear_pmd(pt_mm *mm, pteval_t *pmd, pteval_t *pmdval) noex
 cdef void free_pte(pt_mm *mm, uint64_t addr, mmu_gather *tlb, pteval_t pmdval) noexcept nogil:
     # pte_free_tlb() + mm_dec_nr_ptes(): VmPTE drops now, the page after RCU (R12).
     cdef uint32_t slot = entry_table_slot(pmdval)
-    if not pte_table_empty(pool_table(&mm.machine.pool, slot)):
-        # Not something the kernel checks: the simulator's detector for a
-        # table freed under a mapping (the bug the Feb-2025 fix closed).
+    cdef pteval_t *table = pool_table(&mm.machine.pool, slot)
+    # Not something the kernel checks: the simulator's detector for a table
+    # freed under a mapping, the bug the Feb-2025 fix closed. Under the 6.18
+    # rules the fast path runs only when no lock was dropped, and the slow path
+    # re-scans, so only the seed's rules can get here with a non-empty table.
+    if mm.reclaim_mode == RECLAIM_SEED and not pte_table_empty(table):
         mm.lost_mappings += 1
         trace(mm, EV_LOST_MAPPING, addr, slot)
     tlb_adjust_range(tlb, addr, 4096)
