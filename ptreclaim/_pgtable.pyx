@@ -1058,6 +1058,34 @@ cdef void free_pgd_range(mmu_gather *tlb, uint64_t addr, uint64_t end, uint64_t 
 # Range walks for mprotect and MADV_FREE: they visit existing PTE tables only,
 # allocating and freeing none (R21, R39).
 
+cdef pteval_t *next_pte_run(pt_mm *mm, uint64_t *paddr, uint64_t end, uint64_t *first,
+                            uint64_t *last, uint64_t *span) noexcept nogil:
+    """The next PTE table that [*paddr, end) has, for walks that visit existing
+    tables only (walk_page_range(): mprotect, MADV_FREE, COLD, PAGEOUT): returns
+    the table, its index range [first, last), the address of its slot 0, and moves
+    *paddr past it. NULL when no table is left; nothing is allocated."""
+    cdef uint64_t addr = paddr[0], next
+    cdef pteval_t *pmd
+    while addr < end:
+        next = (addr & PTR_PMD_MASK) + PTR_PMD_SIZE
+        if next > end:
+            next = end
+        pmd = walk_pmd(mm, addr)
+        if pmd == NULL:
+            # no PMD table here: on to the next PUD entry
+            next = (addr & PTR_PUD_MASK) + PTR_PUD_SIZE
+            addr = next if next < end else end
+            continue
+        if pmd[0] != 0 and not pmd_huge_leaf(pmd[0]):
+            first[0] = pte_index(addr)
+            last[0] = first[0] + ((next - addr) >> 12)
+            span[0] = addr & PTR_PMD_MASK
+            paddr[0] = next
+            return entry_table(&mm.machine.pool, pmd[0])
+        addr = next
+    paddr[0] = end
+    return NULL
+
 cdef inline bint pte_needs_flush(pteval_t oldpte, pteval_t newpte) noexcept nogil:
     # x86: a non-present entry is never cached; otherwise a new PFN, a
     # cleared D/P bit or any changed permission bit needs a flush (A ignored).
@@ -1077,86 +1105,61 @@ cdef inline bint pte_needs_flush(pteval_t oldpte, pteval_t newpte) noexcept nogi
 cdef void change_protection(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint64_t end,
                             uint64_t newprot, bint try_writable) noexcept nogil:
     cdef pt_mm *mm = tlb.mm
-    cdef uint64_t addr = start, next, i, first, last
-    cdef pteval_t *pmd
+    cdef uint64_t addr = start, i, first, last, span
     cdef pteval_t *table
     cdef pteval_t pte, old
     cdef pt_page *p
     cdef bint exclusive
-    while addr < end:
-        next = (addr & PTR_PMD_MASK) + PTR_PMD_SIZE
-        if next > end:
-            next = end
-        pmd = walk_pmd(mm, addr)
-        if pmd == NULL:
-            # no PMD table here: skip to the next PUD entry
-            next = (addr & PTR_PUD_MASK) + PTR_PUD_SIZE
-            addr = next if next < end else end
-            continue
-        if pmd[0] != 0 and not pmd_huge_leaf(pmd[0]):
-            table = entry_table(&mm.machine.pool, pmd[0])
-            first = pte_index(addr)
-            last = first + ((next - addr) >> 12)
-            for i in range(first, last):
-                old = table[i]
-                if not pte_present(old):
-                    continue
-                # pte_modify(): keep PFN, A, D, SPECIAL; take the rest from the
-                # new protection; re-invert the PFN when crossing PROT_NONE.
-                pte = (old & PTR_PAGE_CHG_MASK) | newprot
-                if pte_needs_invert(old) != pte_needs_invert(pte):
-                    pte ^= PTR_PFN_MASK
-                if try_writable and not pte_write(pte) and (pte & PTR_PAGE_PRESENT):
-                    # can_change_pte_writable(): private pages only when
-                    # exclusively ours, shared ones only when already dirty.
-                    if vma.shmem != NULL:
-                        exclusive = (pte & PTR_PAGE_DIRTY) != 0
-                    elif pte_special(pte):
-                        exclusive = False
-                    else:
-                        p = &mm.machine.frames.pages[pte_pfn(pte)]
-                        exclusive = (p.flags & PG_ANON_EXCLUSIVE) != 0 and p.mapcount == 1
-                    if exclusive:
-                        pte |= PTR_PAGE_RW
-                table[i] = pte
-                if pte_needs_flush(old, pte):
-                    tlb_adjust_range(tlb, (addr & PTR_PMD_MASK) + (i << 12), 4096)
-        addr = next
+    table = next_pte_run(mm, &addr, end, &first, &last, &span)
+    while table != NULL:
+        for i in range(first, last):
+            old = table[i]
+            if not pte_present(old):
+                continue
+            # pte_modify(): keep PFN, A, D, SPECIAL; take the rest from the
+            # new protection; re-invert the PFN when crossing PROT_NONE.
+            pte = (old & PTR_PAGE_CHG_MASK) | newprot
+            if pte_needs_invert(old) != pte_needs_invert(pte):
+                pte ^= PTR_PFN_MASK
+            if try_writable and not pte_write(pte) and (pte & PTR_PAGE_PRESENT):
+                # can_change_pte_writable(): private pages only when
+                # exclusively ours, shared ones only when already dirty.
+                if vma.shmem != NULL:
+                    exclusive = (pte & PTR_PAGE_DIRTY) != 0
+                elif pte_special(pte):
+                    exclusive = False
+                else:
+                    p = &mm.machine.frames.pages[pte_pfn(pte)]
+                    exclusive = (p.flags & PG_ANON_EXCLUSIVE) != 0 and p.mapcount == 1
+                if exclusive:
+                    pte |= PTR_PAGE_RW
+            table[i] = pte
+            if pte_needs_flush(old, pte):
+                tlb_adjust_range(tlb, span + (i << 12), 4096)
+        table = next_pte_run(mm, &addr, end, &first, &last, &span)
 
 cdef void madvise_free_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint64_t end) noexcept nogil:
     # madvise_free_pte_range(): exclusive anonymous pages become clean, old
     # and lazy-free; they stay mapped and counted (R39).
     cdef pt_mm *mm = tlb.mm
-    cdef uint64_t addr = start, next, i, first, last
-    cdef pteval_t *pmd
+    cdef uint64_t addr = start, i, first, last, span
     cdef pteval_t *table
     cdef pteval_t pte
     cdef pt_page *p
-    while addr < end:
-        next = (addr & PTR_PMD_MASK) + PTR_PMD_SIZE
-        if next > end:
-            next = end
-        pmd = walk_pmd(mm, addr)
-        if pmd == NULL:
-            next = (addr & PTR_PUD_MASK) + PTR_PUD_SIZE
-            addr = next if next < end else end
-            continue
-        if pmd[0] != 0 and not pmd_huge_leaf(pmd[0]):
-            table = entry_table(&mm.machine.pool, pmd[0])
-            first = pte_index(addr)
-            last = first + ((next - addr) >> 12)
-            for i in range(first, last):
-                pte = table[i]
-                if not pte_present(pte) or pte_special(pte):
-                    continue
-                p = &mm.machine.frames.pages[pte_pfn(pte)]
-                if p.kind != FRAME_ANON or p.mapcount != 1:
-                    continue
-                p.flags = (p.flags & ~PG_DIRTY) | PG_LAZYFREE
-                if pte & (PTR_PAGE_ACCESSED | PTR_PAGE_DIRTY):
-                    table[i] = pte & ~(PTR_PAGE_ACCESSED | PTR_PAGE_DIRTY)
-                    tlb_adjust_range(tlb, (addr & PTR_PMD_MASK) + (i << 12), 4096)
-        addr = next
+    table = next_pte_run(mm, &addr, end, &first, &last, &span)
+    while table != NULL:
+        for i in range(first, last):
+            pte = table[i]
+            if not pte_present(pte) or pte_special(pte):
+                continue
+            p = &mm.machine.frames.pages[pte_pfn(pte)]
+            if p.kind != FRAME_ANON or p.mapcount != 1:
+                continue
+            p.flags = (p.flags & ~PG_DIRTY) | PG_LAZYFREE
+            if pte & (PTR_PAGE_ACCESSED | PTR_PAGE_DIRTY):
+                table[i] = pte & ~(PTR_PAGE_ACCESSED | PTR_PAGE_DIRTY)
+                tlb_adjust_range(tlb, span + (i << 12), 4096)
+        table = next_pte_run(mm, &addr, end, &first, &last, &span)
 
 # ---------------------------------------------------------------------------------
 # The per-page access loop (touch, population): one walk per PTE table, then
@@ -1247,58 +1250,46 @@ cdef void madvise_pageout_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, ui
     # lazy-free anonymous pages are discarded, other anonymous pages cannot
     # go anywhere and stay mapped (R41).
     cdef pt_mm *mm = tlb.mm
-    cdef uint64_t addr = start, next, i, first, last, pfn
-    cdef pteval_t *pmd
+    cdef uint64_t addr = start, i, first, last, span, pfn
     cdef pteval_t *table
     cdef pteval_t pte
     cdef pt_page *p
-    while addr < end:
-        next = (addr & PTR_PMD_MASK) + PTR_PMD_SIZE
-        if next > end:
-            next = end
-        pmd = walk_pmd(mm, addr)
-        if pmd == NULL:
-            next = (addr & PTR_PUD_MASK) + PTR_PUD_SIZE
-            addr = next if next < end else end
-            continue
-        if pmd[0] != 0 and not pmd_huge_leaf(pmd[0]):
-            table = entry_table(&mm.machine.pool, pmd[0])
-            first = pte_index(addr)
-            last = first + ((next - addr) >> 12)
-            for i in range(first, last):
-                pte = table[i]
-                if not pte_present(pte) or pte_special(pte):
+    table = next_pte_run(mm, &addr, end, &first, &last, &span)
+    while table != NULL:
+        for i in range(first, last):
+            pte = table[i]
+            if not pte_present(pte) or pte_special(pte):
+                continue
+            pfn = pte_pfn(pte)
+            p = &mm.machine.frames.pages[pfn]
+            if p.mapcount != 1:
+                continue
+            if p.kind == FRAME_ANON:
+                if not (p.flags & PG_LAZYFREE):
                     continue
-                pfn = pte_pfn(pte)
-                p = &mm.machine.frames.pages[pfn]
-                if p.mapcount != 1:
+                if (pte & PTR_PAGE_DIRTY) or (p.flags & PG_DIRTY):
+                    # written again since MADV_FREE: swap-backed again
+                    p.flags = (p.flags & ~PG_LAZYFREE) | PG_DIRTY
                     continue
-                if p.kind == FRAME_ANON:
-                    if not (p.flags & PG_LAZYFREE):
-                        continue
-                    if (pte & PTR_PAGE_DIRTY) or (p.flags & PG_DIRTY):
-                        # written again since MADV_FREE: swap-backed again
-                        p.flags = (p.flags & ~PG_LAZYFREE) | PG_DIRTY
-                        continue
-                    mm.rss[MM_ANONPAGES] -= 1
-                else:
-                    if pte & PTR_PAGE_DIRTY:
-                        p.flags |= PG_DIRTY
-                    mm.rss[MM_SHMEMPAGES] -= 1
-                table[i] = 0
-                # try_to_unmap_one(): ptep_clear_flush(), one flush per page in a
-                # single-threaded process (nothing to batch with), not the gather's.
-                mm.stats.tlb_flushes += 1
-                p.mapcount -= 1
-                if p.kind == FRAME_SHMEM and not (p.flags & PG_DIRTY):
-                    # A clean shmem page skips pageout() and leaves the page
-                    # cache (__remove_mapping); only dirty ones fail to be
-                    # written without swap and stay.
-                    put_page(mm.machine, pfn)
-                    shmem_delete(mm.machine, vma.shmem, p.index)
-                    continue
+                mm.rss[MM_ANONPAGES] -= 1
+            else:
+                if pte & PTR_PAGE_DIRTY:
+                    p.flags |= PG_DIRTY
+                mm.rss[MM_SHMEMPAGES] -= 1
+            table[i] = 0
+            # try_to_unmap_one(): ptep_clear_flush(), one flush per page in a
+            # single-threaded process (nothing to batch with), not the gather's.
+            mm.stats.tlb_flushes += 1
+            p.mapcount -= 1
+            if p.kind == FRAME_SHMEM and not (p.flags & PG_DIRTY):
+                # A clean shmem page skips pageout() and leaves the page
+                # cache (__remove_mapping); only dirty ones fail to be
+                # written without swap and stay.
                 put_page(mm.machine, pfn)
-        addr = next
+                shmem_delete(mm.machine, vma.shmem, p.index)
+                continue
+            put_page(mm.machine, pfn)
+        table = next_pte_run(mm, &addr, end, &first, &last, &span)
 
 
 # ---------------------------------------------------------------------------------
@@ -1342,33 +1333,21 @@ cdef void madvise_cold_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint6
     # madvise_cold_or_pageout_pte_range(), cold: pages mapped only here lose
     # their accessed bit (and move to the inactive list, not simulated).
     cdef pt_mm *mm = tlb.mm
-    cdef uint64_t addr = start, next, i, first, last
-    cdef pteval_t *pmd
+    cdef uint64_t addr = start, i, first, last, span
     cdef pteval_t *table
     cdef pteval_t pte
-    while addr < end:
-        next = (addr & PTR_PMD_MASK) + PTR_PMD_SIZE
-        if next > end:
-            next = end
-        pmd = walk_pmd(mm, addr)
-        if pmd == NULL:
-            next = (addr & PTR_PUD_MASK) + PTR_PUD_SIZE
-            addr = next if next < end else end
-            continue
-        if pmd[0] != 0 and not pmd_huge_leaf(pmd[0]):
-            table = entry_table(&mm.machine.pool, pmd[0])
-            first = pte_index(addr)
-            last = first + ((next - addr) >> 12)
-            for i in range(first, last):
-                pte = table[i]
-                if not pte_present(pte) or pte_special(pte):
-                    continue
-                if mm.machine.frames.pages[pte_pfn(pte)].mapcount != 1:
-                    continue
-                if pte & PTR_PAGE_ACCESSED:
-                    table[i] = pte & ~PTR_PAGE_ACCESSED
-                    tlb_adjust_range(tlb, (addr & PTR_PMD_MASK) + (i << 12), 4096)
-        addr = next
+    table = next_pte_run(mm, &addr, end, &first, &last, &span)
+    while table != NULL:
+        for i in range(first, last):
+            pte = table[i]
+            if not pte_present(pte) or pte_special(pte):
+                continue
+            if mm.machine.frames.pages[pte_pfn(pte)].mapcount != 1:
+                continue
+            if pte & PTR_PAGE_ACCESSED:
+                table[i] = pte & ~PTR_PAGE_ACCESSED
+                tlb_adjust_range(tlb, span + (i << 12), 4096)
+        table = next_pte_run(mm, &addr, end, &first, &last, &span)
 
 
 cdef int uffd_wp_range(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t end, bint enable) noexcept nogil:
