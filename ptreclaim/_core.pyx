@@ -757,13 +757,15 @@ cdef class MM:
             return EINVAL
         if vm_flags & PTR_VM_GROWSDOWN:
             return EINVAL
+        # __mmap_region() clears the old range away before the file's mmap
+        # method runs: the failures below leave a hole where it was.
         if pgoff & 511:
+            munmap_range(self.mm, addr, end)
             return EINVAL              # hugetlbfs_file_mmap(): whole huge pages
         if flags & MAP_NORESERVE:
             return -2                  # Linux maps it: not simulated yet
-        # The clean-up of the old range comes before the reservation fails.
         munmap_range(self.mm, addr, end)
-        return ENOMEM
+        return ENOMEM                  # the reservation: the pool is empty
 
     # --------------------------------------------------------------- munmap
 

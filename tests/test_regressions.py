@@ -277,3 +277,18 @@ def test_stack_guard_gap_limits_only_the_gap_right_below_it(MM):
     mm.mmap(0x7FFF_F7CE_0000, 0x11F000, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_GROWSDOWN | MAP_FIXED_NOREPLACE)
     mm.mmap(0x7FFF_F7BE_F000, 0x10000, PROT_READ, ANON)  # inside the stack's 1 MiB guard gap
     assert mm.mmap(0, 0x11E000, PROT_READ, MAP_SHARED | MAP_ANONYMOUS) == 0x7FFF_F7BE_F000 - 0x11E000
+
+
+def test_hugetlb_fixed_with_unaligned_offset_leaves_a_hole(MM):
+    # __mmap_region() clears the old range before hugetlbfs_file_mmap() refuses
+    # an offset that is not a whole huge page. Measured on the host: a 4 KiB
+    # mapping at B, then mmap(B, 4K, RW, MAP_FIXED|MAP_PRIVATE|MAP_ANONYMOUS|
+    # MAP_HUGETLB|MAP_NONBLOCK, -1, 4096) -> EINVAL, and nothing is left at B.
+    import errno as _errno
+    mm = MM()
+    mm.mmap(B, 4096, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE)
+    with pytest.raises(OSError) as info:
+        mm.mmap(B, 4096, RW, 0x50032, -1, 4096)
+    assert info.value.errno == _errno.EINVAL
+    assert mm.vmas() == [] and mm.status()["VmSize"] == 0
+    mm.check()
