@@ -23,10 +23,11 @@ from ptreclaim._pgtable cimport (
     walk_pte, walk_pmd, tlb_gather_mmu, tlb_finish_mmu, unmap_page_range, free_pgd_range,
     change_protection, madvise_free_range, madvise_pageout_range, madvise_cold_range,
     fault_range, handle_mm_fault, pte_pfn, uffd_wp_range, anon_page_fast,
-    guard_install_range, guard_remove_range,
+    guard_install_range, guard_remove_range, copy_page_range, shmem_get, anon_vma_prepare,
+    madvise_collapse,
 )
 from ptreclaim._vma cimport (
-    find_vma, vma_insert, vma_remove, split_vma, try_merge, anon_vma_prepare, is_mergeable,
+    find_vma, vma_insert, vma_remove, split_vma, try_merge, is_mergeable,
 )
 
 from ptreclaim.errors import SegmentationFault, InvariantError, OutOfMemory, UserfaultfdFault
@@ -47,8 +48,6 @@ cdef extern from *:
     #define PTR_VM_WIPEONFORK  0x2000000ULL
     #define PTR_VM_DONTDUMP    0x4000000ULL
     #define PTR_VM_MIXEDMAP    0x10000000ULL
-    #define PTR_VM_HUGEPAGE    0x20000000ULL
-    #define PTR_VM_NOHUGEPAGE  0x40000000ULL
     #define PTR_VM_MERGEABLE   0x80000000ULL
     #define PTR_VM_SYNC        0x800000ULL
     #define PTR_MMAP_BASE      0x7ffff7fff000ULL
@@ -58,7 +57,7 @@ cdef extern from *:
     const uint64_t PTR_VM_MAYREAD, PTR_VM_MAYEXEC, PTR_VM_MAYSHARE, PTR_VM_GROWSDOWN
     const uint64_t PTR_VM_IO, PTR_VM_SEQ_READ, PTR_VM_RAND_READ, PTR_VM_DONTCOPY
     const uint64_t PTR_VM_DONTEXPAND, PTR_VM_ACCOUNT, PTR_VM_NORESERVE, PTR_VM_WIPEONFORK
-    const uint64_t PTR_VM_DONTDUMP, PTR_VM_MIXEDMAP, PTR_VM_HUGEPAGE, PTR_VM_NOHUGEPAGE
+    const uint64_t PTR_VM_DONTDUMP, PTR_VM_MIXEDMAP
     const uint64_t PTR_VM_MERGEABLE, PTR_MMAP_BASE, PTR_MMAP_MIN_ADDR, PTR_VM_SYNC
 
 cdef enum:
@@ -210,6 +209,51 @@ cdef void exit_mmap(pt_mm *mm) noexcept nogil:
     vma_remove(mm, 0, mm.nr_vmas)
     mm.total_vm = 0
     mm.locked_vm = 0
+
+cdef int dup_mmap(pt_mm *child, pt_mm *parent) noexcept nogil:
+    """Copy the parent's VMAs and, where vma_needs_copy() says so, its page
+    tables into an empty child (R66-R68); 0, or an errno."""
+    cdef uint64_t k, pages
+    cdef pt_vma vma
+    cdef pt_vma *src
+    cdef int err = 0
+    for k in range(parent.nr_vmas):
+        src = &parent.vmas[k]
+        if src.flags & PTR_VM_DONTCOPY:
+            continue
+        pages = vma_pages(src)
+        # security_vm_enough_memory_mm(), VMA by VMA (heuristic overcommit).
+        if (src.flags & PTR_VM_ACCOUNT) and parent.machine.totalram_pages \
+                and pages > parent.machine.totalram_pages:
+            err = ENOMEM
+            break
+        vma = src[0]
+        vma.flags &= ~(PTR_VM_LOCKED | PTR_VM_LOCKONFAULT | PTR_VM_UFFD_WP)
+        if vma.flags & PTR_VM_WIPEONFORK:
+            vma.anon_vma = 0
+            vma.forked_anon_vma = False
+        elif vma.anon_vma:
+            # anon_vma_fork(): a new anon_vma chained to the parent's.
+            vma.anon_vma = parent.machine.next_anon_vma_id
+            parent.machine.next_anon_vma_id += 1
+            vma.forked_anon_vma = True
+        if vma_insert(child, child.nr_vmas, &vma) < 0:
+            err = ENOMEM
+            break
+        if vma.shmem != NULL:
+            shmem_get(vma.shmem)
+        child.total_vm += pages
+        # vma_needs_copy(): only memory with an anon_vma has pages that the
+        # child could not fault back in (R66); guard markers exist only in
+        # the tables, so a VMA that may hold them is copied too
+        # (VM_COPY_ON_FORK).
+        if not (vma.flags & PTR_VM_WIPEONFORK) and (src.anon_vma or (src.flags & PTR_VM_MAYBE_GUARD)):
+            if copy_page_range(child, parent, src) < 0:
+                err = ENOMEM
+                break
+    # flush_tlb_mm(oldmm): the parent's entries lost their write bit.
+    parent.stats.tlb_flushes += 1
+    return err
 
 # ---------------------------------------------------------------------------------
 # Changing flags on part of the VMA list (vma_modify_flags)
@@ -509,13 +553,16 @@ cdef int _trace_trampoline(void *mmp, int event, uint64_t addr, uint64_t arg) no
 
 
 _THP_MODES = {"never": 0, "madvise": 1, "always": 2}
+_THP_NAMES = {v: k for k, v in _THP_MODES.items()}
 _RECLAIM_MODES = {False: RECLAIM_OFF, True: RECLAIM_ON, "seed": RECLAIM_SEED}
+_RECLAIM_NAMES = {v: k for k, v in _RECLAIM_MODES.items()}
 
 STATS_FIELDS = (
     "page_faults", "pte_tables_allocated", "pmd_tables_allocated", "pud_tables_allocated",
     "pte_tables_freed_reclaim_fast", "pte_tables_freed_reclaim_slow", "reclaim_slow_abandoned",
     "pte_tables_freed_unmap", "pmd_tables_freed", "pud_tables_freed", "tlb_flushes",
-    "mmu_gathers", "table_batches",
+    "mmu_gathers", "table_batches", "thp_fault_alloc", "thp_zero_page", "thp_split_pmd",
+    "thp_deposits_freed", "thp_collapse_alloc",
 )
 
 _LEVEL_NAMES = {LEVEL_PUD: "pud", LEVEL_PMD: "pmd", LEVEL_PTE: "pte"}
@@ -978,7 +1025,7 @@ cdef class MM:
         err = self.do_madvise(_ulong(addr), _ulong(length), _cint(advice))
         self._raise_pending()
         if err == -2:
-            raise NotImplementedError("MADV_COLLAPSE is not simulated yet (it needs THP)")
+            raise NotImplementedError("MADV_COLLAPSE of shared memory is not simulated yet (no shmem THP)")
         if err:
             raise _errno(err)
 
@@ -1100,7 +1147,9 @@ cdef class MM:
         if advice == MADV_WILLNEED:
             return 0
         if advice == MADV_COLLAPSE:
-            return -2
+            if vma.shmem != NULL:
+                return -2                  # shmem THPs are not simulated yet
+            return madvise_collapse(mm, vma, start, end)
         if advice == MADV_GUARD_INSTALL or advice == MADV_GUARD_REMOVE:
             return self._madvise_guard(idx, start, end, advice == MADV_GUARD_INSTALL)
         if advice == MADV_COLD or advice == MADV_PAGEOUT:
@@ -1240,6 +1289,8 @@ cdef class MM:
         e = pte[0]
         if pte_present(e) and (not write or pte_write(e)):
             pte[0] = e | PTR_PAGE_ACCESSED | (PTR_PAGE_DIRTY if write else 0)
+            if write and not (e & PTR_PAGE_SPECIAL):
+                mm.machine.frames.pages[pte_pfn(e)].flags |= PG_WRITTEN
             return True
         if write and pte_none(e) and vma.shmem == NULL:
             pfn = anon_page_fast(&mm.machine.frames)
@@ -1349,6 +1400,42 @@ cdef class MM:
         self.dead = True
         if self.mm.pgtables_bytes != 0:
             raise InvariantError("pgtables_bytes is not 0 after exit", str(self.mm.pgtables_bytes))
+
+    # ------------------------------------------------------------------ fork
+
+    def fork(self):
+        """fork(2): a child process on the same Machine, made by dup_mmap().
+
+        Returns the child's MM. Raises OSError(ENOMEM) when the overcommit
+        check refuses one of the VMAs to copy; as in Linux, the parent's
+        entries already write-protected for earlier VMAs stay so.
+        """
+        cdef MM child
+        cdef int err
+        cdef uint64_t i
+        self._alive()
+        self._no_reentry()
+        child = MM.__new__(MM, pt_reclaim=_RECLAIM_NAMES[self.mm.reclaim_mode],
+                           thp=_THP_NAMES[self.mm.thp], split_ptlocks=self.mm.split_ptlocks,
+                           machine=self.machine)
+        child.mm.mmap_base = self.mm.mmap_base
+        child.mm.contention = self.mm.contention
+        child.mm.rng = self.mm.rng
+        child.unmerged_ok = set(self.unmerged_ok)
+        err = dup_mmap(child.mm, self.mm)
+        # dup_mmap() copies VMAs one by one and never merges them: the
+        # child keeps boundaries that have become mergeable (a VM_LOCKED
+        # difference gone, say).
+        for i in range(1, child.mm.nr_vmas):
+            if is_mergeable(&child.mm.vmas[i - 1], &child.mm.vmas[i]):
+                child.unmerged_ok.add(child.mm.vmas[i].start)
+        if err:
+            # The half-built child goes away as a process would: exit_mmap().
+            child.mm.trace_mask = 0
+            exit_mmap(child.mm)
+            child.dead = True
+            raise _errno(err)
+        return child
 
     # -------------------------------------------------------------- userfaultfd
 
@@ -1507,7 +1594,8 @@ cdef class MM:
                   s.pud_tables_allocated, s.pte_tables_freed_reclaim_fast,
                   s.pte_tables_freed_reclaim_slow, s.reclaim_slow_abandoned,
                   s.pte_tables_freed_unmap, s.pmd_tables_freed, s.pud_tables_freed,
-                  s.tlb_flushes, s.mmu_gathers, s.table_batches)
+                  s.tlb_flushes, s.mmu_gathers, s.table_batches, s.thp_fault_alloc,
+                  s.thp_zero_page, s.thp_split_pmd, s.thp_deposits_freed, s.thp_collapse_alloc)
         return dict(zip(STATS_FIELDS, values))
 
     def vmas(self):
@@ -1593,10 +1681,34 @@ cdef class MM:
                 out.append(("pmd", (g << 39) | (u << 30)))
                 pmd = entry_table(pool, pud[u])
                 for m in range(512):
-                    if pmd[m] != 0 and not pmd_huge_leaf(pmd[m]):
+                    if pmd_huge_leaf(pmd[m]):
+                        # The PTE table deposited with a huge PMD: counted in
+                        # VmPTE, linked nowhere (R13).
+                        out.append(("deposit", (g << 39) | (u << 30) | (m << 21)))
+                    elif pmd[m] != 0:
                         out.append(("pte", (g << 39) | (u << 30) | (m << 21)))
-        order = {"pud": 0, "pmd": 1, "pte": 2}
+        order = {"pud": 0, "pmd": 1, "pte": 2, "deposit": 2}
         out.sort(key=lambda t: (t[1], order[t[0]]))
+        return out
+
+    def huge_pmds(self):
+        """(address, entry) of every huge PMD (THP or huge zero page), ascending."""
+        cdef pt_pool *pool = &self.mm.machine.pool
+        cdef uint64_t g, u, m
+        cdef pteval_t *pud
+        cdef pteval_t *pmd
+        out = []
+        for g in range(256):
+            if self.mm.pgd[g] == 0:
+                continue
+            pud = entry_table(pool, self.mm.pgd[g])
+            for u in range(512):
+                if pud[u] == 0:
+                    continue
+                pmd = entry_table(pool, pud[u])
+                for m in range(512):
+                    if pmd_huge_leaf(pmd[m]):
+                        out.append(((g << 39) | (u << 30) | (m << 21), pmd[m]))
         return out
 
     def check(self):
@@ -1666,11 +1778,70 @@ cdef class MM:
             raise ValueError(f"unknown corruption {kind!r}")
 
 
+cdef _check_huge_pmd(pt_mm *mm, pteval_t e, uint64_t base, int64_t *rss, dict mapcounts):
+    cdef pt_machine *m = mm.machine
+    cdef uint64_t pfn = pte_pfn(e), i
+    vi = find_vma(mm, base)
+    if vi == mm.nr_vmas or mm.vmas[vi].start > base or mm.vmas[vi].end < base + PTR_PMD_SIZE:
+        raise InvariantError("a huge PMD lies inside one VMA", hex(base))
+    if mm.vmas[vi].shmem != NULL:
+        raise InvariantError("a huge PMD in a shared mapping (no shmem THP here)", hex(base))
+    if pfn == HUGE_ZERO_PFN:
+        if not (e & PTR_PAGE_SPECIAL) or pte_write(e):
+            raise InvariantError("the huge zero page is mapped special and read-only", hex(base))
+        return
+    if pfn + HPAGE_PMD_NR > m.frames.nr_pages:
+        raise InvariantError("a huge PMD maps frames that do not exist", hex(base))
+    for i in range(HPAGE_PMD_NR):
+        p = &m.frames.pages[pfn + i]
+        if p.kind != FRAME_ANON or not (p.flags & PG_THP) or p.index != i:
+            raise InvariantError("a huge PMD maps the 512 frames of one THP", f"{base:#x}: frame {i}")
+        mapcounts[pfn + i] = mapcounts.get(pfn + i, 0) + 1
+    rss[MM_ANONPAGES] += HPAGE_PMD_NR
+
+
+cdef dict _machine_mappings(Machine machine):
+    """Mappings of every anonymous frame by PTEs and huge PMDs, over all mms."""
+    cdef dict out = {}
+    cdef Py_ssize_t n
+    cdef pt_mm *mm
+    cdef pt_pool *pool = &machine.m.pool
+    cdef uint64_t g, u, k, t, pfn, i
+    cdef pteval_t *pud
+    cdef pteval_t *pmd
+    cdef pteval_t *pte
+    for n in range(machine.nr_mms):
+        mm = machine.mms[n]
+        for g in range(256):
+            if mm.pgd[g] == 0:
+                continue
+            pud = entry_table(pool, mm.pgd[g])
+            for u in range(512):
+                if pud[u] == 0:
+                    continue
+                pmd = entry_table(pool, pud[u])
+                for k in range(512):
+                    if pmd[k] == 0:
+                        continue
+                    if pmd_huge_leaf(pmd[k]):
+                        pfn = pte_pfn(pmd[k])
+                        if pfn != HUGE_ZERO_PFN:
+                            for i in range(HPAGE_PMD_NR):
+                                out[pfn + i] = out.get(pfn + i, 0) + 1
+                        continue
+                    pte = entry_table(pool, pmd[k])
+                    for t in range(512):
+                        if pte_present(pte[t]) and not (pte[t] & PTR_PAGE_SPECIAL):
+                            pfn = pte_pfn(pte[t])
+                            out[pfn] = out.get(pfn, 0) + 1
+    return out
+
+
 cdef _check_mm(MM self):
     cdef pt_mm *mm = self.mm
     cdef pt_machine *m = mm.machine
     cdef pt_pool *pool = &m.pool
-    cdef uint64_t g, u, k, t, i, pfn, nlinked = 0
+    cdef uint64_t g, u, k, t, i, pfn, nlinked = 0, ndeposits = 0
     cdef pteval_t *pud
     cdef pteval_t *pmd
     cdef pteval_t *pte
@@ -1712,9 +1883,11 @@ cdef _check_mm(MM self):
             for k in range(512):
                 if pmd[k] == 0:
                     continue
-                if pmd_huge_leaf(pmd[k]):
-                    raise InvariantError("a huge PMD exists but THP is not simulated")
                 base = (g << 39) | (u << 30) | (k << 21)
+                if pmd_huge_leaf(pmd[k]):
+                    _check_huge_pmd(mm, pmd[k], base, rss, mapcounts)
+                    ndeposits += 1
+                    continue
                 linked(pmd[k], LEVEL_PTE, f"pte {base:#x}")
                 pte = entry_table(pool, pmd[k])
                 for t in range(512):
@@ -1754,9 +1927,11 @@ cdef _check_mm(MM self):
                             raise InvariantError("a shmem page in a private mapping", hex(addr))
                     mapcounts[pfn] = mapcounts.get(pfn, 0) + 1
     nlinked = len(linked_slots)
-    if mm.pgtables_bytes != <int64_t>(4096 * nlinked):
-        raise InvariantError("pgtables_bytes equals 4096 x the tables linked",
-                             f"{mm.pgtables_bytes} != 4096 x {nlinked}")
+    if mm.nr_deposits != ndeposits:
+        raise InvariantError("every huge PMD has its deposited table", f"{mm.nr_deposits} != {ndeposits}")
+    if mm.pgtables_bytes != <int64_t>(4096 * (nlinked + ndeposits)):
+        raise InvariantError("pgtables_bytes equals 4096 x the tables linked and deposited",
+                             f"{mm.pgtables_bytes} != 4096 x ({nlinked} + {ndeposits})")
     for i, name in ((MM_ANONPAGES, "RssAnon"), (MM_SHMEMPAGES, "RssShmem"), (MM_FILEPAGES, "RssFile"),
                     (MM_SWAPENTS, "VmSwap")):
         if mm.rss[i] != rss[i]:
@@ -1771,14 +1946,22 @@ cdef _check_mm(MM self):
             nfree += 1
     if nfree != pool.nr_free:
         raise InvariantError("the pool's free list holds exactly the free tables", f"{nfree} != {pool.nr_free}")
-    # Frames mapped by this mm: mapcount at least our mappings (other mms may
-    # map shmem pages too), anonymous pages exactly ours.
+    # Frames mapped by this mm: an anonymous page's mapcount is its mappings
+    # in every mm of the machine (fork shares them), and nothing pins pages, so
+    # its references are exactly its mappings; shmem pages also have the page
+    # cache's reference.
+    everyone = None
     for pfn, count in mapcounts.items():
-        if m.frames.pages[pfn].kind == FRAME_ANON and m.frames.pages[pfn].mapcount != count:
-            raise InvariantError("an anonymous page's mapcount equals its PTEs",
-                                 f"pfn {pfn}: {m.frames.pages[pfn].mapcount} != {count}")
         if m.frames.pages[pfn].mapcount < count or m.frames.pages[pfn].refcount < count:
             raise InvariantError("a page's map and reference counts cover its PTEs", f"pfn {pfn}")
+        if m.frames.pages[pfn].kind == FRAME_ANON:
+            if everyone is None:
+                everyone = _machine_mappings(self.machine)
+            if m.frames.pages[pfn].mapcount != everyone.get(pfn, 0):
+                raise InvariantError("an anonymous page's mapcount equals its mappings in all mms",
+                                     f"pfn {pfn}: {m.frames.pages[pfn].mapcount} != {everyone.get(pfn, 0)}")
+            if m.frames.pages[pfn].refcount != m.frames.pages[pfn].mapcount:
+                raise InvariantError("an anonymous page's references equal its mappings", f"pfn {pfn}")
     # VMAs
     total = 0
     locked = 0

@@ -5,7 +5,7 @@
 from libc.stdint cimport uint32_t, uint64_t, int64_t
 from ptreclaim._types cimport (
     pteval_t, pt_page, pt_frames, pt_pool, pt_shmem, pt_vma, pt_mm, pt_machine,
-    FRAME_ANON, PG_ANON_EXCLUSIVE, PG_DIRTY,
+    FRAME_ANON, PG_ANON_EXCLUSIVE, PG_DIRTY, PG_WRITTEN,
     mmu_gather, zap_details,
     PTR_PAGE_PRESENT, PTR_PAGE_PROTNONE, PTR_PAGE_PSE, PTR_PAGE_ACCESSED,
     PTR_PAGE_DIRTY, PTR_PAGE_RW, PTR_PAGE_SPECIAL, PTR_PFN_MASK,
@@ -80,24 +80,30 @@ cdef inline int trace(pt_mm *mm, int event, uint64_t addr, uint64_t arg) noexcep
 # --- a fresh anonymous page, the common case inline ---------------------------------
 
 cdef inline int64_t anon_page_fast(pt_frames *f) noexcept nogil:
-    """A new exclusive anonymous page from the free list, or -1 (then alloc_frame()).
+    """A new exclusive anonymous page for a store, from the free stack, or -1 (then alloc_frame()).
 
     Its counts are set as do_anonymous_page() leaves them: one reference, one mapping.
     """
-    cdef uint64_t pfn = f.free_head
+    cdef uint64_t pfn
     cdef pt_page *p
-    if pfn == 0 or (f.max_frames and f.nr_used >= f.max_frames):
+    if f.nr_free == 0 or (f.max_frames and f.nr_used >= f.max_frames):
         return -1
-    p = &f.pages[pfn]
-    f.free_head = p.index
     f.nr_free -= 1
+    pfn = f.free_stack[f.nr_free]
     f.nr_used += 1
+    p = &f.pages[pfn]
     p.kind = FRAME_ANON
     p.refcount = 1
     p.mapcount = 1
-    p.flags = PG_ANON_EXCLUSIVE | PG_DIRTY
+    p.flags = PG_ANON_EXCLUSIVE | PG_WRITTEN    # for a store by the CPU
     p.index = 0
     return pfn
+
+cdef inline bint free_stack_reserve(pt_frames *f, uint64_t n) noexcept nogil:
+    """Room on the free stack for n more frames; False if the host has none."""
+    if f.nr_free + n <= f.free_cap:
+        return True
+    return _free_stack_grow(f, n)
 
 # --- the PTRS_PER_PTE scan -------------------------------------------------------
 
@@ -109,6 +115,7 @@ cdef int machine_init(pt_machine *m, uint64_t max_frames) noexcept nogil
 cdef void machine_free(pt_machine *m) noexcept nogil
 cdef int64_t alloc_frame(pt_frames *f, int kind) noexcept nogil       # -1: none left
 cdef void put_page(pt_machine *m, uint64_t pfn) noexcept nogil
+cdef bint _free_stack_grow(pt_frames *f, uint64_t n) noexcept nogil
 cdef int64_t pool_alloc(pt_pool *pool, int level) noexcept nogil       # -1: host OOM
 cdef void pool_release(pt_pool *pool, uint32_t slot) noexcept nogil
 
@@ -177,3 +184,33 @@ cdef void guard_remove_range(pt_mm *mm, uint64_t start, uint64_t end) noexcept n
 # --- userfaultfd write-protect ------------------------------------------------------------------
 
 cdef int uffd_wp_range(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t end, bint enable) noexcept nogil
+
+# --- fork ---------------------------------------------------------------------------
+
+cdef int copy_page_range(pt_mm *dst, pt_mm *src, pt_vma *vma) noexcept nogil   # -1: host OOM
+
+# --- transparent huge pages -----------------------------------------------------------
+
+cdef pteval_t mk_pte(uint64_t pfn, uint64_t prot) noexcept nogil
+cdef int64_t alloc_thp(pt_frames *f) noexcept nogil                  # -1: max_frames, -2: host
+cdef void put_thp(pt_machine *m, uint64_t head) noexcept nogil
+cdef bint thp_vma_allowable(pt_mm *mm, pt_vma *vma, uint64_t addr) noexcept nogil
+cdef int do_huge_pmd_anonymous_page(pt_mm *mm, pt_vma *vma, pteval_t *pmd, uint64_t addr,
+                                    bint write) noexcept nogil
+cdef int split_huge_pmd(pt_mm *mm, pt_vma *vma, pteval_t *pmd) noexcept nogil  # -1: host OOM
+cdef void zap_huge_pmd(mmu_gather *tlb, pt_vma *vma, pteval_t *pmd, uint64_t addr) noexcept nogil
+cdef int huge_pmd_fault(pt_mm *mm, pt_vma *vma, pteval_t *pmd, uint64_t addr, bint write,
+                        bint gup) noexcept nogil
+cdef void copy_huge_pmd(pt_mm *dst, pt_mm *src, pt_vma *vma, pteval_t *dst_pmd,
+                        pteval_t *src_pmd) noexcept nogil
+cdef int split_huge_pmd_address(pt_mm *mm, pt_vma *vma, uint64_t addr) noexcept nogil
+cdef void huge_pageout(pt_mm *mm, pt_vma *vma, pteval_t *pmd, uint64_t addr) noexcept nogil
+cdef void split_folio(pt_mm *mm, pt_vma *vma, uint64_t head, uint64_t span) noexcept nogil
+cdef int large_folio_step(pt_mm *mm, pt_vma *vma, pteval_t *table, uint64_t i, uint64_t span,
+                          uint64_t start, uint64_t end, bint split_whole) noexcept nogil
+
+# --- anon_vma -------------------------------------------------------------------------
+
+cdef void anon_vma_prepare(pt_mm *mm, uint64_t idx) noexcept nogil
+cdef int collapse_span(pt_mm *mm, pt_vma *vma, uint64_t haddr) noexcept nogil
+cdef int madvise_collapse(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t end) noexcept nogil

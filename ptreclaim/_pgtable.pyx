@@ -3,9 +3,10 @@
 # names follow the kernel function each step simulates (mm/memory.c,
 # mm/pt_reclaim.c, mm/mmu_gather.c) so the two can be read side by side.
 
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memset
+from libc.errno cimport EINVAL, ENOMEM
 from posix.mman cimport mmap, munmap, madvise, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FAILED
 
 cdef extern from "<sys/mman.h>":
@@ -43,7 +44,8 @@ cdef int machine_init(pt_machine *m, uint64_t max_frames) noexcept nogil:
     # zero page (ZERO_PFN), which no RSS counter and no refcount ever sees.
     m.frames.pages[0].kind = FRAME_RESERVED
     m.frames.pages[1].kind = FRAME_ZERO
-    m.frames.nr_pages = 2
+    m.frames.pages[HUGE_ZERO_PFN].kind = FRAME_ZERO
+    m.frames.nr_pages = 3
     m.frames.max_frames = max_frames
     m.next_anon_vma_id = 1
     m.next_shmem_id = 1
@@ -52,6 +54,8 @@ cdef int machine_init(pt_machine *m, uint64_t max_frames) noexcept nogil:
 cdef void machine_free(pt_machine *m) noexcept nogil:
     cdef uint64_t i
     free(m.frames.pages)
+    free(m.frames.free_stack)
+    free(m.frames.block_stack)
     for i in range(m.pool.nr_chunks):
         munmap(m.pool.chunks[i], TABLES_PER_CHUNK * PTRS_PER_TABLE * sizeof(pteval_t))
     free(m.pool.chunks)
@@ -65,10 +69,9 @@ cdef int64_t alloc_frame(pt_frames *f, int kind) noexcept nogil:
     cdef pt_page *grown
     if f.max_frames and f.nr_used >= f.max_frames:
         return -1
-    if f.free_head:
-        pfn = f.free_head
-        f.free_head = f.pages[pfn].index
+    if f.nr_free:
         f.nr_free -= 1
+        pfn = f.free_stack[f.nr_free]
     else:
         if f.nr_pages == f.cap:
             grown = <pt_page *>realloc(f.pages, 2 * f.cap * sizeof(pt_page))
@@ -86,6 +89,35 @@ cdef int64_t alloc_frame(pt_frames *f, int kind) noexcept nogil:
     f.nr_used += 1
     return pfn
 
+cdef bint _free_stack_grow(pt_frames *f, uint64_t n) noexcept nogil:
+    # The stack grows with the number of free frames, not of frames, so a
+    # process whose pages all stay resident pays nothing for it.
+    cdef uint64_t cap = f.free_cap if f.free_cap else 1024
+    cdef uint32_t *grown
+    while cap < f.nr_free + n:
+        cap *= 2
+    grown = <uint32_t *>realloc(f.free_stack, cap * sizeof(uint32_t))
+    if grown == NULL:
+        return False
+    f.free_stack = grown
+    f.free_cap = cap
+    return True
+
+cdef inline void _frame_release(pt_frames *f, pt_page *p, uint64_t pfn) noexcept nogil:
+    p.refcount = 0
+    p.mapcount = 0
+    p.kind = FRAME_FREE
+    p.flags = 0
+    p.index = 0
+    f.nr_used -= 1
+    if free_stack_reserve(f, 1):
+        f.free_stack[f.nr_free] = <uint32_t>pfn
+        f.nr_free += 1
+    else:
+        # Never handed out again; the simulation stays exact, the host
+        # just keeps 16 bytes it could have reused.
+        f.nr_unrecycled += 1
+
 cdef void put_page(pt_machine *m, uint64_t pfn) noexcept nogil:
     cdef pt_frames *f = &m.frames
     cdef pt_page *p = &f.pages[pfn]
@@ -93,13 +125,7 @@ cdef void put_page(pt_machine *m, uint64_t pfn) noexcept nogil:
         return
     p.refcount -= 1
     if p.refcount == 0:
-        p.kind = FRAME_FREE
-        p.flags = 0
-        p.mapcount = 0
-        p.index = <uint32_t>f.free_head
-        f.free_head = pfn
-        f.nr_free += 1
-        f.nr_used -= 1
+        _frame_release(f, p, pfn)
 
 cdef pteval_t *_chunk_alloc() noexcept nogil:
     # Anonymous memory straight from the host: zeroed, 2 MiB-aligned (a
@@ -398,26 +424,61 @@ cdef void tlb_remove_table(mmu_gather *tlb, uint32_t slot) noexcept nogil:
         _tlb_table_flush(tlb)
 
 cdef void _tlb_batch_pages_flush(mmu_gather *tlb) noexcept nogil:
-    cdef uint64_t i
+    cdef uint64_t i, j, n = tlb.nr_pages
     cdef pt_machine *m = tlb.mm.machine
     cdef pt_frames *f = &m.frames
+    cdef pt_page *pages = f.pages
+    cdef uint32_t *batch = tlb.pages
+    cdef uint32_t *stack
+    cdef uint64_t top, freed = 0
     cdef pt_page *p
     cdef uint32_t pfn
-    for i in range(tlb.nr_pages):
-        pfn = tlb.pages[i]
-        p = &f.pages[pfn]
-        if p.refcount == 1 and p.kind == FRAME_ANON:
-            # put_page() of the last reference, inline for the common case
-            p.refcount = 0
-            p.kind = FRAME_FREE
-            p.flags = 0
-            p.mapcount = 0
-            p.index = <uint32_t>f.free_head
-            f.free_head = pfn
-            f.nr_free += 1
-            f.nr_used -= 1
-        else:
-            put_page(m, pfn)
+    if free_stack_reserve(f, n):
+        # The common case inline: the last reference to an anonymous page.
+        # Counters stay in locals because stores through the frame pointers
+        # could otherwise alias them.
+        stack = f.free_stack
+        top = f.nr_free
+        for i in range(n):
+            pfn = batch[i]
+            if pfn & GATHER_THP:
+                f.nr_free = top
+                put_thp(m, pfn & ~GATHER_THP)
+                if not free_stack_reserve(f, n - i):
+                    f.nr_used -= freed
+                    freed = 0
+                    for j in range(i + 1, n):
+                        if batch[j] & GATHER_THP:
+                            put_thp(m, batch[j] & ~GATHER_THP)
+                        else:
+                            put_page(m, batch[j])
+                    top = f.nr_free
+                    break
+                top = f.nr_free
+                stack = f.free_stack       # it may have grown
+                continue
+            p = &pages[pfn]
+            if p.refcount == 1 and p.kind == FRAME_ANON:
+                p.refcount = 0
+                p.mapcount = 0
+                p.kind = FRAME_FREE
+                p.flags = 0
+                p.index = 0
+                stack[top] = pfn
+                top += 1
+                freed += 1
+            else:
+                f.nr_free = top
+                put_page(m, pfn)
+                top = f.nr_free
+        f.nr_free = top
+        f.nr_used -= freed
+    else:
+        for i in range(n):
+            if batch[i] & GATHER_THP:
+                put_thp(m, batch[i] & ~GATHER_THP)
+            else:
+                put_page(m, batch[i])
     tlb.nr_pages = 0
     tlb.active_index = 0
     tlb.active_nr = 0
@@ -459,6 +520,34 @@ cdef bint tlb_remove_page(mmu_gather *tlb, uint64_t pfn, bint delay_rmap) noexce
         if not _tlb_next_batch(tlb):
             return True
     return False
+
+# ---------------------------------------------------------------------------------
+# anon_vma (R18): whether a VMA has private pages that fork must copy
+
+cdef inline bint anon_vma_compatible(const pt_vma *a, const pt_vma *b) noexcept nogil:
+    # Neighbours that differ only in read/write/exec may share an anon_vma,
+    # so that a later mprotect can merge them again.
+    cdef uint64_t access = PTR_VM_READ | PTR_VM_WRITE | PTR_VM_EXEC | PTR_VM_STICKY
+    return (a.end == b.start and a.shmem == b.shmem
+            and ((a.flags ^ b.flags) & ~access) == 0
+            and b.pgoff == a.pgoff + ((b.start - a.start) >> 12))
+
+cdef void anon_vma_prepare(pt_mm *mm, uint64_t idx) noexcept nogil:
+    # find_mergeable_anon_vma(): try the next VMA first, then the previous.
+    cdef pt_vma *vma = &mm.vmas[idx]
+    if vma.anon_vma:
+        return
+    # reusable_anon_vma(): only a neighbour whose anon_vma_chain is singular.
+    if idx + 1 < mm.nr_vmas and mm.vmas[idx + 1].anon_vma and not mm.vmas[idx + 1].forked_anon_vma \
+            and anon_vma_compatible(vma, &mm.vmas[idx + 1]):
+        vma.anon_vma = mm.vmas[idx + 1].anon_vma
+        return
+    if idx > 0 and mm.vmas[idx - 1].anon_vma and not mm.vmas[idx - 1].forked_anon_vma \
+            and anon_vma_compatible(&mm.vmas[idx - 1], vma):
+        vma.anon_vma = mm.vmas[idx - 1].anon_vma
+        return
+    vma.anon_vma = mm.machine.next_anon_vma_id
+    mm.machine.next_anon_vma_id += 1
 
 # ---------------------------------------------------------------------------------
 # Faults (R25-R30)
@@ -569,7 +658,7 @@ cdef int _do_anonymous_page(pt_mm *mm, pt_vma *vma, uint64_t addr, pteval_t *pmd
         return FAULT_OOM
     p = &mm.machine.frames.pages[pfn]
     p.mapcount = 1
-    p.flags = PG_ANON_EXCLUSIVE | PG_DIRTY
+    p.flags = PG_ANON_EXCLUSIVE
     table[pte_index(addr)] = (<uint64_t>pfn << 12) | vma.page_prot | PTR_PAGE_DIRTY | PTR_PAGE_RW
     mm.rss[MM_ANONPAGES] += 1
     return FAULT_OK
@@ -587,7 +676,7 @@ cdef int _do_wp_page(pt_mm *mm, pt_vma *vma, pteval_t *pte) noexcept nogil:
         p = &mm.machine.frames.pages[pfn]
         if p.refcount == 1 and p.mapcount == 1:
             # wp_can_reuse_anon_folio(): nobody else has it; reuse in place.
-            p.flags |= PG_ANON_EXCLUSIVE | PG_DIRTY
+            p.flags |= PG_ANON_EXCLUSIVE
             pte[0] = old | PTR_PAGE_RW | PTR_PAGE_DIRTY | PTR_PAGE_ACCESSED
             return FAULT_OK
     # wp_page_copy(): a new private page replaces the zero page or a shared
@@ -596,11 +685,12 @@ cdef int _do_wp_page(pt_mm *mm, pt_vma *vma, pteval_t *pte) noexcept nogil:
     if new < 0:
         return FAULT_OOM
     mm.machine.frames.pages[new].mapcount = 1
-    mm.machine.frames.pages[new].flags = PG_ANON_EXCLUSIVE | PG_DIRTY
+    mm.machine.frames.pages[new].flags = PG_ANON_EXCLUSIVE
     if pte_special(old):
         mm.rss[MM_ANONPAGES] += 1
     else:
         p = &mm.machine.frames.pages[pfn]
+        mm.machine.frames.pages[new].flags |= p.flags & PG_WRITTEN    # the copy has its data
         p.mapcount -= 1
         put_page(mm.machine, pfn)
     pte[0] = (<uint64_t>new << 12) | vma.page_prot | PTR_PAGE_DIRTY | PTR_PAGE_RW
@@ -616,8 +706,14 @@ cdef int handle_mm_fault(pt_mm *mm, pt_vma *vma, uint64_t addr, bint write) noex
     cdef pteval_t *pmd
     cdef int r
     if pte == NULL or not pte_present(pte[0]) or (write and not pte_write(pte[0])):
-        trace(mm, EV_FAULT, addr, write)
+        pmd = walk_pmd(mm, addr)
+        if pmd == NULL or not pmd_huge_leaf(pmd[0]) or (write and not pte_write(pmd[0])):
+            trace(mm, EV_FAULT, addr, write)
         pte = walk_pte(mm, addr)           # a listener may have faulted it in
+        if pte == NULL:
+            pmd = walk_pmd(mm, addr)
+            if pmd != NULL and pmd_huge_leaf(pmd[0]):
+                return huge_pmd_fault(mm, vma, pmd, addr, write, False)
     if pte != NULL and pte[0] == PTR_UFFD_WP_MARKER:
         mm.stats.page_faults += 1
         if write:
@@ -651,6 +747,10 @@ cdef int handle_mm_fault(pt_mm *mm, pt_vma *vma, uint64_t addr, bint write) noex
         return FAULT_OOM
     if vma.shmem != NULL:
         return _shmem_fault(mm, vma, addr, pmd, write)
+    if pmd[0] == 0 and thp_vma_allowable(mm, vma, addr):
+        r = do_huge_pmd_anonymous_page(mm, vma, pmd, addr, write)
+        if r != FAULT_FALLBACK:
+            return r
     return _do_anonymous_page(mm, vma, addr, pmd, write)
 
 # ---------------------------------------------------------------------------------
@@ -684,6 +784,11 @@ cdef inline Py_ssize_t zap_present_ptes(mmu_gather *tlb, pt_vma *vma, pteval_t *
     cdef uint64_t pfn
     cdef pt_page *p
     cdef bint full = False
+    cdef bint keep_wp_markers = (vma.flags & PTR_VM_UFFD_WP) != 0 and vma.shmem != NULL \
+        and not drop_markers
+    # Every normal page of a private anonymous VMA is anonymous: its counter
+    # is known without waiting for the load of the frame.
+    cdef bint all_anon = vma.shmem == NULL
     cleared[0] = True
     while i < max_nr:
         ptent = pte[i]
@@ -691,8 +796,7 @@ cdef inline Py_ssize_t zap_present_ptes(mmu_gather *tlb, pt_vma *vma, pteval_t *
             break
         pte[i] = 0
         i += 1
-        if (ptent & PTR_PAGE_UFFD_WP) and (vma.flags & PTR_VM_UFFD_WP) and vma.shmem != NULL \
-                and not drop_markers:
+        if keep_wp_markers and (ptent & PTR_PAGE_UFFD_WP):
             # zap_install_uffd_wp_if_needed(): a write-protected page of a
             # file/shmem VMA leaves a marker, which cancels reclaim (R50, R54).
             pte[i - 1] = PTR_UFFD_WP_MARKER
@@ -702,7 +806,7 @@ cdef inline Py_ssize_t zap_present_ptes(mmu_gather *tlb, pt_vma *vma, pteval_t *
             continue
         pfn = pte_pfn(ptent)
         p = &pages[pfn]
-        if p.kind == FRAME_ANON:
+        if all_anon or p.kind == FRAME_ANON:
             anon += 1
         else:
             shmem += 1
@@ -948,7 +1052,16 @@ cdef void unmap_page_range(mmu_gather *tlb, pt_vma *vma, uint64_t addr, uint64_t
         next = (addr & PTR_PMD_MASK) + PTR_PMD_SIZE
         if next > end:
             next = end
-        if pmd[0] != 0 and not pmd_huge_leaf(pmd[0]):
+        if pmd_huge_leaf(pmd[0]):
+            # zap_pmd_range(): a huge PMD goes whole, or is split first (R48).
+            if next - addr == PTR_PMD_SIZE:
+                zap_huge_pmd(tlb, vma, pmd, addr)
+                addr = next
+                continue
+            if split_huge_pmd(mm, vma, pmd) < 0:
+                addr = next
+                continue
+        if pmd[0] != 0:
             zap_pte_range(tlb, vma, pmd, addr, next, details)
         addr = next
     trace(mm, EV_ZAP_END, start, stop)
@@ -1102,6 +1215,79 @@ cdef inline bint pte_needs_flush(pteval_t oldpte, pteval_t newpte) noexcept nogi
     return (diff & (PTR_PAGE_RW | PTR_PAGE_USER | (<pteval_t>3 << 3) | PTR_PAGE_PSE | PTR_PAGE_PROTNONE
                     | (<pteval_t>1 << 12) | (<pteval_t>15 << 59) | PTR_PAGE_NX)) != 0
 
+cdef enum:
+    HUGE_MPROTECT = 0
+    HUGE_FREE = 1
+    HUGE_COLD = 2
+    HUGE_PAGEOUT = 3
+
+cdef bint _thp_shared(pt_page *pages, uint64_t head) noexcept nogil:
+    # folio_maybe_mapped_shared(): some page of it is mapped more than once.
+    cdef Py_ssize_t i
+    for i in range(HPAGE_PMD_NR):
+        if pages[head + i].mapcount > 1:
+            return True
+    return False
+
+cdef void _huge_pmds_in_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint64_t end,
+                              int op, uint64_t newprot, bint try_writable) noexcept nogil:
+    """The PMD-level step of the range walks (change_pmd_range(), the huge
+    branches of madvise_free_pte_range() and madvise_cold_or_pageout_pte_range()):
+    a huge PMD that the range covers whole is handled as one entry; one it
+    covers in part is split, and the PTE walk that follows does the rest (R71)."""
+    cdef pt_mm *mm = tlb.mm
+    cdef pt_page *pages
+    cdef uint64_t addr = start, next, pfn
+    cdef pteval_t *pmd
+    cdef pteval_t e, new
+    cdef Py_ssize_t i
+    cdef bint whole, zero
+    while addr < end:
+        next = (addr & PTR_PMD_MASK) + PTR_PMD_SIZE
+        if next > end:
+            next = end
+        pmd = walk_pmd(mm, addr)
+        if pmd == NULL or not pmd_huge_leaf(pmd[0]):
+            addr = next
+            continue
+        e = pmd[0]
+        pfn = pte_pfn(e)
+        zero = pfn == HUGE_ZERO_PFN
+        whole = next - addr == PTR_PMD_SIZE
+        pages = mm.machine.frames.pages
+        if op == HUGE_MPROTECT:
+            if not whole:
+                split_huge_pmd(mm, vma, pmd)
+            else:
+                # change_huge_pmd(): pmd_modify() keeps the PFN, A, D, PSE.
+                new = (e & (PTR_PAGE_CHG_MASK | PTR_PAGE_PSE)) | newprot
+                if pte_needs_invert(e) != pte_needs_invert(new):
+                    new ^= PTR_PFN_MASK
+                if try_writable and not zero and not pte_write(new) and (new & PTR_PAGE_PRESENT) \
+                        and (pages[pfn].flags & PG_ANON_EXCLUSIVE):
+                    new |= PTR_PAGE_RW
+                pmd[0] = new
+                if pte_needs_flush(e, new):
+                    tlb_adjust_range(tlb, addr, PTR_PMD_SIZE)
+        elif not zero and not _thp_shared(pages, pfn):
+            if not whole:
+                # madvise_free_huge_pmd() / the cold-pageout walk split the
+                # folio for a part of it; the PTE walk then handles that part.
+                split_folio(mm, vma, pfn, addr & PTR_PMD_MASK)
+            elif op == HUGE_FREE:
+                for i in range(HPAGE_PMD_NR):
+                    pages[pfn + i].flags = (pages[pfn + i].flags & ~PG_DIRTY) | PG_LAZYFREE
+                if e & (PTR_PAGE_ACCESSED | PTR_PAGE_DIRTY):
+                    pmd[0] = e & ~(PTR_PAGE_ACCESSED | PTR_PAGE_DIRTY)
+                    tlb_adjust_range(tlb, addr, PTR_PMD_SIZE)
+            else:
+                if e & PTR_PAGE_ACCESSED:
+                    pmd[0] = e & ~PTR_PAGE_ACCESSED
+                    tlb_adjust_range(tlb, addr, PTR_PMD_SIZE)
+                if op == HUGE_PAGEOUT:
+                    huge_pageout(mm, vma, pmd, addr & PTR_PMD_MASK)
+        addr = next
+
 cdef void change_protection(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint64_t end,
                             uint64_t newprot, bint try_writable) noexcept nogil:
     cdef pt_mm *mm = tlb.mm
@@ -1110,6 +1296,7 @@ cdef void change_protection(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint64
     cdef pteval_t pte, old
     cdef pt_page *p
     cdef bint exclusive
+    _huge_pmds_in_range(tlb, vma, start, end, HUGE_MPROTECT, newprot, try_writable)
     table = next_pte_run(mm, &addr, end, &first, &last, &span)
     while table != NULL:
         for i in range(first, last):
@@ -1146,6 +1333,8 @@ cdef void madvise_free_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint6
     cdef pteval_t *table
     cdef pteval_t pte
     cdef pt_page *p
+    cdef int step
+    _huge_pmds_in_range(tlb, vma, start, end, HUGE_FREE, 0, False)
     table = next_pte_run(mm, &addr, end, &first, &last, &span)
     while table != NULL:
         for i in range(first, last):
@@ -1153,7 +1342,18 @@ cdef void madvise_free_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint6
             if not pte_present(pte) or pte_special(pte):
                 continue
             p = &mm.machine.frames.pages[pte_pfn(pte)]
-            if p.kind != FRAME_ANON or p.mapcount != 1:
+            if p.flags & PG_THP:
+                step = large_folio_step(mm, vma, table, i, span, start, end, False)
+                if step == 1:
+                    continue
+                pte = table[i]
+                if step == 2 and (not pte_present(pte) or pte_special(pte)):
+                    continue
+                p = &mm.machine.frames.pages[pte_pfn(pte)]
+            # Only a dirty folio is checked for other mappings; a new
+            # anonymous page is not dirty (its entry is), so a clean page
+            # shared with a fork child becomes lazy-free too.
+            if p.kind != FRAME_ANON or ((p.flags & PG_DIRTY) and p.mapcount != 1):
                 continue
             p.flags = (p.flags & ~PG_DIRTY) | PG_LAZYFREE
             if pte & (PTR_PAGE_ACCESSED | PTR_PAGE_DIRTY):
@@ -1165,6 +1365,33 @@ cdef void madvise_free_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint6
 # The per-page access loop (touch, population): one walk per PTE table, then
 # the common cases inline; everything else goes through handle_mm_fault().
 
+cdef inline uint64_t _frames_available(pt_frames *f) noexcept nogil:
+    # How many pages the free stack can hand out before max_frames is reached.
+    if f.max_frames == 0:
+        return f.nr_free
+    if f.nr_used >= f.max_frames:
+        return 0
+    if f.max_frames - f.nr_used < f.nr_free:
+        return f.max_frames - f.nr_used
+    return f.nr_free
+
+cdef inline void _frames_commit(pt_frames *f, uint64_t *taken) noexcept nogil:
+    f.nr_free -= taken[0]
+    f.nr_used += taken[0]
+    taken[0] = 0
+
+cdef void _mark_written(pt_mm *mm, uint64_t addr) noexcept nogil:
+    # The store that a write fault let through: its page is no longer zero.
+    cdef pteval_t *pte = walk_pte(mm, addr)
+    cdef pteval_t *pmd
+    if pte != NULL:
+        if pte_present(pte[0]) and not pte_special(pte[0]):
+            mm.machine.frames.pages[pte_pfn(pte[0])].flags |= PG_WRITTEN
+        return
+    pmd = walk_pmd(mm, addr)
+    if pmd != NULL and pmd_huge_leaf(pmd[0]) and not pte_special(pmd[0]):
+        mm.machine.frames.pages[pte_pfn(pmd[0]) + pte_index(addr)].flags |= PG_WRITTEN
+
 cdef int fault_range(pt_mm *mm, pt_vma *vma, uint64_t *paddr, uint64_t end, bint write,
                      bint gup) noexcept nogil:
     """Access every page of [*paddr, end): the CPU's loads/stores, or with gup
@@ -1172,6 +1399,7 @@ cdef int fault_range(pt_mm *mm, pt_vma *vma, uint64_t *paddr, uint64_t end, bint
     leaves the A/D bits of entries that already allow the access alone."""
     cdef uint64_t addr = paddr[0], span_end
     cdef pteval_t *pte
+    cdef pteval_t *pmd
     cdef pteval_t e
     cdef pteval_t set_bits = 0 if gup else PTR_PAGE_ACCESSED | (PTR_PAGE_DIRTY if write else 0)
     cdef pteval_t anon_bits = vma.page_prot | PTR_PAGE_DIRTY | PTR_PAGE_RW
@@ -1180,23 +1408,51 @@ cdef int fault_range(pt_mm *mm, pt_vma *vma, uint64_t *paddr, uint64_t end, bint
     cdef bint anon_write = write and vma.shmem == NULL and not traced
     cdef bint zero_read = not write and vma.shmem == NULL and not traced
     cdef pteval_t zero_entry = (<uint64_t>1 << 12) | vma.page_prot | PTR_PAGE_SPECIAL
+    # Population (GUP) maps pages without storing to them: they stay zero.
+    cdef uint16_t new_flags = PG_ANON_EXCLUSIVE | (0 if gup else PG_WRITTEN)
     cdef uint64_t zero_faults = 0
     cdef pt_frames *frames = &mm.machine.frames
     cdef int64_t pfn
     cdef pt_page *p
     cdef int r = FAULT_OK
     # Counted locally and added once: stores to entries could otherwise alias
-    # the mm's 64-bit counters and force a reload per page.
+    # the mm's and the frames' 64-bit counters and force a reload per page.
     cdef int64_t new_pages = 0
+    # Pages popped from the free stack and not yet taken off frames.nr_free.
+    cdef uint64_t taken = 0
+    cdef uint64_t avail = _frames_available(frames)
+    cdef uint32_t *stack = frames.free_stack
+    cdef uint64_t top = frames.nr_free
+    cdef pt_page *pages = frames.pages
     while addr < end:
         span_end = (addr & PTR_PMD_MASK) + PTR_PMD_SIZE
         if span_end > end:
             span_end = end
         pte = walk_pte(mm, addr)
+        if pte == NULL and not traced:
+            pmd = walk_pmd(mm, addr)
+            if pmd != NULL and pmd_huge_leaf(pmd[0]) and (not write or pte_write(pmd[0])):
+                # One PMD maps the whole span: nothing faults in it.
+                if not gup:
+                    pmd[0] |= set_bits
+                    if write:
+                        pfn = <int64_t>pte_pfn(pmd[0])
+                        while addr < span_end:
+                            pages[pfn + <int64_t>pte_index(addr)].flags |= PG_WRITTEN
+                            addr += 4096
+                addr = span_end
+                continue
         if pte == NULL:
+            _frames_commit(frames, &taken)
             r = handle_mm_fault(mm, vma, addr, write)
+            avail = _frames_available(frames)
+            stack = frames.free_stack
+            top = frames.nr_free
+            pages = frames.pages
             if r != FAULT_OK:
                 break
+            if write and not gup:
+                _mark_written(mm, addr)
             addr += 4096
             continue
         while addr < span_end:
@@ -1204,22 +1460,37 @@ cdef int fault_range(pt_mm *mm, pt_vma *vma, uint64_t *paddr, uint64_t end, bint
             if pte_present(e) and (not write or pte_write(e)):
                 if not gup:
                     pte[0] = e | set_bits
+                    if write and not pte_special(e):
+                        pages[pte_pfn(e)].flags |= PG_WRITTEN
                 elif write and not pte_special(e):
                     # FOLL_TOUCH: GUP dirties the folio, not the entry.
-                    frames.pages[pte_pfn(e)].flags |= PG_DIRTY
+                    pages[pte_pfn(e)].flags |= PG_DIRTY
             elif anon_write and pte_none(e):
                 # do_anonymous_page(), write: a fresh exclusive page (R26).
-                pfn = anon_page_fast(frames)
-                if pfn < 0:
+                if taken < avail:
+                    taken += 1
+                    pfn = stack[top - taken]
+                    p = &pages[pfn]
+                    p.refcount = 1
+                    p.mapcount = 1
+                    p.kind = FRAME_ANON
+                    p.flags = new_flags
+                    p.index = 0
+                else:
+                    _frames_commit(frames, &taken)
                     pfn = alloc_frame(frames, FRAME_ANON)
+                    avail = _frames_available(frames)
+                    stack = frames.free_stack
+                    top = frames.nr_free
+                    pages = frames.pages
                     if pfn < 0:
                         # handle_mm_fault() counts the fault before it fails.
                         mm.stats.page_faults += 1
                         r = FAULT_OOM
                         break
-                    p = &frames.pages[pfn]
+                    p = &pages[pfn]
                     p.mapcount = 1
-                    p.flags = PG_ANON_EXCLUSIVE | PG_DIRTY
+                    p.flags = new_flags
                 pte[0] = (<uint64_t>pfn << 12) | anon_bits
                 new_pages += 1
             elif zero_read and pte_none(e):
@@ -1230,18 +1501,25 @@ cdef int fault_range(pt_mm *mm, pt_vma *vma, uint64_t *paddr, uint64_t end, bint
                 mm.rss[MM_ANONPAGES] += new_pages
                 mm.stats.page_faults += <uint64_t>new_pages
                 new_pages = 0
+                _frames_commit(frames, &taken)
                 r = handle_mm_fault(mm, vma, addr, write)
+                avail = _frames_available(frames)
+                stack = frames.free_stack
+                top = frames.nr_free
+                pages = frames.pages
                 if r != FAULT_OK:
                     break
+                if write and not gup:
+                    _mark_written(mm, addr)
             pte += 1
             addr += 4096
         if r != FAULT_OK:
             break
+    _frames_commit(frames, &taken)
     mm.rss[MM_ANONPAGES] += new_pages
     mm.stats.page_faults += <uint64_t>new_pages + zero_faults
     paddr[0] = addr
     return r
-
 
 cdef void madvise_pageout_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint64_t end) noexcept nogil:
     # madvise_cold_or_pageout_pte_range() + reclaim_pages() with no swap
@@ -1254,6 +1532,8 @@ cdef void madvise_pageout_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, ui
     cdef pteval_t *table
     cdef pteval_t pte
     cdef pt_page *p
+    cdef int step
+    _huge_pmds_in_range(tlb, vma, start, end, HUGE_PAGEOUT, 0, False)
     table = next_pte_run(mm, &addr, end, &first, &last, &span)
     while table != NULL:
         for i in range(first, last):
@@ -1262,6 +1542,18 @@ cdef void madvise_pageout_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, ui
                 continue
             pfn = pte_pfn(pte)
             p = &mm.machine.frames.pages[pfn]
+            if p.flags & PG_THP:
+                # A large folio that is not lazy-free and clean cannot be
+                # swapped out whole with no swap: shrink_folio_list() splits it.
+                step = large_folio_step(mm, vma, table, i, span, start, end,
+                                        not (p.flags & PG_LAZYFREE) or (p.flags & PG_DIRTY) != 0)
+                if step == 1:
+                    continue
+                pte = table[i]
+                if step == 2 and (not pte_present(pte) or pte_special(pte)):
+                    continue
+                pfn = pte_pfn(pte)
+                p = &mm.machine.frames.pages[pfn]
             if p.mapcount != 1:
                 continue
             if p.kind == FRAME_ANON:
@@ -1336,12 +1628,21 @@ cdef void madvise_cold_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint6
     cdef uint64_t addr = start, i, first, last, span
     cdef pteval_t *table
     cdef pteval_t pte
+    cdef int step
+    _huge_pmds_in_range(tlb, vma, start, end, HUGE_COLD, 0, False)
     table = next_pte_run(mm, &addr, end, &first, &last, &span)
     while table != NULL:
         for i in range(first, last):
             pte = table[i]
             if not pte_present(pte) or pte_special(pte):
                 continue
+            if mm.machine.frames.pages[pte_pfn(pte)].flags & PG_THP:
+                step = large_folio_step(mm, vma, table, i, span, start, end, False)
+                if step == 1:
+                    continue
+                pte = table[i]
+                if step == 2 and (not pte_present(pte) or pte_special(pte)):
+                    continue
             if mm.machine.frames.pages[pte_pfn(pte)].mapcount != 1:
                 continue
             if pte & PTR_PAGE_ACCESSED:
@@ -1384,3 +1685,518 @@ cdef int uffd_wp_range(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t end, bin
                 pte[0] = 0
         addr += 4096
     return 0
+
+# ---------------------------------------------------------------------------------
+# fork: copy_page_range() (R66-R68)
+
+cdef inline pteval_t *_copy_alloc(pt_mm *dst, pteval_t *entry, int level, uint64_t addr) noexcept nogil:
+    # pud_alloc() / pmd_alloc() / pte_alloc() in the child: a table once per
+    # parent entry, shared by every VMA the range covers.
+    cdef int64_t slot
+    if entry[0] == 0:
+        slot = pool_alloc(&dst.machine.pool, level)
+        if slot < 0:
+            return NULL
+        entry[0] = mk_table_entry(<uint32_t>slot)
+        dst.pgtables_bytes += 4096
+        if level == LEVEL_PUD:
+            dst.stats.pud_tables_allocated += 1
+        elif level == LEVEL_PMD:
+            dst.stats.pmd_tables_allocated += 1
+        else:
+            dst.stats.pte_tables_allocated += 1
+        trace(dst, EV_TABLE_ALLOC, addr, level)
+    return entry_table(&dst.machine.pool, entry[0])
+
+cdef void copy_pte_range(pt_mm *dst, pt_mm *src, pt_vma *vma, pteval_t *dst_pte,
+                         pteval_t *src_pte, Py_ssize_t first, Py_ssize_t last) noexcept nogil:
+    cdef pt_page *pages = src.machine.frames.pages
+    cdef bint cow = (vma.flags & (PTR_VM_SHARED | PTR_VM_MAYWRITE)) == PTR_VM_MAYWRITE
+    cdef bint shared = (vma.flags & PTR_VM_SHARED) != 0
+    cdef Py_ssize_t i
+    cdef pteval_t e
+    cdef pt_page *p
+    for i in range(first, last):
+        e = src_pte[i]
+        if e == 0:
+            continue
+        if not pte_present(e):
+            # copy_nonpresent_pte(): guard markers go with the VMA; a uffd-wp
+            # marker only to a registered child, and the child never is.
+            if e == PTR_GUARD_MARKER:
+                dst_pte[i] = e
+            continue
+        if not pte_special(e):
+            # copy_present_pte(): the child shares the page; an anonymous page
+            # stops being exclusive to the parent.
+            p = &pages[pte_pfn(e)]
+            p.refcount += 1
+            p.mapcount += 1
+            if p.kind == FRAME_ANON:
+                p.flags &= ~PG_ANON_EXCLUSIVE
+                dst.rss[MM_ANONPAGES] += 1
+            else:
+                dst.rss[MM_SHMEMPAGES] += 1
+        if cow and pte_write(e):
+            # Both sides lose write access; the first write breaks COW.
+            e &= ~PTR_PAGE_RW
+            src_pte[i] = e
+        if shared:
+            e &= ~PTR_PAGE_DIRTY
+        dst_pte[i] = e & ~(PTR_PAGE_ACCESSED | PTR_PAGE_UFFD_WP)
+
+cdef inline uint64_t _span_end(uint64_t addr, uint64_t size, uint64_t end) noexcept nogil:
+    # pgd_addr_end() and friends: the next boundary of the level, or end.
+    cdef uint64_t boundary = (addr & ~(size - 1)) + size
+    return boundary if boundary < end else end
+
+cdef int copy_page_range(pt_mm *dst, pt_mm *src, pt_vma *vma) noexcept nogil:
+    """Copy the parent's page tables over one VMA into the child; -1 if the
+    host is out of memory. Tables are made for every parent entry that
+    points to one, even a PTE table whose entries are all none (R67)."""
+    cdef pt_pool *pool = &src.machine.pool
+    cdef uint64_t addr = vma.start, end = vma.end, pgd_end, pud_end, pmd_end
+    cdef pteval_t *src_pud
+    cdef pteval_t *dst_pud
+    cdef pteval_t *src_pmd
+    cdef pteval_t *dst_pmd
+    cdef pteval_t *dst_pte
+    while addr < end:
+        pgd_end = _span_end(addr, PTR_PGDIR_SIZE, end)
+        if src.pgd[pgd_index(addr)] == 0:
+            addr = pgd_end
+            continue
+        dst_pud = _copy_alloc(dst, &dst.pgd[pgd_index(addr)], LEVEL_PUD, addr & PTR_PGDIR_MASK)
+        if dst_pud == NULL:
+            return -1
+        src_pud = entry_table(pool, src.pgd[pgd_index(addr)])
+        while addr < pgd_end:
+            pud_end = _span_end(addr, PTR_PUD_SIZE, pgd_end)
+            if src_pud[pud_index(addr)] == 0:
+                addr = pud_end
+                continue
+            dst_pmd = _copy_alloc(dst, &dst_pud[pud_index(addr)], LEVEL_PMD, addr & PTR_PUD_MASK)
+            if dst_pmd == NULL:
+                return -1
+            src_pmd = entry_table(pool, src_pud[pud_index(addr)])
+            while addr < pud_end:
+                pmd_end = _span_end(addr, PTR_PMD_SIZE, pud_end)
+                if pmd_huge_leaf(src_pmd[pmd_index(addr)]):
+                    copy_huge_pmd(dst, src, vma, &dst_pmd[pmd_index(addr)], &src_pmd[pmd_index(addr)])
+                elif src_pmd[pmd_index(addr)] != 0:
+                    dst_pte = _copy_alloc(dst, &dst_pmd[pmd_index(addr)], LEVEL_PTE,
+                                          addr & PTR_PMD_MASK)
+                    if dst_pte == NULL:
+                        return -1
+                    copy_pte_range(dst, src, vma, dst_pte,
+                                   entry_table(pool, src_pmd[pmd_index(addr)]),
+                                   pte_index(addr), pte_index(pmd_end - 1) + 1)
+                addr = pmd_end
+    return 0
+
+# ---------------------------------------------------------------------------------
+# Transparent huge pages (R13, R27, R48, R70, R71): anonymous THPs and the huge
+# zero page, mapped by a PMD leaf that carries a deposited PTE table.
+
+cdef inline pteval_t mk_pte(uint64_t pfn, uint64_t prot) noexcept nogil:
+    cdef pteval_t e = (pfn << 12) | prot
+    if pte_needs_invert(e):
+        e ^= PTR_PFN_MASK
+    return e
+
+cdef int64_t alloc_thp(pt_frames *f) noexcept nogil:
+    """512 consecutive frames, as do_huge_pmd_anonymous_page() leaves a new
+    THP: each mapped once by the PMD, exclusive, dirty. -1 at max_frames
+    (the fault then falls back to small pages), -2 if the host has no memory."""
+    cdef uint64_t head, cap
+    cdef Py_ssize_t i
+    cdef pt_page *grown
+    cdef pt_page *p
+    if f.max_frames and f.nr_used + HPAGE_PMD_NR > f.max_frames:
+        return -1
+    if f.nr_blocks:
+        f.nr_blocks -= 1
+        head = f.block_stack[f.nr_blocks]
+    else:
+        if f.nr_pages + HPAGE_PMD_NR >= GATHER_THP:
+            return -2
+        cap = f.cap
+        while f.nr_pages + HPAGE_PMD_NR > cap:
+            cap *= 2
+        if cap != f.cap:
+            grown = <pt_page *>realloc(f.pages, cap * sizeof(pt_page))
+            if grown == NULL:
+                return -2
+            f.pages = grown
+            f.cap = cap
+        head = f.nr_pages
+        f.nr_pages += HPAGE_PMD_NR
+    for i in range(HPAGE_PMD_NR):
+        p = &f.pages[head + i]
+        p.refcount = 1
+        p.mapcount = 1
+        p.kind = FRAME_ANON
+        p.flags = PG_ANON_EXCLUSIVE | PG_THP
+        p.index = <uint32_t>i
+    f.nr_used += HPAGE_PMD_NR
+    return head
+
+cdef void put_thp(pt_machine *m, uint64_t head) noexcept nogil:
+    """Drop a PMD mapping's reference on each frame of a THP. A THP that no
+    one else holds goes back whole, to be a THP again."""
+    cdef pt_frames *f = &m.frames
+    cdef uint64_t cap
+    cdef Py_ssize_t i
+    cdef uint32_t *grown
+    cdef bint whole = True
+    for i in range(HPAGE_PMD_NR):
+        f.pages[head + i].refcount -= 1
+        if f.pages[head + i].refcount != 0:
+            whole = False
+    if whole and f.nr_blocks == f.blocks_cap:
+        cap = f.blocks_cap * 2 if f.blocks_cap else 64
+        grown = <uint32_t *>realloc(f.block_stack, cap * sizeof(uint32_t))
+        if grown == NULL:
+            whole = False
+        else:
+            f.block_stack = grown
+            f.blocks_cap = cap
+    if whole:
+        for i in range(HPAGE_PMD_NR):
+            memset(&f.pages[head + i], 0, sizeof(pt_page))
+        f.nr_used -= HPAGE_PMD_NR
+        f.block_stack[f.nr_blocks] = <uint32_t>head
+        f.nr_blocks += 1
+        return
+    # Some pages are still mapped by PTEs elsewhere: the rest go one by one.
+    for i in range(HPAGE_PMD_NR):
+        if f.pages[head + i].refcount == 0 and f.pages[head + i].kind != FRAME_FREE:
+            _frame_release(f, &f.pages[head + i], head + i)
+
+cdef bint thp_vma_allowable(pt_mm *mm, pt_vma *vma, uint64_t addr) noexcept nogil:
+    # thp_vma_allowable_order() for a page fault on private anonymous memory:
+    # the sysfs mode, the VMA's advice, no userfaultfd, and the aligned 2 MiB
+    # around addr inside the VMA (R27).
+    cdef uint64_t haddr = addr & PTR_PMD_MASK
+    if mm.thp == 0 or vma.shmem != NULL:
+        return False
+    if vma.flags & (PTR_VM_NOHUGEPAGE | PTR_VM_UFFD_WP | PTR_VM_HUGETLB | PTR_VM_PFNMAP | PTR_VM_SHARED):
+        return False
+    if mm.thp == 1 and not (vma.flags & PTR_VM_HUGEPAGE):
+        return False
+    return haddr >= vma.start and haddr + PTR_PMD_SIZE <= vma.end
+
+cdef inline void _deposit(pt_mm *mm) noexcept nogil:
+    # pgtable_trans_huge_deposit() of a table from pte_alloc_one(): VmPTE +4.
+    mm.pgtables_bytes += 4096
+    mm.nr_deposits += 1
+    mm.stats.pte_tables_allocated += 1
+
+cdef int do_huge_pmd_anonymous_page(pt_mm *mm, pt_vma *vma, pteval_t *pmd, uint64_t addr,
+                                    bint write) noexcept nogil:
+    """A fault in an empty 2 MiB span of a THP-eligible VMA: FAULT_OK, or
+    FAULT_FALLBACK for the small-page path."""
+    cdef int64_t head
+    # vmf_anon_prepare() comes first, for a read too: a VMA holding the huge
+    # zero page has an anon_vma, so fork copies it (unlike the small one).
+    anon_vma_prepare(mm, <uint64_t>(vma - mm.vmas))
+    if not write:
+        # The huge zero page: read-only, uncounted, with a deposit (R27).
+        pmd[0] = mk_pte(HUGE_ZERO_PFN, vma.page_prot & ~PTR_PAGE_RW) | PTR_PAGE_PSE | PTR_PAGE_SPECIAL
+        _deposit(mm)
+        mm.stats.thp_zero_page += 1
+        return FAULT_OK
+    head = alloc_thp(&mm.machine.frames)
+    if head < 0:
+        return FAULT_FALLBACK
+    pmd[0] = mk_pte(<uint64_t>head, vma.page_prot) | PTR_PAGE_PSE | PTR_PAGE_DIRTY | PTR_PAGE_RW
+    _deposit(mm)
+    mm.rss[MM_ANONPAGES] += HPAGE_PMD_NR
+    mm.stats.thp_fault_alloc += 1
+    return FAULT_OK
+
+cdef int split_huge_pmd(pt_mm *mm, pt_vma *vma, pteval_t *pmd) noexcept nogil:
+    """__split_huge_pmd_locked(): the deposit becomes the PTE table and takes
+    512 entries for the pages the PMD mapped; VmPTE and RSS unchanged (R71).
+    0, or -1 if the host is out of memory."""
+    cdef pteval_t e = pmd[0]
+    cdef uint64_t pfn = pte_pfn(e)
+    cdef Py_ssize_t i
+    cdef int64_t slot = pool_alloc(&mm.machine.pool, LEVEL_PTE)
+    cdef pteval_t *table
+    cdef pteval_t bits
+    if slot < 0:
+        return -1
+    table = pool_table(&mm.machine.pool, <uint32_t>slot)
+    if pfn == HUGE_ZERO_PFN:
+        # __split_huge_zero_page_pmd(): 512 entries of the small zero page.
+        for i in range(PTRS_PER_TABLE):
+            table[i] = mk_pte(ZERO_PFN_VALUE, vma.page_prot & ~PTR_PAGE_RW) | PTR_PAGE_SPECIAL \
+                | (e & PTR_PAGE_UFFD_WP)
+    else:
+        # Write, young, dirty and uffd-wp come from the PMD; the rest from
+        # the VMA's protection.
+        bits = e & (PTR_PAGE_DIRTY | PTR_PAGE_UFFD_WP)
+        for i in range(PTRS_PER_TABLE):
+            table[i] = mk_pte(pfn + i, (vma.page_prot & ~(PTR_PAGE_RW | PTR_PAGE_ACCESSED))
+                              | (e & (PTR_PAGE_RW | PTR_PAGE_ACCESSED))) | bits
+    pmd[0] = mk_table_entry(<uint32_t>slot)
+    mm.nr_deposits -= 1
+    mm.stats.thp_split_pmd += 1
+    return 0
+
+cdef void zap_huge_pmd(mmu_gather *tlb, pt_vma *vma, pteval_t *pmd, uint64_t addr) noexcept nogil:
+    """A zap that covers a huge PMD whole: the deposit is freed at once (not
+    through RCU), the THP's pages wait for the gather (R48)."""
+    cdef pt_mm *mm = tlb.mm
+    cdef pteval_t e = pmd[0]
+    cdef uint64_t pfn = pte_pfn(e)
+    cdef Py_ssize_t i
+    cdef pt_page *pages = mm.machine.frames.pages
+    pmd[0] = 0
+    tlb_adjust_range(tlb, addr & PTR_PMD_MASK, PTR_PMD_SIZE)
+    mm.pgtables_bytes -= 4096
+    mm.nr_deposits -= 1
+    mm.stats.thp_deposits_freed += 1
+    if pfn == HUGE_ZERO_PFN:
+        return
+    for i in range(HPAGE_PMD_NR):
+        pages[pfn + i].mapcount -= 1
+    mm.rss[MM_ANONPAGES] -= HPAGE_PMD_NR
+    if tlb_remove_page(tlb, pfn | GATHER_THP, False):
+        tlb_flush_mmu(tlb)
+
+cdef bint _thp_exclusive(pt_page *pages, uint64_t head) noexcept nogil:
+    # Only this PMD holds the THP: every page has one reference and one mapping.
+    cdef Py_ssize_t i
+    if pages[head].flags & PG_ANON_EXCLUSIVE:
+        return True
+    for i in range(HPAGE_PMD_NR):
+        if pages[head + i].refcount != 1 or pages[head + i].mapcount != 1:
+            return False
+    return True
+
+cdef int huge_pmd_fault(pt_mm *mm, pt_vma *vma, pteval_t *pmd, uint64_t addr, bint write,
+                        bint gup) noexcept nogil:
+    """An access inside a huge PMD. A write to a write-protected one is
+    do_huge_pmd_wp_page(): the huge zero page becomes a THP, an exclusive THP
+    becomes writable, a shared one is split and only the page written is
+    copied (R69)."""
+    cdef pteval_t e = pmd[0]
+    cdef uint64_t pfn = pte_pfn(e)
+    cdef Py_ssize_t i
+    cdef pt_page *pages
+    cdef int64_t head
+    cdef pteval_t *pte
+    if not write or pte_write(e):
+        if not gup:
+            pmd[0] = e | PTR_PAGE_ACCESSED | (PTR_PAGE_DIRTY if write else 0)
+        return FAULT_OK
+    mm.stats.page_faults += 1
+    if pfn == HUGE_ZERO_PFN:
+        head = alloc_thp(&mm.machine.frames)
+        if head >= 0:
+            # do_huge_zero_wp_pmd(): the deposit stays.
+            pmd[0] = mk_pte(<uint64_t>head, vma.page_prot) | PTR_PAGE_PSE | PTR_PAGE_DIRTY | PTR_PAGE_RW
+            mm.rss[MM_ANONPAGES] += HPAGE_PMD_NR
+            mm.stats.thp_fault_alloc += 1
+            return FAULT_OK
+    else:
+        pages = mm.machine.frames.pages
+        if _thp_exclusive(pages, pfn):
+            for i in range(HPAGE_PMD_NR):
+                pages[pfn + i].flags |= PG_ANON_EXCLUSIVE
+            pmd[0] = e | PTR_PAGE_RW | PTR_PAGE_DIRTY | PTR_PAGE_ACCESSED
+            return FAULT_OK
+    # VM_FAULT_FALLBACK: split, then the small-page write fault.
+    if split_huge_pmd(mm, vma, pmd) < 0:
+        return FAULT_OOM
+    pte = entry_table(&mm.machine.pool, pmd[0]) + pte_index(addr)
+    return _do_wp_page(mm, vma, pte)
+
+cdef void copy_huge_pmd(pt_mm *dst, pt_mm *src, pt_vma *vma, pteval_t *dst_pmd,
+                        pteval_t *src_pmd) noexcept nogil:
+    """fork of a huge PMD: the child gets its own deposit and maps the same
+    THP; both lose write access (R67)."""
+    cdef pteval_t e = src_pmd[0]
+    cdef uint64_t pfn = pte_pfn(e)
+    cdef Py_ssize_t i
+    cdef pt_page *pages = src.machine.frames.pages
+    _deposit(dst)
+    if pfn == HUGE_ZERO_PFN:
+        dst_pmd[0] = mk_pte(HUGE_ZERO_PFN, vma.page_prot & ~PTR_PAGE_RW) | PTR_PAGE_PSE | PTR_PAGE_SPECIAL
+        return
+    for i in range(HPAGE_PMD_NR):
+        pages[pfn + i].refcount += 1
+        pages[pfn + i].mapcount += 1
+        pages[pfn + i].flags &= ~PG_ANON_EXCLUSIVE
+    dst.rss[MM_ANONPAGES] += HPAGE_PMD_NR
+    e &= ~PTR_PAGE_RW
+    src_pmd[0] = e
+    dst_pmd[0] = e & ~(PTR_PAGE_ACCESSED | PTR_PAGE_UFFD_WP)
+
+cdef int split_huge_pmd_address(pt_mm *mm, pt_vma *vma, uint64_t addr) noexcept nogil:
+    """split_huge_pmd_address(): before a VMA boundary moves to addr, a huge
+    PMD that addr would cut is split (vma_adjust_trans_huge())."""
+    cdef pteval_t *pmd
+    if (addr & ~PTR_PMD_MASK) == 0:
+        return 0
+    pmd = walk_pmd(mm, addr)
+    if pmd == NULL or not pmd_huge_leaf(pmd[0]):
+        return 0
+    return split_huge_pmd(mm, vma, pmd)
+
+cdef void huge_pageout(pt_mm *mm, pt_vma *vma, pteval_t *pmd, uint64_t addr) noexcept nogil:
+    """reclaim_pages() of a PMD-mapped THP with no swap device: a clean
+    lazy-free THP is discarded whole (its deposit freed); any other has
+    nowhere to go, and shrink_folio_list() splits it trying to swap its
+    pages, which leaves them mapped by PTEs."""
+    cdef pteval_t e = pmd[0]
+    cdef uint64_t pfn = pte_pfn(e)
+    cdef pt_page *pages = mm.machine.frames.pages
+    cdef Py_ssize_t i
+    if (pages[pfn].flags & PG_LAZYFREE) and not (e & PTR_PAGE_DIRTY) and not (pages[pfn].flags & PG_DIRTY):
+        pmd[0] = 0
+        mm.stats.tlb_flushes += 1
+        mm.pgtables_bytes -= 4096
+        mm.nr_deposits -= 1
+        mm.stats.thp_deposits_freed += 1
+        mm.rss[MM_ANONPAGES] -= HPAGE_PMD_NR
+        for i in range(HPAGE_PMD_NR):
+            pages[pfn + i].mapcount -= 1
+        put_thp(mm.machine, pfn)
+        return
+    split_folio(mm, vma, pfn, addr)
+
+cdef void split_folio(pt_mm *mm, pt_vma *vma, uint64_t head, uint64_t span) noexcept nogil:
+    """split_folio() of a THP that only this mm maps, at span (by its PMD or by
+    PTEs): it becomes 512 small pages, and remap_page() maps each one that
+    was never written to the shared zero page instead (its frame is freed,
+    RssAnon -4), unless the VMA is mlocked or userfaultfd-armed."""
+    cdef pt_pool *pool = &mm.machine.pool
+    cdef pt_page *pages = mm.machine.frames.pages
+    cdef pteval_t *pmd = walk_pmd(mm, span)
+    cdef pteval_t *table
+    cdef pteval_t e
+    cdef pt_page *p
+    cdef Py_ssize_t i
+    cdef bint remap = not (vma.flags & (PTR_VM_LOCKED | PTR_VM_UFFD_WP))
+    if pmd == NULL:
+        return
+    if pmd_huge_leaf(pmd[0]) and split_huge_pmd(mm, vma, pmd) < 0:
+        return
+    table = entry_table(pool, pmd[0]) if pmd[0] != 0 else NULL
+    for i in range(HPAGE_PMD_NR):
+        p = &pages[head + i]
+        if p.kind != FRAME_ANON or not (p.flags & PG_THP) or p.index != i:
+            continue               # freed since, and maybe reused
+        p.flags &= ~PG_THP
+        if not remap or table == NULL or (p.flags & PG_WRITTEN):
+            continue
+        e = table[i]
+        if not pte_present(e) or pte_special(e) or pte_pfn(e) != head + i:
+            continue
+        table[i] = mk_pte(ZERO_PFN_VALUE, vma.page_prot & ~PTR_PAGE_RW) | PTR_PAGE_SPECIAL \
+            | (e & PTR_PAGE_UFFD_WP)
+        p.mapcount -= 1
+        mm.rss[MM_ANONPAGES] -= 1
+        put_page(mm.machine, head + i)
+
+cdef int large_folio_step(pt_mm *mm, pt_vma *vma, pteval_t *table, uint64_t i, uint64_t span,
+                          uint64_t start, uint64_t end, bint split_whole) noexcept nogil:
+    """The large-folio step of the MADV_FREE / COLD / PAGEOUT PTE walks, for
+    the entry table[i] that maps a page of a PTE-mapped THP: 0 to treat the
+    page as usual, 1 to skip it (the folio is shared), 2 if the folio was
+    split here (read the entry again). A folio that the range covers whole
+    stays large unless split_whole (PAGEOUT with no swap splits it too)."""
+    cdef pt_page *pages = mm.machine.frames.pages
+    cdef uint64_t head = pte_pfn(table[i]) - pages[pte_pfn(table[i])].index
+    cdef Py_ssize_t j
+    cdef bint whole = start <= span and span + PTR_PMD_SIZE <= end
+    if _thp_shared(pages, head):
+        return 1
+    if whole and not split_whole:
+        for j in range(HPAGE_PMD_NR):
+            if not pte_present(table[j]) or pte_special(table[j]) or pte_pfn(table[j]) != head + <uint64_t>j:
+                whole = False
+                break
+        if whole:
+            return 0
+    split_folio(mm, vma, head, span)
+    return 2
+
+cdef int collapse_span(pt_mm *mm, pt_vma *vma, uint64_t haddr) noexcept nogil:
+    """MADV_COLLAPSE of one aligned 2 MiB span of private anonymous memory
+    (collapse_huge_page()): its pages are copied into a new THP, none and
+    zero-page entries becoming zero-filled pages, and the PTE table turns
+    into the deposit, so VmPTE stays (R72, SC-33). Unlike khugepaged, no
+    max_ptes_* limit applies. 0 if the span is (now) PMD-mapped, else the
+    errno this span fails with."""
+    cdef pt_pool *pool = &mm.machine.pool
+    cdef pteval_t *pmd = walk_pmd(mm, haddr)
+    cdef pteval_t *table
+    cdef pteval_t e
+    cdef pt_page *pages
+    cdef int64_t head
+    cdef uint64_t old
+    cdef int64_t present = 0
+    cdef Py_ssize_t i
+    if pmd == NULL or pmd[0] == 0:
+        return EINVAL              # SCAN_PMD_NULL
+    if pmd_huge_leaf(pmd[0]):
+        return 0                   # SCAN_PMD_MAPPED: a THP or the huge zero page already
+    table = entry_table(pool, pmd[0])
+    for i in range(PTRS_PER_TABLE):
+        e = table[i]
+        if not pte_none(e) and not pte_present(e):
+            return EINVAL          # a marker: SCAN_PTE_NON_PRESENT / SCAN_PTE_UFFD_WP
+    head = alloc_thp(&mm.machine.frames)
+    if head < 0:
+        return ENOMEM              # SCAN_ALLOC_HUGE_PAGE_FAIL
+    pages = mm.machine.frames.pages
+    for i in range(PTRS_PER_TABLE):
+        e = table[i]
+        table[i] = 0
+        if pte_none(e) or pte_special(e):
+            continue
+        old = pte_pfn(e)
+        present += 1
+        pages[head + i].flags |= pages[old].flags & PG_WRITTEN
+        pages[old].mapcount -= 1
+        put_page(mm.machine, old)
+    # The emptied table becomes the deposit: linked nowhere, still counted.
+    pool_release(pool, entry_table_slot(pmd[0]))
+    mm.nr_deposits += 1
+    e = mk_pte(<uint64_t>head, vma.page_prot) | PTR_PAGE_PSE | PTR_PAGE_DIRTY
+    if vma.flags & PTR_VM_WRITE:
+        e |= PTR_PAGE_RW
+    pmd[0] = e
+    mm.rss[MM_ANONPAGES] += HPAGE_PMD_NR - present
+    mm.stats.tlb_flushes += 1      # pmdp_collapse_flush()
+    mm.stats.thp_collapse_alloc += 1
+    return 0
+
+cdef int madvise_collapse(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t end) noexcept nogil:
+    """madvise_collapse() over [start, end) of one VMA: the aligned spans that
+    lie inside the range. 0, or the errno of the last span that failed (the
+    others are collapsed all the same); ENOMEM from allocation stops at once."""
+    cdef uint64_t hstart = (start + PTR_PMD_SIZE - 1) & PTR_PMD_MASK
+    cdef uint64_t hend = end & PTR_PMD_MASK
+    cdef uint64_t vstart = (vma.start + PTR_PMD_SIZE - 1) & PTR_PMD_MASK
+    cdef uint64_t addr
+    cdef int r, last_fail = 0
+    # thp_vma_allowable_order() for a forced collapse: the sysfs mode does not
+    # matter, the VMA's own refusal does, and it must hold a whole span.
+    if vma.flags & (PTR_VM_NOHUGEPAGE | PTR_VM_UFFD_WP | PTR_VM_HUGETLB | PTR_VM_PFNMAP):
+        return EINVAL
+    if vstart + PTR_PMD_SIZE > vma.end or vstart + PTR_PMD_SIZE < vstart:
+        return EINVAL
+    addr = hstart
+    while addr < hend:
+        r = collapse_span(mm, vma, addr)
+        if r == ENOMEM:
+            return r
+        if r:
+            last_fail = r
+        addr += PTR_PMD_SIZE
+    return last_fail

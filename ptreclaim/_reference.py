@@ -13,8 +13,9 @@ Rule numbers (``R12``) and scenarios (``SC-05``) refer to the behaviour spec,
 Modelled: private anonymous and shared anonymous (shmem) mappings, 4 KiB
 faults, the zero page, fault-around, mprotect/mlock/munlock/munmap/exit,
 every madvise advice of this kernel configuration, guard markers, PT reclaim
-(fast and slow path) and the mmu_gather batching that decides between them.
-Not modelled yet: files, fork, THP/huge PMDs, swap, hugetlb, userfaultfd.
+(fast and slow path) and the mmu_gather batching that decides between them,
+and fork (dup_mmap, copy_page_range) with copy-on-write.
+Not modelled yet: files, THP/huge PMDs, swap, hugetlb, userfaultfd.
 The entry encodings (swap-format markers, a PMD level that can hold leaves
 later) leave room for them.
 
@@ -411,7 +412,7 @@ def _pte_flags_need_flush(old, new):
 class _Frame:
     """A 4 KiB data page (a small folio)."""
 
-    __slots__ = ("pfn", "kind", "refcount", "mapcount", "lazyfree", "dirty", "shmem", "index")
+    __slots__ = ("pfn", "kind", "refcount", "mapcount", "lazyfree", "dirty", "shmem", "index", "exclusive")
 
     def __init__(self, pfn, kind):
         self.pfn = pfn
@@ -422,6 +423,9 @@ class _Frame:
         self.dirty = False
         self.shmem = None
         self.index = None
+        # PG_anon_exclusive: an anonymous page mapped by one process only, which
+        # a write fault may reuse without looking further (R69).
+        self.exclusive = False
 
 
 class _PhysMem:
@@ -473,12 +477,22 @@ class _ShmemObject:
 
 
 class _AnonVma:
-    """Identity only: VMAs may merge iff they share one or one side has none."""
+    """Identity, and whether fork made it.
 
-    __slots__ = ("serial",)
+    VMAs may merge iff they share one, or one side has none and the other's
+    was not made by fork (R22). anon_vma_fork() gives each child VMA a new
+    anon_vma chained to the parent's, so the child VMA's anon_vma_chain is not
+    singular: such a VMA never merges with a VMA lacking an anon_vma and never
+    lends its anon_vma to a neighbour (vma_is_fork_child(),
+    reusable_anon_vma()). Every VMA of an mm that uses a forked anon_vma has a
+    non-singular chain, so the property belongs to the anon_vma here.
+    """
 
-    def __init__(self, serial):
+    __slots__ = ("serial", "forked")
+
+    def __init__(self, serial, forked=False):
         self.serial = serial
+        self.forked = forked
 
 
 # ---------------------------------------------------------------------------
@@ -688,6 +702,10 @@ class Machine:
         # Overcommit mode 0 (OVERCOMMIT_GUESS) refuses one charge larger than
         # totalram_pages + total_swap_pages; by default max_frames, or no limit.
         self.totalram_pages = totalram_pages if totalram_pages is not None else max_frames
+        # The live processes on this machine, in creation order: a shmem hole
+        # punch unmaps the object from all of them, and check() adds up their
+        # mappings of each frame.
+        self.mms = []
 
     @property
     def frames_in_use(self):
@@ -724,6 +742,7 @@ class MM:
         # VMAs unmerged: a MAP_FIXED that failed after splitting (vms_abort).
         self._unmerged_ok = set()
         self._dead = False
+        machine.mms.append(self)
 
     def _overcommit_limit(self):
         limit = self.machine.totalram_pages
@@ -796,8 +815,13 @@ class MM:
 
     @staticmethod
     def _anon_vma_compatible_merge(a, b):
-        # is_mergeable_anon_vma() without fork: one side empty, or the same.
-        return a is None or b is None or a is b
+        """is_mergeable_anon_vma(): the same anon_vma, or one side has none and
+        the other side's did not come from fork (vma_is_fork_child())."""
+        if a is None:
+            return b is None or not b.forked
+        if b is None:
+            return not a.forked
+        return a is b
 
     @staticmethod
     def is_mergeable_vma(vma, flags, shmem):
@@ -825,7 +849,8 @@ class MM:
             return False
         if not merge_left:
             return True
-        return self._anon_vma_compatible_merge(prev.anon_vma, nxt.anon_vma)
+        # prev and next must also suit each other (no fork test here).
+        return prev.anon_vma is None or nxt.anon_vma is None or prev.anon_vma is nxt.anon_vma
 
     def vma_modify_flags(self, vma, start, end, newflags):
         """vma_modify(): merge with neighbours if possible, else split (R22)."""
@@ -923,7 +948,9 @@ class MM:
                 and not ((a.flags ^ b.flags) & ~(VM_ACCESS_FLAGS | VM_STICKY))
                 and b.pgoff == a.pgoff + ((b.start - a.start) >> PAGE_SHIFT)
             )
-            if compatible and other.anon_vma is not None:
+            # reusable_anon_vma(): only from a VMA whose anon_vma_chain is
+            # singular, which a forked one never is.
+            if compatible and other.anon_vma is not None and not other.anon_vma.forked:
                 return other.anon_vma
         return None
 
@@ -1020,6 +1047,7 @@ class MM:
         if vma.flags & VM_WRITE:
             entry |= _PAGE_DIRTY | _PAGE_RW
         frame.mapcount = 1
+        frame.exclusive = True
         self._rss[MM_ANONPAGES] += 1
         pte_table.entries[i] = entry
         return None
@@ -1028,27 +1056,44 @@ class MM:
         """Write to a present read-only PTE in a writable VMA (R26, R69)."""
         pfn = pte_pfn(pte)
         frame = None if pte & _PAGE_SPECIAL else self._mem.frames.get(pfn)
-        if frame is not None and frame.kind == _ANON and frame.mapcount == 1:
-            # wp_page_reuse(): our exclusive anonymous page.
-            pte_table.entries[i] = pte | _PAGE_ACCESSED | _PAGE_DIRTY | _PAGE_RW
-            frame.lazyfree = False
-            return None
         if frame is not None and frame.kind == _SHMEM:
             # A shared mapping's vm_page_prot is writable; nothing to copy.
             pte_table.entries[i] = pte | _PAGE_ACCESSED | _PAGE_DIRTY | _PAGE_RW
             return None
-        # wp_page_copy() of the zero page: a fresh private page (R26).
+        if frame is not None and frame.kind == _ANON and (frame.exclusive or self.wp_can_reuse_anon_folio(frame)):
+            # wp_page_reuse(): the page is ours alone (again); no copy.
+            frame.exclusive = True
+            pte_table.entries[i] = pte | _PAGE_ACCESSED | _PAGE_DIRTY | _PAGE_RW
+            frame.lazyfree = False
+            return None
+        return self.wp_page_copy(vma, pte_table, i, frame, addr)
+
+    @staticmethod
+    def wp_can_reuse_anon_folio(frame):
+        # Nobody else holds the page: the other process unmapped it or exited.
+        # (No swap cache and no KSM here, so the only reference is our PTE's.)
+        return frame.refcount == 1
+
+    def wp_page_copy(self, vma, pte_table, i, old, addr):
+        """Break COW: a fresh exclusive page replaces the zero page or a shared one."""
         self.anon_vma_prepare(vma)
         new = self._mem.alloc_frame(_ANON)
         if new is None:
             raise _FaultError("OOM", addr)
         new.mapcount = 1
+        new.exclusive = True
         entry = pfn_pte(new.pfn, vm_get_page_prot(vma.flags)) | _PAGE_DIRTY
         if vma.flags & VM_WRITE:
             entry |= _PAGE_RW
         pte_table.entries[i] = entry
-        if frame is None:
+        if old is None:
+            # The zero page had no RSS; the copy does.
             self._rss[MM_ANONPAGES] += 1
+        else:
+            # Anonymous to anonymous: RssAnon unchanged. Our mapping of the old
+            # page and the reference it held go; the other process keeps it.
+            old.mapcount -= 1
+            self._mem.folio_put(old)
         return None
 
     def do_fault(self, vma, pmd, pte_table, addr, write):
@@ -1919,8 +1964,9 @@ class MM:
         if not (pte & _PAGE_PRESENT):
             return False
         frame = self.vm_normal_page(pte)
-        # Our anonymous pages are always exclusive: there is no fork yet.
-        return frame is not None and frame.kind == _ANON
+        # Private mappings: only an exclusive anonymous page (not one that fork
+        # shares) may become writable without a write fault.
+        return frame is not None and frame.kind == _ANON and frame.exclusive
 
     # -------------------------------------------------------------- mlock
 
@@ -2132,6 +2178,11 @@ class MM:
                 frame = self.vm_normal_page(pte)
                 if frame is None:
                     continue
+                if frame.dirty and frame.mapcount != 1:
+                    # A dirty page another process maps too keeps its dirty
+                    # bit and is left alone; a clean shared one is treated
+                    # like an exclusive one.
+                    continue
                 frame.dirty = False
                 if pte & (_PAGE_ACCESSED | _PAGE_DIRTY):
                     entries[i] = pte & ~(_PAGE_ACCESSED | _PAGE_DIRTY)
@@ -2157,7 +2208,8 @@ class MM:
                 if not pte_present(pte):
                     continue
                 frame = self.vm_normal_page(pte)
-                if frame is None:
+                if frame is None or frame.mapcount != 1:
+                    # Pages other processes map too are not touched.
                     continue
                 if not pageout:
                     if pte & _PAGE_ACCESSED:
@@ -2226,17 +2278,21 @@ class MM:
         return 0
 
     def unmap_mapping_range(self, obj, first, last):
+        """Unmap pages [first, last] of obj from every process mapping it."""
         details = _ZapDetails(even_cows=False)
-        for vma in [v for v in self._vmas if v.shmem is obj]:
-            vba = vma.pgoff
-            vea = vba + vma.pages() - 1
-            if vea < first or vba > last:
-                continue
-            zba = max(first, vba)
-            zea = min(last, vea)
-            self.zap_page_range_single(
-                vma, vma.start + ((zba - vba) << PAGE_SHIFT), vma.start + ((zea - vba + 1) << PAGE_SHIFT), details
-            )
+        for mm in list(self.machine.mms):
+            for vma in [v for v in mm._vmas if v.shmem is obj]:
+                vba = vma.pgoff
+                vea = vba + vma.pages() - 1
+                if vea < first or vba > last:
+                    continue
+                zba = max(first, vba)
+                zea = min(last, vea)
+                # zap_page_range_single(): a gather of that process's own.
+                mm.zap_page_range_single(
+                    vma, vma.start + ((zba - vba) << PAGE_SHIFT), vma.start + ((zea - vba + 1) << PAGE_SHIFT),
+                    details
+                )
 
     def madvise_populate(self, start, end, write):
         """R42: fault in page by page; the first failure ends the call."""
@@ -2364,6 +2420,7 @@ class MM:
         self._check_alive()
         self.exit_mmap()
         self._dead = True
+        self.machine.mms.remove(self)
 
     def exit_mmap(self):
         """R65: zap everything with a full-mm gather, then free all tables."""
@@ -2378,6 +2435,138 @@ class MM:
             self._remove_vma(vma)
         self._locked_vm = 0
         self._unmerged_ok = set()
+
+    # ---------------------------------------------------------------- fork
+
+    def fork(self):
+        """fork(2): a child process on the same Machine, made by dup_mmap() (R66-R69).
+
+        The child shares this process's frames (copy-on-write) and shmem
+        objects and has its own page tables. OSError(ENOMEM) when the overcommit
+        check refuses a VMA; the half-built child is then torn down and, as in
+        Linux, the parent's entries of the VMAs copied before stay
+        write-protected.
+        """
+        self._check_alive()
+        child = MM(pt_reclaim=self.pt_reclaim, thp=self.thp, split_ptlocks=self.split_ptlocks,
+                   machine=self.machine)
+        try:
+            self.dup_mmap(child)
+        except OSError:
+            # The child never ran: unmap and free what was copied into it.
+            child.exit_mmap()
+            child._dead = True
+            self.machine.mms.remove(child)
+            raise
+        finally:
+            # flush_tlb_mm(oldmm) at the end of dup_mmap(), success or not: the
+            # parent's writable entries of COW mappings were write-protected.
+            self._stats["tlb_flushes"] += 1
+        return child
+
+    def dup_mmap(self, child):
+        """Copy the VMAs, in address order, into the empty child mm."""
+        for vma in self._vmas:
+            if vma.flags & VM_DONTCOPY:
+                # MADV_DONTFORK: the child has nothing there.
+                continue
+            if vma.flags & VM_ACCOUNT and vma.pages() > self._overcommit_limit():
+                # security_vm_enough_memory_mm() per VMA, heuristic mode.
+                raise _oserror(errno.ENOMEM)
+            # vm_area_dup(); the child does not inherit mlock (VM_LOCKED_MASK).
+            tmp = _Vma(vma.start, vma.end, vma.flags & ~VM_LOCKED_MASK, vma.pgoff, None, vma.shmem)
+            if not (tmp.flags & VM_WIPEONFORK) and vma.anon_vma is not None:
+                # anon_vma_fork(): a new anon_vma, chained to the parent's.
+                child._anon_vma_serial += 1
+                tmp.anon_vma = _AnonVma(child._anon_vma_serial, forked=True)
+            child._insert_vma(tmp)
+            if not (tmp.flags & VM_WIPEONFORK) and self.vma_needs_copy(tmp, vma):
+                self.copy_page_range(child, tmp, vma)
+        # VMAs are copied one for one, never merged: neighbours that only
+        # differed in VM_LOCKED stay apart in the child.
+        prev = None
+        for vma in child._vmas:
+            if prev is not None and prev.end == vma.start and child._vmas_would_merge(prev, vma):
+                child._unmerged_ok.add(vma.start)
+            prev = vma
+
+    @staticmethod
+    def vma_needs_copy(dst_vma, src_vma):
+        """Only tables a fault could not rebuild are copied (R66).
+
+        VM_COPY_ON_FORK: of its flags the model has VM_MAYBE_GUARD (guard
+        markers, also in shmem VMAs, which have no anon_vma); then any VMA that
+        has an anon_vma. Shared memory, or private memory never written (zero
+        page only), is faulted in again by the child.
+        """
+        if dst_vma.flags & VM_MAYBE_GUARD:
+            return True
+        return src_vma.anon_vma is not None
+
+    def copy_page_range(self, dst, dst_vma, vma):
+        """copy_p4d/pud/pmd_range(): one child table per parent entry that
+        points to one over the VMA, allocated once however many VMAs it spans,
+        and a PTE table even when all its entries are none (R67)."""
+        is_cow = (vma.flags & (VM_SHARED | VM_MAYWRITE)) == VM_MAYWRITE
+        addr = vma.start
+        end = vma.end
+        while addr < end:
+            pgd_next = min((addr + PGDIR_SIZE) & _PGDIR_MASK or end, end)
+            src_pud = self._pgd.children[(addr >> PGDIR_SHIFT) & 511]
+            if src_pud is None:
+                addr = pgd_next
+                continue
+            dst_pud = dst.__pud_alloc(addr)
+            while addr < pgd_next:
+                pud_next = min((addr + PUD_SIZE) & _PUD_MASK or pgd_next, pgd_next)
+                src_pmd = src_pud.children[(addr >> PUD_SHIFT) & 511]
+                if src_pmd is None:
+                    addr = pud_next
+                    continue
+                dst_pmd = dst.__pmd_alloc(dst_pud, addr)
+                while addr < pud_next:
+                    pmd_next = min((addr + PMD_SIZE) & _PMD_MASK or pud_next, pud_next)
+                    src_pte = src_pmd.children[(addr >> PMD_SHIFT) & 511]
+                    if src_pte is not None:
+                        dst_pte = dst.__pte_alloc(dst_pmd, addr)
+                        self.copy_pte_range(dst, dst_vma, vma, dst_pte, src_pte, addr, pmd_next, is_cow)
+                    addr = pmd_next
+
+    def copy_pte_range(self, dst, dst_vma, vma, dst_table, src_table, addr, end, is_cow):
+        """copy_present_ptes() / copy_nonpresent_pte() for [addr, end) of one table (R68)."""
+        src = src_table.entries
+        out = dst_table.entries
+        for i in range((addr >> PAGE_SHIFT) & 511, ((end - 1) >> PAGE_SHIFT & 511) + 1):
+            pte = src[i]
+            if pte_none(pte):
+                continue
+            if not pte_present(pte):
+                swp_type, offset = pte_to_swp_entry(pte)
+                if swp_type != _SWP_PTE_MARKER:
+                    raise NotImplementedError("swap entries are not simulated")
+                # copy_pte_marker(): guard (and poison) markers go with the VMA;
+                # uffd-wp ones only to a registered child, which this one is not.
+                marker = offset & (PTE_MARKER_POISONED | PTE_MARKER_GUARD)
+                if marker:
+                    out[i] = make_pte_marker(marker)
+                continue
+            frame = self.vm_normal_page(pte)
+            if frame is not None:
+                # The child shares the page; an anonymous one stops being
+                # exclusive to either process. The zero page has no counters.
+                frame.refcount += 1
+                frame.mapcount += 1
+                if frame.kind == _ANON:
+                    frame.exclusive = False
+                dst._rss[_KIND_COUNTER[frame.kind]] += 1
+            if is_cow and pte & _PAGE_RW:
+                # Write-protect it in both processes; the first write breaks COW.
+                pte &= ~_PAGE_RW
+                src[i] = pte
+            if vma.flags & VM_SHARED:
+                pte &= ~_PAGE_DIRTY
+            # The child's copy is old, and not uffd-wp protected.
+            out[i] = pte & ~(_PAGE_ACCESSED | _PAGE_UFFD_WP)
 
     # ---------------------------------------------------------- observation
 
@@ -2481,10 +2670,20 @@ class MM:
             if frame is None:
                 raise InvariantError("frame", f"PTE maps freed frame {pfn}")
             rss[_KIND_COUNTER[frame.kind]] += count
+            if frame.mapcount < count or frame.refcount < frame.mapcount:
+                raise InvariantError("mapcount", f"frame {pfn}: mapcount {frame.mapcount}, refcount "
+                                     f"{frame.refcount} below our {count} PTEs")
         if rss != self._rss:
             raise InvariantError("rss", f"counters {self._rss} != mapped pages {rss} (R14, R76.3)")
+        # Frames are shared by the processes of the machine (fork, shmem): a
+        # frame's mapcount is the number of PTEs mapping it in all of them.
+        maps_all = dict(mapped)
+        for other in self.machine.mms:
+            if other is not self:
+                for pfn, count in other._mapped_frames().items():
+                    maps_all[pfn] = maps_all.get(pfn, 0) + count
         for pfn, frame in self._mem.frames.items():
-            maps = mapped.get(pfn, 0)
+            maps = maps_all.get(pfn, 0)
             if frame.mapcount != maps:
                 raise InvariantError("mapcount", f"frame {pfn}: mapcount {frame.mapcount} != {maps} PTEs")
             held = 1 if frame.shmem is not None and frame.shmem.pages.get(frame.index) is frame else 0
@@ -2492,6 +2691,8 @@ class MM:
                 raise InvariantError("refcount", f"frame {pfn}: refcount {frame.refcount} != {maps} + {held}")
             if frame.refcount == 0:
                 raise InvariantError("refcount", f"frame {pfn} is allocated with no reference")
+            if frame.exclusive and (frame.kind != _ANON or frame.mapcount != 1):
+                raise InvariantError("anon-exclusive", f"frame {pfn}: exclusive with mapcount {frame.mapcount}")
         locked = sum(v.pages() for v in self._vmas if v.flags & VM_LOCKED)
         if locked != self._locked_vm:
             raise InvariantError("locked_vm", f"{self._locked_vm} != {locked} locked VMA pages")
@@ -2508,18 +2709,30 @@ class MM:
             if prev is not None:
                 if prev.end > vma.start:
                     raise InvariantError("vma-order", f"{prev!r} overlaps {vma!r}")
-                if (
-                    prev.end == vma.start
-                    and vma.start not in self._unmerged_ok
-                    and not (vma.flags & VM_SPECIAL)
-                    and self.is_mergeable_vma(prev, vma.flags, vma.shmem)
-                    and self._anon_vma_compatible_merge(prev.anon_vma, vma.anon_vma)
-                    and prev.pgoff + prev.pages() == vma.pgoff
-                ):
+                if prev.end == vma.start and vma.start not in self._unmerged_ok and self._vmas_would_merge(prev, vma):
                     raise InvariantError("vma-merge", f"{prev!r} and {vma!r} would have been merged (R22)")
             prev = vma
         if self._vma_starts != [v.start for v in self._vmas]:
             raise InvariantError("vma-index", "start index out of date")
+
+    def _vmas_would_merge(self, prev, vma):
+        """Whether Linux would merge two adjacent VMAs."""
+        return (
+            not (vma.flags & VM_SPECIAL)
+            and self.is_mergeable_vma(prev, vma.flags, vma.shmem)
+            and self._anon_vma_compatible_merge(prev.anon_vma, vma.anon_vma)
+            and prev.pgoff + prev.pages() == vma.pgoff
+        )
+
+    def _mapped_frames(self):
+        """pfn -> how many of our present entries map that data frame."""
+        mapped = {}
+        for table in self._iter_pte_tables():
+            for pte in table.entries:
+                if pte and pte_present(pte) and not pte & _PAGE_SPECIAL:
+                    pfn = pte_pfn(pte)
+                    mapped[pfn] = mapped.get(pfn, 0) + 1
+        return mapped
 
     def _check_tables(self):
         counted = 0
@@ -2615,6 +2828,8 @@ class MM:
             if frame.kind == _ANON:
                 if not vma_is_anonymous(vma) or vma.anon_vma is None:
                     raise InvariantError("anon_vma", f"anonymous page at {addr:#x} without an anon_vma (R18)")
+                if pte & _PAGE_RW and not frame.exclusive:
+                    raise InvariantError("anon-exclusive", f"writable entry at {addr:#x} maps a shared page (R69)")
             elif frame.shmem is not vma.shmem or frame.index != self._linear_page_index(vma, addr):
                 raise InvariantError("shmem", f"shmem page at {addr:#x} is not the object's page")
             mapped[pfn] = mapped.get(pfn, 0) + 1

@@ -49,6 +49,8 @@ cdef extern from *:
     #define PTR_VM_UFFD_WP     0x1000ULL
     #define PTR_VM_LOCKONFAULT 0x80000ULL
     #define PTR_VM_HUGETLB     0x400000ULL
+    #define PTR_VM_HUGEPAGE    0x20000000ULL
+    #define PTR_VM_NOHUGEPAGE  0x40000000ULL
     /* Sticky flags: merge compatibility ignores them, the merged VMA keeps them. */
     #define PTR_VM_MAYBE_GUARD 0x800ULL
     #define PTR_VM_STICKY      PTR_VM_MAYBE_GUARD
@@ -67,7 +69,7 @@ cdef extern from *:
     const uint64_t PTR_VM_READ, PTR_VM_WRITE, PTR_VM_EXEC, PTR_VM_SHARED, PTR_VM_MAYWRITE
     const uint64_t PTR_VM_LOCKED, PTR_VM_PFNMAP, PTR_VM_UFFD_WP, PTR_VM_LOCKONFAULT
     const uint64_t PTR_VM_HUGETLB, PTR_VM_MAYBE_GUARD, PTR_VM_STICKY, PTR_GUARD_MARKER
-    const uint64_t PTR_UFFD_WP_MARKER
+    const uint64_t PTR_UFFD_WP_MARKER, PTR_VM_HUGEPAGE, PTR_VM_NOHUGEPAGE
 
 ctypedef uint64_t pteval_t
 
@@ -87,6 +89,15 @@ cdef enum:
     PG_DIRTY = 1
     PG_LAZYFREE = 2        # MADV_FREE'd: clean and on the lazy-free LRU
     PG_ANON_EXCLUSIVE = 4  # PageAnonExclusive: no COW sharing
+    PG_THP = 8             # one of the 512 frames of a THP (index: its place in it)
+    PG_WRITTEN = 16        # a store reached it: not all zeroes (a THP split keeps it)
+    # Transparent huge pages: a THP is 512 consecutive frames; a PMD mapping
+    # counts as one reference and one mapping of each of them.
+    HPAGE_PMD_NR = 512
+    ZERO_PFN_VALUE = 1     # the 4 KiB zero page
+    HUGE_ZERO_PFN = 2      # the huge zero page
+    # Gather entries with this bit release a whole PMD-mapped THP.
+    GATHER_THP = 0x80000000
     # RSS counters (enum mm_counter_type)
     MM_FILEPAGES = 0
     MM_ANONPAGES = 1
@@ -106,6 +117,7 @@ cdef enum:
     FAULT_SIGSEGV = 1
     FAULT_OOM = 2
     FAULT_UFFD = 3            # a userfaultfd monitor would have to resolve it
+    FAULT_FALLBACK = 4        # VM_FAULT_FALLBACK: no THP here, use small pages
     # Tracepoint events
     EV_FAULT = 0
     EV_TABLE_ALLOC = 1
@@ -143,14 +155,24 @@ ctypedef struct pt_page:
     int32_t mapcount
     uint16_t kind
     uint16_t flags
-    uint32_t index       # shmem: page offset in its object; free: next free frame
+    uint32_t index       # shmem: page offset in its object
 
 ctypedef struct pt_frames:
     pt_page *pages
     uint64_t nr_pages          # frames created (high-water mark)
     uint64_t cap
-    uint64_t free_head         # a LIFO list threaded through pt_page.index
+    # Free frames as a LIFO stack, not a list threaded through the frames: a
+    # pop is then an independent load, where a list makes every allocation
+    # wait for the previous one's load of the next pointer.
+    uint32_t *free_stack
     uint64_t nr_free
+    uint64_t free_cap
+    uint64_t nr_unrecycled     # freed while the stack could not grow (host OOM)
+    # Free runs of 512 frames for THPs, by first frame: a THP freed whole
+    # goes back here, so the seed loop under THP reuses the same frames.
+    uint32_t *block_stack
+    uint64_t nr_blocks
+    uint64_t blocks_cap
     uint64_t nr_used           # data frames in use (excluding reserved ones)
     uint64_t max_frames        # 0: unbounded
 
@@ -184,6 +206,10 @@ ctypedef struct pt_vma:
     uint64_t anon_vma          # 0: none; else an id unique in the machine
     uint64_t page_prot         # vm_page_prot
     pt_shmem *shmem            # NULL: private anonymous
+    # vma_had_uncowed_parents(): the VMA got its anon_vma at fork, so its
+    # anon_vma_chain is not singular; such a VMA neither merges with a
+    # neighbour lacking an anon_vma nor lends its anon_vma to one.
+    bint forked_anon_vma
 
 ctypedef struct pt_stats:
     uint64_t page_faults
@@ -199,6 +225,11 @@ ctypedef struct pt_stats:
     uint64_t tlb_flushes
     uint64_t mmu_gathers
     uint64_t table_batches
+    uint64_t thp_fault_alloc           # THPs mapped by a fault
+    uint64_t thp_zero_page             # huge zero pages mapped by a read fault
+    uint64_t thp_split_pmd             # huge PMDs turned into PTE tables
+    uint64_t thp_deposits_freed        # deposited tables freed with their huge PMD
+    uint64_t thp_collapse_alloc        # THPs made by MADV_COLLAPSE
 
 ctypedef struct pt_machine:
     pt_frames frames
@@ -211,6 +242,7 @@ ctypedef struct pt_mm:
     pt_machine *machine
     pteval_t pgd[512]          # the PGD page itself: never counted (R10)
     int64_t pgtables_bytes
+    int64_t nr_deposits        # huge PMDs, each with a deposited PTE table (R13)
     int64_t rss[4]             # NR_MM_COUNTERS
     uint64_t total_vm          # pages
     uint64_t locked_vm         # pages

@@ -10,4 +10,3 @@ cdef void vma_remove(pt_mm *mm, uint64_t idx, uint64_t count) noexcept nogil
 cdef int split_vma(pt_mm *mm, uint64_t idx, uint64_t addr) noexcept nogil       # -1: host OOM
 cdef bint is_mergeable(const pt_vma *a, const pt_vma *b) noexcept nogil
 cdef bint try_merge(pt_mm *mm, uint64_t idx) noexcept nogil      # merge idx with idx + 1
-cdef void anon_vma_prepare(pt_mm *mm, uint64_t idx) noexcept nogil

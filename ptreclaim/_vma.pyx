@@ -7,7 +7,7 @@ from libc.stdlib cimport realloc
 from libc.string cimport memmove
 
 from ptreclaim._types cimport pt_mm, pt_vma, PTR_VM_READ, PTR_VM_WRITE, PTR_VM_EXEC, PTR_VM_STICKY
-from ptreclaim._pgtable cimport shmem_get, shmem_put
+from ptreclaim._pgtable cimport shmem_get, shmem_put, split_huge_pmd_address
 
 cdef uint64_t find_vma(pt_mm *mm, uint64_t addr) noexcept nogil:
     cdef uint64_t lo = 0, hi = mm.nr_vmas, mid
@@ -41,8 +41,12 @@ cdef void vma_remove(pt_mm *mm, uint64_t idx, uint64_t count) noexcept nogil:
     mm.nr_vmas -= count
 
 cdef int split_vma(pt_mm *mm, uint64_t idx, uint64_t addr) noexcept nogil:
-    # __split_vma(): both halves keep flags, anon_vma and backing object.
-    cdef pt_vma right = mm.vmas[idx]
+    # __split_vma(): both halves keep flags, anon_vma and backing object; a
+    # huge PMD that the new boundary would cut is split first.
+    cdef pt_vma right
+    if split_huge_pmd_address(mm, &mm.vmas[idx], addr) < 0:
+        return -1
+    right = mm.vmas[idx]
     right.start = addr
     right.pgoff = mm.vmas[idx].pgoff + ((addr - mm.vmas[idx].start) >> 12)
     if vma_insert(mm, idx + 1, &right) < 0:
@@ -54,11 +58,13 @@ cdef int split_vma(pt_mm *mm, uint64_t idx, uint64_t addr) noexcept nogil:
 
 cdef bint is_mergeable(const pt_vma *a, const pt_vma *b) noexcept nogil:
     # is_mergeable_vma() + is_mergeable_anon_vma() + contiguous vm_pgoff.
-    # Without fork every anon_vma chain is singular, so a VMA without an
-    # anon_vma merges with any neighbour's.
+    # A VMA without an anon_vma takes its neighbour's, unless that one came
+    # from fork (its anon_vma_chain is not singular).
     if a.end != b.start or (a.flags ^ b.flags) & ~PTR_VM_STICKY or a.shmem != b.shmem:
         return False
     if a.anon_vma and b.anon_vma and a.anon_vma != b.anon_vma:
+        return False
+    if (a.anon_vma == 0) != (b.anon_vma == 0) and (a.forked_anon_vma or b.forked_anon_vma):
         return False
     return a.pgoff + ((a.end - a.start) >> 12) == b.pgoff
 
@@ -75,27 +81,6 @@ cdef bint try_merge(pt_mm *mm, uint64_t idx) noexcept nogil:
     a.flags |= b.flags & PTR_VM_STICKY
     if not a.anon_vma:
         a.anon_vma = b.anon_vma
+        a.forked_anon_vma = b.forked_anon_vma
     vma_remove(mm, idx + 1, 1)
     return True
-
-cdef inline bint anon_vma_compatible(const pt_vma *a, const pt_vma *b) noexcept nogil:
-    # Neighbours that differ only in read/write/exec may share an anon_vma,
-    # so that a later mprotect can merge them again.
-    cdef uint64_t access = PTR_VM_READ | PTR_VM_WRITE | PTR_VM_EXEC | PTR_VM_STICKY
-    return (a.end == b.start and a.shmem == b.shmem
-            and ((a.flags ^ b.flags) & ~access) == 0
-            and b.pgoff == a.pgoff + ((b.start - a.start) >> 12))
-
-cdef void anon_vma_prepare(pt_mm *mm, uint64_t idx) noexcept nogil:
-    # find_mergeable_anon_vma(): try the next VMA first, then the previous.
-    cdef pt_vma *vma = &mm.vmas[idx]
-    if vma.anon_vma:
-        return
-    if idx + 1 < mm.nr_vmas and mm.vmas[idx + 1].anon_vma and anon_vma_compatible(vma, &mm.vmas[idx + 1]):
-        vma.anon_vma = mm.vmas[idx + 1].anon_vma
-        return
-    if idx > 0 and mm.vmas[idx - 1].anon_vma and anon_vma_compatible(&mm.vmas[idx - 1], vma):
-        vma.anon_vma = mm.vmas[idx - 1].anon_vma
-        return
-    vma.anon_vma = mm.machine.next_anon_vma_id
-    mm.machine.next_anon_vma_id += 1

@@ -156,3 +156,5 @@ def make_pte_marker(bits):
 # The zero page's frame number in the simulated machine (any fixed frame will do;
 # user space never sees it).
 ZERO_PFN = 1
+# The huge zero page that read faults map by a PMD (frame 2 in both implementations).
+HUGE_ZERO_PFN = 2

@@ -71,6 +71,9 @@ def add_parser(subparsers):
     p.add_argument("--size", default="50G", help="mapping size (default 50G; K, M, G suffixes)")
     p.add_argument("--iterations", type=int, default=None,
                    help="2 MiB steps to run (default: the whole mapping)")
+    p.add_argument("--thp", choices=("never", "madvise", "always"), default=None,
+                   help="also run with this transparent_hugepage/enabled mode, beside the "
+                        "default (madvise, where the seed's mapping gets no THP)")
     p.add_argument("--no-progress", action="store_true", help="do not draw progress bars")
     p.set_defaults(func=run)
     return p
@@ -96,22 +99,28 @@ def run(args, out=sys.stdout, err=sys.stderr):
         ("with PT reclaim", dict(pt_reclaim=True), MADV_DONTNEED),
         ("MADV_FREE", dict(pt_reclaim=True), MADV_FREE),
     ]
-    results = []
-    for label, kwargs, advice in variants:
-        bar = None if args.no_progress else _Bar(label, err)
-        results.append(seed_experiment(lambda: ptreclaim.MM(**kwargs), size=size,
-                                       iterations=args.iterations, advice=advice,
-                                       progress=bar))
+    modes = ["madvise"]
+    if args.thp is not None and args.thp != "madvise":
+        modes.append(args.thp)
     n = args.iterations if args.iterations is not None else size // PMD_SIZE
     out.write(f"\nmmap {_human_kb(size // 1024)}; {n} x {{ touch 2M; madvise 2M }}"
-              f"  [{ptreclaim.IMPLEMENTATION}]\n\n")
-    heads = [label for label, _, _ in variants]
-    out.write(f"{'':8}" + "".join(f"{h:>22}" for h in heads) + "\n")
-    rows = [("VIRT", "VmSize", _human_kb), ("RES", "VmRSS", _human_kb),
-            ("VmPTE", "VmPTE", lambda kb: f"{kb} kB")]
-    for name, field, fmt in rows:
-        out.write(f"{name:8}" + "".join(f"{fmt(after[field]):>22}" for _, after, _ in results) + "\n")
-    out.write(f"{'time':8}" + "".join(f"{s:>20.2f} s" for _, _, s in results) + "\n")
-    out.write(f"{'per step':8}" + "".join(f"{s / max(n, 1) * 1e6:>19.2f} us" for _, _, s in results)
-              + "\n")
+              f"  [{ptreclaim.IMPLEMENTATION}]\n")
+    for mode in modes:
+        results = []
+        for label, kwargs, advice in variants:
+            bar = None if args.no_progress else _Bar(f"{label}, THP {mode}", err)
+            results.append(seed_experiment(lambda: ptreclaim.MM(thp=mode, **kwargs), size=size,
+                                           iterations=args.iterations, advice=advice,
+                                           progress=bar))
+        out.write(f"\nTHP {mode}\n")
+        heads = [label for label, _, _ in variants]
+        out.write(f"{'':8}" + "".join(f"{h:>22}" for h in heads) + "\n")
+        rows = [("VIRT", "VmSize", _human_kb), ("RES", "VmRSS", _human_kb),
+                ("VmPTE", "VmPTE", lambda kb: f"{kb} kB")]
+        for name, field, fmt in rows:
+            out.write(f"{name:8}" + "".join(f"{fmt(after[field]):>22}" for _, after, _ in results)
+                      + "\n")
+        out.write(f"{'time':8}" + "".join(f"{s:>20.2f} s" for _, _, s in results) + "\n")
+        out.write(f"{'per step':8}"
+                  + "".join(f"{s / max(n, 1) * 1e6:>19.2f} us" for _, _, s in results) + "\n")
     return 0

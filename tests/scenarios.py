@@ -424,6 +424,48 @@ SCENARIOS = [
             ok("munmap", (B, 4 * M), -12, 0),
         ],
     ),
+    Scenario("SC-14", "Anonymous THP: the deposit is counted", [anon(B, 4 * M)], [
+        ok("madvise", (B, 4 * M, 14)),
+        ok("write", (B, 1), 12, 2048),
+        ok("write", (B + 2 * M, 1), 4, 2048),
+        ok("madvise", (B, 2 * M, MADV_DONTNEED), -4, -2048),
+        ok("munmap", (B + 2 * M, 2 * M), -4, -2048),
+    ]),
+    Scenario("SC-15", "Partial zap of a THP splits it", [anon(B, 2 * M)], [
+        ok("madvise", (B, 2 * M, 14)),
+        ok("write", (B, 1), 12, 2048),
+        ok("madvise", (B, 4 * K, MADV_DONTNEED), 0, -4),
+        ok("madvise", (B + 4 * K, 2 * M - 4 * K, MADV_DONTNEED), 0, -2044),
+        ok("madvise", (B, 2 * M, MADV_DONTNEED), -4, 0),
+    ]),
+    Scenario("SC-16", "Huge zero page", [anon(B, 2 * M)], [
+        ok("madvise", (B, 2 * M, 14)),
+        ok("read", (B, 1), 12, 0),
+        ok("write", (B, 1), 0, 2048),
+        ok("madvise", (B, 2 * M, MADV_DONTNEED), -4, -2048),
+    ]),
+    Scenario("SC-24-thp", "mprotect splits a THP but frees no table",
+             [anon(B + G, 2 * M)], [
+        ok("madvise", (B + G, 2 * M, 14)),
+        ok("write", (B + G, 1), 12, 2048),
+        ok("mprotect", (B + G, 4 * K, PROT_READ)),
+        ok("mprotect", (B + G, 2 * M, RW)),
+        ok("madvise", (B + G, 2 * M, MADV_DONTNEED), -4, -2048),
+    ]),
+    Scenario("SC-33", "MADV_COLLAPSE of anonymous memory", [anon(B, 2 * M)], [
+        ok("write", (B, 2 * M), 12, 2048),
+        ok("madvise", (B, 2 * M, 25)),
+        ok("madvise", (B, 2 * M, MADV_DONTNEED), -4, -2048),
+    ]),
+    Scenario("SC-25", "fork copies tables only for VMAs with an anon_vma",
+             [anon(B, 4 * M), anon(B + G, 2 * M), ("mmap", (B + 2 * G, 2 * M, RW, SHARED_ANON))], [
+        ok("write", (B, 4 * M), 16, 4096),
+        ok("madvise", (B + 2 * M, 2 * M - 4 * K, MADV_DONTNEED), 0, -2044),
+        ok("madvise", (B + 4 * M - 4 * K, 4 * K, MADV_DONTNEED), 0, -4),
+        ok("read", (B + G, 2 * M), 8, 0),
+        ok("write", (B + 2 * G, 2 * M), 8, 0, 2048),
+        ok("fork_child", ()),
+    ], note="the child's VmPTE is +16 and RssAnon +2048 over an empty child"),
 ]
 
 
@@ -432,39 +474,6 @@ SCENARIOS = [
 # lands; operations the API lacks (fork, files, mremap, uffd) raise
 # NotImplementedError in the test driver.
 WAITING = [
-    Scenario("SC-14", "Anonymous THP: the deposit is counted", [anon(B, 4 * M)], [
-        ok("madvise", (B, 4 * M, 14)),
-        ok("write", (B, 1), 12, 2048),
-        ok("write", (B + 2 * M, 1), 4, 2048),
-        ok("madvise", (B, 2 * M, MADV_DONTNEED), -4, -2048),
-        ok("munmap", (B + 2 * M, 2 * M), -4, -2048),
-    ], needs="thp"),
-    Scenario("SC-15", "Partial zap of a THP splits it", [anon(B, 2 * M)], [
-        ok("madvise", (B, 2 * M, 14)),
-        ok("write", (B, 1), 12, 2048),
-        ok("madvise", (B, 4 * K, MADV_DONTNEED), 0, -4),
-        ok("madvise", (B + 4 * K, 2 * M - 4 * K, MADV_DONTNEED), 0, -2044),
-        ok("madvise", (B, 2 * M, MADV_DONTNEED), -4, 0),
-    ], needs="thp"),
-    Scenario("SC-16", "Huge zero page", [anon(B, 2 * M)], [
-        ok("madvise", (B, 2 * M, 14)),
-        ok("read", (B, 1), 12, 0),
-        ok("write", (B, 1), 0, 2048),
-        ok("madvise", (B, 2 * M, MADV_DONTNEED), -4, -2048),
-    ], needs="thp"),
-    Scenario("SC-24-thp", "mprotect splits a THP but frees no table",
-             [anon(B + G, 2 * M)], [
-        ok("madvise", (B + G, 2 * M, 14)),
-        ok("write", (B + G, 1), 12, 2048),
-        ok("mprotect", (B + G, 4 * K, PROT_READ)),
-        ok("mprotect", (B + G, 2 * M, RW)),
-        ok("madvise", (B + G, 2 * M, MADV_DONTNEED), -4, -2048),
-    ], needs="thp"),
-    Scenario("SC-33", "MADV_COLLAPSE of anonymous memory", [anon(B, 2 * M)], [
-        ok("write", (B, 2 * M), 12, 2048),
-        ok("madvise", (B, 2 * M, 25)),
-        ok("madvise", (B, 2 * M, MADV_DONTNEED), -4, -2048),
-    ], needs="thp"),
     Scenario("SC-39", "MADV_COLLAPSE on shmem frees the PTE table",
              [("mmap", (B, 2 * M, RW, SHARED_ANON))], [
         ok("write", (B, 2 * M), 12, 0, 2048),
@@ -493,15 +502,6 @@ WAITING = [
         err(EINVAL, "madvise", (B, 2 * M, MADV_FREE)),
         ok("madvise", (B, 2 * M, MADV_DONTNEED), -4, -8),
     ], needs="files"),
-    Scenario("SC-25", "fork copies tables only for VMAs with an anon_vma",
-             [anon(B, 4 * M), anon(B + G, 2 * M), ("mmap", (B + 2 * G, 2 * M, RW, SHARED_ANON))], [
-        ok("write", (B, 4 * M), 16, 4096),
-        ok("madvise", (B + 2 * M, 2 * M - 4 * K, MADV_DONTNEED), 0, -2044),
-        ok("madvise", (B + 4 * M - 4 * K, 4 * K, MADV_DONTNEED), 0, -4),
-        ok("read", (B + G, 2 * M), 8, 0),
-        ok("write", (B + 2 * G, 2 * M), 8, 0, 2048),
-        ok("fork_child", ()),
-    ], note="the child's VmPTE is +16 and RssAnon +2048 over an empty child", needs="fork"),
     Scenario("SC-27", "mremap move", [anon(B, 2 * M)], [
         ok("write", (B, 2 * M), 12, 2048),
         ok("mremap", (B, 2 * M, 2 * M, 3, B + G)),

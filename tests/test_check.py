@@ -162,7 +162,7 @@ CORE_INVARIANT = {
     "rss_anon_off_by_one": "RssAnon equals the present entries of its kind",
     "rss_shmem_off_by_one": "RssShmem equals the present entries of its kind",
     "pte_maps_free_frame": "a PTE maps a free frame",
-    "mapcount_off": "an anonymous page's mapcount equals its PTEs",
+    "mapcount_off": "an anonymous page's mapcount equals its mappings in all mms",
     "pgtables_bytes_off": "pgtables_bytes equals 4096 x the tables linked",
     "locked_vm_off": "VmLck equals the size of the locked VMAs",
     "total_vm_off": "VmSize equals the size of the VMAs",
