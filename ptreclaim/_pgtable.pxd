@@ -5,7 +5,7 @@
 from libc.stdint cimport uint32_t, uint64_t, int64_t
 from ptreclaim._types cimport (
     pteval_t, pt_page, pt_frames, pt_pool, pt_shmem, pt_vma, pt_mm, pt_machine,
-    FRAME_ANON, PG_ANON_EXCLUSIVE, PG_DIRTY, PG_WRITTEN,
+    FRAME_ANON, PG_ANON_EXCLUSIVE, PG_DIRTY, PG_ZEROED,
     mmu_gather, zap_details,
     PTR_PAGE_PRESENT, PTR_PAGE_PROTNONE, PTR_PAGE_PSE, PTR_PAGE_ACCESSED,
     PTR_PAGE_DIRTY, PTR_PAGE_RW, PTR_PAGE_SPECIAL, PTR_PFN_MASK,
@@ -95,9 +95,20 @@ cdef inline int64_t anon_page_fast(pt_frames *f) noexcept nogil:
     p.kind = FRAME_ANON
     p.refcount = 1
     p.mapcount = 1
-    p.flags = PG_ANON_EXCLUSIVE | PG_WRITTEN    # for a store by the CPU
+    p.flags = PG_ANON_EXCLUSIVE
     p.index = 0
     return pfn
+
+cdef inline void page_stored(pt_frames *f, uint64_t pfn) noexcept nogil:
+    """A store by the CPU reached the page: it is no longer known to be zero."""
+    if f.nr_zeroed and (f.pages[pfn].flags & PG_ZEROED):
+        f.pages[pfn].flags &= ~PG_ZEROED
+        f.nr_zeroed -= 1
+
+cdef inline void page_zeroed(pt_frames *f, uint64_t pfn) noexcept nogil:
+    if not (f.pages[pfn].flags & PG_ZEROED):
+        f.pages[pfn].flags |= PG_ZEROED
+        f.nr_zeroed += 1
 
 cdef inline bint free_stack_reserve(pt_frames *f, uint64_t n) noexcept nogil:
     """Room on the free stack for n more frames; False if the host has none."""
@@ -209,7 +220,9 @@ cdef void split_folio(pt_mm *mm, pt_vma *vma, uint64_t head, uint64_t span) noex
 cdef int large_folio_step(pt_mm *mm, pt_vma *vma, pteval_t *table, uint64_t i, uint64_t span,
                           uint64_t start, uint64_t end, bint split_whole) noexcept nogil
 
-# --- anon_vma -------------------------------------------------------------------------
+# --- the VMA array and anon_vma --------------------------------------------------------
+
+cdef uint64_t find_vma(pt_mm *mm, uint64_t addr) noexcept nogil   # first VMA with end > addr
 
 cdef void anon_vma_prepare(pt_mm *mm, uint64_t idx) noexcept nogil
 cdef int collapse_span(pt_mm *mm, pt_vma *vma, uint64_t haddr) noexcept nogil
