@@ -552,6 +552,9 @@ cdef int _trace_trampoline(void *mmp, int event, uint64_t addr, uint64_t arg) no
         return (<MM>(<pt_mm *>mmp).trace_owner)._dispatch(event, addr, arg)
 
 
+# touch() lets other Python threads run while it works on more than this.
+cdef uint64_t _NOGIL_TOUCH_BYTES = 16 << 20
+
 _THP_MODES = {"never": 0, "madvise": 1, "always": 2}
 _THP_NAMES = {v: k for k, v in _THP_MODES.items()}
 _RECLAIM_MODES = {False: RECLAIM_OFF, True: RECLAIM_ON, "seed": RECLAIM_SEED}
@@ -1250,7 +1253,11 @@ cdef class MM:
         end = start + size
         if end < start:
             raise ValueError("addr + length wraps around the address space")
-        with nogil:
+        if size > _NOGIL_TOUCH_BYTES:
+            with nogil:
+                r = self.do_touch(start, end, write, &where)
+        else:
+            # Releasing the GIL costs more than a few spans of accesses.
             r = self.do_touch(start, end, write, &where)
         self._raise_pending()
         if r == FAULT_SIGSEGV:

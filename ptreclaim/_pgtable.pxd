@@ -2,7 +2,7 @@
 # contract. Every function here is noexcept nogil; those that can fail return
 # a negative value (or NULL) and say so.
 
-from libc.stdint cimport uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint16_t, uint32_t, int32_t, uint64_t, int64_t
 from ptreclaim._types cimport (
     pteval_t, pt_page, pt_frames, pt_pool, pt_shmem, pt_vma, pt_mm, pt_machine,
     FRAME_ANON, PG_ANON_EXCLUSIVE, PG_DIRTY, PG_ZEROED,
@@ -79,6 +79,18 @@ cdef inline int trace(pt_mm *mm, int event, uint64_t addr, uint64_t arg) noexcep
 
 # --- a fresh anonymous page, the common case inline ---------------------------------
 
+cdef inline void frame_set(pt_page *p, int32_t refcount, int32_t mapcount, uint16_t kind,
+                           uint16_t flags, uint32_t index) noexcept nogil:
+    # One whole-struct store where field by field would be five: the fault
+    # and free loops are bound by stores.
+    cdef pt_page v
+    v.refcount = refcount
+    v.mapcount = mapcount
+    v.kind = kind
+    v.flags = flags
+    v.index = index
+    p[0] = v
+
 cdef inline int64_t anon_page_fast(pt_frames *f) noexcept nogil:
     """A new exclusive anonymous page for a store, from the free stack, or -1 (then alloc_frame()).
 
@@ -91,12 +103,7 @@ cdef inline int64_t anon_page_fast(pt_frames *f) noexcept nogil:
     f.nr_free -= 1
     pfn = f.free_stack[f.nr_free]
     f.nr_used += 1
-    p = &f.pages[pfn]
-    p.kind = FRAME_ANON
-    p.refcount = 1
-    p.mapcount = 1
-    p.flags = PG_ANON_EXCLUSIVE
-    p.index = 0
+    frame_set(&f.pages[pfn], 1, 1, FRAME_ANON, PG_ANON_EXCLUSIVE, 0)
     return pfn
 
 cdef inline void page_stored(pt_frames *f, uint64_t pfn) noexcept nogil:

@@ -106,11 +106,7 @@ cdef bint _free_stack_grow(pt_frames *f, uint64_t n) noexcept nogil:
 cdef inline void _frame_release(pt_frames *f, pt_page *p, uint64_t pfn) noexcept nogil:
     if p.flags & PG_ZEROED:
         f.nr_zeroed -= 1
-    p.refcount = 0
-    p.mapcount = 0
-    p.kind = FRAME_FREE
-    p.flags = 0
-    p.index = 0
+    frame_set(p, 0, 0, FRAME_FREE, 0, 0)
     f.nr_used -= 1
     if free_stack_reserve(f, 1):
         f.free_stack[f.nr_free] = <uint32_t>pfn
@@ -464,11 +460,7 @@ cdef void _tlb_batch_pages_flush(mmu_gather *tlb) noexcept nogil:
             p = &pages[pfn]
             if p.refcount == 1 and p.kind == FRAME_ANON:
                 zeroed += (p.flags & PG_ZEROED) != 0
-                p.refcount = 0
-                p.mapcount = 0
-                p.kind = FRAME_FREE
-                p.flags = 0
-                p.index = 0
+                frame_set(p, 0, 0, FRAME_FREE, 0, 0)
                 stack[top] = pfn
                 top += 1
                 freed += 1
@@ -1493,11 +1485,7 @@ cdef int fault_range(pt_mm *mm, pt_vma *vma, uint64_t *paddr, uint64_t end, bint
                     taken += 1
                     pfn = stack[top - taken]
                     p = &pages[pfn]
-                    p.refcount = 1
-                    p.mapcount = 1
-                    p.kind = FRAME_ANON
-                    p.flags = new_flags
-                    p.index = 0
+                    frame_set(p, 1, 1, FRAME_ANON, new_flags, 0)
                     if gup:
                         frames.nr_zeroed += 1
                 else:
@@ -1861,11 +1849,7 @@ cdef int64_t alloc_thp(pt_frames *f) noexcept nogil:
         f.nr_pages += HPAGE_PMD_NR
     for i in range(HPAGE_PMD_NR):
         p = &f.pages[head + i]
-        p.refcount = 1
-        p.mapcount = 1
-        p.kind = FRAME_ANON
-        p.flags = PG_ANON_EXCLUSIVE | PG_THP | PG_ZEROED
-        p.index = <uint32_t>i
+        frame_set(p, 1, 1, FRAME_ANON, PG_ANON_EXCLUSIVE | PG_THP | PG_ZEROED, <uint32_t>i)
     f.nr_used += HPAGE_PMD_NR
     f.nr_zeroed += HPAGE_PMD_NR
     return head
