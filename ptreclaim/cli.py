@@ -3,9 +3,10 @@
 * ``compare SCRIPT`` runs an operation script (docs/scripts.md) on the host kernel and in
   the simulator, configured like the host, and prints both side by side; the exit status
   is 0 when they agree on every operation, 1 when they differ, 2 on an error.
-  ``compare --random N [--seed S]`` compares a generated script instead.
-* ``run SCRIPT [--on kernel|sim]`` prints one side's results only (e.g. for fork scripts,
-  which the simulator cannot run yet).
+  ``compare --random N [--seed S] [--profile P]`` compares a generated script instead
+  (``P``: ``default``, ``fork``, ``thp-fork``: ``ptreclaim.randscript.PROFILES``).
+* ``run SCRIPT [--on kernel|sim]`` prints one side's results only (e.g. for a script the
+  simulator cannot run yet).
 * ``host`` prints the host configuration the simulator is matched to.
 * ``demo`` runs the seed patch's experiment with and without PT reclaim (ptreclaim.demo).
 
@@ -32,11 +33,12 @@ class CliError(Exception):
 
 # --- inputs ---------------------------------------------------------------------------------
 
-def random_script(n, seed):
-    """The hook for generated scripts: ``ptreclaim.randscript.generate(n, seed)``.
+def random_script(n, seed, profile="default"):
+    """The hook for generated scripts: ``ptreclaim.randscript.generate(n, seed, config)``.
 
     It returns a list of ``ptreclaim.script`` operations (or script text) of ``n``
-    operations, the same for the same ``seed``: the scripts of
+    operations, the same for the same ``seed`` and ``profile`` (a name of
+    ``randscript.PROFILES``; ``default`` is ``DEFAULT_CONFIG``): the scripts of
     ``tests/test_random_vs_kernel.py`` (see ``docs/validation.md``).
     """
     name = f"{__package__}.randscript"
@@ -48,7 +50,16 @@ def random_script(n, seed):
         raise CliError(
             f"--random needs the script generator {name}.generate(n, seed), which does not exist yet"
         ) from None
-    ops = randscript.generate(n, seed)
+    if profile == "default":
+        ops = randscript.generate(n, seed)
+    else:
+        profiles = getattr(randscript, "PROFILES", {})
+        if profile not in profiles:
+            raise CliError(f"unknown --profile {profile!r} (one of {', '.join(profiles) or 'default'})")
+        try:
+            ops = randscript.generate(n, seed, profiles[profile])
+        except ValueError as e:  # e.g. no simulator with fork() to draw a fork script with
+            raise CliError(f"--profile {profile}: {e}") from None
     return S.parse(ops) if isinstance(ops, str) else list(ops)
 
 
@@ -58,8 +69,10 @@ def _load_ops(args):
             raise CliError("give a SCRIPT or --random N, not both")
         if args.seed is None:
             args.seed = int.from_bytes(os.urandom(4), "little")
-        print(f"random script: {args.random} operations, --seed {args.seed}")
-        return random_script(args.random, args.seed)
+        profile = getattr(args, "profile", "default")
+        print(f"random script: {args.random} operations, --seed {args.seed}"
+              + (f" --profile {profile}" if profile != "default" else ""))
+        return random_script(args.random, args.seed, profile)
     if args.script is None:
         raise CliError("give a SCRIPT file ('-' for standard input) or --random N")
     if args.script == "-":
@@ -224,6 +237,9 @@ def _script_args(p):
     p.add_argument("script", nargs="?", help="operation script (docs/scripts.md); '-' reads standard input")
     p.add_argument("--random", type=int, metavar="N", help="use a generated script of N operations")
     p.add_argument("--seed", type=int, metavar="S", help="seed of --random (default: a fresh one, printed)")
+    p.add_argument("--profile", default="default", metavar="P",
+                   help="what --random draws: default, fork (one fork/forkp), thp-fork (one fork/forkp "
+                        "and MADV_HUGEPAGE/NOHUGEPAGE with THP faults); see docs/validation.md")
     p.add_argument("--base", type=_int, default=S.DEFAULT_BASE,
                    help=f"address ADDR 0 stands for (default {S.DEFAULT_BASE:#x})")
     p.add_argument("--impl", choices=("auto", "core", "reference"), default="auto",

@@ -204,18 +204,48 @@ def _encode(ops, base, kr):
     return words.tobytes()
 
 
+_MAX_SO_RANGES = 16  # MAX_SO_RANGES of _kernelrun.c: the ranges it reads before the baseline
+
+
+def _libc_address():
+    """An address in the C library's code (its ``syscall`` function), or ``None``."""
+    try:
+        import ctypes
+        return ctypes.cast(ctypes.CDLL(None).syscall, ctypes.c_void_p).value
+    except (ImportError, OSError, AttributeError):
+        return None
+
+
 def _own_ranges(kr):
-    """This extension's mappings: the runner reads them all so no code page faults later."""
+    """The readable mappings of this extension and of the C library: the runner and every
+    process it forks read all their pages before their baseline.
+
+    Code pages are file pages that a fork does not copy, so each child faults them in again,
+    and fault-around maps with each one the neighbours that are in the page cache at that
+    moment.  Which neighbours those are is the page cache's business (proactive reclaim,
+    e.g. a DAMON ``pageout`` scheme, evicts cold unmapped file pages at any time), so a
+    script's ``fork`` child and its calibration child could map a different number of
+    C-library pages: ``RssFile`` 4 kB apart (docs/validation.md, Nondeterminism).  With
+    every page read, each process maps all of them, and the runner's own mapping keeps
+    them in the cache while the script runs.
+    """
     path = os.path.realpath(kr.__file__)
-    ranges = []
+    libc = _libc_address()
+    maps = []
     with open("/proc/self/maps") as f:
         for line in f:
             parts = line.split(None, 5)
-            if len(parts) == 6 and parts[5].rstrip("\n").removesuffix(" (deleted)") == path:
+            if len(parts) == 6:
                 s, e = (int(x, 16) for x in parts[0].split("-"))
-                ranges.append((s, e))
-    if not ranges:
+                maps.append((s, e, parts[1], parts[5].rstrip("\n").removesuffix(" (deleted)")))
+    paths = {path}
+    paths.update(name for s, e, _, name in maps
+                 if libc is not None and s <= libc < e and name.startswith("/"))
+    ranges = [(s, e) for s, e, perms, name in maps if name in paths and perms.startswith("r")]
+    if not any(name == path for *_, name in maps):
         raise KernelRunError(f"cannot find {path} in /proc/self/maps")
+    if len(ranges) > _MAX_SO_RANGES:
+        raise KernelRunError(f"too many mappings to read before the baseline: {len(ranges)}")
     return ranges
 
 

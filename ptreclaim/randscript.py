@@ -17,9 +17,14 @@ decides legality; whether the simulator is *right* is what the comparison with t
 judges.  The same seed gives the same script as long as the oracle behaves the same.
 
 ``Config`` switches on what the simulator cannot do yet (``MADV_COLLAPSE``, THP faults
-in ``MADV_HUGEPAGE`` regions); ``generate`` uses
-``DEFAULT_CONFIG``, which is what ``python -m ptreclaim compare --random N --seed S`` and
-``tests/test_random_vs_kernel.py`` compare.
+in ``MADV_HUGEPAGE`` regions) and what the default scripts leave out (a ``fork``);
+``generate`` uses ``DEFAULT_CONFIG``, which is what ``python -m ptreclaim compare --random N
+--seed S`` and ``tests/test_random_vs_kernel.py`` compare.  ``PROFILES`` names the other
+configurations (``--profile`` of ``compare``): ``fork`` (one ``fork`` or ``forkp`` at a random
+point) and ``thp-fork`` (the same, plus ``MADV_HUGEPAGE``/``MADV_NOHUGEPAGE`` on 2 MiB-aligned
+mappings whose accesses fault in transparent huge pages).  A profile draws from the seed's
+random stream as the default does until its first extra choice, so the default scripts
+are the same with or without them.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from dataclasses import dataclass
 from . import constants as C
 from . import script as S
 
-__all__ = ["Config", "DEFAULT_CONFIG", "VALID_ADVICE", "OPTIONAL_ADVICE", "INVALID_ADVICE",
+__all__ = ["Config", "DEFAULT_CONFIG", "FORK_CONFIG", "THP_FORK_CONFIG", "PROFILES",
+           "VALID_ADVICE", "OPTIONAL_ADVICE", "INVALID_ADVICE",
            "generate", "generate_text", "outcome", "first_difference", "minimize"]
 
 K, M, G = 1 << 10, 1 << 20, 1 << 30
@@ -86,8 +92,20 @@ class Config:
     * ``op_cap``: the most memory one operation may populate (bytes); ``budget``: the most
       all operations of a script may populate together.
     * ``oracle``: ``"reference"`` (default: the scripts do not depend on how the core is
-      built), ``"core"`` (faster), or ``None`` (the core when it is built and implements
-      every advice in ``advice``, else the reference).
+      built), ``"core"`` (faster), or ``None`` (the core when it is built, implements
+      every advice in ``advice`` and, if the script forks, ``fork()``; else the reference).
+    * ``fork``: ``None`` (default: no fork), ``"fork"``, ``"forkp"`` or ``"any"`` (either,
+      drawn): exactly one such operation, at a random line of the script (not the first
+      nor the last).  After it the oracle follows the process that runs the rest (the child
+      for ``fork``: no ``MADV_DONTFORK`` VMAs, empty ``MADV_WIPEONFORK`` ones, no
+      ``VM_LOCKED``), so touches stay legal.  The oracle needs ``fork()``.
+    * ``thp_advice``: ``False`` (default), or ``True`` to make THP happen with THP
+      ``madvise``: half the mappings are 2 MiB-aligned with lengths of whole 2 MiB spans
+      (a few a page off), most are followed by ``MADV_HUGEPAGE`` of exactly their range, and
+      ``MADV_HUGEPAGE``/``MADV_NOHUGEPAGE`` are drawn often, on whole VMAs, their 2 MiB
+      spans or any range (unaligned ones too).  Most touches go to ``VM_HUGEPAGE``
+      VMAs.  Needs ``thp_faults=True``.  The memory budget counts every 2 MiB span such an
+      access may fault in.
     """
 
     advice: tuple = VALID_ADVICE
@@ -97,6 +115,14 @@ class Config:
     op_cap: int = 8 * M
     budget: int = 192 * M
     oracle: str | None = "reference"
+    fork: str | None = None
+    thp_advice: bool = False
+
+    def __post_init__(self):
+        if self.fork not in (None, "fork", "forkp", "any"):
+            raise ValueError(f"fork must be None, 'fork', 'forkp' or 'any', not {self.fork!r}")
+        if self.thp_advice and not self.thp_faults:
+            raise ValueError("thp_advice=True needs thp_faults=True")
 
     def with_advice(self, *extra):
         """A copy that also draws ``extra`` advice values (e.g. ``OPTIONAL_ADVICE``)."""
@@ -104,6 +130,15 @@ class Config:
 
 
 DEFAULT_CONFIG = Config()
+# One fork or forkp per script; THP as in the default (no access to VM_HUGEPAGE VMAs): the
+# simulators can be compared with the kernel on these now.  The oracle is the reference
+# model, as by default: the scripts do not depend on the core under test.  Legality does
+# not depend on THP either (it changes what is resident, not which accesses fault), so a
+# model with or without THP draws the same scripts.
+FORK_CONFIG = Config(fork="any")
+# One fork or forkp per script, and THP faults in MADV_HUGEPAGE regions (THP "madvise").
+THP_FORK_CONFIG = Config(fork="any", thp_faults=True, thp_advice=True)
+PROFILES = {"default": DEFAULT_CONFIG, "fork": FORK_CONFIG, "thp-fork": THP_FORK_CONFIG}
 
 # Advice the core raises NotImplementedError for.
 _CORE_MISSING = {C.MADV_COLLAPSE}
@@ -116,15 +151,20 @@ def _oracle_class(cfg):
         if want == "core":
             try:
                 from ._core import MM
-                return MM
+                if cfg.fork is None or hasattr(MM, "fork"):
+                    return MM
             except ImportError:
-                want = "reference"
+                pass
+            want = "reference"
     if want == "core":
         from ._core import MM
     elif want == "reference":
         from ._reference import MM
     else:
         raise ValueError(f"oracle must be 'core', 'reference' or None, not {want!r}")
+    if cfg.fork is not None and not hasattr(MM, "fork"):
+        raise ValueError(f"Config(fork={cfg.fork!r}) needs an oracle with fork(); "
+                         f"{MM.__module__}.MM has none")
     return MM
 
 
@@ -155,10 +195,21 @@ class _Gen:
         self.vmas = []  # (start, end, flags, anon_vma), relative to the base
         self.guards = C.MADV_GUARD_INSTALL in cfg.advice
         self.advice = [(a, _ADVICE_WEIGHT.get(a, 1)) for a in cfg.advice]
+        self.idle = []     # the oracle's processes a fork left behind (kept alive, as on the host)
+        self.pending = []  # operations to emit next (thp_advice: MADV_HUGEPAGE after an mmap)
 
     # --- the oracle -------------------------------------------------------------------------
 
     def apply(self, op):
+        if isinstance(op, (S.Fork, S.ForkP)):
+            child = self.mm.fork()
+            if isinstance(op, S.Fork):
+                self.idle.append(self.mm)
+                self.mm = child
+            else:
+                self.idle.append(child)
+            self._read_vmas()
+            return 0
         try:
             err, fault, _ = S._apply(self.mm, op, self.base)
         except NotImplementedError:
@@ -170,9 +221,12 @@ class _Gen:
             # The generator chose a touch the oracle says faults: a generator bug, not a
             # finding (the kernel comparison judges the simulator, not this).
             raise RuntimeError(f"generated touch faulted in the oracle: {op} at {fault - self.base:#x}")
+        self._read_vmas()
+        return err
+
+    def _read_vmas(self):
         self.vmas = [(s - self.base, e - self.base, f, a) for s, e, f, a in self.mm.vmas()
                      if self.base <= s < self.base + WINDOW]
-        return err
 
     def room(self):
         return self.cfg.budget - self.spent
@@ -310,6 +364,20 @@ class _Gen:
                 return True
         return False
 
+    def thp_extra(self, a, n, need=None):
+        """Bytes beyond [a, a + n) that THP faults may populate: with ``thp_advice``, an
+        access in a ``VM_HUGEPAGE`` VMA may fault in the whole 2 MiB span around it."""
+        if not self.cfg.thp_advice or n >= _U64 // 2:
+            return 0
+        lo, hi = _page_down(a), _page_up(a + n)
+        extra = 0
+        for s, e, f, _ in self.overlapping(a, n):
+            if f & C.VM_HUGEPAGE and (need is None or f & need):
+                inner = min(hi, e) - max(lo, s)
+                outer = min((hi + 2 * M - 1) & ~(2 * M - 1), e) - max(lo & ~(2 * M - 1), s)
+                extra += outer - inner
+        return extra
+
     def spend(self, nbytes):
         if nbytes > self.cfg.op_cap or nbytes > self.room():
             return False
@@ -345,6 +413,23 @@ class _Gen:
             n = 0  # EINVAL
         elif r < 0.06:
             a += rng.choice((1, PAGE // 2))  # EINVAL
+        hugepage = False
+        if self.cfg.thp_advice and n and not a % PAGE and rng.random() < 0.5:
+            # Whole 2 MiB spans at a 2 MiB boundary: a fault there maps a huge page once
+            # MADV_HUGEPAGE is set; a few start or end a page off (THP only in the spans
+            # that fit inside the VMA).
+            hugepage = True
+            a = min(a & ~(2 * M - 1), WINDOW - 8 * M)
+            if self.overlapping(a, 8 * M) and rng.random() < 0.8:
+                a = self.free_aligned(a)
+            prot = rng.choice((3, 3, 3, 3, 1, 7, 0))
+            shared = rng.random() < 0.1
+            n = rng.randint(1, 4) * 2 * M
+            if rng.random() < 0.2:
+                if rng.random() < 0.5:
+                    a += PAGE
+                n += rng.choice((PAGE, -PAGE))
+            populate = populate and rng.random() < 0.5
         n = self.fit(a, n)
         if n <= 0:
             return None
@@ -353,8 +438,18 @@ class _Gen:
                 n = rng.randint(1, self.cfg.op_cap // PAGE) * PAGE
             if not self.spend(_page_up(n)):
                 populate = locked = False
+        if hugepage and rng.random() < 0.75:
+            self.pending.append(S.Madvise(a, n, C.MADV_HUGEPAGE))
         return S.Mmap(a, n, prot, shared=shared, populate=populate, locked=locked,
                       noreserve=noreserve, fixed=fixed)
+
+    def free_aligned(self, a):
+        """A 2 MiB-aligned address near ``a`` with 8 MiB free above it (else ``a``)."""
+        for step in range(1, 64):
+            for b in (a + step * 2 * M, a - step * 2 * M):
+                if 0 <= b <= WINDOW - 8 * M and not self.overlapping(b, 8 * M):
+                    return b
+        return a
 
     def op_touch(self):
         rng = self.rng
@@ -364,6 +459,8 @@ class _Gen:
               and (self.cfg.thp_faults or not v[2] & C.VM_HUGEPAGE)]
         if not ok:
             return None
+        if self.cfg.thp_advice and rng.random() < 0.6:
+            ok = [v for v in ok if v[2] & C.VM_HUGEPAGE] or ok
         s, e, _, _ = rng.choice(ok)
         # Extend across neighbours that allow the access too.
         runs = {v[0]: v for v in ok}
@@ -374,7 +471,7 @@ class _Gen:
         if r < 0.3 and lo < hi:
             # One whole 2 MiB span: a full PTE table, which a later DONTNEED can reclaim.
             a = lo + rng.randrange((hi - lo) // (2 * M)) * 2 * M
-            if self.guarded(a, 2 * M) or not self.spend(2 * M):
+            if self.guarded(a, 2 * M) or not self.spend(2 * M + self.thp_extra(a, 2 * M)):
                 return None
             return S.Touch(a, 2 * M, write)
         if r < 0.4:
@@ -389,12 +486,30 @@ class _Gen:
         n = rng.randint(1, cap) if rng.random() < 0.4 else cap
         if self.guarded(a, n):
             return None
-        if not self.spend(_page_up(a + n) - _page_down(a)):
+        if not self.spend(_page_up(a + n) - _page_down(a) + self.thp_extra(a, n)):
             return None
         return S.Touch(a, n, write)
 
+    def op_thp_advice(self):
+        """thp_advice: MADV_HUGEPAGE or MADV_NOHUGEPAGE on a whole VMA, its 2 MiB spans, or
+        any range (unaligned starts and lengths included)."""
+        rng = self.rng
+        advice = C.MADV_HUGEPAGE if rng.random() < 0.7 else C.MADV_NOHUGEPAGE
+        r = rng.random()
+        if self.vmas and r < 0.35:
+            s, e, _, _ = rng.choice(self.vmas)
+            a, n = s, e - s
+        elif self.vmas and r < 0.6:
+            a, end = self.inside_vma(spans=True)
+            n = end - a
+        else:
+            a, n = self.range()
+        return S.Madvise(a, n, advice)
+
     def op_madvise(self):
         rng = self.rng
+        if self.cfg.thp_advice and rng.random() < 0.3:
+            return self.op_thp_advice()
         if rng.random() < self.cfg.p_invalid_advice:
             advice = rng.choice(self.cfg.invalid_advice)
         else:
@@ -407,7 +522,7 @@ class _Gen:
         if advice in (C.MADV_POPULATE_READ, C.MADV_POPULATE_WRITE):
             if self.hits_hugepage(a, n):
                 return None
-            if not self.spend(self.mapped_bytes(a, n, _READABLE)):
+            if not self.spend(self.mapped_bytes(a, n, _READABLE) + self.thp_extra(a, n, _READABLE)):
                 return None
         elif advice == C.MADV_HUGEPAGE and not self.cfg.thp_faults:
             if a % PAGE == 0 and self.has_entries(a, n):
@@ -436,7 +551,7 @@ class _Gen:
             if self.hits_hugepage(a, n, also=C.VM_LOCKED):
                 return None
             locked = self.mapped_bytes(a, n, C.VM_LOCKED)
-            if locked and not self.spend(locked):
+            if locked and not self.spend(locked + self.thp_extra(a, n, C.VM_LOCKED)):
                 return None
         return S.Mprotect(a, n, prot)
 
@@ -450,7 +565,7 @@ class _Gen:
             if self.hits_hugepage(a, n):
                 return None
             # mlock populates every accessible VMA in range (unless it fails first).
-            if not self.spend(self.mapped_bytes(a, n, _READABLE)):
+            if not self.spend(self.mapped_bytes(a, n, _READABLE) + self.thp_extra(a, n, _READABLE)):
                 return None
         return S.Mlock(a, n)
 
@@ -462,6 +577,8 @@ class _Gen:
               ("op_munmap", 9), ("op_mlock", 7), ("op_munlock", 5))
 
     def next_op(self):
+        if self.pending:
+            return self.pending.pop(0)
         for _ in range(200):
             if not self.vmas or self.rng.random() < 0.05:
                 kind = "op_mmap"
@@ -483,9 +600,17 @@ def generate(n_ops, seed, config=DEFAULT_CONFIG, *, base=S.DEFAULT_BASE):
         raise ValueError(f"n_ops must be a non-negative int, not {n_ops!r}")
     rng = random.Random(f"ptreclaim.randscript:{seed}")
     gen = _Gen(rng, config, _oracle_class(config)(pt_reclaim=True, thp="madvise"), base)
+    fork_at = -1
+    if config.fork is not None and n_ops >= 1:
+        # Its own stream: where the fork goes does not change what is drawn around it.
+        frng = random.Random(f"ptreclaim.randscript:fork:{seed}")
+        fork_at = frng.randint(1, n_ops - 2) if n_ops >= 3 else n_ops - 1
+        kind = config.fork if config.fork != "any" else frng.choice(("fork", "forkp"))
+        fork_op = S.Fork() if kind == "fork" else S.ForkP()
     ops = []
     for i in range(n_ops):
-        op = dataclasses.replace(gen.next_op(), lineno=i + 1)
+        op = fork_op if i == fork_at else gen.next_op()
+        op = dataclasses.replace(op, lineno=i + 1)
         gen.apply(op)
         ops.append(op)
     return ops

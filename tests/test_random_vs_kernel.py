@@ -8,12 +8,20 @@ operation the errno, the fault address, mmap's return value and every /proc stat
 the runner reports (VmPTE, VmRSS, RssAnon, RssFile, RssShmem, VmSize, VmLck, VmSwap, as
 deltas from the start of the script) must be equal.  docs/validation.md has the figures.
 
+The ``fork`` profile adds one ``fork`` or ``forkp`` at a random line of each script; the
+``thp-fork`` profile adds one too, and ``MADV_HUGEPAGE``/``MADV_NOHUGEPAGE`` on 2 MiB-aligned
+mappings whose accesses fault in transparent huge pages (``randscript.PROFILES``).
+
 A failure names its seed and prints the command that shows the whole comparison.
 These skip only off Linux (or without 4 KiB pages) and when the runner's window cannot
 be mapped in this process.
 """
 
 import functools
+import io
+import os
+import pickle
+import subprocess
 import sys
 
 import pytest
@@ -32,6 +40,8 @@ if sys.platform.startswith("linux"):
 N_OPS = 80
 CORE_SEEDS = range(300)                 # every one against the compiled core
 REFERENCE_SEEDS = range(0, 300, 6)      # 50 of them against the reference model too
+FORK_SEEDS = range(200)                 # profile "fork": one fork or forkp each, against the core
+THP_SEEDS = range(200)                  # profile "thp-fork": THP advice and a fork each
 
 
 @pytest.fixture(scope="module")
@@ -48,44 +58,57 @@ def host():
 
 
 @functools.lru_cache(maxsize=None)
-def script(seed):
-    return tuple(R.generate(N_OPS, seed))
+def script(seed, profile="default"):
+    if profile == "default":
+        return tuple(R.generate(N_OPS, seed))
+    return tuple(R.generate(N_OPS, seed, R.PROFILES[profile]))
 
 
 @functools.lru_cache(maxsize=None)
-def on_kernel(seed):
-    return kernel.run(list(script(seed)))
+def on_kernel(seed, profile="default"):
+    return kernel.run(list(script(seed, profile)))
 
 
-def compare(seed, impl, host):
-    ops = list(script(seed))
-    kres = on_kernel(seed)
+def _repro(seed, impl, profile):
+    opt = "" if profile == "default" else f" --profile {profile}"
+    return f"python -m ptreclaim compare --random {N_OPS} --seed {seed}{opt} --impl {impl}"
+
+
+def disagreement(seed, impl, profile, kres, sres):
+    """``None`` if the kernel's and the simulator's results agree, else the report."""
+    ops = list(script(seed, profile))
+    assert len(kres) == len(sres) == N_OPS
+    repro = _repro(seed, impl, profile)
+    for op, k, s in zip(ops, kres, sres):
+        # The generator only touches what is mapped with the needed permission: a fault on
+        # the kernel means the generator (or its oracle) got the layout wrong.
+        if isinstance(op, S.Touch) and k.errno:
+            return (f"seed {seed}, line {op.lineno}: '{op}' faulted on the kernel at "
+                    f"{k.fault - S.DEFAULT_BASE:#x}: the generator made an illegal script\n  {repro}")
+        if R.outcome(k) != R.outcome(s):
+            kd, sd = k.delta, s.delta
+            fields = [f for f in S.FIELDS if kd[f] != sd[f]]
+            return (
+                f"seed {seed}, line {op.lineno}: '{op}': kernel and {impl} differ"
+                f" (earlier lines agree)\n"
+                f"  errno  kernel {S.errno_name(k.errno)}, {impl} {S.errno_name(s.errno)}\n"
+                + "".join(f"  {f}  kernel {kd[f]}, {impl} {sd[f]}\n" for f in fields)
+                + (f"  ret/fault  kernel {k.ret}/{k.fault}, {impl} {s.ret}/{s.fault}\n"
+                   if (k.ret, k.fault) != (s.ret, s.fault) else "")
+                + f"  reproduce: {repro}")
+    return None
+
+
+def compare(seed, impl, host, profile="default"):
+    ops = list(script(seed, profile))
     if impl == "core":
         from ptreclaim._core import MM
     else:
         from ptreclaim._reference import MM
     sres = S.run(ops, MM(pt_reclaim=host["pt_reclaim"], thp=host["thp"]))
-    assert len(kres) == len(sres) == N_OPS
-    repro = f"python -m ptreclaim compare --random {N_OPS} --seed {seed} --impl {impl}"
-    for op, k, s in zip(ops, kres, sres):
-        # The generator only touches what is mapped with the needed permission: a fault on
-        # the kernel means the generator (or its oracle) got the layout wrong.
-        if isinstance(op, S.Touch):
-            assert k.errno == 0, (
-                f"seed {seed}, line {op.lineno}: '{op}' faulted on the kernel at "
-                f"{k.fault - S.DEFAULT_BASE:#x}: the generator made an illegal script\n  {repro}")
-        if R.outcome(k) != R.outcome(s):
-            fields = [f for f in S.FIELDS if k.delta[f] != s.delta[f]]
-            pytest.fail(
-                f"seed {seed}, line {op.lineno}: '{op}': kernel and {impl} differ"
-                f" (earlier lines agree)\n"
-                f"  errno  kernel {S.errno_name(k.errno)}, {impl} {S.errno_name(s.errno)}\n"
-                + "".join(f"  {f}  kernel {k.delta[f]}, {impl} {s.delta[f]}\n" for f in fields)
-                + (f"  ret/fault  kernel {k.ret}/{k.fault}, {impl} {s.ret}/{s.fault}\n"
-                   if (k.ret, k.fault) != (s.ret, s.fault) else "")
-                + f"  reproduce: {repro}",
-                pytrace=False,
-            )
+    report = disagreement(seed, impl, profile, on_kernel(seed, profile), sres)
+    if report:
+        pytest.fail(report, pytrace=False)
 
 
 @pytest.mark.parametrize("seed", CORE_SEEDS)
@@ -96,6 +119,92 @@ def test_core_agrees_with_kernel(host, seed):
 @pytest.mark.parametrize("seed", REFERENCE_SEEDS)
 def test_reference_agrees_with_kernel(host, seed):
     compare(seed, "reference", host)
+
+
+@pytest.mark.parametrize("seed", FORK_SEEDS)
+def test_core_agrees_with_kernel_across_fork(host, seed):
+    """One fork or forkp per script, at a random line; no THP fault (as the default)."""
+    compare(seed, "core", host, "fork")
+
+
+# --- THP advice and a fork ---------------------------------------------------------------------
+
+_ISOLATED = """
+import pickle, sys
+path, pt_reclaim, thp, jobs = pickle.load(sys.stdin.buffer)
+sys.path.insert(0, path)
+from ptreclaim import script as S
+from ptreclaim._core import MM
+for seed, text in jobs:
+    res = S.run(text, MM(pt_reclaim=pt_reclaim, thp=thp))
+    pickle.dump((seed, res), sys.stdout.buffer)
+    sys.stdout.buffer.flush()
+"""
+
+
+def core_results_isolated(seeds, profile, host):
+    """``{seed: results}`` of the core, run in a child process; a seed whose script kills
+    the child (a crash in code still landing) maps to a message that says so instead."""
+    path = os.path.dirname(os.path.dirname(os.path.abspath(S.__file__)))
+    out, todo = {}, list(seeds)
+    while todo:
+        jobs = [(seed, S.dumps(script(seed, profile))) for seed in todo]
+        proc = subprocess.run([sys.executable, "-c", _ISOLATED], capture_output=True,
+                              input=pickle.dumps((path, host["pt_reclaim"], host["thp"], jobs)))
+        stream = io.BytesIO(proc.stdout)
+        while stream.tell() < len(proc.stdout):
+            try:
+                seed, res = pickle.load(stream)
+            except Exception:
+                break
+            out[seed] = res
+        todo = [seed for seed in todo if seed not in out]
+        if proc.returncode == 0 or not todo:
+            assert not todo, proc.stderr.decode(errors="replace")[-2000:]
+            break
+        seed = todo.pop(0)
+        out[seed] = (f"seed {seed}: the core died (exit status {proc.returncode}) running the script\n"
+                     f"  reproduce: python -m ptreclaim run --random {N_OPS} --seed {seed} "
+                     f"--profile {profile} --on sim --impl core")
+    return out
+
+
+def test_core_agrees_with_kernel_thp_fork(host):
+    """200 scripts with MADV_HUGEPAGE/NOHUGEPAGE (THP faults) and a fork each: all agree.
+
+    One test for all of them, so that it can be marked as a whole (a strict xfail per seed
+    would pass on the seeds that never fault a huge page); the core runs in a child process
+    so that a crash in THP code fails this test instead of ending the session.  The
+    message lists the seeds that differ."""
+    results = core_results_isolated(THP_SEEDS, "thp-fork", host)
+    bad = {}
+    for seed in THP_SEEDS:
+        res = results[seed]
+        bad[seed] = res if isinstance(res, str) else disagreement(
+            seed, "core", "thp-fork", on_kernel(seed, "thp-fork"), res)
+    bad = {seed: why for seed, why in bad.items() if why}
+    if bad:
+        pytest.fail(f"{len(bad)} of {len(THP_SEEDS)} THP scripts differ: seeds {sorted(bad)}\n"
+                    + "\n".join(bad[seed] for seed in sorted(bad)[:3]), pytrace=False)
+
+
+def test_thp_scripts_are_legal_and_fault_huge_pages(host):
+    """The THP scripts run on this kernel without a touch fault, and huge pages happen:
+    touches that make more memory resident than the pages they access."""
+    if host["thp"] == "never":
+        pytest.skip("THP is off on this host")
+    huge = 0
+    for seed in THP_SEEDS:
+        ops, kres = script(seed, "thp-fork"), on_kernel(seed, "thp-fork")
+        prev = None
+        for op, k in zip(ops, kres):
+            if isinstance(op, S.Touch):
+                assert k.errno == 0, f"seed {seed}, line {op.lineno}: '{op}' faulted: an illegal script"
+                pages = (S.DEFAULT_BASE + op.addr + op.length - 1) // 4096 - (S.DEFAULT_BASE + op.addr) // 4096 + 1
+                if prev is not None and k.delta["RssAnon"] - prev.delta["RssAnon"] > 4 * pages:
+                    huge += 1
+            prev = k
+    assert huge >= len(THP_SEEDS) // 2  # 1.3 per script on the lab machine
 
 
 # --- the generator ---------------------------------------------------------------------------
@@ -135,6 +244,38 @@ def test_scripts_cover_what_they_should():
         assert sum(crosses(op, size) for op in rng) > 50, size
     assert any(op.addr + op.length == 512 * G for op in ops if op.length < 1 << 63)
     assert any(op.addr < G for op in ops) and any(op.addr >= 511 * G for op in ops)
+
+
+def test_profiles_fork_once():
+    """Each profile script has exactly one fork or forkp, at varying lines; both kinds occur.
+    The default scripts have none."""
+    assert not any(isinstance(op, (S.Fork, S.ForkP)) for seed in range(40) for op in script(seed))
+    for profile, seeds in (("fork", FORK_SEEDS), ("thp-fork", THP_SEEDS)):
+        kinds, lines = set(), set()
+        for seed in seeds:
+            forks = [op for op in script(seed, profile) if isinstance(op, (S.Fork, S.ForkP))]
+            assert len(forks) == 1, (profile, seed)
+            kinds.add(type(forks[0]))
+            lines.add(forks[0].lineno)
+            assert 1 < forks[0].lineno < N_OPS
+        assert kinds == {S.Fork, S.ForkP}, profile
+        assert len(lines) > 40, profile
+
+
+def test_thp_profile_covers_thp_advice():
+    """thp-fork: MADV_HUGEPAGE and MADV_NOHUGEPAGE, on 2 MiB-aligned whole spans and on
+    unaligned ranges; 2 MiB-aligned mappings of whole spans, and some a page off."""
+    from ptreclaim import constants as C
+    M2 = 2 << 20
+    ops = [op for seed in THP_SEEDS for op in script(seed, "thp-fork")]
+    advice = [op for op in ops if isinstance(op, S.Madvise)
+              and op.advice in (C.MADV_HUGEPAGE, C.MADV_NOHUGEPAGE)]
+    assert {op.advice for op in advice} == {C.MADV_HUGEPAGE, C.MADV_NOHUGEPAGE}
+    assert sum(op.addr % M2 == 0 and op.length % M2 == 0 for op in advice) > 200
+    assert sum(op.addr % M2 != 0 or op.length % M2 != 0 for op in advice) > 100
+    mmaps = [op for op in ops if isinstance(op, S.Mmap)]
+    assert sum(op.addr % M2 == 0 and op.length % M2 == 0 for op in mmaps) > 300
+    assert any(op.addr % M2 == 4096 or op.length % M2 in (4096, M2 - 4096) for op in mmaps)
 
 
 def test_touches_stay_out_of_hugepage_vmas():
