@@ -1293,8 +1293,9 @@ cdef void _huge_pmds_in_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint
             if not whole:
                 split_huge_pmd(mm, vma, pmd)
             else:
-                # change_huge_pmd(): pmd_modify() keeps the PFN, A, D, PSE.
-                new = (e & (PTR_PAGE_CHG_MASK | PTR_PAGE_PSE)) | newprot
+                # change_huge_pmd(): pmd_modify() keeps the PFN, A, D, PSE;
+                # the new protection gives only the bits outside that mask.
+                new = (e & (PTR_PAGE_CHG_MASK | PTR_PAGE_PSE)) | (newprot & ~(PTR_PAGE_CHG_MASK | PTR_PAGE_PSE))
                 if pte_needs_invert(e) != pte_needs_invert(new):
                     new ^= PTR_PFN_MASK
                 if try_writable and not zero and not pte_write(new) and (new & PTR_PAGE_PRESENT) \
@@ -1338,8 +1339,9 @@ cdef void change_protection(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint64
             if not pte_present(old):
                 continue
             # pte_modify(): keep PFN, A, D, SPECIAL; take the rest from the
-            # new protection; re-invert the PFN when crossing PROT_NONE.
-            pte = (old & PTR_PAGE_CHG_MASK) | newprot
+            # new protection (an old entry stays old); re-invert the PFN when
+            # crossing PROT_NONE.
+            pte = (old & PTR_PAGE_CHG_MASK) | (newprot & ~PTR_PAGE_CHG_MASK)
             if pte_needs_invert(old) != pte_needs_invert(pte):
                 pte ^= PTR_PFN_MASK
             if try_writable and not pte_write(pte) and (pte & PTR_PAGE_PRESENT):
