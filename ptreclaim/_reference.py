@@ -2932,6 +2932,8 @@ class MM:
         """A slot's count is the swap entries referring to it, in the page tables of
         every process on the machine and in shmem objects; free slots are on the heap."""
         swap = self.machine.swap
+        if not swap.nr_slots and not swap.count:
+            return
         refs = {}
         objects = {}
         for mm in self.machine.mms:

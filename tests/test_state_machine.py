@@ -111,10 +111,13 @@ class CoreMatchesReference(RuleBasedStateMachine):
     def madvise(self, addr, length, advice):
         self.pair.step(("madvise", addr, length, advice))
 
-    @rule(addr=addr_specs, length=length_specs)
-    def pageout(self, addr, length):
-        # The way pages reach swap (with a swap device) or are dropped: its own rule,
-        # as a random advice would rarely be MADV_PAGEOUT.
+    @rule(addr=st.tuples(st.just(1), st.integers(0, len(ANCHORS) - 1), st.integers(0, 3)),
+          length=small_length_specs)
+    def write_and_pageout(self, addr, length):
+        # The way pages reach swap (with a swap device) or are dropped: write a range,
+        # then page it out; a random advice would rarely be MADV_PAGEOUT, and rarely
+        # over written pages.
+        self.pair.step(("touch", addr, length, True), compare=False)
         self.pair.step(("madvise", addr, length, ADVICES.index(MADV_PAGEOUT)))
 
     @rule(addr=addr_specs, length=small_length_specs, write=st.booleans())
