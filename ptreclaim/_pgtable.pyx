@@ -889,8 +889,8 @@ cdef inline Py_ssize_t zap_nonpresent_ptes(mmu_gather *tlb, pt_vma *vma, pteval_
             (details == NULL or not details.drop_markers):
         any_skipped[0] = True
         return 1
+    # clear_not_present_full_ptes(): no TLB entry to flush for a non-present one.
     pte[0] = 0
-    cleared[0] = True
     return 1
 
 cdef inline Py_ssize_t do_zap_pte_range(mmu_gather *tlb, pt_vma *vma, pteval_t *pte,

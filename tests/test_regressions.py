@@ -323,3 +323,18 @@ def test_pageout_flushes_a_redirtied_lazyfree_page(MM):
     assert mm.stats["tlb_flushes"] - flushes == 16
     assert mm.status()["RssAnon"] == 4
     mm.check()
+
+
+def test_dropping_a_guard_marker_flushes_nothing(MM):
+    # zap_nonpresent_ptes() clears a non-present entry with clear_not_present_full_ptes(),
+    # not tlb_remove_tlb_entry(): munmap of a guard marker alone, in a span another VMA
+    # keeps (no table freed), leaves the gather with nothing to flush.
+    from ptreclaim.constants import MADV_GUARD_INSTALL
+    mm = MM()
+    mm.mmap(B, 2 * M, RW, ANON)
+    mm.madvise(B, 4 * K, MADV_GUARD_INSTALL)
+    mm.touch(B + 8 * K, 1)
+    flushes = mm.stats["tlb_flushes"]
+    mm.munmap(B, 4 * K)
+    assert mm.stats["tlb_flushes"] == flushes
+    mm.check()
