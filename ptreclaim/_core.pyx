@@ -24,10 +24,10 @@ from ptreclaim._pgtable cimport (
     change_protection, madvise_free_range, madvise_pageout_range, madvise_cold_range,
     fault_range, handle_mm_fault, pte_pfn, uffd_wp_range, anon_page_fast,
     guard_install_range, guard_remove_range, copy_page_range, shmem_get, anon_vma_prepare,
-    madvise_collapse, is_swap_pte, swp_offset, swap_init,
+    madvise_collapse, page_stored, find_vma, is_swap_pte, swp_offset, swap_init,
 )
 from ptreclaim._vma cimport (
-    find_vma, vma_insert, vma_remove, split_vma, try_merge, is_mergeable,
+    vma_insert, vma_remove, split_vma, try_merge, is_mergeable,
 )
 
 from ptreclaim.errors import SegmentationFault, InvariantError, OutOfMemory, UserfaultfdFault
@@ -564,6 +564,9 @@ cdef int _trace_trampoline(void *mmp, int event, uint64_t addr, uint64_t arg) no
     with gil:
         return (<MM>(<pt_mm *>mmp).trace_owner)._dispatch(event, addr, arg)
 
+
+# touch() lets other Python threads run while it works on more than this.
+cdef uint64_t _NOGIL_TOUCH_BYTES = 16 << 20
 
 _THP_MODES = {"never": 0, "madvise": 1, "always": 2}
 _THP_NAMES = {v: k for k, v in _THP_MODES.items()}
@@ -1263,7 +1266,11 @@ cdef class MM:
         end = start + size
         if end < start:
             raise ValueError("addr + length wraps around the address space")
-        with nogil:
+        if size > _NOGIL_TOUCH_BYTES:
+            with nogil:
+                r = self.do_touch(start, end, write, &where)
+        else:
+            # Releasing the GIL costs more than a few spans of accesses.
             r = self.do_touch(start, end, write, &where)
         self._raise_pending()
         if r == FAULT_SIGSEGV:
@@ -1303,7 +1310,7 @@ cdef class MM:
         if pte_present(e) and (not write or pte_write(e)):
             pte[0] = e | PTR_PAGE_ACCESSED | (PTR_PAGE_DIRTY if write else 0)
             if write and not (e & PTR_PAGE_SPECIAL):
-                mm.machine.frames.pages[pte_pfn(e)].flags |= PG_WRITTEN
+                page_stored(&mm.machine.frames, pte_pfn(e))
             return True
         if write and pte_none(e) and vma.shmem == NULL:
             pfn = anon_page_fast(&mm.machine.frames)
@@ -2059,6 +2066,14 @@ cdef _check_mm(MM self):
                                      f"pfn {pfn}: {m.frames.pages[pfn].mapcount} != {everyone.get(pfn, 0)}")
             if m.frames.pages[pfn].refcount != m.frames.pages[pfn].mapcount:
                 raise InvariantError("an anonymous page's references equal its mappings", f"pfn {pfn}")
+    nzeroed = 0
+    for i in range(m.frames.nr_pages):
+        if m.frames.pages[i].flags & PG_ZEROED:
+            if m.frames.pages[i].kind != FRAME_ANON:
+                raise InvariantError("only an anonymous page in use is marked zero-filled", str(i))
+            nzeroed += 1
+    if nzeroed != m.frames.nr_zeroed:
+        raise InvariantError("the count of zero-filled pages is right", f"{m.frames.nr_zeroed} != {nzeroed}")
     # VMAs
     total = 0
     locked = 0

@@ -2,10 +2,10 @@
 # contract. Every function here is noexcept nogil; those that can fail return
 # a negative value (or NULL) and say so.
 
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t, int64_t
 from ptreclaim._types cimport (
     pteval_t, pt_page, pt_frames, pt_pool, pt_shmem, pt_vma, pt_mm, pt_machine,
-    FRAME_ANON, PG_ANON_EXCLUSIVE, PG_DIRTY, PG_WRITTEN,
+    FRAME_ANON, PG_ANON_EXCLUSIVE, PG_DIRTY, PG_ZEROED,
     mmu_gather, zap_details,
     PTR_PAGE_PRESENT, PTR_PAGE_PROTNONE, PTR_PAGE_PSE, PTR_PAGE_ACCESSED,
     PTR_PAGE_DIRTY, PTR_PAGE_RW, PTR_PAGE_SPECIAL, PTR_PFN_MASK,
@@ -80,6 +80,18 @@ cdef inline int trace(pt_mm *mm, int event, uint64_t addr, uint64_t arg) noexcep
 
 # --- a fresh anonymous page, the common case inline ---------------------------------
 
+cdef inline void frame_set(pt_page *p, int32_t refcount, int32_t mapcount, uint16_t kind,
+                           uint16_t flags, uint32_t index) noexcept nogil:
+    # One whole-struct store where field by field would be five: the fault
+    # and free loops are bound by stores.
+    cdef pt_page v
+    v.refcount = refcount
+    v.mapcount = mapcount
+    v.kind = kind
+    v.flags = flags
+    v.index = index
+    p[0] = v
+
 cdef inline int64_t anon_page_fast(pt_frames *f) noexcept nogil:
     """A new exclusive anonymous page for a store, from the free stack, or -1 (then alloc_frame()).
 
@@ -92,13 +104,19 @@ cdef inline int64_t anon_page_fast(pt_frames *f) noexcept nogil:
     f.nr_free -= 1
     pfn = f.free_stack[f.nr_free]
     f.nr_used += 1
-    p = &f.pages[pfn]
-    p.kind = FRAME_ANON
-    p.refcount = 1
-    p.mapcount = 1
-    p.flags = PG_ANON_EXCLUSIVE | PG_WRITTEN    # for a store by the CPU
-    p.index = 0
+    frame_set(&f.pages[pfn], 1, 1, FRAME_ANON, PG_ANON_EXCLUSIVE, 0)
     return pfn
+
+cdef inline void page_stored(pt_frames *f, uint64_t pfn) noexcept nogil:
+    """A store by the CPU reached the page: it is no longer known to be zero."""
+    if f.nr_zeroed and (f.pages[pfn].flags & PG_ZEROED):
+        f.pages[pfn].flags &= ~PG_ZEROED
+        f.nr_zeroed -= 1
+
+cdef inline void page_zeroed(pt_frames *f, uint64_t pfn) noexcept nogil:
+    if not (f.pages[pfn].flags & PG_ZEROED):
+        f.pages[pfn].flags |= PG_ZEROED
+        f.nr_zeroed += 1
 
 cdef inline bint free_stack_reserve(pt_frames *f, uint64_t n) noexcept nogil:
     """Room on the free stack for n more frames; False if the host has none."""
@@ -210,7 +228,9 @@ cdef void split_folio(pt_mm *mm, pt_vma *vma, uint64_t head, uint64_t span) noex
 cdef int large_folio_step(pt_mm *mm, pt_vma *vma, pteval_t *table, uint64_t i, uint64_t span,
                           uint64_t start, uint64_t end, bint split_whole) noexcept nogil
 
-# --- anon_vma -------------------------------------------------------------------------
+# --- the VMA array and anon_vma --------------------------------------------------------
+
+cdef uint64_t find_vma(pt_mm *mm, uint64_t addr) noexcept nogil   # first VMA with end > addr
 
 cdef void anon_vma_prepare(pt_mm *mm, uint64_t idx) noexcept nogil
 cdef int collapse_span(pt_mm *mm, pt_vma *vma, uint64_t haddr) noexcept nogil

@@ -105,11 +105,9 @@ cdef bint _free_stack_grow(pt_frames *f, uint64_t n) noexcept nogil:
     return True
 
 cdef inline void _frame_release(pt_frames *f, pt_page *p, uint64_t pfn) noexcept nogil:
-    p.refcount = 0
-    p.mapcount = 0
-    p.kind = FRAME_FREE
-    p.flags = 0
-    p.index = 0
+    if p.flags & PG_ZEROED:
+        f.nr_zeroed -= 1
+    frame_set(p, 0, 0, FRAME_FREE, 0, 0)
     f.nr_used -= 1
     if free_stack_reserve(f, 1):
         f.free_stack[f.nr_free] = <uint32_t>pfn
@@ -439,7 +437,7 @@ cdef void _tlb_batch_pages_flush(mmu_gather *tlb) noexcept nogil:
     cdef pt_page *pages = f.pages
     cdef uint32_t *batch = tlb.pages
     cdef uint32_t *stack
-    cdef uint64_t top, freed = 0
+    cdef uint64_t top, freed = 0, zeroed = 0
     cdef pt_page *p
     cdef uint32_t pfn
     if free_stack_reserve(f, n):
@@ -455,7 +453,9 @@ cdef void _tlb_batch_pages_flush(mmu_gather *tlb) noexcept nogil:
                 put_thp(m, pfn & ~GATHER_THP)
                 if not free_stack_reserve(f, n - i):
                     f.nr_used -= freed
+                    f.nr_zeroed -= zeroed
                     freed = 0
+                    zeroed = 0
                     for j in range(i + 1, n):
                         if batch[j] & GATHER_THP:
                             put_thp(m, batch[j] & ~GATHER_THP)
@@ -468,11 +468,8 @@ cdef void _tlb_batch_pages_flush(mmu_gather *tlb) noexcept nogil:
                 continue
             p = &pages[pfn]
             if p.refcount == 1 and p.kind == FRAME_ANON:
-                p.refcount = 0
-                p.mapcount = 0
-                p.kind = FRAME_FREE
-                p.flags = 0
-                p.index = 0
+                zeroed += (p.flags & PG_ZEROED) != 0
+                frame_set(p, 0, 0, FRAME_FREE, 0, 0)
                 stack[top] = pfn
                 top += 1
                 freed += 1
@@ -482,6 +479,7 @@ cdef void _tlb_batch_pages_flush(mmu_gather *tlb) noexcept nogil:
                 top = f.nr_free
         f.nr_free = top
         f.nr_used -= freed
+        f.nr_zeroed -= zeroed
     else:
         for i in range(n):
             if batch[i] & GATHER_THP:
@@ -529,6 +527,19 @@ cdef bint tlb_remove_page(mmu_gather *tlb, uint64_t pfn, bint delay_rmap) noexce
         if not _tlb_next_batch(tlb):
             return True
     return False
+
+# ---------------------------------------------------------------------------------
+# The VMA array, sorted by address
+
+cdef uint64_t find_vma(pt_mm *mm, uint64_t addr) noexcept nogil:
+    cdef uint64_t lo = 0, hi = mm.nr_vmas, mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if mm.vmas[mid].end <= addr:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 # ---------------------------------------------------------------------------------
 # anon_vma (R18): whether a VMA has private pages that fork must copy
@@ -590,8 +601,7 @@ cdef int _shmem_get_page(pt_mm *mm, pt_shmem *s, uint64_t index, uint64_t *pfn_o
         off = shmem_swap_lookup(s, index)
         if off >= 0:
             # shmem_swapin_folio(): the page comes back dirty.
-            mm.machine.frames.pages[pfn].flags = PG_DIRTY | (
-                PG_WRITTEN if mm.machine.swap.flags[off] & SWP_SLOT_WRITTEN else 0)
+            mm.machine.frames.pages[pfn].flags = PG_DIRTY
         if shmem_insert(s, index, <uint32_t>pfn) < 0:
             put_page(mm.machine, pfn)
             return FAULT_OOM
@@ -677,7 +687,8 @@ cdef int _do_anonymous_page(pt_mm *mm, pt_vma *vma, uint64_t addr, pteval_t *pmd
         return FAULT_OOM
     p = &mm.machine.frames.pages[pfn]
     p.mapcount = 1
-    p.flags = PG_ANON_EXCLUSIVE
+    p.flags = PG_ANON_EXCLUSIVE | PG_ZEROED
+    mm.machine.frames.nr_zeroed += 1          # until the store that faulted reaches it
     table[pte_index(addr)] = (<uint64_t>pfn << 12) | vma.page_prot | PTR_PAGE_DIRTY | PTR_PAGE_RW
     mm.rss[MM_ANONPAGES] += 1
     return FAULT_OK
@@ -707,9 +718,11 @@ cdef int _do_wp_page(pt_mm *mm, pt_vma *vma, pteval_t *pte) noexcept nogil:
     mm.machine.frames.pages[new].flags = PG_ANON_EXCLUSIVE
     if pte_special(old):
         mm.rss[MM_ANONPAGES] += 1
+        page_zeroed(&mm.machine.frames, <uint64_t>new)    # a copy of the zero page
     else:
         p = &mm.machine.frames.pages[pfn]
-        mm.machine.frames.pages[new].flags |= p.flags & PG_WRITTEN    # the copy has its data
+        if p.flags & PG_ZEROED:
+            page_zeroed(&mm.machine.frames, <uint64_t>new)    # the copy has its data
         p.mapcount -= 1
         put_page(mm.machine, pfn)
     pte[0] = (<uint64_t>new << 12) | vma.page_prot | PTR_PAGE_DIRTY | PTR_PAGE_RW
@@ -1429,11 +1442,11 @@ cdef void _mark_written(pt_mm *mm, uint64_t addr) noexcept nogil:
     cdef pteval_t *pmd
     if pte != NULL:
         if pte_present(pte[0]) and not pte_special(pte[0]):
-            mm.machine.frames.pages[pte_pfn(pte[0])].flags |= PG_WRITTEN
+            page_stored(&mm.machine.frames, pte_pfn(pte[0]))
         return
     pmd = walk_pmd(mm, addr)
     if pmd != NULL and pmd_huge_leaf(pmd[0]) and not pte_special(pmd[0]):
-        mm.machine.frames.pages[pte_pfn(pmd[0]) + pte_index(addr)].flags |= PG_WRITTEN
+        page_stored(&mm.machine.frames, pte_pfn(pmd[0]) + pte_index(addr))
 
 cdef int fault_range(pt_mm *mm, pt_vma *vma, uint64_t *paddr, uint64_t end, bint write,
                      bint gup) noexcept nogil:
@@ -1452,7 +1465,7 @@ cdef int fault_range(pt_mm *mm, pt_vma *vma, uint64_t *paddr, uint64_t end, bint
     cdef bint zero_read = not write and vma.shmem == NULL and not traced
     cdef pteval_t zero_entry = (<uint64_t>1 << 12) | vma.page_prot | PTR_PAGE_SPECIAL
     # Population (GUP) maps pages without storing to them: they stay zero.
-    cdef uint16_t new_flags = PG_ANON_EXCLUSIVE | (0 if gup else PG_WRITTEN)
+    cdef uint16_t new_flags = PG_ANON_EXCLUSIVE | (PG_ZEROED if gup else 0)
     cdef uint64_t zero_faults = 0
     cdef pt_frames *frames = &mm.machine.frames
     cdef int64_t pfn
@@ -1481,7 +1494,7 @@ cdef int fault_range(pt_mm *mm, pt_vma *vma, uint64_t *paddr, uint64_t end, bint
                     if write:
                         pfn = <int64_t>pte_pfn(pmd[0])
                         while addr < span_end:
-                            pages[pfn + <int64_t>pte_index(addr)].flags |= PG_WRITTEN
+                            page_stored(frames, <uint64_t>(pfn + <int64_t>pte_index(addr)))
                             addr += 4096
                 addr = span_end
                 continue
@@ -1504,7 +1517,7 @@ cdef int fault_range(pt_mm *mm, pt_vma *vma, uint64_t *paddr, uint64_t end, bint
                 if not gup:
                     pte[0] = e | set_bits
                     if write and not pte_special(e):
-                        pages[pte_pfn(e)].flags |= PG_WRITTEN
+                        page_stored(frames, pte_pfn(e))
                 elif write and not pte_special(e):
                     # FOLL_TOUCH: GUP dirties the folio, not the entry.
                     pages[pte_pfn(e)].flags |= PG_DIRTY
@@ -1514,11 +1527,9 @@ cdef int fault_range(pt_mm *mm, pt_vma *vma, uint64_t *paddr, uint64_t end, bint
                     taken += 1
                     pfn = stack[top - taken]
                     p = &pages[pfn]
-                    p.refcount = 1
-                    p.mapcount = 1
-                    p.kind = FRAME_ANON
-                    p.flags = new_flags
-                    p.index = 0
+                    frame_set(p, 1, 1, FRAME_ANON, new_flags, 0)
+                    if gup:
+                        frames.nr_zeroed += 1
                 else:
                     _frames_commit(frames, &taken)
                     pfn = alloc_frame(frames, FRAME_ANON)
@@ -1534,6 +1545,8 @@ cdef int fault_range(pt_mm *mm, pt_vma *vma, uint64_t *paddr, uint64_t end, bint
                     p = &pages[pfn]
                     p.mapcount = 1
                     p.flags = new_flags
+                    if gup:
+                        frames.nr_zeroed += 1
                 pte[0] = (<uint64_t>pfn << 12) | anon_bits
                 new_pages += 1
             elif zero_read and pte_none(e):
@@ -1652,6 +1665,8 @@ cdef int guard_install_range(pt_mm *mm, uint64_t start, uint64_t end) noexcept n
         pmd = pmd_alloc_walk(mm, addr)
         if pmd == NULL:
             return -1
+        if pmd_huge_leaf(pmd[0]):
+            return 1               # a THP is in the way: zapped (or split) first
         table = pte_alloc(mm, pmd)
         if table == NULL:
             return -1
@@ -1902,12 +1917,9 @@ cdef int64_t alloc_thp(pt_frames *f) noexcept nogil:
         f.nr_pages += HPAGE_PMD_NR
     for i in range(HPAGE_PMD_NR):
         p = &f.pages[head + i]
-        p.refcount = 1
-        p.mapcount = 1
-        p.kind = FRAME_ANON
-        p.flags = PG_ANON_EXCLUSIVE | PG_THP
-        p.index = <uint32_t>i
+        frame_set(p, 1, 1, FRAME_ANON, PG_ANON_EXCLUSIVE | PG_THP | PG_ZEROED, <uint32_t>i)
     f.nr_used += HPAGE_PMD_NR
+    f.nr_zeroed += HPAGE_PMD_NR
     return head
 
 cdef void put_thp(pt_machine *m, uint64_t head) noexcept nogil:
@@ -1932,6 +1944,8 @@ cdef void put_thp(pt_machine *m, uint64_t head) noexcept nogil:
             f.blocks_cap = cap
     if whole:
         for i in range(HPAGE_PMD_NR):
+            if f.pages[head + i].flags & PG_ZEROED:
+                f.nr_zeroed -= 1
             memset(&f.pages[head + i], 0, sizeof(pt_page))
         f.nr_used -= HPAGE_PMD_NR
         f.block_stack[f.nr_blocks] = <uint32_t>head
@@ -2143,7 +2157,7 @@ cdef void split_folio(pt_mm *mm, pt_vma *vma, uint64_t head, uint64_t span) noex
     """split_folio() of a THP that only this mm maps, at span (by its PMD or by
     PTEs): it becomes 512 small pages, and remap_page() maps each one that
     was never written to the shared zero page instead (its frame is freed,
-    RssAnon -4), unless the VMA is mlocked or userfaultfd-armed."""
+    RssAnon -4), unless its VMA is mlocked or userfaultfd-armed."""
     cdef pt_pool *pool = &mm.machine.pool
     cdef pt_page *pages = mm.machine.frames.pages
     cdef pteval_t *pmd = walk_pmd(mm, span)
@@ -2151,7 +2165,8 @@ cdef void split_folio(pt_mm *mm, pt_vma *vma, uint64_t head, uint64_t span) noex
     cdef pteval_t e
     cdef pt_page *p
     cdef Py_ssize_t i
-    cdef bint remap = not (vma.flags & (PTR_VM_LOCKED | PTR_VM_UFFD_WP))
+    cdef uint64_t vi
+    cdef bint remap
     if pmd == NULL:
         return
     if pmd_huge_leaf(pmd[0]) and split_huge_pmd(mm, vma, pmd) < 0:
@@ -2162,7 +2177,14 @@ cdef void split_folio(pt_mm *mm, pt_vma *vma, uint64_t head, uint64_t span) noex
         if p.kind != FRAME_ANON or not (p.flags & PG_THP) or p.index != i:
             continue               # freed since, and maybe reused
         p.flags &= ~PG_THP
-        if not remap or table == NULL or (p.flags & PG_WRITTEN):
+        if table == NULL or not (p.flags & PG_ZEROED):
+            continue
+        # try_to_map_unused_to_zeropage() asks the VMA that maps this page:
+        # earlier splits of the VMA may have left the THP across several.
+        vi = find_vma(mm, span + (<uint64_t>i << 12))
+        remap = vi < mm.nr_vmas and mm.vmas[vi].start <= span + (<uint64_t>i << 12) \
+            and not (mm.vmas[vi].flags & (PTR_VM_LOCKED | PTR_VM_UFFD_WP))
+        if not remap:
             continue
         e = table[i]
         if not pte_present(e) or pte_special(e) or pte_pfn(e) != head + i:
@@ -2242,7 +2264,8 @@ cdef int collapse_span(pt_mm *mm, pt_vma *vma, uint64_t haddr) noexcept nogil:
             continue
         old = pte_pfn(e)
         present += 1
-        pages[head + i].flags |= pages[old].flags & PG_WRITTEN
+        if not (pages[old].flags & PG_ZEROED):
+            page_stored(&mm.machine.frames, <uint64_t>(head + i))
         pages[old].mapcount -= 1
         put_page(mm.machine, old)
     # The emptied table becomes the deposit: linked nowhere, still counted.
@@ -2405,8 +2428,10 @@ cdef int do_swap_page(pt_mm *mm, pt_vma *vma, pteval_t *pte, bint write) noexcep
         return FAULT_OOM
     p = &mm.machine.frames.pages[pfn]
     p.mapcount = 1
-    p.flags = (PG_ANON_EXCLUSIVE if exclusive else 0) | (
-        PG_WRITTEN if sw.flags[off] & SWP_SLOT_WRITTEN else 0)
+    p.flags = PG_ANON_EXCLUSIVE if exclusive else 0
+    if sw.flags[off] & SWP_SLOT_ZEROED:
+        # No store had reached the page written out: still all zeroes.
+        page_zeroed(&mm.machine.frames, <uint64_t>pfn)
     entry = (<uint64_t>pfn << 12) | vma.page_prot
     if e & PTR_SWP_UFFD_WP:
         entry |= PTR_PAGE_UFFD_WP
@@ -2433,7 +2458,7 @@ cdef bint try_to_swap_out(pt_mm *mm, pteval_t *pte, uint64_t pfn) noexcept nogil
     one flush for the cleared entry, and the written page is freed. False
     (nothing changed) when no slot is free."""
     cdef pt_page *p = &mm.machine.frames.pages[pfn]
-    cdef int64_t off = get_swap_page(mm.machine, SWP_SLOT_WRITTEN if p.flags & PG_WRITTEN else 0)
+    cdef int64_t off = get_swap_page(mm.machine, SWP_SLOT_ZEROED if p.flags & PG_ZEROED else 0)
     cdef pteval_t swp
     if off < 0:
         return False
@@ -2480,7 +2505,7 @@ cdef void shmem_writeout(pt_machine *m, pt_shmem *s, uint64_t pfn) noexcept nogi
     cdef int64_t off
     if m.swap.nr_slots == 0 or p.mapcount != 0:
         return
-    off = get_swap_page(m, SWP_SLOT_WRITTEN if p.flags & PG_WRITTEN else 0)
+    off = get_swap_page(m, 0)
     if off < 0:
         return
     if s.swapped == NULL:

@@ -96,7 +96,9 @@ cdef enum:
     PG_LAZYFREE = 2        # MADV_FREE'd: clean and on the lazy-free LRU
     PG_ANON_EXCLUSIVE = 4  # PageAnonExclusive: no COW sharing
     PG_THP = 8             # one of the 512 frames of a THP (index: its place in it)
-    PG_WRITTEN = 16        # a store reached it: not all zeroes (a THP split keeps it)
+    # No store has reached it since it was zero-filled (a population, a THP's
+    # other pages): a THP split maps such pages to the zero page.
+    PG_ZEROED = 16
     # Transparent huge pages: a THP is 512 consecutive frames; a PMD mapping
     # counts as one reference and one mapping of each of them.
     HPAGE_PMD_NR = 512
@@ -156,7 +158,7 @@ cdef enum:
     FAULT_AROUND_PAGES = 16
     # Swap (arch/x86/include/asm/pgtable_64.h, include/linux/swap.h)
     MAX_SWAPFILES = 28         # lower swap types are devices, higher ones special entries
-    SWP_SLOT_WRITTEN = 1       # the page written out had PG_WRITTEN
+    SWP_SLOT_ZEROED = 1        # the page written out had PG_ZEROED
 
 ctypedef struct pt_page:
     # struct page / folio, reduced to what the counters need: 16 bytes
@@ -177,6 +179,8 @@ ctypedef struct pt_frames:
     uint64_t nr_free
     uint64_t free_cap
     uint64_t nr_unrecycled     # freed while the stack could not grow (host OOM)
+    # Frames with PG_ZEROED: while there are none, a store need not look at its frame.
+    uint64_t nr_zeroed
     # Free runs of 512 frames for THPs, by first frame: a THP freed whole
     # goes back here, so the seed loop under THP reuses the same frames.
     uint32_t *block_stack

@@ -4,7 +4,6 @@
 from libc.stdint cimport uint64_t, int64_t
 from ptreclaim._types cimport pt_mm, pt_vma
 
-cdef uint64_t find_vma(pt_mm *mm, uint64_t addr) noexcept nogil   # first VMA with end > addr
 cdef int vma_insert(pt_mm *mm, uint64_t idx, const pt_vma *vma) noexcept nogil   # -1: host OOM
 cdef void vma_remove(pt_mm *mm, uint64_t idx, uint64_t count) noexcept nogil
 cdef int split_vma(pt_mm *mm, uint64_t idx, uint64_t addr) noexcept nogil       # -1: host OOM

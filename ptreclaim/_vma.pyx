@@ -9,16 +9,6 @@ from libc.string cimport memmove
 from ptreclaim._types cimport pt_mm, pt_vma, PTR_VM_READ, PTR_VM_WRITE, PTR_VM_EXEC, PTR_VM_STICKY
 from ptreclaim._pgtable cimport shmem_get, shmem_put, split_huge_pmd_address
 
-cdef uint64_t find_vma(pt_mm *mm, uint64_t addr) noexcept nogil:
-    cdef uint64_t lo = 0, hi = mm.nr_vmas, mid
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if mm.vmas[mid].end <= addr:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
 cdef int vma_insert(pt_mm *mm, uint64_t idx, const pt_vma *vma) noexcept nogil:
     cdef void *p
     if mm.nr_vmas == mm.vmas_cap:

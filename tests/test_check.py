@@ -163,7 +163,7 @@ CORE_INVARIANT = {
     "rss_shmem_off_by_one": "RssShmem equals the present entries of its kind",
     "pte_maps_free_frame": "a PTE maps a free frame",
     "mapcount_off": "an anonymous page's mapcount equals its mappings in all mms",
-    "pgtables_bytes_off": "pgtables_bytes equals 4096 x the tables linked",
+    "pgtables_bytes_off": "pgtables_bytes equals 4096 x the tables linked and deposited",
     "locked_vm_off": "VmLck equals the size of the locked VMAs",
     "total_vm_off": "VmSize equals the size of the VMAs",
     "vmas_overlap": "VMAs are sorted and non-overlapping",

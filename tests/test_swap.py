@@ -14,7 +14,7 @@ import pytest
 
 from ptreclaim.constants import (
     MADV_COLLAPSE, MADV_DONTFORK, MADV_DONTNEED, MADV_FREE, MADV_GUARD_INSTALL, MADV_HUGEPAGE,
-    MADV_PAGEOUT, MADV_POPULATE_READ, MADV_REMOVE, MADV_WILLNEED, MADV_WIPEONFORK, MAP_ANONYMOUS,
+    MADV_PAGEOUT, MADV_POPULATE_READ, MADV_POPULATE_WRITE, MADV_REMOVE, MADV_WILLNEED, MADV_WIPEONFORK, MAP_ANONYMOUS,
     MAP_FIXED_NOREPLACE, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED, PROT_NONE, PROT_READ, PROT_WRITE,
     _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW, _PAGE_SWP_EXCLUSIVE, _PAGE_SWP_UFFD_WP, _PAGE_UFFD_WP,
     is_swap_pte, make_swap_pte, swp_offset, swp_type,
@@ -590,6 +590,24 @@ def test_collapse_swaps_in_first(impl):
     check(mm)
     assert counts(mm) == (12, 2048, 0, 0) and machine.swap_used == 0
     assert len(mm.huge_pmds()) == 1
+
+
+def test_a_zero_filled_page_stays_zero_filled_through_swap(impl):
+    """A page populated but never stored to is all zeroes when it comes back from
+    swap: collapsed into a THP and split again, it is mapped to the zero page (the
+    split compares page contents, try_to_map_unused_to_zeropage())."""
+    machine = impl.Machine(swap_pages=64)
+    mm = impl.MM(machine=machine)
+    mm.mmap(B, 2 * M, RW, ANON)
+    mm.touch(B + 8 * 4 * K, 1)
+    mm.madvise(B, 8 * 4 * K, MADV_POPULATE_WRITE)
+    mm.madvise(B, 8 * 4 * K, MADV_PAGEOUT)
+    mm.touch(B, 8 * 4 * K, write=False)
+    mm.madvise(B, 2 * M, MADV_COLLAPSE)
+    check(mm)
+    mm.madvise(B, 4 * K, MADV_PAGEOUT)
+    check(mm)
+    assert counts(mm) == (12, 4, 0, 0) and machine.swap_used == 0
 
 
 # -------------------------------------------------------------- userfaultfd (core)
