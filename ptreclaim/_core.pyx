@@ -11,7 +11,7 @@ from cpython.number cimport PyNumber_Index
 cimport cython
 from libc.errno cimport (EINVAL, ENOMEM, EEXIST, EBADF, ENODEV, EACCES, EAGAIN,
                          EFAULT, EINTR, ENOENT, EOVERFLOW, EOPNOTSUPP)
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memset
 
@@ -24,7 +24,7 @@ from ptreclaim._pgtable cimport (
     change_protection, madvise_free_range, madvise_pageout_range, madvise_cold_range,
     fault_range, handle_mm_fault, pte_pfn, uffd_wp_range, anon_page_fast,
     guard_install_range, guard_remove_range, copy_page_range, shmem_get, anon_vma_prepare,
-    madvise_collapse, page_stored, find_vma,
+    madvise_collapse, page_stored, find_vma, is_swap_pte, swp_offset, swap_init,
 )
 from ptreclaim._vma cimport (
     vma_insert, vma_remove, split_vma, try_merge, is_mergeable,
@@ -461,26 +461,29 @@ cdef inline int _cint(object x) except? -1:
     return <int>v
 
 cdef class Machine:
-    """Simulated physical memory: frames, the page-table pool, shmem objects.
+    """Simulated physical memory: frames, the page-table pool, shmem objects,
+    and a swap device of swap_pages slots (0: no swap).
 
-    Several MMs may share one machine (shared memory, and later fork).
+    Several MMs may share one machine (shared memory, fork).
     """
 
-    def __cinit__(self, max_frames=None, totalram_pages=None):
-        cdef uint64_t limit = 0
+    def __cinit__(self, max_frames=None, totalram_pages=None, swap_pages=0):
+        cdef uint64_t limit = 0, ram
+        cdef uint64_t nr_swap = swap_pages
         if max_frames is not None:
             limit = max_frames
             if limit == 0:
                 raise ValueError("max_frames must be positive or None")
+        if nr_swap > 0xFFFFFFFE:
+            raise ValueError("swap_pages must fit the simulator's 32-bit slot numbers")
         if machine_init(&self.m, limit) < 0:
             raise MemoryError()
+        swap_init(&self.m, nr_swap)
         # The overcommit heuristic (vm.overcommit_memory=0) refuses one
-        # request larger than RAM + swap; by default the machine's RAM is
-        # max_frames, or unlimited.
-        if totalram_pages is not None:
-            self.m.totalram_pages = totalram_pages
-        else:
-            self.m.totalram_pages = limit
+        # request larger than totalram_pages() + total_swap_pages; by default
+        # the machine's RAM is max_frames, or unlimited.
+        ram = totalram_pages if totalram_pages is not None else limit
+        self.m.totalram_pages = ram + nr_swap if ram else 0
 
     def __dealloc__(self):
         free(self.mms)
@@ -510,6 +513,16 @@ cdef class Machine:
     def frames_in_use(self):
         """Data frames allocated (anonymous and shmem pages)."""
         return self.m.frames.nr_used
+
+    @property
+    def swap_pages(self):
+        """Slots of the swap device (0: no swap)."""
+        return self.m.swap.nr_slots
+
+    @property
+    def swap_used(self):
+        """Swap slots holding a page (referenced by swap PTEs or shmem objects)."""
+        return self.m.swap.nr_used
 
     @property
     def tables_in_use(self):
@@ -1773,6 +1786,15 @@ cdef class MM:
         elif kind == "page_prot_stale":
             # (VM_WRITE alone would not do: private RW and R share PAGE_COPY.)
             mm.vmas[2].page_prot ^= PTR_PAGE_NX
+        elif kind == "vmswap_off_by_one":
+            mm.rss[MM_SWAPENTS] += 1
+        elif kind == "swap_count_off":
+            for i in range(1, mm.machine.swap.next):
+                if mm.machine.swap.count[i]:
+                    mm.machine.swap.count[i] += 1
+                    break
+            else:
+                raise ValueError("swap_count_off needs a slot in use")
         elif kind == "gathered_table_left":
             for i in range(pool.nr_tables):
                 if pool.state[i] == TABLE_FREE:
@@ -1805,6 +1827,75 @@ cdef _check_huge_pmd(pt_mm *mm, pteval_t e, uint64_t base, int64_t *rss, dict ma
             raise InvariantError("a huge PMD maps the 512 frames of one THP", f"{base:#x}: frame {i}")
         mapcounts[pfn + i] = mapcounts.get(pfn + i, 0) + 1
     rss[MM_ANONPAGES] += HPAGE_PMD_NR
+
+
+cdef _check_swap_pte(pt_mm *mm, pt_vma *vma, pteval_t e, uint64_t addr):
+    cdef pt_swap *sw = &mm.machine.swap
+    cdef uint64_t off = swp_offset(e)
+    if vma.shmem != NULL or not vma.anon_vma:
+        raise InvariantError("a swap entry in a VMA without anonymous memory", hex(addr))
+    if off == 0 or off >= sw.next or sw.count[off] == 0:
+        raise InvariantError("a swap entry refers to a slot in use", f"{addr:#x}: slot {off}")
+    if (e & ~(PTR_SWP_OFFSET_MASK << 9)) & ~(PTR_SWP_EXCLUSIVE | PTR_SWP_UFFD_WP):
+        raise InvariantError("a swap entry has only its offset, exclusive and uffd-wp bits", hex(addr))
+
+
+cdef _check_swap_slots(Machine machine):
+    """Every slot's count is the swap PTEs (all mms) and shmem objects that
+    refer to it; the used count and the free heap match the counts."""
+    cdef pt_swap *sw = &machine.m.swap
+    cdef pt_pool *pool = &machine.m.pool
+    cdef Py_ssize_t n
+    cdef pt_mm *mm
+    cdef uint64_t g, u, k, t, i, off, used = 0
+    cdef pteval_t *pud
+    cdef pteval_t *pmd
+    cdef pteval_t *pte
+    cdef pt_shmem *obj
+    refs = {}
+    objects = set()
+    for n in range(machine.nr_mms):
+        mm = machine.mms[n]
+        for i in range(mm.nr_vmas):
+            obj = mm.vmas[i].shmem
+            if obj != NULL and obj.swapped != NULL and <uintptr_t>obj not in objects:
+                objects.add(<uintptr_t>obj)
+                for k in range(obj.swapped.cap):
+                    if obj.swapped.keys[k] != 0 and obj.swapped.keys[k] != <uint64_t>-1:
+                        off = obj.swapped.vals[k]
+                        refs[off] = refs.get(off, 0) + 1
+        for g in range(256):
+            if mm.pgd[g] == 0:
+                continue
+            pud = entry_table(pool, mm.pgd[g])
+            for u in range(512):
+                if pud[u] == 0:
+                    continue
+                pmd = entry_table(pool, pud[u])
+                for k in range(512):
+                    if pmd[k] == 0 or pmd_huge_leaf(pmd[k]):
+                        continue
+                    pte = entry_table(pool, pmd[k])
+                    for t in range(512):
+                        if is_swap_pte(pte[t]):
+                            off = swp_offset(pte[t])
+                            refs[off] = refs.get(off, 0) + 1
+    if sw.next > sw.nr_slots + 1:
+        raise InvariantError("swap slots lie on the device", f"{sw.next - 1} > {sw.nr_slots}")
+    for off in range(1, sw.next):
+        if sw.count[off] != refs.get(off, 0):
+            raise InvariantError("a swap slot's count equals the entries referring to it",
+                                 f"slot {off}: {sw.count[off]} != {refs.get(off, 0)}")
+        if sw.count[off]:
+            used += 1
+    if used != sw.nr_used:
+        raise InvariantError("swap_used equals the slots in use", f"{sw.nr_used} != {used}")
+    if sw.nr_heap != sw.next - 1 - used:
+        raise InvariantError("the free slots below the high-water mark are on the free heap",
+                             f"{sw.nr_heap} != {sw.next - 1 - used}")
+    for i in range(sw.nr_heap):
+        if sw.count[sw.heap[i]] or (i and sw.heap[(i - 1) >> 1] > sw.heap[i]):
+            raise InvariantError("the free heap holds free slots, lowest first", str(sw.heap[i]))
 
 
 cdef dict _machine_mappings(Machine machine):
@@ -1906,6 +1997,10 @@ cdef _check_mm(MM self):
                     if vi == mm.nr_vmas or mm.vmas[vi].start > addr:
                         raise InvariantError("a PTE maps an address outside every VMA", hex(addr))
                     if not pte_present(e):
+                        if is_swap_pte(e):
+                            _check_swap_pte(mm, &mm.vmas[vi], e, addr)
+                            rss[MM_SWAPENTS] += 1
+                            continue
                         if e == PTR_UFFD_WP_MARKER:
                             if mm.vmas[vi].shmem == NULL:
                                 raise InvariantError("a uffd-wp marker in an anonymous VMA", hex(addr))
@@ -1943,6 +2038,8 @@ cdef _check_mm(MM self):
                     (MM_SWAPENTS, "VmSwap")):
         if mm.rss[i] != rss[i]:
             raise InvariantError(f"{name} equals the present entries of its kind", f"{mm.rss[i]} != {rss[i]}")
+    if m.swap.nr_slots or m.swap.nr_used:
+        _check_swap_slots(self.machine)
     # Pool: every slot linked (by some mm on this machine), free, or gathered;
     # nothing stays gathered between syscalls.
     nfree = 0

@@ -2,7 +2,7 @@
 # contract. Every function here is noexcept nogil; those that can fail return
 # a negative value (or NULL) and say so.
 
-from libc.stdint cimport uint16_t, uint32_t, int32_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t, int64_t
 from ptreclaim._types cimport (
     pteval_t, pt_page, pt_frames, pt_pool, pt_shmem, pt_vma, pt_mm, pt_machine,
     FRAME_ANON, PG_ANON_EXCLUSIVE, PG_DIRTY, PG_ZEROED,
@@ -11,6 +11,7 @@ from ptreclaim._types cimport (
     PTR_PAGE_DIRTY, PTR_PAGE_RW, PTR_PAGE_SPECIAL, PTR_PFN_MASK,
     PTR_TABLE_PFN_BASE, PTR_PAGE_TABLE, PTRS_PER_TABLE, TABLES_PER_CHUNK, PTR_GUARD_MARKER,
     PTR_UFFD_WP_MARKER, PTR_PAGE_UFFD_WP, PTR_VM_UFFD_WP,
+    PTR_SWP_OFFSET_MASK, PTR_SWP_EXCLUSIVE, PTR_SWP_UFFD_WP, MAX_SWAPFILES,
 )
 
 # --- entries (arch/x86/include/asm/pgtable.h) --------------------------------
@@ -234,3 +235,27 @@ cdef uint64_t find_vma(pt_mm *mm, uint64_t addr) noexcept nogil   # first VMA wi
 cdef void anon_vma_prepare(pt_mm *mm, uint64_t idx) noexcept nogil
 cdef int collapse_span(pt_mm *mm, pt_vma *vma, uint64_t haddr) noexcept nogil
 cdef int madvise_collapse(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t end) noexcept nogil
+
+# --- swap (mm/swapfile.c, mm/swap_state.c, do_swap_page) ---------------------------
+
+cdef inline bint is_swap_pte(pteval_t pte) noexcept nogil:
+    # A genuine swap entry: non-none, non-present, of a swap device's type
+    # (markers and migration entries have the highest types), R6.
+    return not pte_none(pte) and not pte_present(pte) and (pte >> 59) < MAX_SWAPFILES
+
+cdef inline uint64_t swp_offset(pteval_t pte) noexcept nogil:
+    return (~(pte >> 9)) & PTR_SWP_OFFSET_MASK
+
+cdef inline pteval_t swp_entry_to_pte(uint64_t offset) noexcept nogil:
+    # __swp_entry(0, offset): the only swap device is type 0.
+    return ((~offset) & PTR_SWP_OFFSET_MASK) << 9
+
+cdef int swap_init(pt_machine *m, uint64_t nr_slots) noexcept nogil
+cdef void swap_release(pt_machine *m) noexcept nogil
+cdef int64_t get_swap_page(pt_machine *m, uint8_t flags) noexcept nogil     # -1: full
+cdef void swap_duplicate(pt_machine *m, uint64_t offset) noexcept nogil
+cdef void swap_free(pt_machine *m, uint64_t offset) noexcept nogil
+cdef int do_swap_page(pt_mm *mm, pt_vma *vma, pteval_t *pte, bint write) noexcept nogil
+cdef bint try_to_swap_out(pt_mm *mm, pteval_t *pte, uint64_t pfn) noexcept nogil
+cdef void shmem_writeout(pt_machine *m, pt_shmem *s, uint64_t pfn) noexcept nogil
+cdef int64_t shmem_swap_lookup(pt_shmem *s, uint64_t index) noexcept nogil    # -1: not swapped

@@ -62,6 +62,7 @@ cdef void machine_free(pt_machine *m) noexcept nogil:
     free(m.pool.state)
     free(m.pool.level)
     free(m.pool.free_stack)
+    swap_release(m)
     memset(m, 0, sizeof(pt_machine))
 
 cdef int64_t alloc_frame(pt_frames *f, int kind) noexcept nogil:
@@ -232,6 +233,7 @@ cdef void shmem_put(pt_machine *m, pt_shmem *s) noexcept nogil:
     for i in range(s.cap):
         if s.keys[i] != SHM_EMPTY and s.keys[i] != SHM_DELETED:
             put_page(m, s.vals[i])
+    _shmem_swap_evict(m, s)
     free(s.keys)
     free(s.vals)
     free(s)
@@ -284,17 +286,23 @@ cdef int shmem_insert(pt_shmem *s, uint64_t index, uint32_t pfn) noexcept nogil:
     s.nr_pages += 1
     return 0
 
-cdef void shmem_delete(pt_machine *m, pt_shmem *s, uint64_t index) noexcept nogil:
-    # Drop one page from the page cache (its reference goes with it).
+cdef int64_t _shm_take(pt_shmem *s, uint64_t index) noexcept nogil:
+    # Remove index from the hash; its value, or -1 if it was not there.
     cdef uint64_t key = index + 1
     cdef uint64_t i = _shm_hash(key, s.cap)
     while s.keys[i] != SHM_EMPTY:
         if s.keys[i] == key:
-            put_page(m, s.vals[i])
             s.keys[i] = SHM_DELETED
             s.nr_pages -= 1
-            return
+            return s.vals[i]
         i = (i + 1) & (s.cap - 1)
+    return -1
+
+cdef void shmem_delete(pt_machine *m, pt_shmem *s, uint64_t index) noexcept nogil:
+    # Drop one page from the page cache (its reference goes with it).
+    cdef int64_t pfn = _shm_take(s, index)
+    if pfn >= 0:
+        put_page(m, <uint64_t>pfn)
 
 cdef void shmem_punch(pt_machine *m, pt_shmem *s, uint64_t first, uint64_t last) noexcept nogil:
     # Drop the page cache of [first, last] (fallocate PUNCH_HOLE); callers
@@ -306,6 +314,7 @@ cdef void shmem_punch(pt_machine *m, pt_shmem *s, uint64_t first, uint64_t last)
             put_page(m, s.vals[i])
             s.keys[i] = SHM_DELETED
             s.nr_pages -= 1
+    _shmem_swap_punch(m, s, first, last)
 
 # ---------------------------------------------------------------------------------
 # Walking and allocating (R25). A table is counted when it is linked (R11).
@@ -583,14 +592,23 @@ cdef int _shmem_get_page(pt_mm *mm, pt_shmem *s, uint64_t index, uint64_t *pfn_o
     # shmem_get_folio(): a hole in the object gets a new zeroed page, for
     # read and write faults alike (R28).
     cdef int64_t pfn = shmem_lookup(s, index)
+    cdef int64_t off
     if pfn < 0:
         pfn = alloc_frame(&mm.machine.frames, FRAME_SHMEM)
         if pfn < 0:
             return FAULT_OOM
         mm.machine.frames.pages[pfn].index = <uint32_t>index
+        off = shmem_swap_lookup(s, index)
+        if off >= 0:
+            # shmem_swapin_folio(): the page comes back dirty.
+            mm.machine.frames.pages[pfn].flags = PG_DIRTY
         if shmem_insert(s, index, <uint32_t>pfn) < 0:
             put_page(mm.machine, pfn)
             return FAULT_OOM
+        if off >= 0:
+            # ... and the swap entry in the page cache gives way to it.
+            _shm_take(s.swapped, index)
+            swap_free(mm.machine, <uint64_t>off)
     pfn_out[0] = pfn
     return FAULT_OK
 
@@ -728,6 +746,10 @@ cdef int handle_mm_fault(pt_mm *mm, pt_vma *vma, uint64_t addr, bint write) noex
             pmd = walk_pmd(mm, addr)
             if pmd != NULL and pmd_huge_leaf(pmd[0]):
                 return huge_pmd_fault(mm, vma, pmd, addr, write, False)
+    if pte != NULL and is_swap_pte(pte[0]):
+        # A swap entry is read back in (R25 step 7).
+        mm.stats.page_faults += 1
+        return do_swap_page(mm, vma, pte, write)
     if pte != NULL and pte[0] == PTR_UFFD_WP_MARKER:
         mm.stats.page_faults += 1
         if write:
@@ -855,11 +877,22 @@ cdef inline Py_ssize_t zap_present_ptes(mmu_gather *tlb, pt_vma *vma, pteval_t *
     return i
 
 cdef inline Py_ssize_t zap_nonpresent_ptes(mmu_gather *tlb, pt_vma *vma, pteval_t *pte,
-                                           zap_details *details, bint *cleared,
+                                           zap_details *details, int64_t *rss, bint *cleared,
                                            bint *any_skipped) noexcept nogil:
-    # Guard markers are the only non-present entries simulated so far: they
-    # survive every zap but munmap/exit (DROP_MARKER), and one kept cancels
-    # PT reclaim of its table (R50, R54).
+    if is_swap_pte(pte[0]):
+        # A genuine swap entry: its slot reference goes, VmSwap drops, and the
+        # entry is cleared with no TLB entry to flush; a cleared entry does not
+        # stop PT reclaim (R50, SC-30). Only a caller that spares COW pages
+        # (should_zap_cows() false) keeps it.
+        if details != NULL and not details.reclaim_pt and not details.even_cows:
+            any_skipped[0] = True
+            return 1
+        swap_free(tlb.mm.machine, swp_offset(pte[0]))
+        rss[MM_SWAPENTS] -= 1
+        pte[0] = 0
+        return 1
+    # Guard markers survive every zap but munmap/exit (DROP_MARKER), and one
+    # kept cancels PT reclaim of its table (R50, R54).
     if pte[0] == PTR_GUARD_MARKER and (details == NULL or not details.drop_markers):
         any_skipped[0] = True
         return 1
@@ -869,8 +902,8 @@ cdef inline Py_ssize_t zap_nonpresent_ptes(mmu_gather *tlb, pt_vma *vma, pteval_
             (details == NULL or not details.drop_markers):
         any_skipped[0] = True
         return 1
+    # clear_not_present_full_ptes(): no TLB entry to flush for a non-present one.
     pte[0] = 0
-    cleared[0] = True
     return 1
 
 cdef inline Py_ssize_t do_zap_pte_range(mmu_gather *tlb, pt_vma *vma, pteval_t *pte,
@@ -892,7 +925,7 @@ cdef inline Py_ssize_t do_zap_pte_range(mmu_gather *tlb, pt_vma *vma, pteval_t *
         return nr + zap_present_ptes(tlb, vma, pte, addr, max_nr - nr, rss, force_flush,
                                      force_break, cleared,
                                      details != NULL and details.drop_markers, any_skipped)
-    return nr + zap_nonpresent_ptes(tlb, vma, pte, details, cleared, any_skipped)
+    return nr + zap_nonpresent_ptes(tlb, vma, pte, details, rss, cleared, any_skipped)
 
 cdef bint reclaim_pt_is_enabled(uint64_t start, uint64_t end, zap_details *details) noexcept nogil:
     # Only a zap of the whole 2 MiB span in one call may free its table (R53).
@@ -1273,8 +1306,9 @@ cdef void _huge_pmds_in_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint
             if not whole:
                 split_huge_pmd(mm, vma, pmd)
             else:
-                # change_huge_pmd(): pmd_modify() keeps the PFN, A, D, PSE.
-                new = (e & (PTR_PAGE_CHG_MASK | PTR_PAGE_PSE)) | newprot
+                # change_huge_pmd(): pmd_modify() keeps the PFN, A, D, PSE;
+                # the new protection gives only the bits outside that mask.
+                new = (e & (PTR_PAGE_CHG_MASK | PTR_PAGE_PSE)) | (newprot & ~(PTR_PAGE_CHG_MASK | PTR_PAGE_PSE))
                 if pte_needs_invert(e) != pte_needs_invert(new):
                     new ^= PTR_PFN_MASK
                 if try_writable and not zero and not pte_write(new) and (new & PTR_PAGE_PRESENT) \
@@ -1318,8 +1352,9 @@ cdef void change_protection(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint64
             if not pte_present(old):
                 continue
             # pte_modify(): keep PFN, A, D, SPECIAL; take the rest from the
-            # new protection; re-invert the PFN when crossing PROT_NONE.
-            pte = (old & PTR_PAGE_CHG_MASK) | newprot
+            # new protection (an old entry stays old); re-invert the PFN when
+            # crossing PROT_NONE.
+            pte = (old & PTR_PAGE_CHG_MASK) | (newprot & ~PTR_PAGE_CHG_MASK)
             if pte_needs_invert(old) != pte_needs_invert(pte):
                 pte ^= PTR_PFN_MASK
             if try_writable and not pte_write(pte) and (pte & PTR_PAGE_PRESENT):
@@ -1353,6 +1388,13 @@ cdef void madvise_free_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint6
     while table != NULL:
         for i in range(first, last):
             pte = table[i]
+            if is_swap_pte(pte):
+                # madvise_free_pte_range(): a swap entry is dropped rather than
+                # read back in (SC-30: VmSwap 4096 -> 0); nothing to flush.
+                swap_free(mm.machine, swp_offset(pte))
+                mm.rss[MM_SWAPENTS] -= 1
+                table[i] = 0
+                continue
             if not pte_present(pte) or pte_special(pte):
                 continue
             p = &mm.machine.frames.pages[pte_pfn(pte)]
@@ -1536,11 +1578,12 @@ cdef int fault_range(pt_mm *mm, pt_vma *vma, uint64_t *paddr, uint64_t end, bint
     return r
 
 cdef void madvise_pageout_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint64_t end) noexcept nogil:
-    # madvise_cold_or_pageout_pte_range() + reclaim_pages() with no swap
-    # device: pages mapped only here are unmapped by try_to_unmap(); shmem
-    # pages then fail to be written out and stay in the page cache, clean
-    # lazy-free anonymous pages are discarded, other anonymous pages cannot
-    # go anywhere and stay mapped (R41).
+    # madvise_cold_or_pageout_pte_range() + reclaim_pages(): pages mapped only
+    # here are unmapped by try_to_unmap(). Clean lazy-free anonymous pages are
+    # discarded; other anonymous pages go to swap (R41, SC-30), or, with no
+    # swap device or a full one, cannot go anywhere and stay mapped. Dirty
+    # shmem pages are written to swap, or without a slot stay in the page
+    # cache; clean ones leave it.
     cdef pt_mm *mm = tlb.mm
     cdef uint64_t addr = start, i, first, last, span, pfn
     cdef pteval_t *table
@@ -1572,9 +1615,15 @@ cdef void madvise_pageout_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, ui
                 continue
             if p.kind == FRAME_ANON:
                 if not (p.flags & PG_LAZYFREE):
+                    # shrink_folio_list(): folio_alloc_swap(), then
+                    # try_to_unmap_one() leaves a swap entry.
+                    try_to_swap_out(mm, &table[i], pfn)
                     continue
                 if (pte & PTR_PAGE_DIRTY) or (p.flags & PG_DIRTY):
-                    # written again since MADV_FREE: swap-backed again
+                    # written again since MADV_FREE: try_to_unmap_one() has
+                    # cleared and flushed the entry before it sees the dirty
+                    # page, puts it back, and the page is swap-backed again.
+                    mm.stats.tlb_flushes += 1
                     p.flags = (p.flags & ~PG_LAZYFREE) | PG_DIRTY
                     continue
                 mm.rss[MM_ANONPAGES] -= 1
@@ -1595,6 +1644,9 @@ cdef void madvise_pageout_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, ui
                 shmem_delete(mm.machine, vma.shmem, p.index)
                 continue
             put_page(mm.machine, pfn)
+            if p.kind == FRAME_SHMEM:
+                # pageout() of the dirty page: shmem_writeout().
+                shmem_writeout(mm.machine, vma.shmem, pfn)
         table = next_pte_run(mm, &addr, end, &first, &last, &span)
 
 
@@ -1695,6 +1747,12 @@ cdef int uffd_wp_range(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t end, bin
                     pte[0] = (pte[0] & ~PTR_PAGE_RW) | PTR_PAGE_UFFD_WP
                 else:
                     pte[0] &= ~PTR_PAGE_UFFD_WP
+            elif is_swap_pte(pte[0]):
+                # change_pte_range(): the protection travels with the swap entry.
+                if enable:
+                    pte[0] |= PTR_SWP_UFFD_WP
+                else:
+                    pte[0] &= ~PTR_SWP_UFFD_WP
             elif enable and pte_none(pte[0]) and vma.shmem != NULL:
                 pte[0] = PTR_UFFD_WP_MARKER
             elif not enable and pte[0] == PTR_UFFD_WP_MARKER:
@@ -1737,8 +1795,18 @@ cdef void copy_pte_range(pt_mm *dst, pt_mm *src, pt_vma *vma, pteval_t *dst_pte,
         if e == 0:
             continue
         if not pte_present(e):
-            # copy_nonpresent_pte(): guard markers go with the VMA; a uffd-wp
-            # marker only to a registered child, and the child never is.
+            if is_swap_pte(e):
+                # copy_nonpresent_pte(): the child's entry refers to the same
+                # slot (swap count +1, child VmSwap +1), and the parent's is no
+                # longer exclusive (R68); the child is not uffd-wp registered.
+                swap_duplicate(src.machine, swp_offset(e))
+                e &= ~PTR_SWP_EXCLUSIVE
+                src_pte[i] = e
+                dst_pte[i] = e & ~PTR_SWP_UFFD_WP
+                dst.rss[MM_SWAPENTS] += 1
+                continue
+            # Guard markers go with the VMA; a uffd-wp marker only to a
+            # registered child, and the child never is.
             if e == PTR_GUARD_MARKER:
                 dst_pte[i] = e
             continue
@@ -2062,10 +2130,12 @@ cdef int split_huge_pmd_address(pt_mm *mm, pt_vma *vma, uint64_t addr) noexcept 
     return split_huge_pmd(mm, vma, pmd)
 
 cdef void huge_pageout(pt_mm *mm, pt_vma *vma, pteval_t *pmd, uint64_t addr) noexcept nogil:
-    """reclaim_pages() of a PMD-mapped THP with no swap device: a clean
-    lazy-free THP is discarded whole (its deposit freed); any other has
-    nowhere to go, and shrink_folio_list() splits it trying to swap its
-    pages, which leaves them mapped by PTEs."""
+    """reclaim_pages() of a PMD-mapped THP: a clean lazy-free THP is
+    discarded whole (its deposit freed). Any other cannot be swapped out
+    whole, with no swap device or with the swap file (a device that is not a
+    block device gets no order-9 slots): shrink_folio_list() splits it
+    (THP_SWPOUT_FALLBACK), which leaves its pages mapped by PTEs for the PTE
+    walk to swap out one by one."""
     cdef pteval_t e = pmd[0]
     cdef uint64_t pfn = pte_pfn(e)
     cdef pt_page *pages = mm.machine.frames.pages
@@ -2163,7 +2233,8 @@ cdef int collapse_span(pt_mm *mm, pt_vma *vma, uint64_t haddr) noexcept nogil:
     cdef int64_t head
     cdef uint64_t old
     cdef int64_t present = 0
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, j
+    cdef bint any_swap = False
     if pmd == NULL or pmd[0] == 0:
         return EINVAL              # SCAN_PMD_NULL
     if pmd_huge_leaf(pmd[0]):
@@ -2171,11 +2242,20 @@ cdef int collapse_span(pt_mm *mm, pt_vma *vma, uint64_t haddr) noexcept nogil:
     table = entry_table(pool, pmd[0])
     for i in range(PTRS_PER_TABLE):
         e = table[i]
+        if is_swap_pte(e) and not (e & PTR_SWP_UFFD_WP):
+            any_swap = True        # swapped in below (no max_ptes_swap for MADV_COLLAPSE)
+            continue
         if not pte_none(e) and not pte_present(e):
             return EINVAL          # a marker: SCAN_PTE_NON_PRESENT / SCAN_PTE_UFFD_WP
     head = alloc_thp(&mm.machine.frames)
     if head < 0:
         return ENOMEM              # SCAN_ALLOC_HUGE_PAGE_FAIL
+    if any_swap and _collapse_swapin(mm, vma, table) < 0:
+        # __collapse_huge_page_swapin() failed (no frame): SCAN_FAIL.
+        for j in range(HPAGE_PMD_NR):
+            mm.machine.frames.pages[head + j].mapcount = 0
+        put_thp(mm.machine, <uint64_t>head)
+        return EINVAL
     pages = mm.machine.frames.pages
     for i in range(PTRS_PER_TABLE):
         e = table[i]
@@ -2224,3 +2304,250 @@ cdef int madvise_collapse(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t end) 
             last_fail = r
         addr += PTR_PMD_SIZE
     return last_fail
+
+# ---------------------------------------------------------------------------------
+# Swap: one swap file, swap type 0 (mm/swapfile.c, mm/swap_state.c, mm/page_io.c).
+# Pages go out only when MADV_PAGEOUT asks (there is no background reclaim), and
+# the device behaves as a synchronous one: a page written out is freed at once,
+# and a swap-in reads a new copy. There is no swap cache, so a slot lives exactly
+# as long as the swap PTEs and shmem objects that refer to it (its count). A new
+# slot is the lowest free offset; offset 0 is the swap header, never used.
+
+cdef int swap_init(pt_machine *m, uint64_t nr_slots) noexcept nogil:
+    m.swap.nr_slots = nr_slots
+    m.swap.next = 1
+    return 0
+
+cdef void swap_release(pt_machine *m) noexcept nogil:
+    free(m.swap.count)
+    free(m.swap.flags)
+    free(m.swap.heap)
+    memset(&m.swap, 0, sizeof(pt_swap))
+
+cdef bint _swap_grow(pt_swap *sw) noexcept nogil:
+    # Room for offset sw.next in count, flags and the heap (which never holds
+    # more than the offsets below next).
+    cdef uint64_t cap = 2 * sw.cap if sw.cap else 1024
+    cdef void *p
+    if cap > sw.nr_slots + 1:
+        cap = sw.nr_slots + 1
+    p = realloc(sw.count, cap * sizeof(uint32_t))
+    if p == NULL:
+        return False
+    sw.count = <uint32_t *>p
+    p = realloc(sw.flags, cap)
+    if p == NULL:
+        return False
+    sw.flags = <uint8_t *>p
+    p = realloc(sw.heap, cap * sizeof(uint32_t))
+    if p == NULL:
+        return False
+    sw.heap = <uint32_t *>p
+    memset(sw.count + sw.cap, 0, (cap - sw.cap) * sizeof(uint32_t))
+    memset(sw.flags + sw.cap, 0, cap - sw.cap)
+    sw.cap = cap
+    return True
+
+cdef void _swap_heap_push(pt_swap *sw, uint32_t off) noexcept nogil:
+    cdef uint64_t i = sw.nr_heap, parent
+    sw.nr_heap += 1
+    while i > 0:
+        parent = (i - 1) >> 1
+        if sw.heap[parent] <= off:
+            break
+        sw.heap[i] = sw.heap[parent]
+        i = parent
+    sw.heap[i] = off
+
+cdef uint32_t _swap_heap_pop(pt_swap *sw) noexcept nogil:
+    cdef uint32_t top = sw.heap[0], last
+    cdef uint64_t i = 0, child
+    sw.nr_heap -= 1
+    last = sw.heap[sw.nr_heap]
+    while True:
+        child = 2 * i + 1
+        if child >= sw.nr_heap:
+            break
+        if child + 1 < sw.nr_heap and sw.heap[child + 1] < sw.heap[child]:
+            child += 1
+        if last <= sw.heap[child]:
+            break
+        sw.heap[i] = sw.heap[child]
+        i = child
+    if sw.nr_heap:
+        sw.heap[i] = last
+    return top
+
+cdef int64_t get_swap_page(pt_machine *m, uint8_t flags) noexcept nogil:
+    """A slot for one page, holding one reference (folio_alloc_swap() plus
+    the swap_duplicate() of the entry that will refer to it); -1 when the
+    device is full or absent."""
+    cdef pt_swap *sw = &m.swap
+    cdef uint64_t off
+    if sw.nr_heap:
+        off = _swap_heap_pop(sw)
+    elif sw.next <= sw.nr_slots:
+        if sw.next >= sw.cap and not _swap_grow(sw):
+            return -1
+        off = sw.next
+        sw.next += 1
+    else:
+        return -1
+    sw.count[off] = 1
+    sw.flags[off] = flags
+    sw.nr_used += 1
+    return <int64_t>off
+
+cdef void swap_duplicate(pt_machine *m, uint64_t offset) noexcept nogil:
+    m.swap.count[offset] += 1
+
+cdef void swap_free(pt_machine *m, uint64_t offset) noexcept nogil:
+    # free_swap_and_cache() / swap_free(): the last reference frees the slot.
+    cdef pt_swap *sw = &m.swap
+    sw.count[offset] -= 1
+    if sw.count[offset] == 0:
+        sw.flags[offset] = 0
+        sw.nr_used -= 1
+        _swap_heap_push(sw, <uint32_t>offset)
+
+cdef int do_swap_page(pt_mm *mm, pt_vma *vma, pteval_t *pte, bint write) noexcept nogil:
+    """A fault on a swap entry: the page is read into a new frame (RssAnon +1,
+    VmSwap -1) and the entry's slot reference freed. It is exclusive when
+    the entry says so (pte_swp_exclusive()) or no one else refers to the slot,
+    as for a page read without the swap cache; an exclusive page is mapped
+    writable if the VMA is, dirty only for a write. A write the new entry
+    does not allow goes on to do_wp_page()."""
+    cdef pteval_t e = pte[0]
+    cdef uint64_t off = swp_offset(e)
+    cdef pt_swap *sw = &mm.machine.swap
+    cdef bint exclusive = (e & PTR_SWP_EXCLUSIVE) != 0 or sw.count[off] == 1
+    cdef int64_t pfn = alloc_frame(&mm.machine.frames, FRAME_ANON)
+    cdef pt_page *p
+    cdef pteval_t entry
+    if pfn < 0:
+        return FAULT_OOM
+    p = &mm.machine.frames.pages[pfn]
+    p.mapcount = 1
+    p.flags = PG_ANON_EXCLUSIVE if exclusive else 0
+    if sw.flags[off] & SWP_SLOT_ZEROED:
+        # No store had reached the page written out: still all zeroes.
+        page_zeroed(&mm.machine.frames, <uint64_t>pfn)
+    entry = (<uint64_t>pfn << 12) | vma.page_prot
+    if e & PTR_SWP_UFFD_WP:
+        entry |= PTR_PAGE_UFFD_WP
+    if exclusive and (vma.flags & PTR_VM_WRITE) and not (
+            (vma.flags & PTR_VM_UFFD_WP) and (e & PTR_SWP_UFFD_WP)):
+        entry |= PTR_PAGE_RW
+        if write:
+            entry |= PTR_PAGE_DIRTY
+            write = False
+    swap_free(mm.machine, off)
+    mm.rss[MM_ANONPAGES] += 1
+    mm.rss[MM_SWAPENTS] -= 1
+    pte[0] = entry
+    if not write:
+        return FAULT_OK
+    if (vma.flags & PTR_VM_UFFD_WP) and (entry & PTR_PAGE_UFFD_WP):
+        return FAULT_UFFD          # do_wp_page(): userfaultfd_pte_wp()
+    return _do_wp_page(mm, vma, pte)
+
+cdef bint try_to_swap_out(pt_mm *mm, pteval_t *pte, uint64_t pfn) noexcept nogil:
+    """shrink_folio_list() for an anonymous page mapped once, here: a slot, then
+    try_to_unmap_one() replaces the PTE by a swap entry that keeps the
+    page's exclusive bit and the entry's uffd-wp bit (RssAnon -1, VmSwap +1),
+    one flush for the cleared entry, and the written page is freed. False
+    (nothing changed) when no slot is free."""
+    cdef pt_page *p = &mm.machine.frames.pages[pfn]
+    cdef int64_t off = get_swap_page(mm.machine, SWP_SLOT_ZEROED if p.flags & PG_ZEROED else 0)
+    cdef pteval_t swp
+    if off < 0:
+        return False
+    swp = swp_entry_to_pte(<uint64_t>off)
+    if p.flags & PG_ANON_EXCLUSIVE:
+        swp |= PTR_SWP_EXCLUSIVE
+    if pte[0] & PTR_PAGE_UFFD_WP:
+        swp |= PTR_SWP_UFFD_WP
+    pte[0] = swp
+    mm.stats.tlb_flushes += 1          # ptep_clear_flush(), as for the other unmaps
+    p.mapcount -= 1
+    mm.rss[MM_ANONPAGES] -= 1
+    mm.rss[MM_SWAPENTS] += 1
+    put_page(mm.machine, pfn)
+    return True
+
+cdef pt_shmem *_shm_table_new() noexcept nogil:
+    # An empty page offset -> value hash (the swapped pages of a shmem object).
+    cdef pt_shmem *t = <pt_shmem *>calloc(1, sizeof(pt_shmem))
+    if t == NULL:
+        return NULL
+    t.cap = 16
+    t.keys = <uint64_t *>calloc(t.cap, sizeof(uint64_t))
+    t.vals = <uint32_t *>calloc(t.cap, sizeof(uint32_t))
+    if t.keys == NULL or t.vals == NULL:
+        free(t.keys)
+        free(t.vals)
+        free(t)
+        return NULL
+    return t
+
+cdef int64_t shmem_swap_lookup(pt_shmem *s, uint64_t index) noexcept nogil:
+    if s.swapped == NULL:
+        return -1
+    return shmem_lookup(s.swapped, index)
+
+cdef void shmem_writeout(pt_machine *m, pt_shmem *s, uint64_t pfn) noexcept nogil:
+    """shmem_writeout() of a dirty page that no PTE maps any more: with a free
+    slot the page cache entry becomes a swap entry and the page is freed
+    (RssShmem was already -1; VmSwap does not count shmem swap, R14);
+    without one the page stays in the page cache (redirty)."""
+    cdef pt_page *p = &m.frames.pages[pfn]
+    cdef uint64_t index = p.index
+    cdef int64_t off
+    if m.swap.nr_slots == 0 or p.mapcount != 0:
+        return
+    off = get_swap_page(m, 0)
+    if off < 0:
+        return
+    if s.swapped == NULL:
+        s.swapped = _shm_table_new()
+    if s.swapped == NULL or shmem_insert(s.swapped, index, <uint32_t>off) < 0:
+        swap_free(m, <uint64_t>off)
+        return
+    shmem_delete(m, s, index)
+
+cdef void _shmem_swap_punch(pt_machine *m, pt_shmem *s, uint64_t first, uint64_t last) noexcept nogil:
+    # shmem_undo_range(): a hole punched over swapped pages frees their slots.
+    cdef pt_shmem *t = s.swapped
+    cdef uint64_t i, key
+    if t == NULL:
+        return
+    for i in range(t.cap):
+        key = t.keys[i]
+        if key != SHM_EMPTY and key != SHM_DELETED and first + 1 <= key <= last + 1:
+            swap_free(m, t.vals[i])
+            t.keys[i] = SHM_DELETED
+            t.nr_pages -= 1
+
+cdef void _shmem_swap_evict(pt_machine *m, pt_shmem *s) noexcept nogil:
+    # shmem_evict_inode(): the object goes, and its swap with it.
+    cdef pt_shmem *t = s.swapped
+    cdef uint64_t i
+    if t == NULL:
+        return
+    for i in range(t.cap):
+        if t.keys[i] != SHM_EMPTY and t.keys[i] != SHM_DELETED:
+            swap_free(m, t.vals[i])
+    free(t.keys)
+    free(t.vals)
+    free(t)
+    s.swapped = NULL
+
+cdef int _collapse_swapin(pt_mm *mm, pt_vma *vma, pteval_t *table) noexcept nogil:
+    # __collapse_huge_page_swapin(): do_swap_page() on each swap entry of the
+    # span, in address order, before the collapse copies the pages; -1 at
+    # the first that fails (no frame). Not a fault of the process.
+    cdef Py_ssize_t i
+    for i in range(PTRS_PER_TABLE):
+        if is_swap_pte(table[i]) and do_swap_page(mm, vma, &table[i], False) != FAULT_OK:
+            return -1
+    return 0

@@ -15,7 +15,9 @@ faults, the zero page, fault-around, mprotect/mlock/munlock/munmap/exit,
 every madvise advice of this kernel configuration, guard markers, PT reclaim
 (fast and slow path) and the mmu_gather batching that decides between them,
 and fork (dup_mmap, copy_page_range) with copy-on-write.
-Not modelled yet: files, THP/huge PMDs, swap, hugetlb, userfaultfd.
+Swap: a swap device on the Machine, written by MADV_PAGEOUT and read back
+on faults (docs/swap.md).
+Not modelled yet: files, THP/huge PMDs, hugetlb, userfaultfd.
 The entry encodings (swap-format markers, a PMD level that can hold leaves
 later) leave room for them.
 
@@ -26,6 +28,7 @@ path runs only after a forced batch flush (R56).
 
 import bisect
 import errno
+import heapq
 import os
 
 from .constants import (
@@ -120,7 +123,12 @@ from .constants import (
     VM_SYNC,
     VM_WIPEONFORK,
     VM_WRITE,
+    is_swap_pte,
+    make_swap_pte,
+    swp_offset,
     ZERO_PFN,
+    _PAGE_SWP_EXCLUSIVE,
+    _PAGE_SWP_UFFD_WP,
     _PAGE_ACCESSED,
     _PAGE_DIRTY,
     _PAGE_NX,
@@ -468,12 +476,15 @@ class _PhysMem:
 class _ShmemObject:
     """The shmem inode behind one MAP_SHARED|MAP_ANONYMOUS mmap (R28)."""
 
-    __slots__ = ("pages", "nr_pages", "vma_refs")
+    __slots__ = ("pages", "nr_pages", "vma_refs", "swapped")
 
     def __init__(self, nr_pages):
         self.pages = {}  # page index -> _Frame; the object holds one reference
         self.nr_pages = nr_pages
         self.vma_refs = 0
+        # page index -> swap offset: the swap entries shmem keeps in its page
+        # cache for pages written out (each holds one reference to its slot).
+        self.swapped = {}
 
 
 class _AnonVma:
@@ -692,15 +703,19 @@ def pte_free_tlb(tlb, table):
 class Machine:
     """Simulated physical memory shared by the MMs on it (see ``docs/api.md``)."""
 
-    def __init__(self, max_frames=None, totalram_pages=None):
+    def __init__(self, max_frames=None, totalram_pages=None, swap_pages=0):
         for name, value in (("max_frames", max_frames), ("totalram_pages", totalram_pages)):
             if value is not None:
                 _ulong(value)
         if max_frames is not None and max_frames == 0:
             raise ValueError("max_frames must be positive or None")
+        if _ulong(swap_pages) > 0xFFFFFFFE:
+            raise ValueError("swap_pages must fit the simulator's 32-bit slot numbers")
         self.mem = _PhysMem(max_frames)
+        self.swap = _SwapDevice(swap_pages)
         # Overcommit mode 0 (OVERCOMMIT_GUESS) refuses one charge larger than
-        # totalram_pages + total_swap_pages; by default max_frames, or no limit.
+        # totalram_pages + total_swap_pages; RAM is max_frames by default, or
+        # no limit.
         self.totalram_pages = totalram_pages if totalram_pages is not None else max_frames
         # The live processes on this machine, in creation order: a shmem hole
         # punch unmaps the object from all of them, and check() adds up their
@@ -710,6 +725,55 @@ class Machine:
     @property
     def frames_in_use(self):
         return len(self.mem.frames)
+
+    @property
+    def swap_pages(self):
+        """Slots of the swap device (0: no swap)."""
+        return self.swap.nr_slots
+
+    @property
+    def swap_used(self):
+        """Swap slots holding a page (referenced by swap PTEs or shmem objects)."""
+        return len(self.swap.count)
+
+
+class _SwapDevice:
+    """One swap file, swap type 0 (mm/swapfile.c), written and read synchronously.
+
+    Offset 0 is the swap header; slots are offsets 1..nr_slots. A slot's count
+    is the swap entries (PTEs, shmem objects) referring to it; there is no swap
+    cache, so the slot is free again when the count drops to 0. A new slot is
+    the lowest free offset.
+    """
+
+    def __init__(self, nr_slots):
+        self.nr_slots = nr_slots
+        self.count = {}  # offset -> references (swap_map)
+        self.next = 1  # lowest offset never handed out
+        self.free_heap = []  # freed offsets below next
+
+    def get_swap_page(self):
+        """folio_alloc_swap() plus the reference of the entry to come; None if full."""
+        if self.free_heap:
+            offset = heapq.heappop(self.free_heap)
+        elif self.next <= self.nr_slots:
+            offset = self.next
+            self.next += 1
+        else:
+            return None
+        self.count[offset] = 1
+        return offset
+
+    def swap_duplicate(self, offset):
+        self.count[offset] += 1
+
+    def swap_free(self, offset):
+        left = self.count[offset] - 1
+        if left:
+            self.count[offset] = left
+        else:
+            del self.count[offset]
+            heapq.heappush(self.free_heap, offset)
 
 
 class MM:
@@ -746,7 +810,7 @@ class MM:
 
     def _overcommit_limit(self):
         limit = self.machine.totalram_pages
-        return float("inf") if limit is None else limit
+        return float("inf") if limit is None else limit + self.machine.swap.nr_slots
 
     # ------------------------------------------------------------------ VMAs
 
@@ -797,10 +861,14 @@ class MM:
         if obj is not None:
             obj.vma_refs -= 1
             if obj.vma_refs == 0:
-                # Last mapping gone: the shmem inode is evicted with its pages.
+                # Last mapping gone: the shmem inode is evicted with its pages
+                # and its swap.
                 for frame in obj.pages.values():
                     self._mem.folio_put(frame)
                 obj.pages.clear()
+                for offset in obj.swapped.values():
+                    self.machine.swap.swap_free(offset)
+                obj.swapped.clear()
 
     def _new_anon_vma(self):
         self._anon_vma_serial += 1
@@ -1016,18 +1084,47 @@ class MM:
                 return self.do_anonymous_page(vma, pmd, pte_table, addr, write)
             return self.do_fault(vma, pmd, pte_table, addr, write)
         if not pte_present(pte):
-            return self.do_swap_page(vma, pte, addr)
+            return self.do_swap_page(vma, pte_table, i, pte, addr, write)
         if write and not (pte & _PAGE_RW):
             return self.do_wp_page(vma, pte_table, i, pte, addr)
         # Spurious fault: the access bits are all that change.
         pte_table.entries[i] = pte | _PAGE_ACCESSED | (_PAGE_DIRTY if write else 0)
         return None
 
-    def do_swap_page(self, vma, pte, addr):
+    def do_swap_page(self, vma, pte_table, i, pte, addr, write):
+        """A fault on a non-present entry: a guard marker, or a swap entry read back in."""
         if is_guard_pte_marker(pte):
             # handle_pte_marker(): a guard region raises SIGSEGV (R43).
             raise _FaultError("SIGSEGV", addr)
-        raise NotImplementedError("swap entries are not simulated")
+        if not is_swap_pte(pte):
+            raise NotImplementedError("this kind of non-present entry is not simulated")
+        # The page is read into a new frame and the slot reference freed
+        # (RssAnon +1, VmSwap -1). It is exclusive when the entry says so, or
+        # when no one else refers to the slot (a page read without the swap
+        # cache); an exclusive page is mapped writable if the VMA is, and dirty
+        # only for a write.
+        swap = self.machine.swap
+        offset = swp_offset(pte)
+        exclusive = bool(pte & _PAGE_SWP_EXCLUSIVE) or swap.count[offset] == 1
+        frame = self._mem.alloc_frame(_ANON)
+        if frame is None:
+            raise _FaultError("OOM", addr)
+        frame.mapcount = 1
+        frame.exclusive = exclusive
+        entry = pfn_pte(frame.pfn, vm_get_page_prot(vma.flags))
+        if exclusive and vma.flags & VM_WRITE:
+            entry |= _PAGE_RW
+            if write:
+                entry |= _PAGE_DIRTY
+                write = False
+        swap.swap_free(offset)
+        self._rss[MM_ANONPAGES] += 1
+        self._rss[MM_SWAPENTS] -= 1
+        pte_table.entries[i] = entry
+        if write:
+            # The entry does not allow the write: do_wp_page().
+            return self.do_wp_page(vma, pte_table, i, entry, addr)
+        return None
 
     def do_anonymous_page(self, vma, pmd, pte_table, addr, write):
         """Private anonymous fault on a none PTE (R26)."""
@@ -1150,6 +1247,11 @@ class MM:
             frame.shmem = obj
             frame.index = index
             obj.pages[index] = frame
+            offset = obj.swapped.pop(index, None)
+            if offset is not None:
+                # shmem_swapin_folio(): the page comes back dirty, its slot is freed.
+                frame.dirty = True
+                self.machine.swap.swap_free(offset)
         return frame
 
     def finish_fault(self, vma, pmd, pte_table, addr, frame, write):
@@ -1392,6 +1494,15 @@ class MM:
 
     def zap_nonpresent_ptes(self, tlb, vma, entries, i, pte, details):
         swp_type, offset = pte_to_swp_entry(pte)
+        if is_swap_pte(pte):
+            # A genuine swap entry: the slot reference goes and VmSwap drops; a
+            # cleared entry needs no flush and does not stop PT reclaim (R50, SC-30).
+            if not should_zap_cows(details):
+                return True, False, False
+            self.machine.swap.swap_free(offset)
+            self._rss[MM_SWAPENTS] -= 1
+            entries[i] = 0
+            return False, False, False
         if swp_type == _SWP_PTE_MARKER:
             if offset & PTE_MARKER_GUARD:
                 # Guard markers survive everything but munmap/exit (R43, R50).
@@ -2173,6 +2284,13 @@ class MM:
             for addr in range(max(start, span), min(end, span + PMD_SIZE), PAGE_SIZE):
                 i = (addr >> PAGE_SHIFT) & 511
                 pte = entries[i]
+                if is_swap_pte(pte):
+                    # madvise_free_pte_range(): a swap entry is dropped rather than
+                    # read back in (SC-30: VmSwap 4096 -> 0); nothing to flush.
+                    self.machine.swap.swap_free(swp_offset(pte))
+                    self._rss[MM_SWAPENTS] -= 1
+                    entries[i] = 0
+                    continue
                 if pte_none(pte) or not pte_present(pte):
                     continue
                 frame = self.vm_normal_page(pte)
@@ -2192,7 +2310,8 @@ class MM:
         return 0
 
     def madvise_cold_or_pageout(self, vma, start, end, pageout):
-        """R41. Without swap only lazy-free anon and shmem pages are unmapped."""
+        """R41. Anonymous pages go to swap; without a free slot only lazy-free
+        anonymous and shmem pages are unmapped."""
         if vma.flags & (VM_LOCKED | VM_PFNMAP | VM_HUGETLB):
             return errno.EINVAL
         tlb = tlb_gather_mmu(self)
@@ -2224,11 +2343,13 @@ class MM:
         return 0
 
     def shrink_folio(self, vma, table, i, frame):
-        """shrink_folio_list() for one isolated folio, with no swap device."""
+        """shrink_folio_list() for one isolated folio."""
         pte = table.entries[i]
         if frame.kind == _ANON:
             if not frame.lazyfree:
-                return  # add_to_swap() fails: the folio is kept
+                # folio_alloc_swap(); without a free slot the folio is kept.
+                self.try_to_swap_out(table, i, frame)
+                return
             # try_to_unmap_one() clears the PTE with ptep_clear_flush(): the batched
             # flush (TTU_BATCH_FLUSH) is deferred only when the mm is live on another
             # CPU, never in a single-threaded process, so each PTE is one flush.
@@ -2258,6 +2379,43 @@ class MM:
         if not frame.dirty and frame.mapcount == 0 and frame.shmem.pages.get(frame.index) is frame:
             del frame.shmem.pages[frame.index]
             self._mem.folio_put(frame)
+        elif frame.dirty and frame.mapcount == 0:
+            self.shmem_writeout(frame)
+
+    def try_to_swap_out(self, table, i, frame):
+        """A slot, then try_to_unmap_one(): the PTE becomes a swap entry that keeps
+        the page's exclusive bit (RssAnon -1, VmSwap +1, one flush), and the
+        written page is freed."""
+        offset = self.machine.swap.get_swap_page()
+        if offset is None:
+            return
+        pte = table.entries[i]
+        swp_pte = make_swap_pte(offset)
+        if frame.exclusive:
+            swp_pte |= _PAGE_SWP_EXCLUSIVE
+        if pte & _PAGE_UFFD_WP:
+            swp_pte |= _PAGE_SWP_UFFD_WP
+        table.entries[i] = swp_pte
+        self._stats["tlb_flushes"] += 1  # ptep_clear_flush(), as above
+        frame.mapcount -= 1
+        frame.exclusive = False
+        self._rss[MM_ANONPAGES] -= 1
+        self._rss[MM_SWAPENTS] += 1
+        self._mem.folio_put(frame)
+
+    def shmem_writeout(self, frame):
+        """pageout() of a dirty shmem page no PTE maps: with a free slot the page
+        cache entry becomes a swap entry and the page is freed (VmSwap counts
+        only anonymous swap entries, R14); without one it stays (redirty)."""
+        if frame.shmem.pages.get(frame.index) is not frame:
+            return
+        offset = self.machine.swap.get_swap_page()
+        if offset is None:
+            return
+        obj = frame.shmem
+        del obj.pages[frame.index]
+        obj.swapped[frame.index] = offset
+        self._mem.folio_put(frame)
 
     def madvise_remove(self, vma, start, end):
         """R40: punch a hole in the shmem object, unmapping it everywhere."""
@@ -2275,6 +2433,8 @@ class MM:
         # may span hundreds of GiB).
         for index in sorted(i for i in obj.pages if first <= i <= last):
             self._mem.folio_put(obj.pages.pop(index))
+        for index in sorted(i for i in obj.swapped if first <= i <= last):
+            self.machine.swap.swap_free(obj.swapped.pop(index))
         return 0
 
     def unmap_mapping_range(self, obj, first, last):
@@ -2542,8 +2702,17 @@ class MM:
                 continue
             if not pte_present(pte):
                 swp_type, offset = pte_to_swp_entry(pte)
+                if is_swap_pte(pte):
+                    # copy_nonpresent_pte(): the child refers to the same slot (swap
+                    # count +1, child VmSwap +1); neither entry is exclusive now (R68).
+                    self.machine.swap.swap_duplicate(offset)
+                    pte &= ~_PAGE_SWP_EXCLUSIVE
+                    src[i] = pte
+                    out[i] = pte & ~_PAGE_SWP_UFFD_WP
+                    dst._rss[MM_SWAPENTS] += 1
+                    continue
                 if swp_type != _SWP_PTE_MARKER:
-                    raise NotImplementedError("swap entries are not simulated")
+                    raise NotImplementedError("this kind of non-present entry is not simulated")
                 # copy_pte_marker(): guard (and poison) markers go with the VMA;
                 # uffd-wp ones only to a registered child, which this one is not.
                 marker = offset & (PTE_MARKER_POISONED | PTE_MARKER_GUARD)
@@ -2658,13 +2827,15 @@ class MM:
     def check(self):
         """Raise InvariantError for any state Linux could not be in (R76)."""
         self._check_vmas()
-        counted, mapped = self._check_tables()
+        swapped = {}
+        counted, mapped = self._check_tables(swapped)
         self._check_table_pages()
         if self._pgtables_bytes != counted * PAGE_SIZE:
             raise InvariantError(
                 "pgtables_bytes", f"{self._pgtables_bytes} != 4096 * {counted} linked tables (R10, R76.1)"
             )
         rss = [0, 0, 0, 0]
+        rss[MM_SWAPENTS] = sum(swapped.values())
         for pfn, count in mapped.items():
             frame = self._mem.frames.get(pfn)
             if frame is None:
@@ -2693,6 +2864,7 @@ class MM:
                 raise InvariantError("refcount", f"frame {pfn} is allocated with no reference")
             if frame.exclusive and (frame.kind != _ANON or frame.mapcount != 1):
                 raise InvariantError("anon-exclusive", f"frame {pfn}: exclusive with mapcount {frame.mapcount}")
+        self._check_swap_slots()
         locked = sum(v.pages() for v in self._vmas if v.flags & VM_LOCKED)
         if locked != self._locked_vm:
             raise InvariantError("locked_vm", f"{self._locked_vm} != {locked} locked VMA pages")
@@ -2734,7 +2906,7 @@ class MM:
                     mapped[pfn] = mapped.get(pfn, 0) + 1
         return mapped
 
-    def _check_tables(self):
+    def _check_tables(self, swapped=None):
         counted = 0
         mapped = {}
         for pgd_i, pud in self._linked_children(self._pgd):
@@ -2743,8 +2915,44 @@ class MM:
                 counted += 1
                 for pmd_i, pte_table in self._linked_children(pmd):
                     counted += 1
-                    self._check_pte_table(pte_table, mapped)
+                    self._check_pte_table(pte_table, mapped, swapped)
         return counted, mapped
+
+    def _swap_references(self):
+        """offset -> swap entries of this mm's page tables that refer to it."""
+        refs = {}
+        for table in self._iter_pte_tables():
+            for pte in table.entries:
+                if pte and is_swap_pte(pte):
+                    offset = swp_offset(pte)
+                    refs[offset] = refs.get(offset, 0) + 1
+        return refs
+
+    def _check_swap_slots(self):
+        """A slot's count is the swap entries referring to it, in the page tables of
+        every process on the machine and in shmem objects; free slots are on the heap."""
+        swap = self.machine.swap
+        if not swap.nr_slots and not swap.count:
+            return
+        refs = {}
+        objects = {}
+        for mm in self.machine.mms:
+            for offset, count in mm._swap_references().items():
+                refs[offset] = refs.get(offset, 0) + count
+            for vma in mm._vmas:
+                if vma.shmem is not None:
+                    objects[id(vma.shmem)] = vma.shmem
+        for obj in objects.values():
+            for offset in obj.swapped.values():
+                refs[offset] = refs.get(offset, 0) + 1
+        if refs != swap.count:
+            bad = sorted(set(refs.items()) ^ set(swap.count.items()))[:3]
+            raise InvariantError("swap-count", f"slot counts {swap.count} != references {refs}: {bad}")
+        if swap.next > swap.nr_slots + 1 or any(not 0 < off < swap.next for off in swap.count):
+            raise InvariantError("swap-slot", "a slot in use is not on the device")
+        free = set(range(1, swap.next)) - set(swap.count)
+        if sorted(swap.free_heap) != sorted(free) or (swap.free_heap and swap.free_heap[0] != min(free)):
+            raise InvariantError("swap-free", "the free heap does not hold exactly the free slots")
 
     def _linked_children(self, parent):
         """(index, child) of every child table, after checking all 512 links of parent."""
@@ -2797,7 +3005,7 @@ class MM:
         if child.base != parent.base + (index << _LEVEL_SHIFT[parent.level]):
             raise InvariantError("table-base", f"table at {child.base:#x} under wrong entry")
 
-    def _check_pte_table(self, table, mapped):
+    def _check_pte_table(self, table, mapped, swapped=None):
         vma = None
         for i, pte in enumerate(table.entries):
             if not pte or pte_none(pte):  # the cheap test first: most entries are 0
@@ -2808,6 +3016,18 @@ class MM:
             if vma is None:
                 raise InvariantError("pte-outside-vma", f"entry {pte:#x} at {addr:#x} outside every VMA")
             if not pte_present(pte):
+                if is_swap_pte(pte):
+                    # A swap entry: private anonymous memory only (R14), a slot in use.
+                    if not vma_is_anonymous(vma) or vma.anon_vma is None:
+                        raise InvariantError("swap-entry", f"swap entry at {addr:#x} outside anonymous memory")
+                    if pte & ~(((1 << 50) - 1) << 9) & ~(_PAGE_SWP_EXCLUSIVE | _PAGE_SWP_UFFD_WP):
+                        raise InvariantError("swap-entry", f"stray bits in swap entry {pte:#x} at {addr:#x}")
+                    offset = swp_offset(pte)
+                    if offset not in self.machine.swap.count:
+                        raise InvariantError("swap-entry", f"swap entry at {addr:#x} refers to free slot {offset}")
+                    if swapped is not None:
+                        swapped[offset] = swapped.get(offset, 0) + 1
+                    continue
                 if not is_guard_pte_marker(pte):
                     raise InvariantError("pte-kind", f"unknown non-present entry {pte:#x} at {addr:#x}")
                 continue

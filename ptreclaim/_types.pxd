@@ -59,6 +59,11 @@ cdef extern from *:
     #define PTR_PTE_MARKER(bits) ((31ULL << 59) | ((~(unsigned long long)(bits) & ((1ULL << 50) - 1)) << 9))
     #define PTR_GUARD_MARKER   PTR_PTE_MARKER(4)
     #define PTR_UFFD_WP_MARKER PTR_PTE_MARKER(1)
+    /* A swap entry (__swp_entry()): type in bits 59..63, offset inverted in
+       bits 9..58; bit 3 is PageAnonExclusive, bit 2 uffd-wp. */
+    #define PTR_SWP_OFFSET_MASK ((1ULL << 50) - 1)
+    #define PTR_SWP_EXCLUSIVE  (1ULL << 3)
+    #define PTR_SWP_UFFD_WP    (1ULL << 2)
     """
     const uint64_t PTR_PAGE_PRESENT, PTR_PAGE_RW, PTR_PAGE_USER, PTR_PAGE_ACCESSED
     const uint64_t PTR_PAGE_DIRTY, PTR_PAGE_PSE, PTR_PAGE_PROTNONE, PTR_PAGE_SPECIAL
@@ -70,6 +75,7 @@ cdef extern from *:
     const uint64_t PTR_VM_LOCKED, PTR_VM_PFNMAP, PTR_VM_UFFD_WP, PTR_VM_LOCKONFAULT
     const uint64_t PTR_VM_HUGETLB, PTR_VM_MAYBE_GUARD, PTR_VM_STICKY, PTR_GUARD_MARKER
     const uint64_t PTR_UFFD_WP_MARKER, PTR_VM_HUGEPAGE, PTR_VM_NOHUGEPAGE
+    const uint64_t PTR_SWP_OFFSET_MASK, PTR_SWP_EXCLUSIVE, PTR_SWP_UFFD_WP
 
 ctypedef uint64_t pteval_t
 
@@ -150,6 +156,9 @@ cdef enum:
     MMU_GATHER_CAPACITY = 8 + 19 * 510
     # fault_around_bytes = 64 KiB
     FAULT_AROUND_PAGES = 16
+    # Swap (arch/x86/include/asm/pgtable_64.h, include/linux/swap.h)
+    MAX_SWAPFILES = 28         # lower swap types are devices, higher ones special entries
+    SWP_SLOT_ZEROED = 1        # the page written out had PG_ZEROED
 
 ctypedef struct pt_page:
     # struct page / folio, reduced to what the counters need: 16 bytes
@@ -201,6 +210,10 @@ ctypedef struct pt_shmem:
     uint64_t size_pages        # i_size in pages
     int64_t users              # VMAs referring to it
     uint64_t id
+    # Pages written out to swap: the same kind of hash, page offset -> swap
+    # offset (the swap entries shmem keeps in its page cache). NULL until
+    # the object first has a page swapped out.
+    pt_shmem *swapped
 
 ctypedef struct pt_vma:
     uint64_t start
@@ -235,12 +248,27 @@ ctypedef struct pt_stats:
     uint64_t thp_deposits_freed        # deposited tables freed with their huge PMD
     uint64_t thp_collapse_alloc        # THPs made by MADV_COLLAPSE
 
+ctypedef struct pt_swap:
+    # One swap device, a swap file (swap type 0, as on the lab machine for
+    # SC-30). Offset 0 is its header; slots are offsets 1..nr_slots.
+    uint64_t nr_slots          # 0: no swap device
+    uint64_t next              # the lowest offset never handed out
+    uint32_t *count            # swap_map: references (swap PTEs, shmem) per offset
+    uint8_t *flags             # SWP_SLOT_* per offset
+    uint64_t cap               # length of count and flags
+    # Freed offsets below next, as a min-heap: a new slot is the lowest
+    # free offset. Its capacity follows cap, so a free never allocates.
+    uint32_t *heap
+    uint64_t nr_heap
+    uint64_t nr_used           # offsets with a count
+
 ctypedef struct pt_machine:
     pt_frames frames
     pt_pool pool
     uint64_t next_anon_vma_id
     uint64_t next_shmem_id
-    uint64_t totalram_pages    # overcommit heuristic limit (0: unlimited)
+    uint64_t totalram_pages    # overcommit heuristic limit: RAM + swap (0: unlimited)
+    pt_swap swap
 
 ctypedef struct pt_mm:
     pt_machine *machine

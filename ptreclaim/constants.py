@@ -158,3 +158,35 @@ def make_pte_marker(bits):
 ZERO_PFN = 1
 # The huge zero page that read faults map by a PMD (frame 2 in both implementations).
 HUGE_ZERO_PFN = 2
+
+
+# Swap entries (R6; arch/x86/include/asm/pgtable_64.h, __swp_entry()): a
+# non-present entry with the swap type in bits 59..63 and the offset stored
+# inverted in bits 9..58. Types below MAX_SWAPFILES are swap devices; the
+# simulated machine has one, type 0. Bit 3 remembers PageAnonExclusive, bit 2
+# the uffd-wp protection of the page that was swapped out.
+MAX_SWAPFILES = 28
+_PAGE_SWP_EXCLUSIVE = _PAGE_PWT
+_PAGE_SWP_UFFD_WP = _PAGE_USER
+SWP_OFFSET_MASK = (1 << 50) - 1
+
+
+def make_swap_pte(offset, swp_type=0):
+    """The raw x86-64 entry of swap slot `offset` of swap device `swp_type`."""
+    return (swp_type << 59) | ((~offset & SWP_OFFSET_MASK) << 9)
+
+
+def swp_type(pte):
+    """The swap type of a non-present, non-none entry."""
+    return pte >> 59
+
+
+def swp_offset(pte):
+    """The swap offset of a non-present, non-none entry (flag bits ignored)."""
+    return ~(pte >> 9) & SWP_OFFSET_MASK
+
+
+def is_swap_pte(pte):
+    """A genuine swap entry: not none, not present, of a swap device's type."""
+    return (pte & ~(_PAGE_ACCESSED | _PAGE_DIRTY)) != 0 and not pte & (_PAGE_PRESENT | _PAGE_PROTNONE) \
+        and swp_type(pte) < MAX_SWAPFILES

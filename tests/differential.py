@@ -184,11 +184,12 @@ assert MADV_COLLAPSE in ADVICES
 class Pair:
     """A core MM and a reference MM built alike, stepped and compared together."""
 
-    def __init__(self, pt_reclaim=True, split_ptlocks=True, max_frames=None, totalram_pages=None):
+    def __init__(self, pt_reclaim=True, split_ptlocks=True, max_frames=None, totalram_pages=None,
+                 swap_pages=0):
         self.config = dict(pt_reclaim=pt_reclaim, split_ptlocks=split_ptlocks,
-                           max_frames=max_frames, totalram_pages=totalram_pages)
-        self.core_machine = core_impl.Machine(max_frames, totalram_pages)
-        self.ref_machine = ref_impl.Machine(max_frames, totalram_pages)
+                           max_frames=max_frames, totalram_pages=totalram_pages, swap_pages=swap_pages)
+        self.core_machine = core_impl.Machine(max_frames, totalram_pages, swap_pages)
+        self.ref_machine = ref_impl.Machine(max_frames, totalram_pages, swap_pages)
         self.core = core_impl.MM(pt_reclaim=pt_reclaim, split_ptlocks=split_ptlocks,
                                  machine=self.core_machine)
         self.ref = ref_impl.MM(pt_reclaim=pt_reclaim, split_ptlocks=split_ptlocks,
@@ -234,6 +235,8 @@ class Pair:
         if self.core_machine.frames_in_use != self.ref_machine.frames_in_use:
             self.fail("Machine.frames_in_use", self.core_machine.frames_in_use,
                       self.ref_machine.frames_in_use)
+        if self.core_machine.swap_used != self.ref_machine.swap_used:
+            self.fail("Machine.swap_used", self.core_machine.swap_used, self.ref_machine.swap_used)
         if full:
             self.compare_entries()
         for side, mm in (("core", core), ("reference", ref)):
@@ -258,7 +261,8 @@ class Pair:
         carries = _PAGE_PRESENT | _PAGE_PROTNONE
         for (addr, ce), (_, re) in zip(core_entries, ref_entries):
             if not ce & carries:
-                # A swap-format entry (guard marker): no frame, compare it whole.
+                # A swap-format entry (guard marker, swap entry): no frame, compare
+                # it whole; both sides give out the lowest free swap slot.
                 if ce != re:
                     self.fail(f"the entry at {addr:#x}", hex(ce), hex(re))
                 continue

@@ -292,3 +292,49 @@ def test_hugetlb_fixed_with_unaligned_offset_leaves_a_hole(MM):
     assert info.value.errno == _errno.EINVAL
     assert mm.vmas() == [] and mm.status()["VmSize"] == 0
     mm.check()
+
+
+def test_mprotect_keeps_an_old_entry_old(MM):
+    # x86 pte_modify() keeps _PAGE_CHG_MASK (accessed included) from the old entry and
+    # takes only the other bits from the new protection: an entry MADV_FREE made old
+    # and clean stays old through mprotect. (Found by the state machine.)
+    from ptreclaim.constants import _PAGE_ACCESSED, _PAGE_DIRTY
+    mm = MM()
+    mm.mmap(B, 64 * K, RW, ANON)
+    mm.touch(B, 64 * K)
+    mm.madvise(B, 64 * K, MADV_FREE)
+    mm.mprotect(B, 64 * K, PROT_READ)
+    mm.mprotect(B, 64 * K, RW | 4)
+    assert not any(e & (_PAGE_ACCESSED | _PAGE_DIRTY) for _, e in mm.entries())
+    mm.check()
+
+
+def test_pageout_flushes_a_redirtied_lazyfree_page(MM):
+    # try_to_unmap_one() clears the entry with ptep_clear_flush() before it sees that a
+    # lazy-free page was written again; it then puts the entry back and the page is
+    # swap-backed again. The flush has happened all the same. (Found by the state machine.)
+    mm = MM()
+    mm.mmap(B, 64 * K, RW, ANON)
+    mm.touch(B, 64 * K)
+    mm.madvise(B, 64 * K, MADV_FREE)
+    mm.touch(B, 4 * K)
+    flushes = mm.stats["tlb_flushes"]
+    mm.madvise(B, 64 * K, MADV_PAGEOUT)
+    assert mm.stats["tlb_flushes"] - flushes == 16
+    assert mm.status()["RssAnon"] == 4
+    mm.check()
+
+
+def test_dropping_a_guard_marker_flushes_nothing(MM):
+    # zap_nonpresent_ptes() clears a non-present entry with clear_not_present_full_ptes(),
+    # not tlb_remove_tlb_entry(): munmap of a guard marker alone, in a span another VMA
+    # keeps (no table freed), leaves the gather with nothing to flush.
+    from ptreclaim.constants import MADV_GUARD_INSTALL
+    mm = MM()
+    mm.mmap(B, 2 * M, RW, ANON)
+    mm.madvise(B, 4 * K, MADV_GUARD_INSTALL)
+    mm.touch(B + 8 * K, 1)
+    flushes = mm.stats["tlb_flushes"]
+    mm.munmap(B, 4 * K)
+    assert mm.stats["tlb_flushes"] == flushes
+    mm.check()

@@ -62,8 +62,15 @@ def apply(mm, op, args):
 
 # Operations of the waiting scenarios, by the MM method they will call.
 FUTURE_OPS = {"fork_child": "fork", "mremap": "mremap", "file": "create_file",
-              "mmap_file": "mmap_file", "swap": "swapon", "hugetlb_pool": "set_hugetlb_pool",
+              "mmap_file": "mmap_file", "hugetlb_pool": "set_hugetlb_pool",
               "uffd_register_wp": "uffd_register_wp", "uffd_wp": "uffd_wp"}
+
+
+def new_mm(impl, scenario):
+    """The fresh process a scenario runs in, on the machine it names."""
+    if scenario.machine is None:
+        return impl.MM()
+    return impl.MM(machine=impl.Machine(**scenario.machine))
 
 
 def snapshot(mm):
@@ -95,8 +102,8 @@ def run_scenario(mm, scenario):
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.id for s in SCENARIOS])
-def test_scenario(MM, scenario):
-    mm = MM()
+def test_scenario(impl, scenario):
+    mm = new_mm(impl, scenario)
     assert run_scenario(mm, scenario) == []
     mm.exit()
     mm.check()
@@ -104,9 +111,9 @@ def test_scenario(MM, scenario):
 
 
 @pytest.mark.parametrize("scenario", WAITING, ids=[s.id for s in WAITING])
-def test_waiting_scenario(MM, scenario):
+def test_waiting_scenario(impl, scenario):
     """Written now, expected to fail until the feature it needs is simulated."""
-    mm = MM()
+    mm = new_mm(impl, scenario)
     try:
         for op, args in scenario.setup:
             apply(mm, op, args)

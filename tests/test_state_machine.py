@@ -20,6 +20,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
+from ptreclaim.constants import MADV_PAGEOUT
+
 from differential import (
     ADVICES, ANCHORS, DELTAS, LENGTHS, MAP_EXTRA, MAP_TYPES, PROTS, UNSIMULATED_IN_CORE, Pair,
 )
@@ -66,13 +68,15 @@ class CoreMatchesReference(RuleBasedStateMachine):
     @initialize(
         pt_reclaim=st.sampled_from((True, True, True, False, "seed")),
         split_ptlocks=st.sampled_from((True, True, True, False)),
-        # Mostly unbounded; sometimes a small machine so that faults run out of frames
-        # and big charged mappings fail the overcommit check.
-        limits=st.sampled_from(((None, None), (None, None), (None, None), (600, None), (3000, 1024))),
+        # (max_frames, totalram_pages, swap_pages): mostly unbounded; sometimes a small
+        # machine so that faults run out of frames and big charged mappings fail the
+        # overcommit check; sometimes a swap device, small enough to fill up.
+        limits=st.sampled_from(((None, None, 0), (None, None, 0), (None, None, 4096), (600, None, 0),
+                                (3000, 1024, 0), (600, None, 200), (None, None, 300))),
     )
     def start(self, pt_reclaim, split_ptlocks, limits):
         self.pair = Pair(pt_reclaim=pt_reclaim, split_ptlocks=split_ptlocks,
-                         max_frames=limits[0], totalram_pages=limits[1])
+                         max_frames=limits[0], totalram_pages=limits[1], swap_pages=limits[2])
         self.pair.compare()
 
     @rule(addr=mmap_addr_specs, length=small_length_specs, prot=common_prot_index,
@@ -106,6 +110,15 @@ class CoreMatchesReference(RuleBasedStateMachine):
     @rule(addr=addr_specs, length=length_specs, advice=advice_index)
     def madvise(self, addr, length, advice):
         self.pair.step(("madvise", addr, length, advice))
+
+    @rule(addr=st.tuples(st.just(1), st.integers(0, len(ANCHORS) - 1), st.integers(0, 3)),
+          length=small_length_specs)
+    def write_and_pageout(self, addr, length):
+        # The way pages reach swap (with a swap device) or are dropped: write a range,
+        # then page it out; a random advice would rarely be MADV_PAGEOUT, and rarely
+        # over written pages.
+        self.pair.step(("touch", addr, length, True), compare=False)
+        self.pair.step(("madvise", addr, length, ADVICES.index(MADV_PAGEOUT)))
 
     @rule(addr=addr_specs, length=small_length_specs, write=st.booleans())
     def touch(self, addr, length, write):
