@@ -1260,7 +1260,7 @@ cdef void _huge_pmds_in_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint
                 split_huge_pmd(mm, vma, pmd)
             else:
                 # change_huge_pmd(): pmd_modify() keeps the PFN, A, D, PSE.
-                new = (e & (PTR_PAGE_CHG_MASK | PTR_PAGE_PSE)) | newprot
+                new = (e & (PTR_PAGE_CHG_MASK | PTR_PAGE_PSE)) | (newprot & ~PTR_PAGE_CHG_MASK)
                 if pte_needs_invert(e) != pte_needs_invert(new):
                     new ^= PTR_PFN_MASK
                 if try_writable and not zero and not pte_write(new) and (new & PTR_PAGE_PRESENT) \
@@ -1305,7 +1305,7 @@ cdef void change_protection(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint64
                 continue
             # pte_modify(): keep PFN, A, D, SPECIAL; take the rest from the
             # new protection; re-invert the PFN when crossing PROT_NONE.
-            pte = (old & PTR_PAGE_CHG_MASK) | newprot
+            pte = (old & PTR_PAGE_CHG_MASK) | (newprot & ~PTR_PAGE_CHG_MASK)
             if pte_needs_invert(old) != pte_needs_invert(pte):
                 pte ^= PTR_PFN_MASK
             if try_writable and not pte_write(pte) and (pte & PTR_PAGE_PRESENT):

@@ -292,3 +292,16 @@ def test_hugetlb_fixed_with_unaligned_offset_leaves_a_hole(MM):
     assert info.value.errno == _errno.EINVAL
     assert mm.vmas() == [] and mm.status()["VmSize"] == 0
     mm.check()
+
+
+def test_mprotect_keeps_the_accessed_bit(MM):
+    # x86 pte_modify()/pmd_modify(): A (like D) comes from the old entry, not from the
+    # new protection. Found by the state machine: MADV_COLD clears A, mprotect must
+    # not set it again.
+    mm = MM()
+    mm.mmap(B, 4096, RW, ANON)
+    mm.touch(B)
+    mm.madvise(B, 4096, MADV_COLD)
+    mm.mprotect(B, 4096, PROT_READ)
+    assert not mm.read_entry(B) & 0x20
+    mm.check()
