@@ -192,11 +192,16 @@ def test_hugetlb_fixed_over_a_mapping_fails_and_leaves_a_gap(MM):
     mm.check()
 
 
-def test_hugetlb_that_would_succeed_is_not_simulated(MM):
+def test_hugetlb_noreserve_with_an_empty_pool_maps_and_faults_sigbus(MM):
+    # MAP_NORESERVE reserves nothing, so the mapping is made; a fault then finds no
+    # huge page (docs/hugetlb.md, tests/test_hugetlb.py).
+    from ptreclaim.errors import BusError
     mm = MM()
-    with pytest.raises(NotImplementedError):
-        mm.mmap(B, 2 * M, RW, HUGE | MAP_PRIVATE | MAP_NORESERVE | MAP_FIXED_NOREPLACE)
-    assert mm.vmas() == []
+    mm.mmap(B, 2 * M, RW, HUGE | MAP_PRIVATE | MAP_NORESERVE | MAP_FIXED_NOREPLACE)
+    assert [(s, e) for s, e, _, _ in mm.vmas()] == [(B, B + 2 * M)]
+    with pytest.raises(BusError):
+        mm.touch(B)
+    mm.check()
 
 
 @pytest.mark.parametrize("extra", [MAP_LOCKED, MAP_GROWSDOWN])
