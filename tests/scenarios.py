@@ -20,7 +20,7 @@ success. Operations and their arguments:
 
 Deltas are the lab machine's (Linux 6.18) for a process whose 512 GiB slot
 at ``B`` holds nothing else. Rows the model cannot reproduce yet (files,
-THP, swap, hugetlb, fork) are left out; the scenario notes say which.
+THP, swap, fork) are left out; the scenario notes say which.
 """
 
 from ptreclaim.constants import (
@@ -35,6 +35,7 @@ from ptreclaim.constants import (
     MAP_ANONYMOUS,
     MAP_FIXED,
     MAP_FIXED_NOREPLACE,
+    MAP_HUGETLB,
     MAP_NORESERVE,
     MAP_PRIVATE,
     MAP_SHARED,
@@ -75,15 +76,18 @@ def err(code, op, args, dpte=0, danon=0, dshmem=0):
 
 class Scenario:
     """One fresh process. ``needs`` names the simulator feature the scenario waits
-    for (its issue), or None when the simulator has everything it uses."""
+    for (its issue), or None when the simulator has everything it uses. ``machine``
+    holds the settings of the machine the process runs on, as keyword arguments of
+    ``MM()`` (e.g. ``hugetlb_pages``, the hugetlb pool the lab set up for it)."""
 
-    def __init__(self, sid, title, setup, steps, note="", needs=None):
+    def __init__(self, sid, title, setup, steps, note="", needs=None, machine=None):
         self.id = sid
         self.title = title
         self.setup = setup
         self.steps = steps
         self.note = note
         self.needs = needs
+        self.machine = machine or {}
 
     def __repr__(self):
         return f"<Scenario {self.id}: {self.title}>"
@@ -466,6 +470,16 @@ SCENARIOS = [
         ok("write", (B + 2 * G, 2 * M), 8, 0, 2048),
         ok("fork_child", ()),
     ], note="the child's VmPTE is +16 and RssAnon +2048 over an empty child"),
+    Scenario("SC-31", "hugetlb: 2 MiB pages from a pool of 4, no PTE table, DONTNEED rounds down", [], [
+        ok("mmap", (B, 4 * M, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_FIXED_NOREPLACE)),
+        ok("write", (B, 1), 8, 0),
+        ok("write", (B + 2 * M, 1)),
+        err(EINVAL, "madvise", (B + 4 * K, 2 * M - 4 * K, MADV_DONTNEED)),
+        ok("madvise", (B, 2 * M + 4 * K, MADV_DONTNEED)),
+        err(EINVAL, "madvise", (B + 2 * M, 2 * M, MADV_FREE)),
+        ok("madvise", (B + 2 * M, 2 * M, MADV_DONTNEED)),
+        ok("munmap", (B, 4 * M), -8, 0),
+    ], machine={"hugetlb_pages": 4}),
 ]
 
 
@@ -514,16 +528,6 @@ WAITING = [
         ok("madvise", (B + 2 * M, 2 * M, MADV_FREE)),
         ok("madvise", (B + 2 * M, 2 * M, MADV_DONTNEED), -4, 0),
     ], needs="swap"),
-    Scenario("SC-31", "hugetlb", [("hugetlb_pool", (4,))], [
-        ok("mmap", (B, 4 * M, RW, MAP_PRIVATE | MAP_ANONYMOUS | 0x40000 | MAP_FIXED_NOREPLACE)),
-        ok("write", (B, 1), 8, 0),
-        ok("write", (B + 2 * M, 1)),
-        err(EINVAL, "madvise", (B + 4 * K, 2 * M - 4 * K, MADV_DONTNEED)),
-        ok("madvise", (B, 2 * M + 4 * K, MADV_DONTNEED)),
-        err(EINVAL, "madvise", (B + 2 * M, 2 * M, MADV_FREE)),
-        ok("madvise", (B + 2 * M, 2 * M, MADV_DONTNEED)),
-        ok("munmap", (B, 4 * M), -8, 0),
-    ], needs="hugetlb"),
 ]
 
 

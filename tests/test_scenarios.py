@@ -62,7 +62,7 @@ def apply(mm, op, args):
 
 # Operations of the waiting scenarios, by the MM method they will call.
 FUTURE_OPS = {"fork_child": "fork", "mremap": "mremap", "file": "create_file",
-              "mmap_file": "mmap_file", "swap": "swapon", "hugetlb_pool": "set_hugetlb_pool",
+              "mmap_file": "mmap_file", "swap": "swapon",
               "uffd_register_wp": "uffd_register_wp", "uffd_wp": "uffd_wp"}
 
 
@@ -96,7 +96,7 @@ def run_scenario(mm, scenario):
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.id for s in SCENARIOS])
 def test_scenario(MM, scenario):
-    mm = MM()
+    mm = MM(**scenario.machine)
     assert run_scenario(mm, scenario) == []
     mm.exit()
     mm.check()
@@ -106,7 +106,7 @@ def test_scenario(MM, scenario):
 @pytest.mark.parametrize("scenario", WAITING, ids=[s.id for s in WAITING])
 def test_waiting_scenario(MM, scenario):
     """Written now, expected to fail until the feature it needs is simulated."""
-    mm = MM()
+    mm = MM(**scenario.machine)
     try:
         for op, args in scenario.setup:
             apply(mm, op, args)
