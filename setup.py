@@ -23,7 +23,7 @@ extensions = [
     Extension(f"ptreclaim.{name}", [f"ptreclaim/{name}.pyx"],
               include_dirs=[numpy.get_include()], extra_compile_args=CFLAGS,
               define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
-    for name in ("_pgtable", "_vma", "_core")
+    for name in ("_pgtable", "_hugetlb", "_vma", "_core")
 ]
 # The host-kernel runner: plain C, so the forked child never runs Python.
 extensions.append(Extension("ptreclaim._kernelrun", ["ptreclaim/_kernelrun.c"],

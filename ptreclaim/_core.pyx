@@ -25,12 +25,19 @@ from ptreclaim._pgtable cimport (
     fault_range, handle_mm_fault, pte_pfn, uffd_wp_range, anon_page_fast,
     guard_install_range, guard_remove_range, copy_page_range, shmem_get, anon_vma_prepare,
     madvise_collapse, page_stored, find_vma, is_swap_pte, swp_offset, swap_init,
+    pmd_hugetlb, hpage_index, hugetlb_pool_init, hfile_new, hfile_put,
+    idxset_count, idxset_has,
+)
+from ptreclaim._hugetlb cimport (
+    is_vm_hugetlb_page, hugetlbfs_file_mmap, hugetlb_dup_vma, hugetlb_vm_op_close, hugetlb_fault_range,
+    __unmap_hugepage_range, copy_hugetlb_page_range, hugetlb_change_protection,
+    hugetlbfs_punch_hole,
 )
 from ptreclaim._vma cimport (
     vma_insert, vma_remove, split_vma, try_merge, is_mergeable,
 )
 
-from ptreclaim.errors import SegmentationFault, InvariantError, OutOfMemory, UserfaultfdFault
+from ptreclaim.errors import SegmentationFault, InvariantError, OutOfMemory, UserfaultfdFault, BusError
 
 cdef extern from *:
     """
@@ -148,8 +155,10 @@ cdef void free_pgtables(mmu_gather *tlb, pt_vma *vmas, uint64_t n, uint64_t floo
         addr = vmas[i].start
         end = vmas[i].end
         j = i + 1
-        # Neighbouring detached VMAs within 2 MiB are freed in one call.
-        while j < n and vmas[j].start <= end + PTR_PMD_SIZE:
+        # Neighbouring detached VMAs within 2 MiB are freed in one call; a
+        # hugetlb VMA is freed on its own and ends a group.
+        while j < n and vmas[j].start <= end + PTR_PMD_SIZE and not is_vm_hugetlb_page(&vmas[i]) \
+                and not is_vm_hugetlb_page(&vmas[j]):
             end = vmas[j].end
             j += 1
         ceil = vmas[j].start if j < n else ceiling
@@ -159,6 +168,35 @@ cdef void free_pgtables(mmu_gather *tlb, pt_vma *vmas, uint64_t n, uint64_t floo
 cdef uint64_t vma_pages(const pt_vma *v) noexcept nogil:
     return (v.end - v.start) >> 12
 
+cdef void unmap_single_vma(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint64_t end,
+                           zap_details *details) noexcept nogil:
+    # hugetlb VMAs have a zap of their own, which never frees tables.
+    if is_vm_hugetlb_page(vma):
+        __unmap_hugepage_range(tlb, vma, start, end, -1)
+    else:
+        unmap_page_range(tlb, vma, start, end, details)
+
+cdef inline bint hugetlb_split_refused(const pt_vma *vma, uint64_t addr) noexcept nogil:
+    # hugetlb_vm_op_split(): a hugetlb VMA splits only on a huge page boundary.
+    return is_vm_hugetlb_page(vma) and (addr & (PTR_PMD_SIZE - 1)) != 0
+
+cdef int munmap_split_check(pt_mm *mm, uint64_t start, uint64_t end) noexcept nogil:
+    """The splits vms_gather_munmap_vmas() makes at start and end, as far as a
+    hugetlb VMA refuses them: EINVAL with nothing done if it refuses the split at
+    start; EINVAL after the split at start if it refuses the one at end; else 0."""
+    cdef uint64_t i = find_vma(mm, start), j
+    if i == mm.nr_vmas or mm.vmas[i].start >= end:
+        return 0
+    if mm.vmas[i].start < start and hugetlb_split_refused(&mm.vmas[i], start):
+        return EINVAL
+    j = find_vma(mm, end - 1)
+    if j < mm.nr_vmas and mm.vmas[j].start < end and mm.vmas[j].end > end \
+            and hugetlb_split_refused(&mm.vmas[j], end):
+        if mm.vmas[i].start < start:
+            split_vma(mm, i, start)
+        return EINVAL
+    return 0
+
 cdef int munmap_range(pt_mm *mm, uint64_t start, uint64_t end) noexcept nogil:
     """do_vmi_align_munmap(): split at the edges, zap, free_pgtables, drop the VMAs."""
     cdef uint64_t i = find_vma(mm, start), j, k, floor, ceiling
@@ -166,6 +204,8 @@ cdef int munmap_range(pt_mm *mm, uint64_t start, uint64_t end) noexcept nogil:
     cdef zap_details details
     if i == mm.nr_vmas or mm.vmas[i].start >= end:
         return 0
+    if munmap_split_check(mm, start, end):
+        return EINVAL
     if mm.vmas[i].start < start:
         if split_vma(mm, i, start) < 0:
             return ENOMEM
@@ -187,7 +227,7 @@ cdef int munmap_range(pt_mm *mm, uint64_t start, uint64_t end) noexcept nogil:
     details.drop_markers = True
     tlb_gather_mmu(&tlb, mm, False)
     for k in range(i, j):
-        unmap_page_range(&tlb, &mm.vmas[k], mm.vmas[k].start, mm.vmas[k].end, &details)
+        unmap_single_vma(&tlb, &mm.vmas[k], mm.vmas[k].start, mm.vmas[k].end, &details)
     free_pgtables(&tlb, &mm.vmas[i], j - i, floor, ceiling)
     tlb_finish_mmu(&tlb)
     vma_remove(mm, i, j - i)
@@ -203,7 +243,7 @@ cdef void exit_mmap(pt_mm *mm) noexcept nogil:
     details.drop_markers = True
     tlb_gather_mmu(&tlb, mm, True)
     for k in range(mm.nr_vmas):
-        unmap_page_range(&tlb, &mm.vmas[k], mm.vmas[k].start, mm.vmas[k].end, &details)
+        unmap_single_vma(&tlb, &mm.vmas[k], mm.vmas[k].start, mm.vmas[k].end, &details)
     free_pgtables(&tlb, mm.vmas, mm.nr_vmas, 0, 0)
     tlb_finish_mmu(&tlb)
     vma_remove(mm, 0, mm.nr_vmas)
@@ -237,7 +277,11 @@ cdef int dup_mmap(pt_mm *child, pt_mm *parent) noexcept nogil:
             vma.anon_vma = parent.machine.next_anon_vma_id
             parent.machine.next_anon_vma_id += 1
             vma.forked_anon_vma = True
+        if vma.hfile != NULL:
+            hugetlb_dup_vma(&vma)
         if vma_insert(child, child.nr_vmas, &vma) < 0:
+            if vma.hfile != NULL:
+                hfile_put(child.machine, vma.hfile)
             err = ENOMEM
             break
         if vma.shmem != NULL:
@@ -248,7 +292,11 @@ cdef int dup_mmap(pt_mm *child, pt_mm *parent) noexcept nogil:
         # the tables, so a VMA that may hold them is copied too
         # (VM_COPY_ON_FORK).
         if not (vma.flags & PTR_VM_WIPEONFORK) and (src.anon_vma or (src.flags & PTR_VM_MAYBE_GUARD)):
-            if copy_page_range(child, parent, src) < 0:
+            if is_vm_hugetlb_page(src):
+                if copy_hugetlb_page_range(child, parent, src) < 0:
+                    err = ENOMEM
+                    break
+            elif copy_page_range(child, parent, src) < 0:
                 err = ENOMEM
                 break
     # flush_tlb_mm(oldmm): the parent's entries lost their write bit.
@@ -281,6 +329,21 @@ cdef int64_t vma_modify_flags(pt_mm *mm, uint64_t idx, uint64_t start, uint64_t 
     mm.vma_cache = 0
     return idx
 
+cdef int vma_modify_split_check(pt_mm *mm, uint64_t idx, uint64_t start, uint64_t end) noexcept nogil:
+    """vma_modify()'s splits of VMA idx at start and end, as far as a hugetlb VMA
+    refuses them (hugetlb_vm_op_split()): EINVAL with nothing done if it refuses
+    the one at start; EINVAL after the split at start if it refuses the one at end."""
+    cdef pt_vma *vma = &mm.vmas[idx]
+    if not is_vm_hugetlb_page(vma):
+        return 0
+    if vma.start < start and hugetlb_split_refused(vma, start):
+        return EINVAL
+    if vma.end > end and hugetlb_split_refused(vma, end):
+        if vma.start < start:
+            split_vma(mm, idx, start)
+        return EINVAL
+    return 0
+
 # ---------------------------------------------------------------------------------
 # Population (mm/gup.c: __mm_populate, populate_vma_page_range)
 
@@ -298,6 +361,9 @@ cdef int populate_vma_page_range(pt_mm *mm, uint64_t idx, uint64_t start, uint64
     # mlock succeeds only for regions with some permission (R24).
     if not vma_is_accessible(vma):
         return -EFAULT
+    if is_vm_hugetlb_page(vma):
+        r = hugetlb_fault_range(mm, idx, &addr, end, write, True)
+        return -ENOMEM if r == FAULT_OOM else (-EFAULT if r != FAULT_OK else 0)
     if write:
         anon_vma_prepare(mm, idx)
         vma = &mm.vmas[idx]
@@ -371,6 +437,25 @@ cdef uint64_t get_unmapped_area(pt_mm *mm, uint64_t addr, uint64_t length, int f
             off_sub = (0 - ret) & (PTR_PMD_SIZE - 1)
             return ret + (off_sub if off_sub else PTR_PMD_SIZE)
     return unmapped_area_topdown(mm, length)
+
+cdef uint64_t hugetlb_get_unmapped_area(pt_mm *mm, uint64_t addr, uint64_t length,
+                                        int flags) noexcept nogil:
+    """hugetlbfs's get_unmapped_area(): a hint rounded up to 2 MiB, else the
+    highest gap that holds a 2 MiB-aligned range (x86's top-down search with the
+    file's huge page alignment mask). 0 when there is none."""
+    cdef uint64_t i, ret, search = length + PTR_PMD_SIZE - 4096
+    if flags & MAP_FIXED:
+        return addr
+    if addr:
+        addr = (addr + PTR_PMD_SIZE - 1) & PTR_PMD_MASK
+        if addr and addr <= PTR_TASK_SIZE - length:
+            i = find_vma(mm, addr)
+            if i == mm.nr_vmas or addr + length <= vm_start_gap(&mm.vmas[i]):
+                return addr
+    ret = unmapped_area_topdown(mm, search)
+    if ret == 0:
+        return 0
+    return (ret + search - length) & PTR_PMD_MASK
 
 # ---------------------------------------------------------------------------------
 # madvise helpers (mm/madvise.c)
@@ -465,20 +550,26 @@ cdef class Machine:
     and a swap device of swap_pages slots (0: no swap).
 
     Several MMs may share one machine (shared memory, fork).
+    hugetlb_pages: the 2 MiB hugetlb pool (vm.nr_hugepages), empty by default.
     """
 
-    def __cinit__(self, max_frames=None, totalram_pages=None, swap_pages=0):
+    def __cinit__(self, max_frames=None, totalram_pages=None, swap_pages=0, hugetlb_pages=0):
         cdef uint64_t limit = 0, ram
         cdef uint64_t nr_swap = swap_pages
+        cdef uint64_t nr_huge = _ulong(hugetlb_pages)
         if max_frames is not None:
             limit = max_frames
             if limit == 0:
                 raise ValueError("max_frames must be positive or None")
         if nr_swap > 0xFFFFFFFE:
             raise ValueError("swap_pages must fit the simulator's 32-bit slot numbers")
+        if nr_huge >= GATHER_HUGETLB:
+            raise ValueError("hugetlb_pages is too large")
         if machine_init(&self.m, limit) < 0:
             raise MemoryError()
         swap_init(&self.m, nr_swap)
+        if hugetlb_pool_init(&self.m, nr_huge) < 0:
+            raise MemoryError()
         # The overcommit heuristic (vm.overcommit_memory=0) refuses one
         # request larger than totalram_pages() + total_swap_pages; by default
         # the machine's RAM is max_frames, or unlimited.
@@ -499,6 +590,9 @@ cdef class Machine:
             self.mms_cap = 2 * self.mms_cap + 4
         self.mms[self.nr_mms] = mm
         self.nr_mms += 1
+        # The C level sees the list too (hugetlb unmaps pages in other processes).
+        self.m.mms = <void **>self.mms
+        self.m.nr_mms = self.nr_mms
         return 0
 
     cdef void _unregister(self, pt_mm *mm) noexcept:
@@ -507,6 +601,7 @@ cdef class Machine:
             if self.mms[i] == mm:
                 self.mms[i] = self.mms[self.nr_mms - 1]
                 self.nr_mms -= 1
+                self.m.nr_mms = self.nr_mms
                 return
 
     @property
@@ -528,6 +623,18 @@ cdef class Machine:
     def tables_in_use(self):
         """Page-table pages not on the pool's free list."""
         return self.m.pool.nr_tables - self.m.pool.nr_free
+
+    def hugetlb_meminfo(self):
+        """The hugetlb lines of /proc/meminfo: HugePages_Total, _Free, _Rsvd, _Surp
+        (pages) and Hugepagesize (kB). HugePages_Rsvd is unsigned, as the kernel's."""
+        cdef pt_hstate *h = &self.m.hstate
+        return {
+            "HugePages_Total": h.nr_huge_pages,
+            "HugePages_Free": h.free_huge_pages,
+            "HugePages_Rsvd": h.resv_huge_pages,
+            "HugePages_Surp": 0,
+            "Hugepagesize": 2048,
+        }
 
     @property
     def host_bytes(self):
@@ -589,15 +696,15 @@ cdef class MM:
     """One simulated process: its mm_struct on Linux 6.18 x86-64 (4-level paging)."""
 
     def __cinit__(self, *, pt_reclaim=True, thp="madvise", max_frames=None,
-                  split_ptlocks=True, Machine machine=None):
+                  split_ptlocks=True, Machine machine=None, hugetlb_pages=None):
         if thp not in _THP_MODES:
             raise ValueError(f"thp must be one of {sorted(_THP_MODES)}, not {thp!r}")
         if pt_reclaim not in (True, False, "seed") or pt_reclaim is None:
             raise ValueError("pt_reclaim must be True, False or 'seed'")
         if machine is None:
-            machine = Machine(max_frames)
-        elif max_frames is not None:
-            raise ValueError("give max_frames to the Machine, not to an MM on a shared one")
+            machine = Machine(max_frames, hugetlb_pages=hugetlb_pages or 0)
+        elif max_frames is not None or hugetlb_pages is not None:
+            raise ValueError("give max_frames and hugetlb_pages to the Machine, not to an MM on a shared one")
         self.machine = machine
         self.mm = <pt_mm *>calloc(1, sizeof(pt_mm))
         if self.mm == NULL:
@@ -660,7 +767,7 @@ cdef class MM:
                             _ulong(offset), &result)
         self._raise_pending()
         if err == -2:
-            raise NotImplementedError("MAP_DROPPABLE and hugetlb mappings are not simulated yet")
+            raise NotImplementedError("MAP_DROPPABLE is not simulated yet")
         if err:
             raise _errno(err)
         return result
@@ -673,6 +780,7 @@ cdef class MM:
         cdef int mtype = flags & MAP_TYPE
         cdef bint hugetlb = (flags & MAP_HUGETLB) != 0
         cdef int huge_log
+        cdef int err
         cdef uint64_t i
         # The order of the checks is Linux's; each step below names where
         # the kernel makes it.
@@ -703,7 +811,10 @@ cdef class MM:
             return ENOMEM
         if hugetlb and (flags & MAP_FIXED) and (addr & (PTR_PMD_SIZE - 1)):
             return EINVAL              # prepare_hugepage_range()
-        addr = get_unmapped_area(mm, addr, length, flags)
+        if hugetlb:
+            addr = hugetlb_get_unmapped_area(mm, addr, length, flags)
+        else:
+            addr = get_unmapped_area(mm, addr, length, flags)
         if addr == 0 and not (flags & MAP_FIXED):
             return ENOMEM
         if addr > PTR_TASK_SIZE - length:
@@ -728,7 +839,10 @@ cdef class MM:
         if flags & MAP_STACK:
             vm_flags |= PTR_VM_NOHUGEPAGE
         if hugetlb:
-            return self._hugetlb_mmap_tail(addr, end, flags, mtype, vm_flags, offset >> 12)
+            err = self._hugetlb_mmap_tail(addr, end, flags, mtype, vm_flags, offset >> 12)
+            if err == 0:
+                result[0] = addr
+            return err
         if mtype == MAP_PRIVATE:
             pgoff = addr >> 12
         elif mtype == MAP_SHARED:
@@ -746,6 +860,13 @@ cdef class MM:
             return EINVAL
         if flags & MAP_NORESERVE:
             vm_flags |= PTR_VM_NORESERVE
+        # vms_gather_munmap_vmas(): a hugetlb VMA the range would cut off a
+        # huge page boundary refuses the split (hugetlb_vm_op_split()).
+        if flags & MAP_FIXED:
+            err = munmap_split_check(mm, addr, end)
+            if err:
+                self._note_unmerged(addr)
+                return err
         # accountable_mapping(): private writable memory is charged (and gets
         # VM_ACCOUNT) before the old mappings are cleared away: a failure
         # leaves them, split at the edges of the range (vms_abort_munmap_vmas).
@@ -762,8 +883,9 @@ cdef class MM:
                 munmap_range(mm, addr, end)
                 return ENOMEM
         # MAP_FIXED: the old mappings go first, with full munmap semantics.
-        if munmap_range(mm, addr, end):
-            return ENOMEM
+        err = munmap_range(mm, addr, end)
+        if err:
+            return err
         memset(&vma, 0, sizeof(pt_vma))
         vma.start = addr
         vma.end = end
@@ -804,42 +926,85 @@ cdef class MM:
                     self.unmerged_ok.add(b)
         mm.vma_cache = 0
 
+    cdef void _note_unmerged(self, uint64_t addr) noexcept:
+        """A failed call left VMAs split at addr that Linux does not merge again."""
+        cdef uint64_t i = find_vma(self.mm, addr)
+        if 0 < i < self.mm.nr_vmas and self.mm.vmas[i].start == addr \
+                and is_mergeable(&self.mm.vmas[i - 1], &self.mm.vmas[i]):
+            self.unmerged_ok.add(addr)
+
     cdef int _hugetlb_mmap_tail(self, uint64_t addr, uint64_t end, int flags, int mtype,
                                 uint64_t vm_flags, uint64_t pgoff) noexcept:
-        """The rest of do_mmap() for a MAP_HUGETLB mapping: the file branch's
-        checks, then the reservation that the empty hugetlb pool refuses."""
+        """The rest of do_mmap() for a MAP_HUGETLB mapping (a hugetlbfs file that
+        ksys_mmap_pgoff() made for it): the file branch's checks, then mmap_region()
+        with hugetlbfs_file_mmap()'s reservation (docs/hugetlb.md)."""
+        cdef pt_mm *mm = self.mm
         cdef int legacy = (MAP_SHARED | MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS | MAP_DENYWRITE
                            | MAP_EXECUTABLE | MAP_UNINITIALIZED | MAP_GROWSDOWN | MAP_LOCKED
                            | MAP_NORESERVE | MAP_POPULATE | MAP_NONBLOCK | MAP_STACK | MAP_HUGETLB)
+        cdef uint64_t length = end - addr, idx
+        cdef pt_vma vma
+        cdef int err
+        # file_mmap_ok(): the end of the mapping in the file must fit in loff_t.
+        if pgoff > ((<uint64_t>0x7FFFFFFFFFFFFFFF - length) >> 12):
+            return EOVERFLOW
         if mtype == MAP_SHARED:
             flags &= legacy
         if mtype == MAP_SHARED or mtype == MAP_SHARED_VALIDATE:
             if flags & ~legacy:
                 return EOPNOTSUPP
+            vm_flags |= PTR_VM_SHARED | PTR_VM_MAYSHARE
         elif mtype != MAP_PRIVATE:
             return EINVAL
         if vm_flags & PTR_VM_GROWSDOWN:
             return EINVAL
-        # __mmap_region() clears the old range away before the file's mmap
-        # method runs: the failures below leave a hole where it was.
-        if pgoff & 511:
-            munmap_range(self.mm, addr, end)
-            return EINVAL              # hugetlbfs_file_mmap(): whole huge pages
+        # hugetlb applies strict accounting unless MAP_NORESERVE.
         if flags & MAP_NORESERVE:
-            return -2                  # Linux maps it: not simulated yet
-        munmap_range(self.mm, addr, end)
-        return ENOMEM                  # the reservation: the pool is empty
+            vm_flags |= PTR_VM_NORESERVE
+        memset(&vma, 0, sizeof(pt_vma))
+        vma.start = addr
+        vma.end = end
+        vma.pgoff = pgoff
+        # A MAP_FIXED range is split away (always on huge page boundaries here)
+        # and cleared before the file's mmap method runs: a failure below leaves
+        # a hole where it was.
+        err = munmap_range(mm, addr, end)
+        if err:
+            return err
+        vma.hfile = hfile_new(mm.machine, length >> 21)
+        if vma.hfile == NULL:
+            return ENOMEM
+        # hugetlbfs_file_mmap() sets VM_HUGETLB | VM_DONTEXPAND; mmap_region()
+        # then drops VM_LOCKED: hugetlb memory is never counted as locked.
+        vma.flags = (vm_flags | PTR_VM_HUGETLB | PTR_VM_DONTEXPAND) & ~(PTR_VM_LOCKED | PTR_VM_LOCKONFAULT)
+        vma.page_prot = vm_get_page_prot(vma.flags)
+        err = hugetlbfs_file_mmap(mm.machine, &vma)
+        if err:
+            hfile_put(mm.machine, vma.hfile)
+            return err
+        idx = find_vma(mm, addr)
+        if vma_insert(mm, idx, &vma) < 0:
+            hugetlb_vm_op_close(mm.machine, &vma)
+            return ENOMEM
+        mm.total_vm += length >> 12
+        mm.vma_cache = 0
+        if (vm_flags & PTR_VM_LOCKED) or (flags & (MAP_POPULATE | MAP_NONBLOCK)) == MAP_POPULATE:
+            mm_populate(mm, addr, end, True)
+        return 0
 
     # --------------------------------------------------------------- munmap
 
     def munmap(self, addr, length):
         """munmap(2)."""
         cdef int err
+        cdef uint64_t start = _ulong(addr)
         self._alive()
         self._no_reentry()
-        err = self.do_munmap(_ulong(addr), _ulong(length))
+        err = self.do_munmap(start, _ulong(length))
         self._raise_pending()
         if err:
+            if err == EINVAL:
+                self._note_unmerged(start)
             raise _errno(err)
 
     cdef int do_munmap(self, uint64_t start, uint64_t length) noexcept nogil:
@@ -943,9 +1108,14 @@ cdef class MM:
                 newflags |= PTR_VM_ACCOUNT
         elif (oldflags & PTR_VM_ACCOUNT) and mm.vmas[idx].shmem == NULL and not mm.vmas[idx].anon_vma:
             newflags &= ~PTR_VM_ACCOUNT
+        if vma_modify_split_check(mm, idx, start, end):
+            return -EINVAL
         r = vma_modify_flags(mm, idx, start, end, newflags)
         if r < 0:
             return -ENOMEM
+        if newflags & PTR_VM_HUGETLB:
+            hugetlb_change_protection(mm, &mm.vmas[r], start, end, mm.vmas[r].page_prot)
+            return r
         # vma_wants_manual_pte_write_upgrade(): private writable mappings
         # may get their exclusive pages writable again at once.
         try_writable = (newflags & (PTR_VM_SHARED | PTR_VM_WRITE)) == PTR_VM_WRITE
@@ -1114,10 +1284,18 @@ cdef class MM:
             if not write and not (vma.flags & PTR_VM_READ):
                 return EINVAL
             nend = vma.end if vma.end < end else end
+            addr = start
+            if is_vm_hugetlb_page(vma):
+                r = hugetlb_fault_range(mm, idx, &addr, nend, write, True)
+                if r == FAULT_OOM:
+                    return ENOMEM
+                if r != FAULT_OK:
+                    return EFAULT
+                start = nend
+                continue
             if write and vma.shmem == NULL:
                 anon_vma_prepare(mm, idx)
                 vma = &mm.vmas[idx]
-            addr = start
             r = fault_range(mm, vma, &addr, nend, write, True)
             if r == FAULT_OOM:
                 return ENOMEM
@@ -1135,6 +1313,22 @@ cdef class MM:
         cdef uint64_t first, last
         cdef int64_t r
         cdef mmu_gather own
+        if (advice == MADV_DONTNEED or advice == MADV_DONTNEED_LOCKED or advice == MADV_FREE) \
+                and is_vm_hugetlb_page(vma):
+            # madvise_dontneed_free_valid_vma() for hugetlb (R36, SC-31): no
+            # MADV_FREE; the start on a huge page boundary, the end rounded
+            # down to one.
+            if advice == MADV_FREE or (start & (PTR_PMD_SIZE - 1)):
+                return EINVAL
+            end &= PTR_PMD_MASK
+            if end == start:
+                return 0
+            # zap_page_range_single_batched(): the hugetlb zap, then the gather
+            # is finished and a new one started.
+            __unmap_hugepage_range(tlb, vma, start, end, -1)
+            tlb_finish_mmu(tlb)
+            tlb_gather_mmu(tlb, mm, False)
+            return 0
         if advice == MADV_DONTNEED or advice == MADV_DONTNEED_LOCKED or advice == MADV_FREE:
             # madvise_dontneed_free_valid_vma() (R36)
             if vma.flags & (PTR_VM_PFNMAP | (0 if advice == MADV_DONTNEED_LOCKED else PTR_VM_LOCKED)):
@@ -1145,6 +1339,14 @@ cdef class MM:
                 madvise_free_range(tlb, vma, start, end)
                 return 0
             return madvise_dontneed_single_vma(tlb, vma, start, end)
+        if advice == MADV_REMOVE and is_vm_hugetlb_page(vma):
+            # The hugetlbfs file: a hole punch of its whole huge pages.
+            if vma.flags & PTR_VM_LOCKED:
+                return EINVAL
+            if (vma.flags & (PTR_VM_SHARED | PTR_VM_MAYWRITE)) != (PTR_VM_SHARED | PTR_VM_MAYWRITE):
+                return EACCES
+            hugetlbfs_punch_hole(mm, vma, start, end)
+            return 0
         if advice == MADV_REMOVE:
             if vma.flags & PTR_VM_LOCKED:
                 return EINVAL
@@ -1192,7 +1394,7 @@ cdef class MM:
                 return EINVAL
             new_flags &= ~PTR_VM_DONTCOPY
         elif advice == MADV_WIPEONFORK:
-            if vma.shmem != NULL or (new_flags & PTR_VM_SHARED):
+            if vma.shmem != NULL or vma.hfile != NULL or (new_flags & PTR_VM_SHARED):
                 return EINVAL
             new_flags |= PTR_VM_WIPEONFORK
         elif advice == MADV_KEEPONFORK:
@@ -1200,7 +1402,7 @@ cdef class MM:
         elif advice == MADV_DONTDUMP:
             new_flags |= PTR_VM_DONTDUMP
         elif advice == MADV_DODUMP:
-            if new_flags & VM_SPECIAL:
+            if (new_flags & VM_SPECIAL) and not is_vm_hugetlb_page(vma):
                 return EINVAL
             new_flags &= ~PTR_VM_DONTDUMP
         elif advice == MADV_MERGEABLE:
@@ -1216,6 +1418,8 @@ cdef class MM:
         # madvise_update_vma(): nothing to do (and no merge) if unchanged.
         if new_flags == vma.flags:
             return 0
+        if vma_modify_split_check(mm, idx, start, end):
+            return EINVAL
         r = vma_modify_flags(mm, idx, start, end, new_flags)
         if r < 0:
             return EAGAIN
@@ -1277,6 +1481,8 @@ cdef class MM:
             raise SegmentationFault(where if where > start else start)
         if r == FAULT_UFFD:
             raise UserfaultfdFault(where if where > start else start)
+        if r == FAULT_SIGBUS:
+            raise BusError(where if where > start else start)
         if r == FAULT_OOM:
             raise OutOfMemory(f"no free frame for the access at {where:#x}")
         if r:
@@ -1341,12 +1547,18 @@ cdef class MM:
                 if not (vma.flags & PTR_VM_WRITE):
                     where[0] = addr
                     return FAULT_SIGSEGV
-                if vma.shmem == NULL and not vma.anon_vma:
+                if vma.shmem == NULL and not vma.anon_vma and not is_vm_hugetlb_page(vma):
                     anon_vma_prepare(mm, vi)
             elif not vma_is_accessible(vma):
                 where[0] = addr
                 return FAULT_SIGSEGV
             vend = vma.end if vma.end < end else end
+            if is_vm_hugetlb_page(vma):
+                r = hugetlb_fault_range(mm, vi, &addr, vend, write, False)
+                if r != FAULT_OK:
+                    where[0] = addr
+                    return r
+                continue
             r = fault_range(mm, vma, &addr, vend, write, False)
             if r != FAULT_OK:
                 where[0] = addr
@@ -1400,6 +1612,10 @@ cdef class MM:
             raise exc
         if r == FAULT_UFFD:
             exc = UserfaultfdFault(addrs[i])
+            exc.index = i
+            raise exc
+        if r == FAULT_SIGBUS:
+            exc = BusError(addrs[i])
             exc.index = i
             raise exc
         if r == FAULT_OOM:
@@ -1603,7 +1819,7 @@ cdef class MM:
             "RssShmem": shmem,
             "VmPTE": mm.pgtables_bytes // 1024,
             "VmSwap": mm.rss[MM_SWAPENTS] * 4,
-            "HugetlbPages": 0,
+            "HugetlbPages": mm.hugetlb_usage * 4,
         }
 
     @property
@@ -1701,6 +1917,8 @@ cdef class MM:
                 out.append(("pmd", (g << 39) | (u << 30)))
                 pmd = entry_table(pool, pud[u])
                 for m in range(512):
+                    if pmd_hugetlb(pmd[m]):
+                        continue           # a hugetlb page: no table, no deposit
                     if pmd_huge_leaf(pmd[m]):
                         # The PTE table deposited with a huge PMD: counted in
                         # VmPTE, linked nowhere (R13).
@@ -1712,7 +1930,7 @@ cdef class MM:
         return out
 
     def huge_pmds(self):
-        """(address, entry) of every huge PMD (THP or huge zero page), ascending."""
+        """(address, entry) of every huge PMD (THP, huge zero page, hugetlb page), ascending."""
         cdef pt_pool *pool = &self.mm.machine.pool
         cdef uint64_t g, u, m
         cdef pteval_t *pud
@@ -1748,6 +1966,23 @@ cdef class MM:
         cdef uint32_t slot
         cdef uint64_t pfn, i
         cdef pt_frames *f = &mm.machine.frames
+        cdef pt_hstate *h = &mm.machine.hstate
+        if kind.startswith("hugetlb_"):
+            # These expect some hugetlb page mapped (tests/test_hugetlb.py).
+            if kind == "hugetlb_usage_off":
+                mm.hugetlb_usage += 512
+            elif kind == "hugetlb_free_off":
+                h.free_huge_pages -= 1
+            elif kind == "hugetlb_resv_off":
+                h.resv_huge_pages += 1
+            elif kind == "hugetlb_mapcount_off":
+                for i in range(h.nr_huge_pages):
+                    if not (h.pages[i].flags & HP_FREE):
+                        h.pages[i].mapcount += 1
+                        break
+            else:
+                raise ValueError(f"unknown corruption {kind!r}")
+            return
         B = 0x200000000000
         pmd = walk_pmd(mm, B)
         pte = walk_pte(mm, B)
@@ -1898,6 +2133,103 @@ cdef _check_swap_slots(Machine machine):
             raise InvariantError("the free heap holds free slots, lowest first", str(sw.heap[i]))
 
 
+cdef _check_hugetlb_pmd(pt_mm *mm, pteval_t e, uint64_t base, dict hugetlb):
+    cdef pt_hstate *h = &mm.machine.hstate
+    cdef uint64_t i = hpage_index(pte_pfn(e))
+    cdef pt_vma *v
+    vi = find_vma(mm, base)
+    if vi == mm.nr_vmas or mm.vmas[vi].start > base or not is_vm_hugetlb_page(&mm.vmas[vi]):
+        raise InvariantError("a hugetlb PMD lies in a hugetlb VMA", hex(base))
+    v = &mm.vmas[vi]
+    if i >= h.nr_huge_pages or (pte_pfn(e) & 511):
+        raise InvariantError("a hugetlb PMD maps a page of the pool", hex(base))
+    if h.pages[i].flags & HP_FREE:
+        raise InvariantError("a hugetlb PMD maps a free huge page", hex(base))
+    if (e & PTR_PAGE_RW) and not (v.flags & PTR_VM_WRITE):
+        raise InvariantError("a writable hugetlb PMD lies in a writable VMA", hex(base))
+    if v.flags & PTR_VM_MAYSHARE:
+        if h.pages[i].file != v.hfile or h.pages[i].index != ((base - v.start) >> 21) + (v.pgoff >> 9):
+            raise InvariantError("a shared hugetlb PMD maps its file's page", hex(base))
+    else:
+        if not (h.pages[i].flags & HP_ANON) or not v.anon_vma:
+            raise InvariantError("a private hugetlb PMD maps an anonymous page", hex(base))
+        if (e & PTR_PAGE_RW) and not (h.pages[i].flags & HP_ANON_EXCLUSIVE):
+            raise InvariantError("a writable private hugetlb PMD maps an exclusive page", hex(base))
+    hugetlb[i] = hugetlb.get(i, 0) + 1
+
+
+cdef _check_hugetlb_pool(Machine machine):
+    """The pool's counts: free pages, each page's references and mappings over
+    every mm, and resv_huge_pages against the reservations the maps hold."""
+    cdef pt_machine *m = &machine.m
+    cdef pt_hstate *h = &m.hstate
+    cdef Py_ssize_t n
+    cdef pt_mm *mm
+    cdef pt_vma *v
+    cdef pt_pool *pool = &m.pool
+    cdef uint64_t i, k, g, u, start, end, nfree = 0
+    cdef uint64_t resv = 0
+    cdef pteval_t *pud
+    cdef pteval_t *pmd
+    cdef pt_hfile *f
+    cdef pt_hpage *p
+    if h.nr_huge_pages == 0:
+        return
+    maps = {}
+    files = {}
+    for n in range(machine.nr_mms):
+        mm = machine.mms[n]
+        for g in range(256):
+            if mm.pgd[g] == 0:
+                continue
+            pud = entry_table(pool, mm.pgd[g])
+            for u in range(512):
+                if pud[u] == 0:
+                    continue
+                pmd = entry_table(pool, pud[u])
+                for k in range(512):
+                    if pmd_hugetlb(pmd[k]):
+                        i = hpage_index(pte_pfn(pmd[k]))
+                        maps[i] = maps.get(i, 0) + 1
+        for k in range(mm.nr_vmas):
+            v = &mm.vmas[k]
+            if v.hfile != NULL:
+                files[<uintptr_t>v.hfile] = True
+                if v.resv != NULL and (v.hresv_flags & HPAGE_RESV_OWNER):
+                    start = ((v.pgoff >> 9))
+                    end = start + ((v.end - v.start) >> 21)
+                    resv += (end - start) - idxset_count(&v.resv.consumed, start, end)
+    cached = {}
+    for key in files:
+        f = <pt_hfile *><uintptr_t>key
+        for k in range(f.cache.n):
+            if not idxset_has(&f.region, f.cache.keys[k]):
+                raise InvariantError("a hugetlbfs page cache index is in the reserve map", str(f.cache.keys[k]))
+            cached[f.cache.vals[k]] = True
+        resv += f.region.n - f.cache.n
+    for i in range(h.nr_huge_pages):
+        p = &h.pages[i]
+        if p.flags & HP_FREE:
+            nfree += 1
+            if p.refcount or p.mapcount or maps.get(i, 0):
+                raise InvariantError("a free huge page is unused", str(i))
+            continue
+        if p.mapcount != maps.get(i, 0):
+            raise InvariantError("a huge page's mapcount equals its mappings in all mms",
+                                 f"page {i}: {p.mapcount} != {maps.get(i, 0)}")
+        if p.refcount != p.mapcount + (1 if i in cached else 0):
+            raise InvariantError("a huge page's references are its mappings and its page cache", f"page {i}")
+        if (i in cached) != (p.file != NULL):
+            raise InvariantError("a huge page in a page cache knows its file", f"page {i}")
+        if p.flags & HP_RESTORE_RESERVE:
+            resv -= 1              # its reservation comes back when it is freed
+    if nfree != h.free_huge_pages:
+        raise InvariantError("HugePages_Free equals the free huge pages", f"{h.free_huge_pages} != {nfree}")
+    if resv != h.resv_huge_pages:
+        raise InvariantError("HugePages_Rsvd equals the reservations the maps hold",
+                             f"{h.resv_huge_pages} != {resv}")
+
+
 cdef dict _machine_mappings(Machine machine):
     """Mappings of every anonymous frame by PTEs and huge PMDs, over all mms."""
     cdef dict out = {}
@@ -1920,6 +2252,8 @@ cdef dict _machine_mappings(Machine machine):
                 pmd = entry_table(pool, pud[u])
                 for k in range(512):
                     if pmd[k] == 0:
+                        continue
+                    if pmd_hugetlb(pmd[k]):
                         continue
                     if pmd_huge_leaf(pmd[k]):
                         pfn = pte_pfn(pmd[k])
@@ -1949,6 +2283,7 @@ cdef _check_mm(MM self):
     cdef pt_vma *v
     rss[0] = rss[1] = rss[2] = rss[3] = 0
     mapcounts = {}
+    hugetlb = {}
     if mm.lost_mappings:
         raise InvariantError("no PTE table is freed while it still maps pages (lost mapping)",
                              f"{mm.lost_mappings} table(s)")
@@ -1982,10 +2317,16 @@ cdef _check_mm(MM self):
                 if pmd[k] == 0:
                     continue
                 base = (g << 39) | (u << 30) | (k << 21)
+                if pmd_hugetlb(pmd[k]):
+                    _check_hugetlb_pmd(mm, pmd[k], base, hugetlb)
+                    continue
                 if pmd_huge_leaf(pmd[k]):
                     _check_huge_pmd(mm, pmd[k], base, rss, mapcounts)
                     ndeposits += 1
                     continue
+                vi = find_vma(mm, base)
+                if vi < mm.nr_vmas and mm.vmas[vi].start < base + PTR_PMD_SIZE and is_vm_hugetlb_page(&mm.vmas[vi]):
+                    raise InvariantError("a hugetlb VMA has no PTE table", hex(base))
                 linked(pmd[k], LEVEL_PTE, f"pte {base:#x}")
                 pte = entry_table(pool, pmd[k])
                 for t in range(512):
@@ -2029,6 +2370,10 @@ cdef _check_mm(MM self):
                             raise InvariantError("a shmem page in a private mapping", hex(addr))
                     mapcounts[pfn] = mapcounts.get(pfn, 0) + 1
     nlinked = len(linked_slots)
+    if mm.hugetlb_usage != 512 * sum(hugetlb.values()):
+        raise InvariantError("HugetlbPages equals the hugetlb pages mapped",
+                             f"{mm.hugetlb_usage} != 512 x {sum(hugetlb.values())}")
+    _check_hugetlb_pool(self.machine)
     if mm.nr_deposits != ndeposits:
         raise InvariantError("every huge PMD has its deposited table", f"{mm.nr_deposits} != {ndeposits}")
     if mm.pgtables_bytes != <int64_t>(4096 * (nlinked + ndeposits)):

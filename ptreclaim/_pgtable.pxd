@@ -5,6 +5,7 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t, int64_t
 from ptreclaim._types cimport (
     pteval_t, pt_page, pt_frames, pt_pool, pt_shmem, pt_vma, pt_mm, pt_machine,
+    pt_idxset, pt_hfile, pt_resv_map, PTR_HUGETLB_PFN_BASE,
     FRAME_ANON, PG_ANON_EXCLUSIVE, PG_DIRTY, PG_ZEROED,
     mmu_gather, zap_details,
     PTR_PAGE_PRESENT, PTR_PAGE_PROTNONE, PTR_PAGE_PSE, PTR_PAGE_ACCESSED,
@@ -259,3 +260,40 @@ cdef int do_swap_page(pt_mm *mm, pt_vma *vma, pteval_t *pte, bint write) noexcep
 cdef bint try_to_swap_out(pt_mm *mm, pteval_t *pte, uint64_t pfn) noexcept nogil
 cdef void shmem_writeout(pt_machine *m, pt_shmem *s, uint64_t pfn) noexcept nogil
 cdef int64_t shmem_swap_lookup(pt_shmem *s, uint64_t index) noexcept nogil    # -1: not swapped
+
+# --- hugetlb: the 2 MiB pool, hugetlbfs inodes, reserve maps -------------------------
+
+cdef inline bint pfn_is_hugetlb(uint64_t pfn) noexcept nogil:
+    return pfn >= PTR_HUGETLB_PFN_BASE
+
+cdef inline uint64_t hpage_pfn(uint64_t i) noexcept nogil:
+    return PTR_HUGETLB_PFN_BASE + (i << 9)
+
+cdef inline uint64_t hpage_index(uint64_t pfn) noexcept nogil:
+    return (pfn - PTR_HUGETLB_PFN_BASE) >> 9
+
+cdef inline bint pmd_hugetlb(pteval_t pmd) noexcept nogil:
+    # A huge PMD that maps a page of the hugetlb pool (not a THP).
+    return pmd_huge_leaf(pmd) and pfn_is_hugetlb(pte_pfn(pmd))
+
+cdef int hugetlb_pool_init(pt_machine *m, uint64_t nr) noexcept nogil        # -1: host OOM
+cdef int64_t dequeue_huge_page(pt_machine *m) noexcept nogil                 # -1: none free
+cdef void free_huge_folio(pt_machine *m, uint64_t i) noexcept nogil
+cdef void put_huge_page(pt_machine *m, uint64_t i) noexcept nogil
+cdef int hugetlb_acct_memory(pt_machine *m, int64_t delta) noexcept nogil    # -1: ENOMEM
+
+cdef uint64_t idxset_lower(const pt_idxset *s, uint64_t key) noexcept nogil
+cdef int64_t idxset_get(const pt_idxset *s, uint64_t key) noexcept nogil     # -1: absent
+cdef bint idxset_has(const pt_idxset *s, uint64_t key) noexcept nogil
+cdef int idxset_insert(pt_idxset *s, uint64_t key, uint32_t val) noexcept nogil   # -1: host OOM
+cdef bint idxset_remove(pt_idxset *s, uint64_t key) noexcept nogil
+cdef uint64_t idxset_count(const pt_idxset *s, uint64_t lo, uint64_t hi) noexcept nogil
+cdef int64_t idxset_add_range(pt_idxset *s, uint64_t lo, uint64_t hi) noexcept nogil   # -1: host OOM
+cdef uint64_t idxset_del_range(pt_idxset *s, uint64_t lo, uint64_t hi) noexcept nogil
+cdef void idxset_free(pt_idxset *s) noexcept nogil
+
+cdef pt_hfile *hfile_new(pt_machine *m, uint64_t size) noexcept nogil       # NULL: host OOM
+cdef void hfile_get(pt_hfile *f) noexcept nogil
+cdef void hfile_put(pt_machine *m, pt_hfile *f) noexcept nogil
+cdef pt_resv_map *resv_map_new() noexcept nogil                              # NULL: host OOM
+cdef void resv_map_put(pt_resv_map *r) noexcept nogil

@@ -5,7 +5,7 @@
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, calloc, realloc, free
-from libc.string cimport memset
+from libc.string cimport memset, memmove, memcpy
 from libc.errno cimport EINVAL, ENOMEM
 from posix.mman cimport mmap, munmap, madvise, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FAILED
 
@@ -63,6 +63,8 @@ cdef void machine_free(pt_machine *m) noexcept nogil:
     free(m.pool.level)
     free(m.pool.free_stack)
     swap_release(m)
+    free(m.hstate.pages)
+    free(m.hstate.free_stack)
     memset(m, 0, sizeof(pt_machine))
 
 cdef int64_t alloc_frame(pt_frames *f, int kind) noexcept nogil:
@@ -430,6 +432,13 @@ cdef void tlb_remove_table(mmu_gather *tlb, uint32_t slot) noexcept nogil:
     if tlb.nr_tables == MAX_TABLE_BATCH:
         _tlb_table_flush(tlb)
 
+cdef inline void _put_gathered_large(pt_machine *m, uint32_t e) noexcept nogil:
+    # A gathered THP (its head frame) or hugetlb page (its pool index).
+    if e & GATHER_HUGETLB:
+        put_huge_page(m, e & ~(GATHER_THP | GATHER_HUGETLB))
+    else:
+        put_thp(m, e & ~GATHER_THP)
+
 cdef void _tlb_batch_pages_flush(mmu_gather *tlb) noexcept nogil:
     cdef uint64_t i, j, n = tlb.nr_pages
     cdef pt_machine *m = tlb.mm.machine
@@ -450,7 +459,7 @@ cdef void _tlb_batch_pages_flush(mmu_gather *tlb) noexcept nogil:
             pfn = batch[i]
             if pfn & GATHER_THP:
                 f.nr_free = top
-                put_thp(m, pfn & ~GATHER_THP)
+                _put_gathered_large(m, pfn)
                 if not free_stack_reserve(f, n - i):
                     f.nr_used -= freed
                     f.nr_zeroed -= zeroed
@@ -458,7 +467,7 @@ cdef void _tlb_batch_pages_flush(mmu_gather *tlb) noexcept nogil:
                     zeroed = 0
                     for j in range(i + 1, n):
                         if batch[j] & GATHER_THP:
-                            put_thp(m, batch[j] & ~GATHER_THP)
+                            _put_gathered_large(m, batch[j])
                         else:
                             put_page(m, batch[j])
                     top = f.nr_free
@@ -483,7 +492,7 @@ cdef void _tlb_batch_pages_flush(mmu_gather *tlb) noexcept nogil:
     else:
         for i in range(n):
             if batch[i] & GATHER_THP:
-                put_thp(m, batch[i] & ~GATHER_THP)
+                _put_gathered_large(m, batch[i])
             else:
                 put_page(m, batch[i])
     tlb.nr_pages = 0
@@ -548,7 +557,7 @@ cdef inline bint anon_vma_compatible(const pt_vma *a, const pt_vma *b) noexcept 
     # Neighbours that differ only in read/write/exec may share an anon_vma,
     # so that a later mprotect can merge them again.
     cdef uint64_t access = PTR_VM_READ | PTR_VM_WRITE | PTR_VM_EXEC | PTR_VM_STICKY
-    return (a.end == b.start and a.shmem == b.shmem
+    return (a.end == b.start and a.shmem == b.shmem and a.hfile == b.hfile
             and ((a.flags ^ b.flags) & ~access) == 0
             and b.pgoff == a.pgoff + ((b.start - a.start) >> 12))
 
@@ -1902,7 +1911,7 @@ cdef int64_t alloc_thp(pt_frames *f) noexcept nogil:
         f.nr_blocks -= 1
         head = f.block_stack[f.nr_blocks]
     else:
-        if f.nr_pages + HPAGE_PMD_NR >= GATHER_THP:
+        if f.nr_pages + HPAGE_PMD_NR >= GATHER_HUGETLB:
             return -2
         cap = f.cap
         while f.nr_pages + HPAGE_PMD_NR > cap:
@@ -2551,3 +2560,255 @@ cdef int _collapse_swapin(pt_mm *mm, pt_vma *vma, pteval_t *table) noexcept nogi
         if is_swap_pte(table[i]) and do_swap_page(mm, vma, &table[i], False) != FAULT_OK:
             return -1
     return 0
+
+# hugetlb: the pool of 2 MiB pages (struct hstate, nr_overcommit_hugepages = 0),
+# the hugetlbfs inodes behind MAP_HUGETLB and the reserve maps. The faults,
+# zaps and reservations that use them are in _hugetlb.
+
+cdef int hugetlb_pool_init(pt_machine *m, uint64_t nr) noexcept nogil:
+    cdef pt_hstate *h = &m.hstate
+    cdef uint64_t i
+    if nr == 0:
+        return 0
+    h.pages = <pt_hpage *>calloc(nr, sizeof(pt_hpage))
+    h.free_stack = <uint32_t *>malloc(nr * sizeof(uint32_t))
+    if h.pages == NULL or h.free_stack == NULL:
+        free(h.pages)
+        free(h.free_stack)
+        h.pages = NULL
+        h.free_stack = NULL
+        return -1
+    for i in range(nr):
+        h.pages[i].flags = HP_FREE
+        # Page 0 on top of the free list: handed out first.
+        h.free_stack[i] = <uint32_t>(nr - 1 - i)
+    h.nr_huge_pages = nr
+    h.free_huge_pages = nr
+    return 0
+
+cdef int64_t dequeue_huge_page(pt_machine *m) noexcept nogil:
+    """dequeue_hugetlb_folio_nodemask(): the free page on top of the list, with
+    one reference; -1 if none is free."""
+    cdef pt_hstate *h = &m.hstate
+    cdef uint32_t i
+    cdef pt_hpage *p
+    if h.free_huge_pages == 0:
+        return -1
+    h.free_huge_pages -= 1
+    i = h.free_stack[h.free_huge_pages]
+    p = &h.pages[i]
+    p.flags = 0
+    p.refcount = 1
+    p.mapcount = 0
+    p.file = NULL
+    p.index = 0
+    return i
+
+cdef void free_huge_folio(pt_machine *m, uint64_t i) noexcept nogil:
+    # The last reference is gone: back on the free list, and a consumed
+    # reservation that was to be restored is restored (resv_huge_pages++).
+    cdef pt_hstate *h = &m.hstate
+    cdef pt_hpage *p = &h.pages[i]
+    if p.flags & HP_RESTORE_RESERVE:
+        h.resv_huge_pages += 1
+    p.flags = HP_FREE
+    p.refcount = 0
+    p.mapcount = 0
+    p.file = NULL
+    p.index = 0
+    h.free_stack[h.free_huge_pages] = <uint32_t>i
+    h.free_huge_pages += 1
+
+cdef void put_huge_page(pt_machine *m, uint64_t i) noexcept nogil:
+    cdef pt_hpage *p = &m.hstate.pages[i]
+    p.refcount -= 1
+    if p.refcount == 0:
+        free_huge_folio(m, i)
+
+cdef int hugetlb_acct_memory(pt_machine *m, int64_t delta) noexcept nogil:
+    """hugetlb_acct_memory(): take (delta > 0) or give back (delta < 0) global
+    reservations; -1 when the free pages cannot cover them (no surplus pages)."""
+    cdef pt_hstate *h = &m.hstate
+    cdef int64_t needed
+    if delta == 0:
+        return 0
+    if delta > 0:
+        # gather_surplus_pages(): computed in unsigned arithmetic, as there.
+        needed = <int64_t>(h.resv_huge_pages + <uint64_t>delta - h.free_huge_pages)
+        if needed > 0:
+            return -1
+        h.resv_huge_pages += <uint64_t>delta
+        if <uint64_t>delta > h.free_huge_pages:        # allowed_mems_nr()
+            h.resv_huge_pages -= <uint64_t>delta
+            return -1
+        return 0
+    h.resv_huge_pages -= <uint64_t>(-delta)             # return_unused_surplus_pages()
+    return 0
+
+# --- index sets ---------------------------------------------------------------------
+
+cdef uint64_t idxset_lower(const pt_idxset *s, uint64_t key) noexcept nogil:
+    """The position of the first key >= key."""
+    cdef uint64_t lo = 0, hi = s.n, mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if s.keys[mid] < key:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+cdef int64_t idxset_get(const pt_idxset *s, uint64_t key) noexcept nogil:
+    cdef uint64_t i = idxset_lower(s, key)
+    if i < s.n and s.keys[i] == key:
+        return s.vals[i]
+    return -1
+
+cdef bint idxset_has(const pt_idxset *s, uint64_t key) noexcept nogil:
+    cdef uint64_t i = idxset_lower(s, key)
+    return i < s.n and s.keys[i] == key
+
+cdef int _idxset_room(pt_idxset *s, uint64_t more) noexcept nogil:
+    cdef uint64_t cap = s.cap if s.cap else 8
+    cdef void *k
+    cdef void *v
+    if s.n + more <= s.cap:
+        return 0
+    while cap < s.n + more:
+        cap *= 2
+    k = realloc(s.keys, cap * sizeof(uint64_t))
+    if k == NULL:
+        return -1
+    s.keys = <uint64_t *>k
+    v = realloc(s.vals, cap * sizeof(uint32_t))
+    if v == NULL:
+        return -1
+    s.vals = <uint32_t *>v
+    s.cap = cap
+    return 0
+
+cdef int idxset_insert(pt_idxset *s, uint64_t key, uint32_t val) noexcept nogil:
+    """Add key (or set its value); -1 if the host is out of memory."""
+    cdef uint64_t i = idxset_lower(s, key)
+    if i < s.n and s.keys[i] == key:
+        s.vals[i] = val
+        return 0
+    if _idxset_room(s, 1) < 0:
+        return -1
+    memmove(&s.keys[i + 1], &s.keys[i], (s.n - i) * sizeof(uint64_t))
+    memmove(&s.vals[i + 1], &s.vals[i], (s.n - i) * sizeof(uint32_t))
+    s.keys[i] = key
+    s.vals[i] = val
+    s.n += 1
+    return 0
+
+cdef bint idxset_remove(pt_idxset *s, uint64_t key) noexcept nogil:
+    cdef uint64_t i = idxset_lower(s, key)
+    if i >= s.n or s.keys[i] != key:
+        return False
+    memmove(&s.keys[i], &s.keys[i + 1], (s.n - i - 1) * sizeof(uint64_t))
+    memmove(&s.vals[i], &s.vals[i + 1], (s.n - i - 1) * sizeof(uint32_t))
+    s.n -= 1
+    return True
+
+cdef uint64_t idxset_count(const pt_idxset *s, uint64_t lo, uint64_t hi) noexcept nogil:
+    """region_count(): keys in [lo, hi)."""
+    if hi <= lo:
+        return 0
+    return idxset_lower(s, hi) - idxset_lower(s, lo)
+
+cdef int64_t idxset_add_range(pt_idxset *s, uint64_t lo, uint64_t hi) noexcept nogil:
+    """region_add(): every key of [lo, hi); the number that were missing, or -1
+    if the host is out of memory."""
+    cdef uint64_t missing = (hi - lo) - idxset_count(s, lo, hi) if hi > lo else 0
+    cdef uint64_t *keys
+    cdef uint32_t *vals
+    cdef uint64_t i, j, k, cap
+    if missing == 0:
+        return 0
+    cap = s.n + missing
+    keys = <uint64_t *>malloc(cap * sizeof(uint64_t))
+    vals = <uint32_t *>calloc(cap, sizeof(uint32_t))
+    if keys == NULL or vals == NULL:
+        free(keys)
+        free(vals)
+        return -1
+    i = idxset_lower(s, lo)
+    memcpy(keys, s.keys, i * sizeof(uint64_t))
+    memcpy(vals, s.vals, i * sizeof(uint32_t))
+    j = i
+    for k in range(lo, hi):
+        if i < s.n and s.keys[i] == k:
+            vals[j] = s.vals[i]
+            i += 1
+        keys[j] = k
+        j += 1
+    memcpy(&keys[j], &s.keys[i], (s.n - i) * sizeof(uint64_t))
+    memcpy(&vals[j], &s.vals[i], (s.n - i) * sizeof(uint32_t))
+    free(s.keys)
+    free(s.vals)
+    s.keys = keys
+    s.vals = vals
+    s.n = cap
+    s.cap = cap
+    return <int64_t>missing
+
+cdef uint64_t idxset_del_range(pt_idxset *s, uint64_t lo, uint64_t hi) noexcept nogil:
+    """region_del(): drop the keys of [lo, hi); how many there were."""
+    cdef uint64_t a = idxset_lower(s, lo), b = idxset_lower(s, hi) if hi > lo else a
+    if b <= a:
+        return 0
+    memmove(&s.keys[a], &s.keys[b], (s.n - b) * sizeof(uint64_t))
+    memmove(&s.vals[a], &s.vals[b], (s.n - b) * sizeof(uint32_t))
+    s.n -= b - a
+    return b - a
+
+cdef void idxset_free(pt_idxset *s) noexcept nogil:
+    free(s.keys)
+    free(s.vals)
+    memset(s, 0, sizeof(pt_idxset))
+
+# --- hugetlbfs inodes and private reserve maps ----------------------------------------
+
+cdef pt_hfile *hfile_new(pt_machine *m, uint64_t size) noexcept nogil:
+    cdef pt_hfile *f = <pt_hfile *>calloc(1, sizeof(pt_hfile))
+    if f == NULL:
+        return NULL
+    f.users = 1
+    f.size = size
+    m.hstate.next_file_id += 1
+    f.id = m.hstate.next_file_id
+    return f
+
+cdef void hfile_get(pt_hfile *f) noexcept nogil:
+    f.users += 1
+
+cdef void hfile_put(pt_machine *m, pt_hfile *f) noexcept nogil:
+    """The last reference gone: hugetlbfs_evict_inode(). Its pages leave the page
+    cache (remove_inode_hugepages() as a truncation), then the reservations the
+    reserve map still holds beyond them go back (hugetlb_unreserve_pages())."""
+    cdef uint64_t i, freed = 0, chg
+    f.users -= 1
+    if f.users > 0:
+        return
+    for i in range(f.cache.n):
+        m.hstate.pages[f.cache.vals[i]].file = NULL
+        put_huge_page(m, f.cache.vals[i])
+        freed += 1
+    chg = f.region.n
+    hugetlb_acct_memory(m, -<int64_t>(chg - freed))
+    idxset_free(&f.cache)
+    idxset_free(&f.region)
+    free(f)
+
+cdef pt_resv_map *resv_map_new() noexcept nogil:
+    cdef pt_resv_map *r = <pt_resv_map *>calloc(1, sizeof(pt_resv_map))
+    if r != NULL:
+        r.refs = 1
+    return r
+
+cdef void resv_map_put(pt_resv_map *r) noexcept nogil:
+    r.refs -= 1
+    if r.refs == 0:
+        idxset_free(&r.consumed)
+        free(r)

@@ -16,8 +16,9 @@ every madvise advice of this kernel configuration, guard markers, PT reclaim
 (fast and slow path) and the mmu_gather batching that decides between them,
 and fork (dup_mmap, copy_page_range) with copy-on-write.
 Swap: a swap device on the Machine, written by MADV_PAGEOUT and read back
-on faults (docs/swap.md).
-Not modelled yet: files, THP/huge PMDs, hugetlb, userfaultfd.
+on faults (docs/swap.md). hugetlb mappings (MAP_HUGETLB) have a section of
+their own at the end.
+Not modelled yet: files, userfaultfd.
 The entry encodings (swap-format markers, a PMD level that can hold leaves
 later) leave room for them.
 
@@ -143,7 +144,7 @@ from .constants import (
     _PAGE_UFFD_WP,
     _PAGE_USER,
 )
-from .errors import InvariantError, OutOfMemory, SegmentationFault
+from .errors import BusError, InvariantError, OutOfMemory, SegmentationFault
 
 __all__ = ["MM"]
 
@@ -525,7 +526,7 @@ class _Table:
 
 
 class _Vma:
-    __slots__ = ("start", "end", "flags", "pgoff", "anon_vma", "shmem")
+    __slots__ = ("start", "end", "flags", "pgoff", "anon_vma", "shmem", "hugetlb")
 
     def __init__(self, start, end, flags, pgoff, anon_vma=None, shmem=None):
         self.start = start
@@ -534,6 +535,7 @@ class _Vma:
         self.pgoff = pgoff
         self.anon_vma = anon_vma
         self.shmem = shmem
+        self.hugetlb = None  # _HugetlbVma for a VM_HUGETLB mapping
 
     def pages(self):
         return (self.end - self.start) >> PAGE_SHIFT
@@ -667,7 +669,10 @@ def tlb_remove_table(tlb, table):
 def tlb_batch_pages_flush(tlb):
     mem = tlb.mm._mem
     for frame in tlb.pages:
-        mem.folio_put(frame)
+        if type(frame) is _HugePage:
+            frame.hstate.put(frame)
+        else:
+            mem.folio_put(frame)
     tlb.pages = []
     for i in range(len(tlb.batch_nr)):
         tlb.batch_nr[i] = 0
@@ -703,10 +708,12 @@ def pte_free_tlb(tlb, table):
 class Machine:
     """Simulated physical memory shared by the MMs on it (see ``docs/api.md``)."""
 
-    def __init__(self, max_frames=None, totalram_pages=None, swap_pages=0):
+    def __init__(self, max_frames=None, totalram_pages=None, swap_pages=0, hugetlb_pages=0):
         for name, value in (("max_frames", max_frames), ("totalram_pages", totalram_pages)):
             if value is not None:
                 _ulong(value)
+        # The 2 MiB hugetlb pool (vm.nr_hugepages): the hugetlb section below.
+        self.hstate = _Hstate(_ulong(hugetlb_pages))
         if max_frames is not None and max_frames == 0:
             raise ValueError("max_frames must be positive or None")
         if _ulong(swap_pages) > 0xFFFFFFFE:
@@ -725,6 +732,11 @@ class Machine:
     @property
     def frames_in_use(self):
         return len(self.mem.frames)
+
+    def hugetlb_meminfo(self):
+        h = self.hstate
+        return {"HugePages_Total": h.nr_huge_pages, "HugePages_Free": h.free_huge_pages,
+                "HugePages_Rsvd": h.resv_huge_pages, "HugePages_Surp": 0, "Hugepagesize": 2048}
 
     @property
     def swap_pages(self):
@@ -780,15 +792,15 @@ class MM:
     """One simulated process address space (``mm_struct``); see ``docs/api.md``."""
 
     def __init__(self, *, pt_reclaim=True, thp="madvise", max_frames=None, split_ptlocks=True,
-                 machine=None):
+                 machine=None, hugetlb_pages=None):
         if thp not in ("never", "madvise", "always"):
             raise ValueError(f"thp must be 'never', 'madvise' or 'always', not {thp!r}")
         if pt_reclaim not in (True, False, "seed") or pt_reclaim is None:
             raise ValueError("pt_reclaim must be True, False or 'seed'")
         if machine is None:
-            machine = Machine(max_frames)
-        elif max_frames is not None:
-            raise ValueError("give max_frames to the Machine, not to an MM on a shared one")
+            machine = Machine(max_frames, hugetlb_pages=hugetlb_pages or 0)
+        elif max_frames is not None or hugetlb_pages is not None:
+            raise ValueError("give max_frames and hugetlb_pages to the Machine, not to an MM on a shared one")
         self.machine = machine
         self.pt_reclaim = pt_reclaim
         self.split_ptlocks = bool(split_ptlocks)
@@ -806,6 +818,8 @@ class MM:
         # VMAs unmerged: a MAP_FIXED that failed after splitting (vms_abort).
         self._unmerged_ok = set()
         self._dead = False
+        # mm->hugetlb_usage: pages mapped from the hugetlb pool (HugetlbPages).
+        self._hugetlb_usage = 0
         machine.mms.append(self)
 
     def _overcommit_limit(self):
@@ -857,6 +871,8 @@ class MM:
         self._vma_put_file(vma)
 
     def _vma_put_file(self, vma):
+        if vma.hugetlb is not None:
+            self.hugetlb_vm_op_close(vma)
         obj = vma.shmem
         if obj is not None:
             obj.vma_refs -= 1
@@ -876,7 +892,11 @@ class MM:
 
     def __split_vma(self, vma, addr):
         """Split vma at addr; both halves keep the anon_vma and the file."""
+        if vma.hugetlb is not None:
+            self.hugetlb_vm_op_split(vma, addr)
         new = _Vma(addr, vma.end, vma.flags, vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT), vma.anon_vma, vma.shmem)
+        if vma.hugetlb is not None:
+            new.hugetlb = self.hugetlb_vm_op_open(vma.hugetlb)
         vma.end = addr
         self._insert_vma(new)
         return new
@@ -1013,6 +1033,7 @@ class MM:
             compatible = (
                 a.end == b.start
                 and a.shmem is b.shmem
+                and _vma_hfile(a) is _vma_hfile(b)
                 and not ((a.flags ^ b.flags) & ~(VM_ACCESS_FLAGS | VM_STICKY))
                 and b.pgoff == a.pgoff + ((b.start - a.start) >> PAGE_SHIFT)
             )
@@ -1293,6 +1314,9 @@ class MM:
                 raise _FaultError("SIGSEGV", addr)
         elif not (vma.flags & VM_ACCESS_FLAGS):
             raise _FaultError("SIGSEGV", addr)
+        if vma.hugetlb is not None:
+            self.hugetlb_access(vma, addr, write)
+            return
         pte_table = self._walk_pte_table(addr)
         if pte_table is not None:
             i = (addr >> PAGE_SHIFT) & 511
@@ -1322,6 +1346,8 @@ class MM:
 
     def __get_user_pages(self, vma, start, end, write):
         """Fault in [start, end) of one VMA; returns 0 or a negative errno."""
+        if vma.hugetlb is not None:
+            return self.hugetlb_get_user_pages(vma, start, end, write)
         for addr in range(start, end, PAGE_SIZE):
             if self._gup_page_ok(addr, write):
                 if write:
@@ -1366,6 +1392,10 @@ class MM:
 
     def unmap_page_range(self, tlb, vma, start, end, details):
         """Walk PGD/PUD/PMD entries of [start, end) and zap PTE tables (R47, R48)."""
+        if vma.hugetlb is not None:
+            # unmap_single_vma(): hugetlb VMAs have a zap of their own.
+            self.unmap_hugepage_range_tlb(tlb, vma, start, end)
+            return
         addr = start
         while addr < end:
             pgd_next = min((addr + PGDIR_SIZE) & _PGDIR_MASK or end, end)
@@ -1563,7 +1593,9 @@ class MM:
         while i < len(vmas):
             addr = vmas[i].start
             j = i
-            while j + 1 < len(vmas) and vmas[j + 1].start <= vmas[j].end + PMD_SIZE:
+            # A hugetlb VMA is freed on its own and ends a group.
+            while (j + 1 < len(vmas) and vmas[j + 1].start <= vmas[j].end + PMD_SIZE
+                   and vmas[i].hugetlb is None and vmas[j + 1].hugetlb is None):
                 j += 1
             nxt_start = vmas[j + 1].start if j + 1 < len(vmas) else ceiling
             self.free_pgd_range(tlb, addr, vmas[j].end, floor, nxt_start)
@@ -1662,13 +1694,21 @@ class MM:
         vma = self.find_vma(start)
         if vma is None or vma.start >= end:
             return []
-        if vma.start < start:
+        split_at_start = vma.start < start
+        if split_at_start:
             if end < vma.end and len(self._vmas) >= _MAX_MAP_COUNT:
                 raise _oserror(errno.ENOMEM)
             vma = self.__split_vma(vma, start)
         last = self._vma_containing(end - 1)
         if last is not None and last.end > end:
-            self.__split_vma(last, end)
+            try:
+                self.__split_vma(last, end)
+            except OSError:
+                # A hugetlb VMA refused the split at end: the one at start stays,
+                # and Linux does not merge it again.
+                if split_at_start:
+                    self._unmerged_ok.add(start)
+                raise
         i = self._vma_index(vma)
         out = []
         while i < len(self._vmas) and self._vmas[i].start < end:
@@ -1740,7 +1780,7 @@ class MM:
                 raise _oserror(errno.EBADF)
             raise _oserror(errno.ENODEV)
         if flags & MAP_HUGETLB:
-            return self._mmap_hugetlb(addr, length, flags, offset)
+            return self._mmap_hugetlb(addr, length, flags, offset, prot)
         if length == 0:
             raise _oserror(errno.EINVAL)
         if flags & MAP_FIXED_NOREPLACE:
@@ -2051,6 +2091,9 @@ class MM:
 
     def change_protection(self, tlb, vma, start, end, try_change_writable):
         """change_pte_range() over present tables; never allocates (R21)."""
+        if vma.hugetlb is not None:
+            self.hugetlb_change_protection(vma, start, end)
+            return
         newprot = vm_get_page_prot(vma.flags)
         for span in range(start & _PMD_MASK, end, PMD_SIZE):
             table = self._walk_pte_table(span)
@@ -2205,6 +2248,8 @@ class MM:
             return self.madvise_cold_or_pageout(vma, start, end, behavior == MADV_PAGEOUT)
         if behavior in (MADV_FREE, MADV_DONTNEED, MADV_DONTNEED_LOCKED):
             return self.madvise_dontneed_free(tlb, vma, start, end, behavior)
+        if behavior == MADV_COLLAPSE and vma.hugetlb is not None:
+            return errno.EINVAL  # thp_vma_allowable_order(): never hugetlb
         if behavior == MADV_COLLAPSE:
             raise NotImplementedError("MADV_COLLAPSE needs THP, which is not simulated")
         if behavior == MADV_GUARD_INSTALL:
@@ -2225,7 +2270,7 @@ class MM:
                 return errno.EINVAL
             new_flags &= ~VM_DONTCOPY
         elif behavior == MADV_WIPEONFORK:
-            if vma.shmem is not None or new_flags & VM_SHARED:
+            if vma.shmem is not None or vma.hugetlb is not None or new_flags & VM_SHARED:
                 return errno.EINVAL
             new_flags |= VM_WIPEONFORK
         elif behavior == MADV_KEEPONFORK:
@@ -2233,7 +2278,7 @@ class MM:
         elif behavior == MADV_DONTDUMP:
             new_flags |= VM_DONTDUMP
         elif behavior == MADV_DODUMP:
-            if new_flags & VM_SPECIAL:
+            if new_flags & VM_SPECIAL and vma.hugetlb is None:
                 return errno.EINVAL
             new_flags &= ~VM_DONTDUMP
         elif behavior == MADV_MERGEABLE:
@@ -2258,6 +2303,8 @@ class MM:
         return 0
 
     def madvise_dontneed_free(self, tlb, vma, start, end, behavior):
+        if vma.hugetlb is not None:
+            return self.hugetlb_madvise_dontneed(tlb, vma, start, end, behavior)
         forbidden = VM_PFNMAP
         if behavior != MADV_DONTNEED_LOCKED:
             forbidden |= VM_LOCKED
@@ -2421,6 +2468,8 @@ class MM:
         """R40: punch a hole in the shmem object, unmapping it everywhere."""
         if vma.flags & VM_LOCKED:
             return errno.EINVAL
+        if vma.hugetlb is not None:
+            return self.hugetlb_madvise_remove(vma, start, end)
         if vma.shmem is None:
             return errno.EINVAL
         if (vma.flags & (VM_SHARED | VM_MAYWRITE)) != (VM_SHARED | VM_MAYWRITE):
@@ -2540,6 +2589,8 @@ class MM:
             except _FaultError as exc:
                 if exc.kind == "OOM":
                     raise OutOfMemory(f"no free frame for the access at {page:#x}") from None
+                if exc.kind == "SIGBUS":
+                    raise BusError(max(page, addr)) from None
                 raise SegmentationFault(max(page, addr)) from None
             page += PAGE_SIZE
 
@@ -2570,7 +2621,7 @@ class MM:
                 if addr == (1 << 64) - 1:
                     raise SegmentationFault(addr)
                 self.touch(addr, 1, write=w)
-            except (SegmentationFault, OutOfMemory) as exc:
+            except (SegmentationFault, OutOfMemory, BusError) as exc:
                 exc.index = i
                 raise
 
@@ -2635,6 +2686,8 @@ class MM:
                 raise _oserror(errno.ENOMEM)
             # vm_area_dup(); the child does not inherit mlock (VM_LOCKED_MASK).
             tmp = _Vma(vma.start, vma.end, vma.flags & ~VM_LOCKED_MASK, vma.pgoff, None, vma.shmem)
+            if vma.hugetlb is not None:
+                tmp.hugetlb = self.hugetlb_dup_vma(vma.hugetlb)
             if not (tmp.flags & VM_WIPEONFORK) and vma.anon_vma is not None:
                 # anon_vma_fork(): a new anon_vma, chained to the parent's.
                 child._anon_vma_serial += 1
@@ -2667,6 +2720,9 @@ class MM:
         """copy_p4d/pud/pmd_range(): one child table per parent entry that
         points to one over the VMA, allocated once however many VMAs it spans,
         and a PTE table even when all its entries are none (R67)."""
+        if vma.hugetlb is not None:
+            self.copy_hugetlb_page_range(dst, dst_vma, vma)
+            return
         is_cow = (vma.flags & (VM_SHARED | VM_MAYWRITE)) == VM_MAYWRITE
         addr = vma.start
         end = vma.end
@@ -2762,7 +2818,7 @@ class MM:
             "RssShmem": shmem,
             "VmPTE": self._pgtables_bytes // 1024,
             "VmSwap": rss[MM_SWAPENTS] * 4,
-            "HugetlbPages": 0,
+            "HugetlbPages": self._hugetlb_usage * 4,
         }
 
     def vmas(self):
@@ -2870,6 +2926,7 @@ class MM:
             raise InvariantError("locked_vm", f"{self._locked_vm} != {locked} locked VMA pages")
         if self._dead and (self._pgtables_bytes or any(self._rss) or self._vmas):
             raise InvariantError("exit", "state left after exit (R15)")
+        self._check_hugetlb()
 
     def _check_vmas(self):
         prev = None
@@ -2997,7 +3054,7 @@ class MM:
     def _check_link(parent, index, child):
         entry = parent.entries[index]
         if child is None:
-            if entry:
+            if entry and not (parent.level == _PMD and entry & _PAGE_PSE):  # huge leaves: _check_hugetlb()
                 raise InvariantError("table-link", f"{_LEVEL_NAMES[parent.level]} entry {index} set with no table")
             return
         if entry != (child.pfn << PAGE_SHIFT) | _PAGE_TABLE:
@@ -3053,3 +3110,727 @@ class MM:
             elif frame.shmem is not vma.shmem or frame.index != self._linear_page_index(vma, addr):
                 raise InvariantError("shmem", f"shmem page at {addr:#x} is not the object's page")
             mapped[pfn] = mapped.get(pfn, 0) + 1
+
+    # ------------------------------------------------------------------------
+    # hugetlb (MAP_HUGETLB): 2 MiB pages from the machine's pool, mapped by PMD
+    # leaves with no PTE table and no deposit, counted in HugetlbPages and in no
+    # RSS counter (mm/hugetlb.c, fs/hugetlbfs/inode.c; docs/hugetlb.md).
+    # ------------------------------------------------------------------------
+
+    def _mmap_hugetlb(self, addr, length, flags, offset, prot):
+        """MAP_ANONYMOUS|MAP_HUGETLB: ksys_mmap_pgoff() makes a hugetlbfs file of the
+        length rounded up to 2 MiB, and the file branch of do_mmap() applies. The
+        error paths are the lab machine's (probed with an empty pool)."""
+        # hstate_sizelog(): the lab machine has only the 2 MiB hstate (no 1 GiB one).
+        if (flags >> MAP_HUGE_SHIFT) & MAP_HUGE_MASK not in (0, PMD_SHIFT):
+            raise _oserror(errno.EINVAL)
+        length = (length + PMD_SIZE - 1) & ~(PMD_SIZE - 1) & _U64  # may wrap to 0
+        if length == 0:
+            raise _oserror(errno.EINVAL)
+        if flags & MAP_FIXED_NOREPLACE:
+            flags |= MAP_FIXED
+        if not (flags & MAP_FIXED) and addr and addr < _MMAP_MIN_ADDR:
+            addr = _MMAP_MIN_ADDR
+        if len(self._vmas) > _MAX_MAP_COUNT or length > TASK_SIZE:
+            raise _oserror(errno.ENOMEM)
+        if flags & MAP_FIXED:
+            # The huge page alignment is checked before the TASK_SIZE limit.
+            if addr & (PMD_SIZE - 1):
+                raise _oserror(errno.EINVAL)
+        else:
+            addr = self.hugetlb_get_unmapped_area(addr, length)
+        if addr > TASK_SIZE - length:
+            raise _oserror(errno.ENOMEM)
+        end = addr + length
+        if flags & MAP_FIXED_NOREPLACE:
+            vma = self.find_vma(addr)
+            if vma is not None and vma.start < end:
+                raise _oserror(errno.EEXIST)
+        vm_flags = self.calc_vm_flags(prot, flags)
+        pgoff = offset >> PAGE_SHIFT
+        # file_mmap_ok(): the mapping's end in the file must fit in loff_t.
+        if pgoff > (_LLONG_MAX - length) >> PAGE_SHIFT:
+            raise _oserror(errno.EOVERFLOW)
+        # do_mmap(), file branch. MAP_SHARED_VALIDATE refuses any flag outside
+        # LEGACY_MAP_MASK (MAP_FIXED_NOREPLACE, MAP_SYNC and the huge size bits too).
+        map_type = flags & MAP_TYPE
+        if map_type == MAP_SHARED_VALIDATE and flags & ~_LEGACY_MAP_MASK:
+            raise _oserror(errno.EOPNOTSUPP)
+        if map_type in (MAP_SHARED, MAP_SHARED_VALIDATE):
+            vm_flags |= VM_SHARED | VM_MAYSHARE
+        elif map_type != MAP_PRIVATE:
+            raise _oserror(errno.EINVAL)
+        if flags & MAP_GROWSDOWN:
+            raise _oserror(errno.EINVAL)
+        # hugetlb applies strict accounting unless MAP_NORESERVE.
+        if flags & MAP_NORESERVE:
+            vm_flags |= VM_NORESERVE
+        # mmap_region() clears what the mapping replaces before calling the file's
+        # mmap; when that fails the gap stays (as for shmem).
+        if flags & MAP_FIXED:
+            self.do_vmi_munmap(addr, end)
+        # hugetlbfs_file_mmap() sets VM_HUGETLB | VM_DONTEXPAND; mmap_region() then
+        # drops VM_LOCKED: hugetlb memory is never counted as locked.
+        vma = _Vma(addr, end, (vm_flags | VM_HUGETLB | VM_DONTEXPAND) & ~VM_LOCKED_MASK, pgoff)
+        vma.hugetlb = _HugetlbVma(_HugetlbFile(length >> PMD_SHIFT))
+        self.hugetlbfs_file_mmap(vma)
+        self._insert_vma(vma)
+        if (vm_flags & VM_LOCKED) or (flags & (MAP_POPULATE | MAP_NONBLOCK)) == MAP_POPULATE:
+            self.__mm_populate(addr, length, True)
+        return addr
+
+    def hugetlb_get_unmapped_area(self, addr, length):
+        """hugetlbfs's get_unmapped_area(): a hint rounded up to 2 MiB, else the
+        highest gap that holds a 2 MiB-aligned range (x86's top-down search with the
+        file's alignment mask), else the bottom-up one."""
+        mask = PMD_SIZE - PAGE_SIZE
+        if addr:
+            addr = (addr + PMD_SIZE - 1) & _PMD_MASK
+            if addr and TASK_SIZE - length >= addr:
+                vma = self.find_vma(addr)
+                if vma is None or addr + length <= self._vm_start_gap(vma):
+                    return addr
+        found = self.unmapped_area_topdown(length + mask, _MMAP_MIN_ADDR, MMAP_BASE)
+        if found is not None:
+            return (found + mask) & _PMD_MASK
+        found = self.unmapped_area_bottomup(length + mask, _MMAP_LEGACY_BASE, TASK_SIZE)
+        if found is not None:
+            return (found + PMD_SIZE - 1) & _PMD_MASK
+        raise _oserror(errno.ENOMEM)
+
+    def hugetlbfs_file_mmap(self, vma):
+        """The checks, the reservation and the file size of hugetlbfs_file_mmap()."""
+        vma_len = vma.end - vma.start
+        # A byte offset that would overflow loff_t, then whole huge pages only.
+        if vma.pgoff & (0x1FFF << 51) or vma.pgoff & 511:
+            raise _oserror(errno.EINVAL)
+        length = vma_len + (vma.pgoff << PAGE_SHIFT)
+        if length > _LLONG_MAX:
+            raise _oserror(errno.EINVAL)
+        self.hugetlb_reserve_pages(vma, vma.pgoff >> 9, length >> PMD_SHIFT)
+        # A writable mapping makes the file long enough for itself; a read-only one
+        # past the file's end gets SIGBUS on a fault there.
+        hfile = vma.hugetlb.file
+        if vma.flags & VM_WRITE and hfile.size < length >> PMD_SHIFT:
+            hfile.size = length >> PMD_SHIFT
+
+    def hugetlb_reserve_pages(self, vma, start, end):
+        """Private: the whole range, in a reserve map of the VMA's own (it is the
+        OWNER). Shared: the file's indices not yet reserved. MAP_NORESERVE: none."""
+        if vma.flags & VM_NORESERVE:
+            return
+        h = self.machine.hstate
+        hv = vma.hugetlb
+        if vma.flags & VM_MAYSHARE:
+            chg = (end - start) - sum(1 for i in hv.file.region if start <= i < end)
+        else:
+            chg = end - start
+        if not h.acct_memory(chg):
+            raise _oserror(errno.ENOMEM)
+        if vma.flags & VM_MAYSHARE:
+            if chg:
+                hv.file.region.update(range(start, end))
+        else:
+            hv.resv = _ResvMap()
+            hv.flags = HPAGE_RESV_OWNER
+
+    @staticmethod
+    def hugetlb_vm_op_split(vma, addr):
+        # A hugetlb VMA splits only on a huge page boundary.
+        if addr & (PMD_SIZE - 1):
+            raise _oserror(errno.EINVAL)
+
+    @staticmethod
+    def hugetlb_vm_op_open(hv):
+        """The state of the other half of a split VMA: the same file and reserve map."""
+        new = _HugetlbVma(hv.file, hv.resv, hv.flags)
+        hv.file.vma_refs += 1
+        if hv.resv is not None and hv.flags & HPAGE_RESV_OWNER:
+            hv.resv.refs += 1
+        return new
+
+    @staticmethod
+    def hugetlb_dup_vma(hv):
+        # A fork child shares the file; a private child has no reservations of its own.
+        hv.file.vma_refs += 1
+        return _HugetlbVma(hv.file)
+
+    def hugetlb_vm_op_close(self, vma):
+        """A VMA goes: the owner gives back the reservations of its range that no
+        page consumed, then the file reference goes (the last one evicts the file)."""
+        hv = vma.hugetlb
+        h = self.machine.hstate
+        if hv.resv is not None and hv.flags & HPAGE_RESV_OWNER:
+            start = self._hugecache_offset(vma, vma.start)
+            end = self._hugecache_offset(vma, vma.end)
+            reserve = (end - start) - sum(1 for i in hv.resv.consumed if start <= i < end)
+            if reserve:
+                h.acct_memory(-reserve)
+            hv.resv.refs -= 1
+        vma.hugetlb = None
+        f = hv.file
+        f.vma_refs -= 1
+        if f.vma_refs == 0:
+            # hugetlbfs_evict_inode(): the pages leave the page cache, then the
+            # reservations the reserve map still holds go back.
+            freed = 0
+            for idx in sorted(f.cache):
+                page = f.cache.pop(idx)
+                page.file = None
+                h.put(page)
+                freed += 1
+            h.acct_memory(-(len(f.region) - freed))
+            f.region.clear()
+
+    @staticmethod
+    def _hugecache_offset(vma, addr):
+        return ((addr - vma.start) >> PMD_SHIFT) + (vma.pgoff >> 9)
+
+    def vma_needs_reservation(self, vma, addr):
+        idx = self._hugecache_offset(vma, addr)
+        hv = vma.hugetlb
+        if vma.flags & VM_MAYSHARE:
+            return idx not in hv.file.region
+        if hv.resv is None:
+            return True
+        return idx in hv.resv.consumed
+
+    def vma_commit_reservation(self, vma, addr):
+        idx = self._hugecache_offset(vma, addr)
+        hv = vma.hugetlb
+        if vma.flags & VM_MAYSHARE:
+            hv.file.region.add(idx)
+        elif hv.resv is not None:
+            hv.resv.consumed.add(idx)
+
+    def vma_add_reservation(self, vma, addr):
+        idx = self._hugecache_offset(vma, addr)
+        hv = vma.hugetlb
+        if vma.flags & VM_MAYSHARE:
+            hv.file.region.add(idx)
+        elif hv.resv is not None:
+            hv.resv.consumed.discard(idx)
+
+    @staticmethod
+    def _vma_private_lock(vma):
+        # A private mapping that owns a reserve map (not a fork child, not MAP_NORESERVE).
+        hv = vma.hugetlb
+        return not vma.flags & VM_MAYSHARE and hv.resv is not None and hv.flags & HPAGE_RESV_OWNER
+
+    def alloc_hugetlb_folio(self, vma, addr, cow_from_owner):
+        """A huge page for addr, consuming the reservation there if there is one;
+        None when there is none to take (the fault gets SIGBUS)."""
+        h = self.machine.hstate
+        if cow_from_owner:
+            map_chg = "enforced"  # a COW on top of a reserved page: the map does not cover it
+        else:
+            map_chg = "needed" if self.vma_needs_reservation(vma, addr) else "reuse"
+        gbl_chg = map_chg != "reuse"
+        # dequeue_hugetlb_folio_vma(): a page nobody reserved must be available.
+        if gbl_chg and (h.free_huge_pages - h.resv_huge_pages) & _U64 == 0:
+            return None
+        page = h.dequeue()
+        if page is None:
+            return None  # no surplus pages (nr_overcommit_hugepages = 0)
+        if not gbl_chg:
+            page.restore_reserve = True
+            h.resv_huge_pages = (h.resv_huge_pages - 1) & _U64
+        if map_chg != "enforced":
+            self.vma_commit_reservation(vma, addr)
+        return page
+
+    def _hugetlb_page(self, entry):
+        return self.machine.hstate.pages[(pte_pfn(entry) - _HUGETLB_PFN_BASE) >> 9]
+
+    @staticmethod
+    def make_huge_pte(vma, page, try_mkwrite):
+        entry = pfn_pte(page.pfn, vm_get_page_prot(vma.flags))
+        if try_mkwrite and vma.flags & VM_WRITE:
+            entry |= _PAGE_RW | _PAGE_DIRTY
+        else:
+            entry &= ~(_PAGE_RW | _PAGE_DIRTY)
+        return entry | _PAGE_ACCESSED | _PAGE_PSE
+
+    def hugetlb_access(self, vma, addr, write):
+        """One CPU access: the entry allows it (A and D set), or hugetlb_fault()."""
+        pmd = self._walk_pmd(addr)
+        if pmd is not None:
+            i = (addr >> PMD_SHIFT) & 511
+            e = pmd.entries[i]
+            if e & _PAGE_PRESENT and (not write or e & _PAGE_RW):
+                pmd.entries[i] = e | _PAGE_ACCESSED | (_PAGE_DIRTY if write else 0)
+                return
+        self.hugetlb_fault(vma, addr, write)
+
+    def hugetlb_get_user_pages(self, vma, start, end, write):
+        """__get_user_pages() on a hugetlb VMA: a fault per huge page the entry does
+        not allow; FOLL_TOUCH sets A (and D) on the others (touch_pmd())."""
+        addr = start
+        while addr < end:
+            try:
+                self.hugetlb_access(vma, addr, write)
+            except _FaultError as exc:
+                return -errno.ENOMEM if exc.kind == "OOM" else -errno.EFAULT
+            addr = min((addr & _PMD_MASK) + PMD_SIZE, end)
+        return 0
+
+    def hugetlb_fault(self, vma, addr, write):
+        self._stats["page_faults"] += 1
+        haddr = addr & _PMD_MASK
+        # huge_pte_alloc(): the PUD and PMD tables, even for a fault that fails.
+        pmd = self.__pmd_alloc(self.__pud_alloc(haddr), haddr)
+        i = (haddr >> PMD_SHIFT) & 511
+        e = pmd.entries[i]
+        if e == 0:
+            return self.hugetlb_no_page(vma, pmd, i, haddr, write)
+        if write and not e & _PAGE_RW:
+            return self.hugetlb_wp(vma, pmd, i, haddr)
+        pmd.entries[i] = e | _PAGE_ACCESSED | (_PAGE_DIRTY if write else 0)
+        return None
+
+    def hugetlb_no_page(self, vma, pmd, i, haddr, write):
+        hv = vma.hugetlb
+        if hv.flags & HPAGE_RESV_UNMAPPED:
+            raise _FaultError("SIGBUS", haddr)  # "killed due to inadequate hugepage pool"
+        f = hv.file
+        idx = self._hugecache_offset(vma, haddr)
+        page = f.cache.get(idx)
+        anon = False
+        shared = bool(vma.flags & VM_MAYSHARE)
+        if page is None:
+            if idx >= f.size:
+                raise _FaultError("SIGBUS", haddr)  # past the end of the file
+            if not shared:
+                self.anon_vma_prepare(vma)
+            page = self.alloc_hugetlb_folio(vma, haddr, False)
+            if page is None:
+                raise _FaultError("SIGBUS", haddr)
+            if shared:
+                # hugetlb_add_to_page_cache(): the page cache holds a reference.
+                f.cache[idx] = page
+                page.refcount += 1
+                page.file = f
+                page.file_index = idx
+                page.restore_reserve = False
+                page.dirty = True
+            else:
+                anon = True
+        else:
+            page.refcount += 1  # the page cache lookup's reference is the mapping's
+        if anon:
+            page.restore_reserve = False
+            page.anon = True
+            page.exclusive = True
+            page.mapcount = 1
+        else:
+            page.mapcount += 1
+        pmd.entries[i] = self.make_huge_pte(vma, page, bool(vma.flags & VM_SHARED))
+        self._hugetlb_usage += _HPAGE_PAGES
+        if write and not vma.flags & VM_SHARED:
+            # Do the COW without a second fault.
+            return self.hugetlb_wp(vma, pmd, i, haddr)
+        return None
+
+    def hugetlb_wp(self, vma, pmd, i, haddr):
+        e = pmd.entries[i]
+        if vma.flags & VM_MAYSHARE:
+            pmd.entries[i] = e | _PAGE_RW | _PAGE_DIRTY | _PAGE_ACCESSED
+            return None
+        h = self.machine.hstate
+        old = self._hugetlb_page(e)
+        while True:
+            # Nobody else maps it: reuse it in place.
+            if old.mapcount == 1 and old.anon:
+                old.exclusive = True
+                if vma.flags & VM_WRITE:
+                    pmd.entries[i] = e | _PAGE_RW | _PAGE_DIRTY | _PAGE_ACCESSED
+                return None
+            cow_from_owner = bool(vma.hugetlb.flags & HPAGE_RESV_OWNER)
+            new = self.alloc_hugetlb_folio(vma, haddr, cow_from_owner)
+            if new is not None:
+                break
+            if not cow_from_owner:
+                raise _FaultError("SIGBUS", haddr)
+            # The owner takes the page back from the fork children.
+            before = old.mapcount
+            self.unmap_ref_private(vma, old, haddr)
+            if pmd.entries[i] != e:
+                return None
+            if old.mapcount == before:
+                raise _FaultError("SIGBUS", haddr)
+        # Break COW: the copy is ours alone and writable; the old page loses this mapping.
+        old.mapcount -= 1
+        new.restore_reserve = False
+        new.anon = True
+        new.exclusive = True
+        new.mapcount = 1
+        pmd.entries[i] = self.make_huge_pte(vma, new, True)
+        h.put(old)
+        return None
+
+    def unmap_ref_private(self, vma, page, addr):
+        """The owner of a private mapping cannot copy a page it shares with fork
+        children: the page is unmapped from them (they get SIGBUS if they fault
+        there again) so that the owner can keep it."""
+        pgoff = ((addr - vma.start) >> PAGE_SHIFT) + vma.pgoff
+        for other in list(self.machine.mms):
+            for v in list(other._vmas):
+                if v is vma or v.hugetlb is None or v.hugetlb.file is not vma.hugetlb.file:
+                    continue
+                if not v.pgoff <= pgoff < v.pgoff + v.pages():
+                    continue
+                if v.flags & VM_MAYSHARE or v.hugetlb.flags & HPAGE_RESV_OWNER:
+                    continue
+                if not v.start <= addr < v.end:
+                    continue
+                other.unmap_hugepage_range(v, addr, addr + PMD_SIZE, page)
+
+    def unmap_hugepage_range(self, vma, start, end, ref_page=None):
+        # With a gather of its own.
+        tlb = tlb_gather_mmu(self)
+        self.unmap_hugepage_range_tlb(tlb, vma, start, end, ref_page)
+        tlb_finish_mmu(tlb)
+
+    def unmap_hugepage_range_tlb(self, tlb, vma, start, end, ref_page=None):
+        """__unmap_hugepage_range(): zap [start, end) (2 MiB-aligned) into the gather;
+        no table is ever freed here."""
+        addr = start
+        while addr < end:
+            pmd = self._walk_pmd(addr)
+            if pmd is None:
+                addr = (addr & _PUD_MASK) + PUD_SIZE  # on to the next PMD table
+                continue
+            i = (addr >> PMD_SHIFT) & 511
+            e = pmd.entries[i]
+            if e == 0:
+                addr += PMD_SIZE
+                continue
+            page = self._hugetlb_page(e)
+            if ref_page is not None:
+                if page is not ref_page:
+                    addr += PMD_SIZE
+                    continue
+                # The VMA gets SIGBUS for every later fault.
+                vma.hugetlb.flags |= HPAGE_RESV_UNMAPPED
+            pmd.entries[i] = 0
+            tlb.need_flush = True
+            if e & _PAGE_DIRTY:
+                page.dirty = True
+            self._hugetlb_usage -= _HPAGE_PAGES
+            page.mapcount -= 1
+            # The owner of a private mapping keeps its reservation: it comes back
+            # to the pool when the page is freed, and the map forgets the page.
+            if self._vma_private_lock(vma) and page.anon:
+                page.restore_reserve = True
+                if self.vma_needs_reservation(vma, addr):
+                    self.vma_add_reservation(vma, addr)
+            if tlb_remove_folio_pages(tlb, page, False):
+                tlb_flush_mmu(tlb)
+            if ref_page is not None:
+                break
+            addr += PMD_SIZE
+
+    def hugetlb_madvise_dontneed(self, tlb, vma, start, end, behavior):
+        """madvise_dontneed_free_valid_vma() for hugetlb (R36, SC-31): no MADV_FREE,
+        the start on a huge page boundary, the end rounded down to one."""
+        if behavior == MADV_FREE or start & (PMD_SIZE - 1):
+            return errno.EINVAL
+        end &= _PMD_MASK
+        if end == start:
+            return 0
+        # zap_page_range_single_batched(): the hugetlb zap, then the gather is
+        # finished and a new one started.
+        self.unmap_hugepage_range_tlb(tlb, vma, start, end)
+        tlb_finish_mmu(tlb)
+        tlb.__init__(self, tlb.fullmm)
+        self._stats["mmu_gathers"] += 1
+        return 0
+
+    def hugetlb_madvise_remove(self, vma, start, end):
+        """fallocate(PUNCH_HOLE) of the hugetlbfs file: the whole huge pages of the
+        range are unmapped from every VMA of every process (a gather each), then
+        leave the page cache with their reservation. Reserved indices without a
+        page keep their reservation."""
+        if (vma.flags & (VM_SHARED | VM_MAYWRITE)) != (VM_SHARED | VM_MAYWRITE):
+            return errno.EACCES
+        f = vma.hugetlb.file
+        offset = (start - vma.start) + (vma.pgoff << PAGE_SHIFT)
+        hole_start = (offset + PMD_SIZE - 1) & _PMD_MASK
+        hole_end = (offset + end - start) & _PMD_MASK
+        if hole_end <= hole_start:
+            return 0
+        pg_start, pg_end = hole_start >> PAGE_SHIFT, hole_end >> PAGE_SHIFT
+        for other in list(self.machine.mms):  # hugetlb_vmdelete_list()
+            for v in list(other._vmas):
+                if v.hugetlb is None or v.hugetlb.file is not f:
+                    continue
+                if v.pgoff + v.pages() - 1 < pg_start or v.pgoff > pg_end - 1:
+                    continue
+                s = v.start + ((pg_start - v.pgoff) << PAGE_SHIFT if v.pgoff < pg_start else 0)
+                e = min(((pg_end - v.pgoff) << PAGE_SHIFT) + v.start, v.end)
+                other.unmap_hugepage_range(v, s, e)
+        h = self.machine.hstate
+        for idx in sorted(i for i in f.cache if hole_start >> PMD_SHIFT <= i < hole_end >> PMD_SHIFT):
+            page = f.cache.pop(idx)
+            f.region.discard(idx)  # hugetlb_unreserve_pages(idx, idx + 1, 1): no change
+            page.file = None
+            h.put(page)
+        return 0
+
+    def copy_hugetlb_page_range(self, dst, dst_vma, vma):
+        """fork: the child gets the parent's tables and entries; a private mapping's
+        pages lose write access on both sides (the child's entries keep A and D)."""
+        cow = (vma.flags & (VM_SHARED | VM_MAYWRITE)) == VM_MAYWRITE
+        addr = vma.start
+        while addr < vma.end:
+            spmd = self._walk_pmd(addr)
+            if spmd is None:
+                addr = (addr & _PUD_MASK) + PUD_SIZE
+                continue
+            # The child's tables come first, even where the parent's entry is none.
+            dpmd = dst.__pmd_alloc(dst.__pud_alloc(addr), addr)
+            i = (addr >> PMD_SHIFT) & 511
+            e = spmd.entries[i]
+            if e and not dpmd.entries[i]:
+                page = self._hugetlb_page(e)
+                page.refcount += 1
+                page.mapcount += 1
+                page.exclusive = False
+                if cow:
+                    e &= ~_PAGE_RW
+                    spmd.entries[i] = e
+                dpmd.entries[i] = e & ~_PAGE_UFFD_WP
+                dst._hugetlb_usage += _HPAGE_PAGES
+            addr += PMD_SIZE
+
+    def hugetlb_change_protection(self, vma, start, end):
+        """mprotect of a hugetlb range: huge_pte_modify() on each present entry, then
+        flush_hugetlb_tlb_range(), whatever changed."""
+        newprot = vm_get_page_prot(vma.flags)
+        addr = start
+        while addr < end:
+            pmd = self._walk_pmd(addr)
+            if pmd is None:
+                addr = (addr & _PUD_MASK) + PUD_SIZE
+                continue
+            i = (addr >> PMD_SHIFT) & 511
+            if pmd.entries[i]:
+                pmd.entries[i] = pte_modify(pmd.entries[i], newprot) | _PAGE_PSE
+            addr += PMD_SIZE
+        self._stats["tlb_flushes"] += 1
+
+    def huge_pmds(self):
+        """(address, entry) of every huge PMD, ascending."""
+        out = []
+        for pud in self._pgd.children:
+            if pud is None:
+                continue
+            for pmd in pud.children:
+                if pmd is None:
+                    continue
+                for i, e in enumerate(pmd.entries):
+                    if e and pmd.children[i] is None and e & _PAGE_PSE:
+                        out.append((pmd.base + (i << PMD_SHIFT), e))
+        return out
+
+    def _check_hugetlb(self):
+        """hugetlb leaves lie in hugetlb VMAs and map pages of the pool, HugetlbPages
+        counts them, no PTE table lies under a hugetlb VMA, and the pool's counts
+        hold over every process of the machine."""
+        if self._hugetlb_usage == 0 and all(v.hugetlb is None for v in self._vmas):
+            # Without a hugetlb VMA there is nothing of its own to walk here; the
+            # pool still is checked over every process.
+            if self.machine.hstate.pages:
+                self.machine.hstate.check(self.machine)
+            return
+        mapped = 0
+        for addr, e in self.huge_pmds():
+            vma = self._vma_containing(addr)
+            if vma is None or vma.hugetlb is None or vma.end < addr + PMD_SIZE:
+                raise InvariantError("hugetlb-pmd", f"huge PMD at {addr:#x} outside a hugetlb VMA")
+            pfn = pte_pfn(e)
+            h = self.machine.hstate
+            index = (pfn - _HUGETLB_PFN_BASE) >> 9
+            if pfn < _HUGETLB_PFN_BASE or pfn & 511 or index >= h.nr_huge_pages:
+                raise InvariantError("hugetlb-pmd", f"huge PMD at {addr:#x} maps pfn {pfn:#x}")
+            page = h.pages[index]
+            if page.free:
+                raise InvariantError("hugetlb-pmd", f"huge PMD at {addr:#x} maps a free huge page")
+            if e & _PAGE_RW and not vma.flags & VM_WRITE:
+                raise InvariantError("hugetlb-pmd", f"writable huge PMD at {addr:#x} in a read-only VMA")
+            if vma.flags & VM_MAYSHARE:
+                if page.file is not vma.hugetlb.file or page.file_index != self._hugecache_offset(vma, addr):
+                    raise InvariantError("hugetlb-pmd", f"shared huge PMD at {addr:#x} maps another page")
+            elif not page.anon or vma.anon_vma is None or (e & _PAGE_RW and not page.exclusive):
+                raise InvariantError("hugetlb-pmd", f"private huge PMD at {addr:#x} maps a shared page")
+            mapped += 1
+        if self._hugetlb_usage != _HPAGE_PAGES * mapped:
+            raise InvariantError("hugetlb-usage", f"HugetlbPages {self._hugetlb_usage * 4} kB != {mapped} pages")
+        for table in self._iter_pte_tables():
+            vma = self.find_vma(table.base)
+            if vma is not None and vma.start < table.base + PMD_SIZE and vma.hugetlb is not None:
+                raise InvariantError("hugetlb-pte", f"PTE table at {table.base:#x} under a hugetlb VMA")
+        self.machine.hstate.check(self.machine)
+
+
+def _vma_hfile(vma):
+    return vma.hugetlb.file if vma.hugetlb is not None else None
+
+
+_HUGETLB_PFN_BASE = 1 << 33  # huge page i of the pool has PFN base + 512 * i
+_HPAGE_PAGES = 512
+_LLONG_MAX = (1 << 63) - 1
+HPAGE_RESV_OWNER = 1  # the mapping that made the reservation (not a fork child)
+HPAGE_RESV_UNMAPPED = 2  # a page was taken from it by unmap_ref_private()
+
+
+class _HugePage:
+    """A 2 MiB page of the hugetlb pool (a hugetlb folio)."""
+
+    __slots__ = ("hstate", "index", "pfn", "refcount", "mapcount", "free", "anon", "exclusive",
+                 "restore_reserve", "dirty", "file", "file_index")
+
+    def __init__(self, hstate, index):
+        self.hstate = hstate
+        self.index = index
+        self.pfn = _HUGETLB_PFN_BASE + (index << 9)
+        self.refcount = 0
+        self.mapcount = 0
+        self.free = True
+        self.anon = False
+        self.exclusive = False
+        self.restore_reserve = False  # folio_test_hugetlb_restore_reserve()
+        self.dirty = False
+        self.file = None  # the hugetlbfs page cache it is in
+        self.file_index = None
+
+
+class _Hstate:
+    """struct hstate for the 2 MiB size, with nr_overcommit_hugepages = 0."""
+
+    def __init__(self, nr):
+        self.pages = [_HugePage(self, i) for i in range(nr)]
+        self.free_list = list(reversed(range(nr)))  # the top is handed out first
+        self.nr_huge_pages = nr
+        self.free_huge_pages = nr
+        self.resv_huge_pages = 0  # unsigned, and may wrap as the kernel's does
+
+    def dequeue(self):
+        if not self.free_list:
+            return None
+        page = self.pages[self.free_list.pop()]
+        self.free_huge_pages -= 1
+        page.free = False
+        page.refcount = 1
+        page.mapcount = 0
+        page.anon = page.exclusive = page.restore_reserve = page.dirty = False
+        return page
+
+    def put(self, page):
+        page.refcount -= 1
+        if page.refcount == 0:
+            # free_huge_folio(): a reservation the page consumed may come back.
+            if page.restore_reserve:
+                self.resv_huge_pages = (self.resv_huge_pages + 1) & _U64
+            page.free = True
+            page.anon = page.exclusive = page.restore_reserve = page.dirty = False
+            page.file = page.file_index = None
+            page.mapcount = 0
+            self.free_list.append(page.index)
+            self.free_huge_pages += 1
+
+    def acct_memory(self, delta):
+        """hugetlb_acct_memory(): take (delta > 0) or give back global reservations;
+        False when the free pages cannot cover them (no surplus pages)."""
+        if delta > 0:
+            needed = (self.resv_huge_pages + delta - self.free_huge_pages) & _U64
+            if needed and needed < 1 << 63:  # gather_surplus_pages(), signed
+                return False
+            if delta > self.free_huge_pages:  # allowed_mems_nr()
+                return False
+            self.resv_huge_pages = (self.resv_huge_pages + delta) & _U64
+        elif delta < 0:
+            self.resv_huge_pages = (self.resv_huge_pages + delta) & _U64
+        return True
+
+    def check(self, machine):
+        """Free pages, each page's references and mappings over every mm, and
+        resv_huge_pages against the reservations the maps hold."""
+        if not self.pages:
+            return
+        maps = {}
+        resv = 0
+        files = {}
+        for mm in machine.mms:
+            for _, e in mm.huge_pmds():
+                maps[mm._hugetlb_page(e).index] = maps.get(mm._hugetlb_page(e).index, 0) + 1
+            for v in mm._vmas:
+                hv = v.hugetlb
+                if hv is None:
+                    continue
+                files[id(hv.file)] = hv.file
+                if hv.resv is not None and hv.flags & HPAGE_RESV_OWNER:
+                    start = v.pgoff >> 9
+                    end = start + ((v.end - v.start) >> PMD_SHIFT)
+                    resv += (end - start) - sum(1 for i in hv.resv.consumed if start <= i < end)
+        cached = {}
+        for f in files.values():
+            for idx, page in f.cache.items():
+                if idx not in f.region:
+                    raise InvariantError("hugetlb-resv", f"page cache index {idx} not in the reserve map")
+                cached[page.index] = True
+            resv += len(f.region) - len(f.cache)
+        nfree = 0
+        for page in self.pages:
+            if page.free:
+                nfree += 1
+                if page.refcount or page.mapcount or maps.get(page.index):
+                    raise InvariantError("hugetlb-page", f"free huge page {page.index} is in use")
+                continue
+            if page.mapcount != maps.get(page.index, 0):
+                raise InvariantError("hugetlb-page", f"huge page {page.index}: mapcount {page.mapcount} "
+                                     f"!= {maps.get(page.index, 0)} mappings")
+            if page.refcount != page.mapcount + (1 if page.index in cached else 0):
+                raise InvariantError("hugetlb-page", f"huge page {page.index}: refcount {page.refcount}")
+            if (page.index in cached) != (page.file is not None):
+                raise InvariantError("hugetlb-page", f"huge page {page.index}: page cache state")
+            if page.restore_reserve:
+                resv -= 1  # its reservation comes back when it is freed
+        if nfree != self.free_huge_pages or len(self.free_list) != nfree:
+            raise InvariantError("hugetlb-free", f"HugePages_Free {self.free_huge_pages} != {nfree} free pages")
+        if resv & _U64 != self.resv_huge_pages:
+            raise InvariantError("hugetlb-resv", f"HugePages_Rsvd {self.resv_huge_pages} != {resv & _U64}")
+
+
+class _HugetlbFile:
+    """The hugetlbfs inode that ksys_mmap_pgoff() creates for MAP_HUGETLB."""
+
+    __slots__ = ("size", "region", "cache", "vma_refs")
+
+    def __init__(self, size):
+        self.size = size  # i_size, in huge pages
+        self.region = set()  # inode reserve map: indices reserved or backed by a page
+        self.cache = {}  # page cache: index -> _HugePage (shared mappings)
+        self.vma_refs = 1
+
+
+class _ResvMap:
+    """A private mapping's reserve map: the indices whose reservation is consumed."""
+
+    __slots__ = ("refs", "consumed")
+
+    def __init__(self):
+        self.refs = 1
+        self.consumed = set()
+
+
+class _HugetlbVma:
+    """A hugetlb VMA's file, and for a private one its reserve map and
+    HPAGE_RESV_* flags (vm_private_data)."""
+
+    __slots__ = ("file", "resv", "flags")
+
+    def __init__(self, file, resv=None, flags=0):
+        self.file = file
+        self.resv = resv
+        self.flags = flags

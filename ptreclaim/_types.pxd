@@ -215,6 +215,69 @@ ctypedef struct pt_shmem:
     # the object first has a page swapped out.
     pt_shmem *swapped
 
+# --- hugetlb (2 MiB pages from a pool of their own) ---------------------------------
+
+cdef extern from *:
+    """
+    /* Huge page i of the pool has PFN PTR_HUGETLB_PFN_BASE + 512 * i: above
+       the table PFNs, so an entry's PFN tells a hugetlb page at once. */
+    #define PTR_HUGETLB_PFN_BASE (1ULL << 33)
+    """
+    const uint64_t PTR_HUGETLB_PFN_BASE
+
+cdef enum:
+    # Huge page flags (folio state the hugetlb code keeps)
+    HP_FREE = 1                # on the pool's free list
+    HP_ANON = 2                # folio_test_anon(): mapped by a private mapping
+    HP_ANON_EXCLUSIVE = 4      # PageAnonExclusive
+    HP_RESTORE_RESERVE = 8     # folio_test_hugetlb_restore_reserve()
+    HP_DIRTY = 16
+    # vm_private_data flags of a private hugetlb VMA
+    HPAGE_RESV_OWNER = 1       # the mapping that made the reservation (not a fork child)
+    HPAGE_RESV_UNMAPPED = 2    # a page was taken from it by unmap_ref_private()
+    # Gather entries with both bits set release a hugetlb page (low bits: its index);
+    # THP heads stay below GATHER_HUGETLB.
+    GATHER_HUGETLB = 0x40000000
+    FAULT_SIGBUS = 5           # VM_FAULT_SIGBUS: no huge page for the fault
+
+ctypedef struct pt_idxset:
+    # A sorted set of page indices, with an optional value each: reserve
+    # maps (region lists in the kernel) and the hugetlbfs page cache.
+    uint64_t *keys
+    uint32_t *vals
+    uint64_t n
+    uint64_t cap
+
+ctypedef struct pt_hfile:
+    # The hugetlbfs inode that ksys_mmap_pgoff() creates for MAP_HUGETLB.
+    int64_t users              # VMAs referring to it (its file references)
+    uint64_t size              # i_size, in huge pages
+    pt_idxset region           # inode reserve map: indices reserved or backed by a page
+    pt_idxset cache            # page cache: index -> huge page (shared mappings)
+    uint64_t id
+
+ctypedef struct pt_resv_map:
+    # A private mapping's reserve map: the indices whose reservation is consumed.
+    int64_t refs
+    pt_idxset consumed
+
+ctypedef struct pt_hpage:
+    int32_t refcount
+    int32_t mapcount
+    uint32_t flags             # HP_*
+    uint32_t pad
+    pt_hfile *file             # the page cache it is in, or NULL
+    uint64_t index             # its index there
+
+ctypedef struct pt_hstate:
+    # struct hstate for the 2 MiB size; nr_overcommit_hugepages is 0.
+    pt_hpage *pages
+    uint32_t *free_stack       # free huge pages, last freed on top
+    uint64_t nr_huge_pages
+    uint64_t free_huge_pages
+    uint64_t resv_huge_pages   # unsigned, and may wrap as the kernel's does
+    uint64_t next_file_id
+
 ctypedef struct pt_vma:
     uint64_t start
     uint64_t end
@@ -227,6 +290,11 @@ ctypedef struct pt_vma:
     # anon_vma_chain is not singular; such a VMA neither merges with a
     # neighbour lacking an anon_vma nor lends its anon_vma to one.
     bint forked_anon_vma
+    # hugetlb (VM_HUGETLB): the hugetlbfs file behind the mapping, and for a
+    # private mapping its reserve map and HPAGE_RESV_* flags (vm_private_data).
+    pt_hfile *hfile
+    pt_resv_map *resv
+    uint32_t hresv_flags
 
 ctypedef struct pt_stats:
     uint64_t page_faults
@@ -269,6 +337,9 @@ ctypedef struct pt_machine:
     uint64_t next_shmem_id
     uint64_t totalram_pages    # overcommit heuristic limit: RAM + swap (0: unlimited)
     pt_swap swap
+    pt_hstate hstate           # the 2 MiB hugetlb pool
+    void **mms                 # every live pt_mm on the machine (owned by the Machine object)
+    int64_t nr_mms
 
 ctypedef struct pt_mm:
     pt_machine *machine
@@ -296,6 +367,7 @@ ctypedef struct pt_mm:
     double contention          # probability that the PMD try-lock fails
     uint64_t rng               # its xorshift state
     uint64_t lost_mappings     # tables freed while they still mapped something
+    int64_t hugetlb_usage      # mm->hugetlb_usage: pages mapped from the hugetlb pool (HugetlbPages)
 
 ctypedef struct mmu_gather:
     # One per syscall (R35). Pages are released, and table batches handed to

@@ -8,6 +8,14 @@ from libc.string cimport memmove
 
 from ptreclaim._types cimport pt_mm, pt_vma, PTR_VM_READ, PTR_VM_WRITE, PTR_VM_EXEC, PTR_VM_STICKY
 from ptreclaim._pgtable cimport shmem_get, shmem_put, split_huge_pmd_address
+from ptreclaim._hugetlb cimport hugetlb_vm_op_open, hugetlb_vm_op_close
+
+cdef extern from *:
+    """
+    /* VM_SPECIAL: VM_IO | VM_DONTEXPAND | VM_PFNMAP | VM_MIXEDMAP */
+    #define PTR_VMA_SPECIAL (0x4000ULL | 0x40000ULL | 0x400ULL | 0x10000000ULL)
+    """
+    const uint64_t PTR_VMA_SPECIAL
 
 cdef int vma_insert(pt_mm *mm, uint64_t idx, const pt_vma *vma) noexcept nogil:
     cdef void *p
@@ -27,6 +35,8 @@ cdef void vma_remove(pt_mm *mm, uint64_t idx, uint64_t count) noexcept nogil:
     for i in range(idx, idx + count):
         if mm.vmas[i].shmem != NULL:
             shmem_put(mm.machine, mm.vmas[i].shmem)
+        if mm.vmas[i].hfile != NULL:
+            hugetlb_vm_op_close(mm.machine, &mm.vmas[i])
     memmove(&mm.vmas[idx], &mm.vmas[idx + count], (mm.nr_vmas - idx - count) * sizeof(pt_vma))
     mm.nr_vmas -= count
 
@@ -44,6 +54,8 @@ cdef int split_vma(pt_mm *mm, uint64_t idx, uint64_t addr) noexcept nogil:
     mm.vmas[idx].end = addr
     if right.shmem != NULL:
         shmem_get(right.shmem)
+    if right.hfile != NULL:
+        hugetlb_vm_op_open(&right)
     return 0
 
 cdef bint is_mergeable(const pt_vma *a, const pt_vma *b) noexcept nogil:
@@ -51,6 +63,9 @@ cdef bint is_mergeable(const pt_vma *a, const pt_vma *b) noexcept nogil:
     # A VMA without an anon_vma takes its neighbour's, unless that one came
     # from fork (its anon_vma_chain is not singular).
     if a.end != b.start or (a.flags ^ b.flags) & ~PTR_VM_STICKY or a.shmem != b.shmem:
+        return False
+    # VM_SPECIAL VMAs (hugetlb ones have VM_DONTEXPAND) never merge.
+    if a.flags & PTR_VMA_SPECIAL:
         return False
     if a.anon_vma and b.anon_vma and a.anon_vma != b.anon_vma:
         return False

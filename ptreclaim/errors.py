@@ -33,3 +33,14 @@ class UserfaultfdFault(Exception):
     def __init__(self, address):
         self.address = address
         super().__init__(f"write to userfaultfd write-protected memory at {address:#x}")
+
+
+class BusError(Exception):
+    """An access that Linux answers with SIGBUS: a hugetlb fault that finds no huge
+    page it may take (the pool is used up or reserved by others, the page lies past
+    the end of the hugetlbfs file, or the owner of the mapping took it back).
+    ``address`` is the faulting address; earlier pages were accessed."""
+
+    def __init__(self, address):
+        self.address = address
+        super().__init__(f"SIGBUS at {address:#x}")

@@ -10,6 +10,9 @@ described symbolically (``AddrSpec``/``LenSpec``) and resolved against the curre
 VMA list, so that random inputs land on VMA edges, table-span boundaries and holes
 far more often than uniform integers would; ``resolve`` turns a description into
 the concrete call, with per-operation caps that keep the reference model fast.
+Two operations act on the processes themselves: ``("fork",)`` forks the current
+process on both sides (the child joins the machine's processes) and ``("switch", i)``
+makes another live process the current one; every process is compared after each step.
 """
 
 import errno
@@ -24,7 +27,7 @@ from ptreclaim.constants import (
     PROT_EXEC, PROT_GROWSDOWN, PROT_GROWSUP, PROT_READ, PROT_SEM, PROT_WRITE, PTE_PFN_MASK,
     PUD_SIZE, TASK_SIZE, ZERO_PFN, _PAGE_PRESENT, _PAGE_PROTNONE, _PAGE_SPECIAL,
 )
-from ptreclaim.errors import InvariantError, OutOfMemory, SegmentationFault
+from ptreclaim.errors import BusError, InvariantError, OutOfMemory, SegmentationFault
 
 K = 1024
 M = 1024 * K
@@ -111,7 +114,8 @@ def resolve(vmas, op):
                 flags |= bit
         if flags & (MAP_POPULATE | MAP_LOCKED):
             length = _clamp(addr, length, POPULATE_CAP)
-        fd, offset = ((-1, 0), (-1, 0), (-1, 0), (3, 0), (-1, 1), (-1, PAGE_SIZE), (-1, U64 - 4095))[fd_off % 7]
+        fd, offset = ((-1, 0), (-1, 0), (-1, 0), (3, 0), (-1, 1), (-1, PAGE_SIZE), (-1, U64 - 4095),
+                      (-1, PMD_SIZE))[fd_off % 8]
         return "mmap", (addr, length, PROTS[prot_i % len(PROTS)], flags, fd, offset), {}
     if name in ("munmap", "mlock", "munlock"):
         _, aspec, lspec = op
@@ -145,6 +149,8 @@ def outcome(mm, method, args, kwargs):
         return ("ok", getattr(mm, method)(*args, **kwargs))
     except SegmentationFault as e:
         return ("SIGSEGV", e.address)
+    except BusError as e:
+        return ("SIGBUS", e.address)
     except OSError as e:
         return ("OSError", errno.errorcode.get(e.errno, e.errno))
     except OutOfMemory:
@@ -160,6 +166,19 @@ class Divergence(AssertionError):
 
 
 _NOT_PFN = U64 & ~PTE_PFN_MASK
+# Pages of the hugetlb pool have PFNs from here on in both implementations, handed
+# out in the same order, so their entries compare whole.
+HUGETLB_PFN_BASE = 1 << 33
+
+
+def _entry_pfn(entry):
+    # pte_pfn(): a PROT_NONE entry stores its PFN inverted (L1TF).
+    return ((entry if entry & _PAGE_PRESENT else entry ^ PTE_PFN_MASK) & PTE_PFN_MASK) >> 12
+
+
+def hugetlb_pmds(mm):
+    """The huge PMDs of mm that map hugetlb pages."""
+    return [(a, e) for a, e in mm.huge_pmds() if _entry_pfn(e) >= HUGETLB_PFN_BASE]
 
 
 def core_supports_guard():
@@ -185,17 +204,22 @@ class Pair:
     """A core MM and a reference MM built alike, stepped and compared together."""
 
     def __init__(self, pt_reclaim=True, split_ptlocks=True, max_frames=None, totalram_pages=None,
-                 swap_pages=0):
+                 swap_pages=0, hugetlb_pages=0):
         self.config = dict(pt_reclaim=pt_reclaim, split_ptlocks=split_ptlocks,
                            max_frames=max_frames, totalram_pages=totalram_pages, swap_pages=swap_pages)
-        self.core_machine = core_impl.Machine(max_frames, totalram_pages, swap_pages)
-        self.ref_machine = ref_impl.Machine(max_frames, totalram_pages, swap_pages)
+        if hugetlb_pages:
+            self.config["hugetlb_pages"] = hugetlb_pages
+        self.core_machine = core_impl.Machine(max_frames, totalram_pages, swap_pages,
+                                              hugetlb_pages=hugetlb_pages)
+        self.ref_machine = ref_impl.Machine(max_frames, totalram_pages, swap_pages,
+                                            hugetlb_pages=hugetlb_pages)
         self.core = core_impl.MM(pt_reclaim=pt_reclaim, split_ptlocks=split_ptlocks,
                                  machine=self.core_machine)
         self.ref = ref_impl.MM(pt_reclaim=pt_reclaim, split_ptlocks=split_ptlocks,
                                machine=self.ref_machine)
         self.pfn_map = {}  # core pfn -> reference frame object
         self.log = []  # concrete calls so far, for the failure message
+        self.others = []  # the other live processes, (core, reference), made by fork
 
     def describe(self):
         lines = [f"Pair({', '.join(f'{k}={v!r}' for k, v in self.config.items())})"]
@@ -210,8 +234,45 @@ class Pair:
                          f"after:\n{self.describe()}")
 
     def step(self, op, compare=True):
+        if op[0] == "fork":
+            return self.fork(compare)
+        if op[0] == "switch":
+            return self.switch(op[1], compare)
         method, args, kwargs = resolve(self.ref.vmas(), op)
         return self.call(method, args, kwargs, compare)
+
+    def fork(self, compare=True):
+        """fork() the current process on both sides; the child joins the others."""
+        self.log.append(("fork", (), {}))
+        got, children = [], []
+        for mm in (self.core, self.ref):
+            try:
+                children.append(mm.fork())
+                got.append(("ok",))
+            except OSError as e:
+                children.append(None)
+                got.append(("OSError", errno.errorcode.get(e.errno, e.errno)))
+            except ValueError:
+                children.append(None)
+                got.append(("ValueError",))
+        if got[0] != got[1]:
+            self.fail("the result of fork", got[0], got[1])
+        if children[0] is not None:
+            self.others.append((children[0], children[1]))
+        if compare:
+            self.compare()
+        return got[0]
+
+    def switch(self, index, compare=True):
+        """Make another live process the current one."""
+        if not self.others:
+            return None
+        i = index % len(self.others)
+        self.log.append(("switch", (i,), {}))
+        self.others[i], (self.core, self.ref) = (self.core, self.ref), self.others[i]
+        if compare:
+            self.compare()
+        return i
 
     def call(self, method, args, kwargs=None, compare=True):
         kwargs = kwargs or {}
@@ -225,16 +286,28 @@ class Pair:
         return got_core
 
     def compare(self, full=True):
-        core, ref = self.core, self.ref
-        for name, get in (("status()", lambda mm: mm.status()), ("stats", lambda mm: mm.stats),
-                          ("vmas()", lambda mm: mm.vmas()), ("tables()", lambda mm: mm.tables()),
-                          ("pgtables_bytes", lambda mm: mm.pgtables_bytes)):
-            a, b = get(core), get(ref)
-            if a != b:
-                self.fail(name, a, b)
+        for number, (core, ref) in enumerate([(self.core, self.ref)] + self.others):
+            which = "" if number == 0 else f" of process {number}"
+            for name, get in (("status()", lambda mm: mm.status()), ("stats", lambda mm: mm.stats),
+                              ("vmas()", lambda mm: mm.vmas()), ("tables()", lambda mm: mm.tables()),
+                              ("pgtables_bytes", lambda mm: mm.pgtables_bytes),
+                              ("hugetlb PMDs", hugetlb_pmds)):
+                a, b = get(core), get(ref)
+                if a != b:
+                    self.fail(name + which, a, b)
+            if full:
+                self.compare_entries(core, ref)
+            for side, mm in (("core", core), ("reference", ref)):
+                try:
+                    mm.check()
+                except InvariantError as e:
+                    raise Divergence(f"{side} check(){which} failed: {e}\nafter:\n{self.describe()}") from None
         if self.core_machine.frames_in_use != self.ref_machine.frames_in_use:
             self.fail("Machine.frames_in_use", self.core_machine.frames_in_use,
                       self.ref_machine.frames_in_use)
+        if self.core_machine.hugetlb_meminfo() != self.ref_machine.hugetlb_meminfo():
+            self.fail("Machine.hugetlb_meminfo()", self.core_machine.hugetlb_meminfo(),
+                      self.ref_machine.hugetlb_meminfo())
         if self.core_machine.swap_used != self.ref_machine.swap_used:
             self.fail("Machine.swap_used", self.core_machine.swap_used, self.ref_machine.swap_used)
         if full:
@@ -245,9 +318,11 @@ class Pair:
             except InvariantError as e:
                 raise Divergence(f"{side} check() failed: {e}\nafter:\n{self.describe()}") from None
 
-    def compare_entries(self):
-        core_entries = list(self.core.entries())
-        ref_entries = list(self.ref.entries())
+    def compare_entries(self, core=None, ref=None):
+        core = self.core if core is None else core
+        ref = self.ref if ref is None else ref
+        core_entries = list(core.entries())
+        ref_entries = list(ref.entries())
         if [a for a, _ in core_entries] != [a for a, _ in ref_entries]:
             self.fail("the addresses of entries()", [hex(a) for a, _ in core_entries],
                       [hex(a) for a, _ in ref_entries])
@@ -287,5 +362,9 @@ class Pair:
                           f"{inverse[id(frame)]})", cp, rp)
 
     def finish(self):
-        """exit() on both, then the empty process must look the same."""
+        """exit() on both, for every process, then the empty processes must look the same."""
         self.call("exit", (), {})
+        while self.others:
+            self.core, self.ref = self.others.pop()
+            self.log.append(("switch", (len(self.others),), {}))
+            self.call("exit", (), {})

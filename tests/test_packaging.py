@@ -48,19 +48,20 @@ def test_sdist_has_sources_not_generated_c(dist):
     sdist = next(dist.glob("ptreclaim-*.tar.gz"))
     names = tarfile.open(sdist).getnames()
     for needed in ("_core.pyx", "_core.pxd", "_pgtable.pyx", "_pgtable.pxd", "_vma.pyx",
-                   "_types.pxd", "_kernelrun.c", "setup.py", "pyproject.toml"):
+                   "_hugetlb.pyx", "_hugetlb.pxd", "_types.pxd", "_kernelrun.c", "setup.py",
+                   "pyproject.toml"):
         assert any(n.endswith(needed) for n in names), needed
-    for generated in ("_core.c", "_pgtable.c", "_vma.c"):
+    for generated in ("_core.c", "_pgtable.c", "_vma.c", "_hugetlb.c"):
         assert not any(n.endswith("ptreclaim/" + generated) for n in names), generated
 
 
 def test_wheel_has_every_module_and_contract(dist):
     wheel = next(dist.glob("ptreclaim-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for mod in ("_core", "_pgtable", "_vma", "_kernelrun"):
+    for mod in ("_core", "_pgtable", "_vma", "_hugetlb", "_kernelrun"):
         assert any(n.startswith(f"ptreclaim/{mod}.") and n.endswith(".so") for n in names), mod
     for f in ("__init__.py", "__init__.pxd", "_core.pxd", "_types.pxd", "_pgtable.pxd",
-              "_reference.py", "cli.py", "py.typed"):
+              "_hugetlb.pxd", "_reference.py", "cli.py", "py.typed"):
         assert f"ptreclaim/{f}" in names, f
 
 

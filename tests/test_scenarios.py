@@ -62,7 +62,7 @@ def apply(mm, op, args):
 
 # Operations of the waiting scenarios, by the MM method they will call.
 FUTURE_OPS = {"fork_child": "fork", "mremap": "mremap", "file": "create_file",
-              "mmap_file": "mmap_file", "hugetlb_pool": "set_hugetlb_pool",
+              "mmap_file": "mmap_file",
               "uffd_register_wp": "uffd_register_wp", "uffd_wp": "uffd_wp"}
 
 

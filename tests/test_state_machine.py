@@ -5,6 +5,9 @@ type + errno / fault address), status(), stats, vmas(), tables(), entries() (fla
 exactly, frames up to a consistent renaming), frames in use, and check() on both.
 The vocabulary and the comparison live in differential.py, shared with the fuzzer.
 
+Some runs have a small hugetlb pool (2 or 6 huge pages): hugetlb mappings, forks and
+switches between the processes then exercise reservations, copy-on-write and SIGBUS.
+
 Profiles (HYPOTHESIS_PROFILE, default "ci"):
 
 * ci: 300 examples x 50 steps, derandomized and without a database, so every CI run
@@ -25,6 +28,7 @@ from ptreclaim.constants import MADV_PAGEOUT
 from differential import (
     ADVICES, ANCHORS, DELTAS, LENGTHS, MAP_EXTRA, MAP_TYPES, PROTS, UNSIMULATED_IN_CORE, Pair,
 )
+from ptreclaim.constants import MAP_HUGETLB
 
 settings.register_profile(
     "ci", max_examples=300, stateful_step_count=50, deadline=None, derandomize=True, database=None,
@@ -62,6 +66,8 @@ _NOREPLACE, _FIXED, _NORESERVE, _POPULATE, _LOCKED = (
     _BIT[f] for f in MAP_EXTRA[:5])
 placement_bits = st.sampled_from((_NOREPLACE, _NOREPLACE, _FIXED, 0, _FIXED | _NOREPLACE))
 option_bits = st.sampled_from((_NORESERVE, _NORESERVE, 0, _POPULATE | _NORESERVE, _LOCKED, _POPULATE))
+_HUGETLB = _BIT[MAP_HUGETLB]
+hugetlb_option_bits = st.sampled_from((0, 0, _NORESERVE, _POPULATE, _LOCKED | _NORESERVE))
 
 
 class CoreMatchesReference(RuleBasedStateMachine):
@@ -73,10 +79,12 @@ class CoreMatchesReference(RuleBasedStateMachine):
         # overcommit check; sometimes a swap device, small enough to fill up.
         limits=st.sampled_from(((None, None, 0), (None, None, 0), (None, None, 4096), (600, None, 0),
                                 (3000, 1024, 0), (600, None, 200), (None, None, 300))),
+        hugetlb=st.sampled_from((0, 0, 0, 2, 6)),
     )
-    def start(self, pt_reclaim, split_ptlocks, limits):
+    def start(self, pt_reclaim, split_ptlocks, limits, hugetlb):
         self.pair = Pair(pt_reclaim=pt_reclaim, split_ptlocks=split_ptlocks,
-                         max_frames=limits[0], totalram_pages=limits[1], swap_pages=limits[2])
+                         max_frames=limits[0], totalram_pages=limits[1], swap_pages=limits[2],
+                         hugetlb_pages=hugetlb)
         self.pair.compare()
 
     @rule(addr=mmap_addr_specs, length=small_length_specs, prot=common_prot_index,
@@ -90,6 +98,24 @@ class CoreMatchesReference(RuleBasedStateMachine):
           anon=st.sampled_from((True, True, True, False)), fd_off=st.integers(0, 6))
     def mmap_any(self, addr, length, prot, type_i, extra, anon, fd_off):
         self.pair.step(("mmap", addr, length, prot, type_i, extra, anon, fd_off))
+
+    @rule(addr=mmap_addr_specs, huge_pages=st.integers(1, 3), short=st.booleans(), prot=common_prot_index,
+          shared=st.booleans(), placement=placement_bits, options=hugetlb_option_bits,
+          fd_off=st.sampled_from((0, 0, 7)))
+    def mmap_hugetlb(self, addr, huge_pages, short, prot, shared, placement, options, fd_off):
+        # 1-3 huge pages (a length a page short is rounded up), offset 0 or 2 MiB.
+        length = (-1, 512 * huge_pages - (1 if short else 0))
+        self.pair.step(("mmap", addr, length, prot, 3 if shared else 0, placement | options | _HUGETLB,
+                        True, fd_off))
+
+    @rule()
+    def fork(self):
+        if len(self.pair.others) < 2:
+            self.pair.step(("fork",))
+
+    @rule(index=st.integers(0, 2))
+    def switch(self, index):
+        self.pair.step(("switch", index))
 
     @rule(addr=addr_specs, length=length_specs)
     def munmap(self, addr, length):

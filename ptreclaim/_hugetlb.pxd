@@ -1,0 +1,39 @@
+# hugetlb mappings (MAP_HUGETLB, 2 MiB pages from the machine's pool): the
+# hugetlbfs mmap with its reservation, faults, zap, fork, mprotect and hole
+# punching, as mm/hugetlb.c and fs/hugetlbfs/inode.c do them. Every function
+# is noexcept nogil; those that can fail say how.
+
+from libc.stdint cimport uint32_t, uint64_t, int64_t
+from ptreclaim._types cimport pt_mm, pt_vma, pt_machine, pt_hfile, mmu_gather, PTR_VM_HUGETLB
+
+cdef inline bint is_vm_hugetlb_page(const pt_vma *vma) noexcept nogil:
+    return (vma.flags & PTR_VM_HUGETLB) != 0
+
+# mmap: hugetlbfs_file_mmap() once the old range is gone; 0, EINVAL or ENOMEM.
+cdef int hugetlbfs_file_mmap(pt_machine *m, pt_vma *vma) noexcept nogil
+
+# VMA life: a split copy (vm_ops->open), a fork copy (vm_area_dup() +
+# hugetlb_dup_vma_private()), and the end of a VMA (vm_ops->close).
+cdef void hugetlb_vm_op_open(pt_vma *vma) noexcept nogil
+cdef void hugetlb_dup_vma(pt_vma *vma) noexcept nogil
+cdef void hugetlb_vm_op_close(pt_machine *m, pt_vma *vma) noexcept nogil
+
+# Accesses: one per page of [*paddr, end) of VMA idx, by the CPU or (gup) by
+# get_user_pages(); FAULT_OK, FAULT_SIGBUS or FAULT_OOM (host), *paddr at the
+# failing access.
+cdef int hugetlb_fault_range(pt_mm *mm, uint64_t idx, uint64_t *paddr, uint64_t end,
+                             bint write, bint gup) noexcept nogil
+
+# Zap [start, end) (2 MiB-aligned) of a hugetlb VMA into the gather.
+cdef void __unmap_hugepage_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint64_t end,
+                                 int64_t ref_page) noexcept nogil
+
+# fork: the parent's entries of one VMA into the child; -1 if the host is out of memory.
+cdef int copy_hugetlb_page_range(pt_mm *dst, pt_mm *src, pt_vma *vma) noexcept nogil
+
+# mprotect: new protection on the present entries of [start, end).
+cdef void hugetlb_change_protection(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t end,
+                                    uint64_t newprot) noexcept nogil
+
+# MADV_REMOVE of [start, end) of a shared writable hugetlb VMA (fallocate PUNCH_HOLE).
+cdef void hugetlbfs_punch_hole(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t end) noexcept nogil
