@@ -8,7 +8,7 @@ import os as _os
 
 from ptreclaim.constants import *  # noqa: F401,F403
 from ptreclaim.errors import (  # noqa: F401
-    InvariantError, OutOfMemory, SegmentationFault, UserfaultfdFault,
+    BusError, InvariantError, OutOfMemory, SegmentationFault, UserfaultfdFault,
 )
 
 if _os.environ.get("PTRECLAIM_PURE_PYTHON") == "1":

@@ -214,3 +214,8 @@ cdef int large_folio_step(pt_mm *mm, pt_vma *vma, pteval_t *table, uint64_t i, u
 cdef void anon_vma_prepare(pt_mm *mm, uint64_t idx) noexcept nogil
 cdef int collapse_span(pt_mm *mm, pt_vma *vma, uint64_t haddr) noexcept nogil
 cdef int madvise_collapse(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t end) noexcept nogil
+
+# --- mremap (mm/mremap.c) ---------------------------------------------------------------
+
+cdef int64_t move_page_tables(pt_mm *mm, pt_vma *old_vma, uint64_t old_addr, uint64_t new_addr,
+                              uint64_t old_end) noexcept nogil   # bytes done, -1: host OOM

@@ -118,6 +118,7 @@ cdef enum:
     FAULT_OOM = 2
     FAULT_UFFD = 3            # a userfaultfd monitor would have to resolve it
     FAULT_FALLBACK = 4        # VM_FAULT_FALLBACK: no THP here, use small pages
+    FAULT_SIGBUS = 5          # VM_FAULT_SIGBUS: a shared page past the end of its object
     # Tracepoint events
     EV_FAULT = 0
     EV_TABLE_ALLOC = 1
@@ -264,6 +265,9 @@ ctypedef struct pt_mm:
     double contention          # probability that the PMD try-lock fails
     uint64_t rng               # its xorshift state
     uint64_t lost_mappings     # tables freed while they still mapped something
+    # VmLck pages that no locked VMA accounts for: MREMAP_DONTUNMAP clears
+    # VM_LOCKED on the old VMA without lowering locked_vm (measured on 6.18).
+    uint64_t locked_vm_stale
 
 ctypedef struct mmu_gather:
     # One per syscall (R35). Pages are released, and table batches handed to

@@ -33,3 +33,16 @@ class UserfaultfdFault(Exception):
     def __init__(self, address):
         self.address = address
         super().__init__(f"write to userfaultfd write-protected memory at {address:#x}")
+
+
+class BusError(Exception):
+    """An access that Linux answers with SIGBUS: a page of a shared mapping past the
+    end of its object (a shmem mapping grown by ``mremap``).
+
+    ``address`` is the faulting address; every page before it in the same ``touch``
+    call was accessed.
+    """
+
+    def __init__(self, address, message=None):
+        self.address = address
+        super().__init__(message or f"SIGBUS at {address:#x}")

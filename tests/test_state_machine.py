@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
 from differential import (
-    ADVICES, ANCHORS, DELTAS, LENGTHS, MAP_EXTRA, MAP_TYPES, PROTS, UNSIMULATED_IN_CORE, Pair,
+    ADVICES, ANCHORS, DELTAS, LENGTHS, MAP_EXTRA, MAP_TYPES, MREMAP_FLAGS, PROTS, UNSIMULATED_IN_CORE, Pair,
 )
 
 settings.register_profile(
@@ -106,6 +106,11 @@ class CoreMatchesReference(RuleBasedStateMachine):
     @rule(addr=addr_specs, length=length_specs, advice=advice_index)
     def madvise(self, addr, length, advice):
         self.pair.step(("madvise", addr, length, advice))
+
+    @rule(addr=addr_specs, old=small_length_specs, new=length_specs,
+          flags=st.integers(0, len(MREMAP_FLAGS) - 1), new_addr=mmap_addr_specs)
+    def mremap(self, addr, old, new, flags, new_addr):
+        self.pair.step(("mremap", addr, old, new, flags, new_addr))
 
     @rule(addr=addr_specs, length=small_length_specs, write=st.booleans())
     def touch(self, addr, length, write):
