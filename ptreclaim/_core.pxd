@@ -27,6 +27,8 @@ cdef class MM:
     cdef void _raise_pending(self) except *
     cdef void _split_edges(self, uint64_t addr, uint64_t end) noexcept
     cdef void _note_unmerged(self, uint64_t addr) noexcept
+    cdef int _do_mremap(self, uint64_t addr, uint64_t old_len, uint64_t new_len, uint64_t flags,
+                        uint64_t new_addr, uint64_t *result) noexcept
     cdef int _hugetlb_mmap_tail(self, uint64_t addr, uint64_t end, int flags, int mtype,
                                 uint64_t vm_flags, uint64_t pgoff) noexcept
     cdef void _alive(self) except *

@@ -24,7 +24,7 @@ from ptreclaim._pgtable cimport (
     change_protection, madvise_free_range, madvise_pageout_range, madvise_cold_range,
     fault_range, handle_mm_fault, pte_pfn, uffd_wp_range, anon_page_fast,
     guard_install_range, guard_remove_range, copy_page_range, shmem_get, anon_vma_prepare,
-    madvise_collapse, page_stored, find_vma, is_swap_pte, swp_offset, swap_init,
+    madvise_collapse, move_page_tables, page_stored, find_vma, is_swap_pte, swp_offset, swap_init,
     pmd_hugetlb, hpage_index, hugetlb_pool_init, hfile_new, hfile_put,
     idxset_count, idxset_has,
 )
@@ -249,6 +249,7 @@ cdef void exit_mmap(pt_mm *mm) noexcept nogil:
     vma_remove(mm, 0, mm.nr_vmas)
     mm.total_vm = 0
     mm.locked_vm = 0
+    mm.locked_vm_stale = 0
 
 cdef int dup_mmap(pt_mm *child, pt_mm *parent) noexcept nogil:
     """Copy the parent's VMAs and, where vma_needs_copy() says so, its page
@@ -503,6 +504,336 @@ cdef void unmap_mapping_range(pt_machine *m, pt_mm **mms, Py_ssize_t nr_mms, pt_
             tlb_gather_mmu(&tlb, mm, False)
             unmap_page_range(&tlb, vma, s, e, &details)
             tlb_finish_mmu(&tlb)
+
+# ---------------------------------------------------------------------------------
+
+# ---------------------------------------------------------------------------------
+# mremap (mm/mremap.c as of 6.18): the argument checks, shrink, growth in place,
+# and moves (one VMA, or several for an MREMAP_FIXED move of unchanged size).
+# The page tables move in _pgtable.move_page_tables().
+
+cdef enum:
+    MREMAP_MAYMOVE = 1
+    MREMAP_FIXED = 2
+    MREMAP_DONTUNMAP = 4
+    # enum mremap_type
+    REMAP_NO_RESIZE = 1
+    REMAP_SHRINK = 2
+    REMAP_EXPAND = 3
+    # Returned for what is not simulated (NotImplementedError).
+    REMAP_UNSIMULATED = -2
+    REMAP_UNSIMULATED_HUGETLB = -3
+
+ctypedef struct remap_state:
+    # struct vma_remap_struct, reduced to what the simulation needs
+    uint64_t addr
+    uint64_t old_len
+    uint64_t new_len
+    uint64_t flags
+    uint64_t new_addr
+    uint64_t delta
+    int remap_type
+    bint populate_expand
+
+cdef inline uint64_t vma_lookup(pt_mm *mm, uint64_t addr) noexcept nogil:
+    """The index of the VMA containing addr, or nr_vmas."""
+    cdef uint64_t i = find_vma(mm, addr)
+    if i < mm.nr_vmas and mm.vmas[i].start <= addr:
+        return i
+    return mm.nr_vmas
+
+cdef inline bint vma_intersects(pt_mm *mm, uint64_t start, uint64_t end) noexcept nogil:
+    """find_vma_intersection(): some VMA overlaps [start, end)."""
+    cdef uint64_t i = find_vma(mm, start)
+    return i < mm.nr_vmas and mm.vmas[i].start < end
+
+cdef inline bint remap_implies_new_addr(remap_state *vrm) noexcept nogil:
+    return (vrm.flags & (MREMAP_FIXED | MREMAP_DONTUNMAP)) != 0
+
+cdef bint extend_mergeable(const pt_vma *vma, const pt_vma *nxt) noexcept nogil:
+    """Whether vma_merge_extend() takes the next VMA in as well: the new range
+    carries vma's anon_vma, and no VMA is being copied, so a forked anon_vma
+    does not stop the merge with a neighbour that has none."""
+    if vma.end != nxt.start or (vma.flags ^ nxt.flags) & ~PTR_VM_STICKY or vma.shmem != nxt.shmem:
+        return False
+    if vma.anon_vma and nxt.anon_vma and vma.anon_vma != nxt.anon_vma:
+        return False
+    if not vma.anon_vma and nxt.anon_vma and nxt.forked_anon_vma:
+        return False
+    return vma.pgoff + ((vma.end - vma.start) >> 12) == nxt.pgoff
+
+cdef int remap_check_prep_vma(pt_mm *mm, uint64_t idx, remap_state *vrm) noexcept nogil:
+    """check_prep_vma(): the checks that need the VMA, in Linux's order."""
+    cdef pt_vma *vma
+    cdef uint64_t old_len, new_len, pgoff
+    if idx >= mm.nr_vmas:
+        return EFAULT
+    vma = &mm.vmas[idx]
+    if vma.flags & PTR_VM_HUGETLB:
+        return REMAP_UNSIMULATED_HUGETLB
+    vrm.delta = vrm.old_len - vrm.new_len if vrm.old_len > vrm.new_len else vrm.new_len - vrm.old_len
+    if vrm.delta == 0:
+        vrm.remap_type = REMAP_NO_RESIZE
+    elif vrm.old_len > vrm.new_len:
+        vrm.remap_type = REMAP_SHRINK
+    else:
+        vrm.remap_type = REMAP_EXPAND
+    if not remap_implies_new_addr(vrm):
+        vrm.new_addr = vrm.addr
+    # Only a growth or a move maps new address space.
+    if vrm.remap_type != REMAP_EXPAND and not remap_implies_new_addr(vrm):
+        return 0
+    old_len = vrm.old_len
+    new_len = vrm.new_len
+    # A zero old_len duplicates a shared mapping; a private one cannot be.
+    if old_len == 0 and not (vma.flags & (PTR_VM_SHARED | PTR_VM_MAYSHARE)):
+        return EINVAL
+    if (vrm.flags & MREMAP_DONTUNMAP) and (vma.flags & (PTR_VM_DONTEXPAND | PTR_VM_PFNMAP)):
+        return EINVAL
+    # A shrink may unmap across VMA boundaries; what moves must lie in this VMA.
+    if vrm.remap_type == REMAP_SHRINK:
+        old_len = new_len
+    if old_len > vma.end - vrm.addr:
+        return EFAULT
+    if vma.flags & PTR_VM_UFFD_WP:
+        return REMAP_UNSIMULATED
+    if new_len == old_len:
+        return 0
+    if vma.flags & PTR_VM_LOCKED:
+        vrm.populate_expand = True
+    pgoff = vma.pgoff + ((vrm.addr - vma.start) >> 12)
+    if pgoff + (new_len >> 12) < pgoff:
+        return EINVAL
+    if vma.flags & (PTR_VM_DONTEXPAND | PTR_VM_PFNMAP):
+        return EFAULT
+    # mlock_future_ok() and may_expand_vm(): no RLIMIT_MEMLOCK or RLIMIT_AS here.
+    return 0
+
+cdef int remap_move_vma(pt_mm *mm, remap_state *vrm, object unmerged_ok) noexcept:
+    """move_vma(): copy the VMA to new_addr (merging it there if it can), move
+    its page tables, then unmap the old range (or, for MREMAP_DONTUNMAP, leave
+    it mapped and empty). 0 or an errno."""
+    cdef uint64_t idx = vma_lookup(mm, vrm.addr), nidx, pages
+    cdef pt_vma nv
+    cdef pt_vma *vma = &mm.vmas[idx]
+    cdef uint64_t old_start = vma.start, old_end = vma.end, charged
+    cdef uint64_t old_addr, new_addr, align
+    cdef bint dontunmap = (vrm.flags & MREMAP_DONTUNMAP) != 0
+    cdef int64_t moved
+    # vrm_calc_charge(): the overcommit heuristic for what the move adds.
+    if vma.flags & PTR_VM_ACCOUNT:
+        charged = (vrm.new_len if dontunmap else vrm.delta) >> 12
+        if mm.machine.totalram_pages and charged > mm.machine.totalram_pages:
+            return ENOMEM
+    # copy_vma(): a VMA like the old one at new_addr, merged with its new
+    # neighbours where it can be. Anonymous memory that was never faulted takes
+    # the new address as its page offset, so that it can merge there.
+    nv = vma[0]
+    nv.start = vrm.new_addr
+    nv.end = vrm.new_addr + vrm.new_len
+    nv.pgoff = vma.pgoff + ((vrm.addr - vma.start) >> 12)
+    if vma.shmem == NULL and not vma.anon_vma:
+        nv.pgoff = vrm.new_addr >> 12
+    nidx = find_vma(mm, vrm.new_addr)
+    if vma_insert(mm, nidx, &nv) < 0:
+        return ENOMEM
+    if nv.shmem != NULL:
+        shmem_get(nv.shmem)
+    if nidx > 0 and try_merge(mm, nidx - 1):
+        nidx -= 1
+    try_merge(mm, nidx)
+    mm.vma_cache = 0
+    # move_page_tables(), with the opportunistic realignment of try_realign_addr():
+    # when both ranges start at the same offset in a 2 MiB span, reach its end,
+    # start their VMAs, and nothing else is mapped below them in that span, the
+    # move starts at the span, so the first PTE table moves whole too.
+    idx = vma_lookup(mm, vrm.addr)
+    nidx = vma_lookup(mm, vrm.new_addr)
+    old_addr = vrm.addr
+    new_addr = vrm.new_addr
+    align = old_addr & (PTR_PMD_SIZE - 1)
+    if (align and align == (new_addr & (PTR_PMD_SIZE - 1))
+            and vrm.old_len >= PTR_PMD_SIZE - align
+            and mm.vmas[idx].start == old_addr and mm.vmas[nidx].start == new_addr
+            and not vma_intersects(mm, old_addr & PTR_PMD_MASK, old_addr)
+            and not vma_intersects(mm, new_addr & PTR_PMD_MASK, new_addr)):
+        old_addr &= PTR_PMD_MASK
+        new_addr &= PTR_PMD_MASK
+    if vrm.old_len:
+        moved = move_page_tables(mm, &mm.vmas[idx], old_addr, new_addr, vrm.addr + vrm.old_len)
+        if moved < 0:
+            return ENOMEM
+    # vrm_stat_account(): the new range counts in VmSize, and in VmLck if locked.
+    pages = vrm.new_len >> 12
+    mm.total_vm += pages
+    if mm.vmas[idx].flags & PTR_VM_LOCKED:
+        mm.locked_vm += pages
+    if dontunmap:
+        # dontunmap_complete(): the old VMA, whole, loses VM_LOCKED (and VmLck is
+        # not lowered); if all of it moved, its anon_vma goes too. Nothing merges.
+        idx = vma_lookup(mm, vrm.addr)
+        vma = &mm.vmas[idx]
+        if vma.flags & PTR_VM_LOCKED:
+            mm.locked_vm_stale += vma_pages(vma)
+        vma.flags &= ~(PTR_VM_LOCKED | PTR_VM_LOCKONFAULT)
+        if (vrm.addr == old_start and vrm.addr + vrm.old_len == old_end
+                and vma.start == old_start and vma.end == old_end):
+            vma.anon_vma = 0
+            vma.forked_anon_vma = False
+        if idx > 0 and is_mergeable(&mm.vmas[idx - 1], vma):
+            unmerged_ok.add(vma.start)
+        if idx + 1 < mm.nr_vmas and is_mergeable(vma, &mm.vmas[idx + 1]):
+            unmerged_ok.add(vma.end)
+        return 0
+    # unmap_source_vma(): munmap of the old range, with VM_ACCOUNT kept on what
+    # remains of the old VMA. A zero old_len (a duplicated shared mapping)
+    # unmaps nothing.
+    if vrm.old_len:
+        if munmap_range(mm, vrm.addr, vrm.addr + vrm.old_len):
+            return ENOMEM
+    return 0
+
+cdef int remap_expand_in_place(pt_mm *mm, uint64_t idx, remap_state *vrm) noexcept nogil:
+    """expand_vma_in_place(): charge, extend the VMA (vma_merge_extend(), which
+    may take the next VMA in), count it."""
+    cdef pt_vma *vma = &mm.vmas[idx]
+    cdef uint64_t pages = vrm.delta >> 12
+    if (vma.flags & PTR_VM_ACCOUNT) and mm.machine.totalram_pages and pages > mm.machine.totalram_pages:
+        return ENOMEM
+    vma.end += vrm.delta
+    if idx + 1 < mm.nr_vmas and extend_mergeable(vma, &mm.vmas[idx + 1]):
+        vma.end = mm.vmas[idx + 1].end
+        vma.flags |= mm.vmas[idx + 1].flags & PTR_VM_STICKY
+        if not vma.anon_vma:
+            vma.anon_vma = mm.vmas[idx + 1].anon_vma
+            vma.forked_anon_vma = mm.vmas[idx + 1].forked_anon_vma
+        vma_remove(mm, idx + 1, 1)
+    mm.vma_cache = 0
+    mm.total_vm += pages
+    if mm.vmas[idx].flags & PTR_VM_LOCKED:
+        mm.locked_vm += pages
+    return 0
+
+cdef int remap_set_new_addr(pt_mm *mm, remap_state *vrm) noexcept nogil:
+    """vrm_set_new_addr(): MREMAP_FIXED is MAP_FIXED, MREMAP_DONTUNMAP alone a
+    hint, otherwise the kernel chooses (top-down)."""
+    cdef uint64_t idx = vma_lookup(mm, vrm.addr)
+    cdef pt_vma *vma = &mm.vmas[idx]
+    cdef uint64_t hint = vrm.new_addr if remap_implies_new_addr(vrm) else 0
+    cdef int map_flags = (MAP_FIXED if vrm.flags & MREMAP_FIXED else 0) | \
+        (MAP_SHARED if vma.flags & PTR_VM_MAYSHARE else 0)
+    cdef uint64_t res
+    if vrm.new_len > PTR_TASK_SIZE:
+        return ENOMEM
+    # __get_unmapped_area() takes no page offset for anonymous memory: a private
+    # length that is a multiple of 2 MiB gets a 2 MiB-aligned address, as for mmap.
+    res = get_unmapped_area(mm, hint, vrm.new_len, map_flags)
+    if res == 0 and not (map_flags & MAP_FIXED):
+        return ENOMEM
+    if res > PTR_TASK_SIZE - vrm.new_len:
+        return ENOMEM
+    vrm.new_addr = res
+    return 0
+
+cdef int remap_munmap(pt_mm *mm, uint64_t start, uint64_t length) noexcept nogil:
+    """do_munmap() with its argument checks, as mremap calls it."""
+    cdef uint64_t end
+    if (start & 4095) or start > PTR_TASK_SIZE or length > PTR_TASK_SIZE - start:
+        return EINVAL
+    end = start + ((length + 4095) & PTR_PAGE_MASK)
+    if end == start:
+        return EINVAL
+    return munmap_range(mm, start, end)
+
+cdef int remap_at(pt_mm *mm, remap_state *vrm, object unmerged_ok) noexcept:
+    """mremap_at(): no move asked for. A shrink unmaps the tail; a growth
+    extends the VMA in place if the range ends at the VMA's end and the space
+    after it is free, else moves it (MREMAP_MAYMOVE) or fails with ENOMEM."""
+    cdef uint64_t idx, end
+    cdef pt_vma *vma
+    cdef int err
+    if vrm.remap_type == REMAP_NO_RESIZE:
+        return 0
+    if vrm.remap_type == REMAP_SHRINK:
+        return remap_munmap(mm, vrm.addr + vrm.new_len, vrm.delta)
+    idx = vma_lookup(mm, vrm.addr)
+    vma = &mm.vmas[idx]
+    if vma.end - vrm.addr == vrm.old_len:
+        # vma_expandable()
+        end = vma.end + vrm.delta
+        if end >= vma.end and end <= PTR_TASK_SIZE and not vma_intersects(mm, vma.end, end):
+            return remap_expand_in_place(mm, idx, vrm)
+    if not (vrm.flags & MREMAP_MAYMOVE):
+        return ENOMEM
+    err = remap_set_new_addr(mm, vrm)
+    if err:
+        return err
+    return remap_move_vma(mm, vrm, unmerged_ok)
+
+cdef int remap_to(pt_mm *mm, remap_state *vrm, object unmerged_ok) noexcept:
+    """mremap_to(): MREMAP_FIXED unmaps the destination first; a shrink
+    unmaps the tail; then the move."""
+    cdef int err
+    if vrm.flags & MREMAP_FIXED:
+        err = remap_munmap(mm, vrm.new_addr, vrm.new_len)
+        if err:
+            return err
+        if vma_lookup(mm, vrm.addr) == mm.nr_vmas:
+            return EFAULT
+    if vrm.remap_type == REMAP_SHRINK:
+        err = remap_munmap(mm, vrm.addr + vrm.new_len, vrm.delta)
+        if err:
+            return err
+        if vma_lookup(mm, vrm.addr) == mm.nr_vmas:
+            return EFAULT
+        vrm.old_len = vrm.new_len
+    err = remap_set_new_addr(mm, vrm)
+    if err:
+        return err
+    return remap_move_vma(mm, vrm, unmerged_ok)
+
+cdef int remap_move(pt_mm *mm, remap_state *vrm, uint64_t *result, object unmerged_ok) noexcept:
+    """remap_move(): an MREMAP_FIXED move of unchanged size may span several
+    VMAs; each moves in turn, the gaps between them kept. A hole at the start
+    is EFAULT; a failure stops the walk, with the VMAs before it moved."""
+    cdef uint64_t start = vrm.addr, end = vrm.addr + vrm.old_len
+    cdef uint64_t target = vrm.new_addr, pos = start, last_end = 0, i, vs, ve, a, n
+    cdef bint seen = False
+    cdef remap_state sub
+    cdef int err
+    while True:
+        i = find_vma(mm, pos)
+        if i == mm.nr_vmas or mm.vmas[i].start >= end:
+            break
+        vs = mm.vmas[i].start
+        ve = mm.vmas[i].end
+        a = vs if vs > start else start
+        n = (end if end < ve else ve) - a
+        if not seen and start < vs:
+            return EFAULT
+        # vma_multi_allowed(): a userfaultfd VMA moves only alone.
+        if (mm.vmas[i].flags & PTR_VM_UFFD_WP) and (seen or ve < end):
+            return EFAULT
+        memset(&sub, 0, sizeof(remap_state))
+        sub.addr = a
+        sub.old_len = n
+        sub.new_len = n
+        sub.flags = vrm.flags
+        sub.new_addr = target + (vs - last_end if seen else 0)
+        err = remap_check_prep_vma(mm, i, &sub)
+        if not err:
+            err = remap_to(mm, &sub, unmerged_ok)
+        if err:
+            return err
+        if not seen:
+            result[0] = sub.new_addr
+        seen = True
+        last_end = ve
+        target = sub.new_addr + n
+        # The walk goes on after the end of the VMA just moved (the VMA
+        # iterator is paused there), whatever is left where it was.
+        pos = ve
+    return 0 if seen else EFAULT
 
 # ---------------------------------------------------------------------------------
 
@@ -1456,6 +1787,69 @@ cdef class MM:
             unmap_page_range(&tlb, vma, start, end, NULL)
             tlb_finish_mmu(&tlb)
         return EINTR
+
+    # --------------------------------------------------------------- mremap
+
+    def mremap(self, old_address, old_size, new_size, flags=0, new_address=0):
+        """mremap(2): shrink, grow or move a mapping; returns its (new) address."""
+        cdef int err
+        cdef uint64_t result = 0
+        self._alive()
+        self._no_reentry()
+        err = self._do_mremap(_ulong(old_address), _ulong(old_size), _ulong(new_size), _ulong(flags),
+                              _ulong(new_address), &result)
+        self._raise_pending()
+        if err == REMAP_UNSIMULATED:
+            raise NotImplementedError("mremap of userfaultfd-registered memory is not simulated yet")
+        if err == REMAP_UNSIMULATED_HUGETLB:
+            raise NotImplementedError("mremap of hugetlb mappings is not simulated yet")
+        if err:
+            raise _errno(err)
+        return result
+
+    cdef int _do_mremap(self, uint64_t addr, uint64_t old_len, uint64_t new_len, uint64_t flags,
+                        uint64_t new_addr, uint64_t *result) noexcept:
+        cdef pt_mm *mm = self.mm
+        cdef remap_state vrm
+        cdef int err
+        memset(&vrm, 0, sizeof(remap_state))
+        vrm.addr = addr
+        vrm.old_len = (old_len + 4095) & PTR_PAGE_MASK
+        vrm.new_len = (new_len + 4095) & PTR_PAGE_MASK
+        vrm.flags = flags
+        vrm.new_addr = new_addr
+        # check_mremap_params(), before the VMA is looked up.
+        if flags & ~(<uint64_t>(MREMAP_FIXED | MREMAP_MAYMOVE | MREMAP_DONTUNMAP)):
+            return EINVAL
+        if addr & 4095:
+            return EINVAL
+        if vrm.new_len == 0 or vrm.new_len > PTR_TASK_SIZE:
+            return EINVAL
+        if remap_implies_new_addr(&vrm):
+            if new_addr > PTR_TASK_SIZE - vrm.new_len or new_addr & 4095:
+                return EINVAL
+            if not (flags & MREMAP_MAYMOVE):
+                return EINVAL
+            if (flags & MREMAP_DONTUNMAP) and vrm.old_len != vrm.new_len:
+                return EINVAL
+            # The two ranges may not overlap (the sums wrap as unsigned longs).
+            if addr + vrm.old_len > new_addr and new_addr + vrm.new_len > addr:
+                return EINVAL
+        if (flags & MREMAP_FIXED) and vrm.old_len == vrm.new_len:
+            err = remap_move(mm, &vrm, result, self.unmerged_ok)
+        else:
+            err = remap_check_prep_vma(mm, vma_lookup(mm, addr), &vrm)
+            if not err:
+                if remap_implies_new_addr(&vrm):
+                    err = remap_to(mm, &vrm, self.unmerged_ok)
+                else:
+                    err = remap_at(mm, &vrm, self.unmerged_ok)
+            if not err:
+                result[0] = vrm.new_addr
+        # A locked VMA that grew: the new part is populated, as mlock would.
+        if not err and vrm.populate_expand:
+            mm_populate(mm, vrm.new_addr + vrm.old_len, vrm.new_addr + vrm.old_len + vrm.delta, True)
+        return err
 
     # ---------------------------------------------------------------- touch
 
@@ -2437,8 +2831,10 @@ cdef _check_mm(MM self):
             locked += (v.end - v.start) >> 12
     if total != mm.total_vm:
         raise InvariantError("VmSize equals the size of the VMAs", f"{mm.total_vm} != {total}")
-    if locked != mm.locked_vm:
-        raise InvariantError("VmLck equals the size of the locked VMAs", f"{mm.locked_vm} != {locked}")
+    if locked + mm.locked_vm_stale != mm.locked_vm:
+        raise InvariantError("VmLck equals the size of the locked VMAs",
+                             f"{mm.locked_vm} != {locked}" + (f" + {mm.locked_vm_stale} stale"
+                                                              if mm.locked_vm_stale else ""))
 
 
 def _scan_empty(tables):

@@ -32,10 +32,10 @@
 
 enum { HDR_MAGIC, HDR_STATE, HDR_DETAIL0, HDR_DETAIL1, HDR_DETAIL2, HDR_NOPS, HDR_NDONE,
        HDR_DEPTH, HDR_BASE, HDR_WINDOW };
-enum { OP_CODE, OP_ADDR, OP_LEN, OP_ARG, OP_FLAGS, OP_LINENO };
+enum { OP_CODE, OP_ADDR, OP_LEN, OP_ARG, OP_FLAGS, OP_LINENO, OP_NEWLEN, OP_NEWADDR };
 enum { RES_ERRNO, RES_RET, RES_FAULT, RES_DEPTH, RES_PID, RES_FIELDS };
 enum { OPC_MMAP = 1, OPC_MUNMAP, OPC_MPROTECT, OPC_MLOCK, OPC_MUNLOCK, OPC_MADVISE, OPC_TOUCH,
-       OPC_FORK, OPC_FORKP };
+       OPC_FORK, OPC_FORKP, OPC_MREMAP };
 /* HDR_STATE values; DETAIL words say more for the errors. */
 enum { ST_NEW, ST_SETUP, ST_RUNNING, ST_DONE,
        ST_ERR_SETUP = 10,    /* DETAIL0: step (SETUP_*), DETAIL1: errno */
@@ -238,6 +238,10 @@ static void exec_op(const uint64_t *op, uint64_t *r)
 	case OPC_TOUCH:
 		err = do_touch(a, len, arg, &fault);
 		break;
+	case OPC_MREMAP:
+		/* old_len in OP_LEN, flags (unsigned long) in OP_FLAGS */
+		rc = syscall(SYS_mremap, a, len, op[OP_NEWLEN], op[OP_FLAGS], op[OP_NEWADDR]);
+		break;
 	default:
 		rc = -1;
 		errno = ENOSYS;
@@ -245,7 +249,7 @@ static void exec_op(const uint64_t *op, uint64_t *r)
 	if (rc == -1 && op[OP_CODE] != OPC_TOUCH)
 		err = errno;
 	r[RES_ERRNO] = (uint64_t)err;
-	r[RES_RET] = (op[OP_CODE] == OPC_MMAP && !err) ? (uint64_t)rc : 0;
+	r[RES_RET] = ((op[OP_CODE] == OPC_MMAP || op[OP_CODE] == OPC_MREMAP) && !err) ? (uint64_t)rc : 0;
 	r[RES_FAULT] = fault;
 }
 
@@ -264,6 +268,7 @@ static void warm_paths(void)
 		{ OPC_MLOCK, g, 0, 0, 0, 0 },
 		{ OPC_MUNLOCK, g, 0, 0, 0, 0 },
 		{ OPC_MADVISE, g, 0, MADV_NORMAL, 0, 0 },
+		{ OPC_MREMAP, g, 0, 0, 0, 0, 0, 0 },                            /* EINVAL */
 		{ OPC_TOUCH, g, 1, 0, 0, 0 },                                   /* SIGSEGV */
 		{ OPC_TOUCH, g, 1, 1, 0, 0 },                                   /* SIGSEGV */
 		{ OPC_TOUCH, g, 0, 1, 0, 0 },
@@ -758,6 +763,7 @@ PyMODINIT_FUNC PyInit__kernelrun(void)
 		{ "OPC_MMAP", OPC_MMAP }, { "OPC_MUNMAP", OPC_MUNMAP }, { "OPC_MPROTECT", OPC_MPROTECT },
 		{ "OPC_MLOCK", OPC_MLOCK }, { "OPC_MUNLOCK", OPC_MUNLOCK }, { "OPC_MADVISE", OPC_MADVISE },
 		{ "OPC_TOUCH", OPC_TOUCH }, { "OPC_FORK", OPC_FORK }, { "OPC_FORKP", OPC_FORKP },
+		{ "OPC_MREMAP", OPC_MREMAP }, { "OP_NEWLEN", OP_NEWLEN }, { "OP_NEWADDR", OP_NEWADDR },
 		{ "ST_NEW", ST_NEW }, { "ST_SETUP", ST_SETUP }, { "ST_RUNNING", ST_RUNNING },
 		{ "ST_DONE", ST_DONE }, { "ST_ERR_SETUP", ST_ERR_SETUP },
 		{ "ST_ERR_WINDOW_BUSY", ST_ERR_WINDOW_BUSY }, { "ST_ERR_CRASH", ST_ERR_CRASH },

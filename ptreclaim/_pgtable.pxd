@@ -297,3 +297,8 @@ cdef void hfile_get(pt_hfile *f) noexcept nogil
 cdef void hfile_put(pt_machine *m, pt_hfile *f) noexcept nogil
 cdef pt_resv_map *resv_map_new() noexcept nogil                              # NULL: host OOM
 cdef void resv_map_put(pt_resv_map *r) noexcept nogil
+
+# --- mremap (mm/mremap.c) ---------------------------------------------------------------
+
+cdef int64_t move_page_tables(pt_mm *mm, pt_vma *old_vma, uint64_t old_addr, uint64_t new_addr,
+                              uint64_t old_end) noexcept nogil   # bytes done, -1: host OOM

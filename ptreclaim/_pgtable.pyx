@@ -672,6 +672,10 @@ cdef int _shmem_fault(pt_mm *mm, pt_vma *vma, uint64_t addr, pteval_t *pmd, bint
     # do_read_fault() tries fault-around first; write faults never do (R30).
     if not write and _do_fault_around(mm, vma, addr, pmd):
         return FAULT_OK
+    # shmem_get_folio_gfp(): an index at or past i_size (a mapping grown by
+    # mremap beyond its object) is VM_FAULT_SIGBUS.
+    if _vma_pgoff_of(vma, addr) >= vma.shmem.size_pages:
+        return FAULT_SIGBUS
     ret = _shmem_get_page(mm, vma.shmem, _vma_pgoff_of(vma, addr), &pfn)
     if ret != FAULT_OK:
         return ret
@@ -2812,3 +2816,129 @@ cdef void resv_map_put(pt_resv_map *r) noexcept nogil:
     if r.refs == 0:
         idxset_free(&r.consumed)
         free(r)
+
+# mremap: move_page_tables() (mm/mremap.c). The caller has made the new VMA and
+# chosen the range; entries and tables move, no page is touched, RSS is unchanged.
+
+cdef inline uint64_t _move_extent(uint64_t old_addr, uint64_t old_end, uint64_t new_addr,
+                                  uint64_t size) noexcept nogil:
+    # get_extent(): up to the next boundary of this level on both sides.
+    cdef uint64_t extent = ((old_addr + size) & ~(size - 1)) - old_addr
+    cdef uint64_t room = ((new_addr + size) & ~(size - 1)) - new_addr
+    if extent > old_end - old_addr:
+        extent = old_end - old_addr
+    if extent > room:
+        extent = room
+    return extent
+
+cdef pteval_t *_move_alloc_pud(pt_mm *mm, uint64_t addr) noexcept nogil:
+    """alloc_new_pud(): the PUD table over addr, made if missing; a pointer to
+    the entry for addr's 1 GiB region. NULL if the host is out of memory."""
+    cdef pt_pool *pool = &mm.machine.pool
+    cdef pteval_t *pgd = &mm.pgd[pgd_index(addr)]
+    cdef int64_t slot
+    if pgd[0] == 0:
+        slot = pool_alloc(pool, LEVEL_PUD)
+        if slot < 0:
+            return NULL
+        pgd[0] = mk_table_entry(<uint32_t>slot)
+        mm.pgtables_bytes += 4096
+        mm.stats.pud_tables_allocated += 1
+        trace(mm, EV_TABLE_ALLOC, addr & PTR_PGDIR_MASK, LEVEL_PUD)
+    return entry_table(pool, pgd[0]) + pud_index(addr)
+
+cdef void _move_ptes(pt_mm *mm, pteval_t *old_pmd, pteval_t *new_pmd, uint64_t old_addr,
+                     uint64_t new_addr, uint64_t extent) noexcept nogil:
+    """move_ptes(): every non-none entry of [old_addr, old_addr + extent) goes
+    to the same offset from new_addr, as it is (markers too). A TLB flush if a
+    present entry moved."""
+    cdef pt_pool *pool = &mm.machine.pool
+    cdef pteval_t *src = entry_table(pool, old_pmd[0]) + pte_index(old_addr)
+    cdef pteval_t *dst = entry_table(pool, new_pmd[0]) + pte_index(new_addr)
+    cdef uint64_t i, n = extent >> 12
+    cdef pteval_t e
+    cdef bint flush = False
+    for i in range(n):
+        e = src[i]
+        if pte_none(e):
+            continue
+        if pte_present(e):
+            flush = True
+        src[i] = 0
+        dst[i] = e
+    if flush:
+        mm.stats.tlb_flushes += 1
+        trace(mm, EV_TLB_FLUSH, old_addr, old_addr + extent)
+
+cdef int64_t move_page_tables(pt_mm *mm, pt_vma *old_vma, uint64_t old_addr, uint64_t new_addr,
+                              uint64_t old_end) noexcept nogil:
+    """Move the entries of [old_addr, old_end) to new_addr. A whole PMD table
+    moves when both sides are 1 GiB-aligned over a whole 1 GiB (move_normal_pud),
+    a whole PTE table or huge PMD when both are 2 MiB-aligned over a whole span
+    and the destination entry is none (move_normal_pmd, move_huge_pmd); else a
+    huge PMD is split and the entries move one by one into a PTE table made at
+    the destination. Returns the bytes done, or -1 if the host is out of memory."""
+    cdef pt_pool *pool = &mm.machine.pool
+    cdef uint64_t start = old_addr, extent
+    cdef pteval_t *old_pud
+    cdef pteval_t *new_pud
+    cdef pteval_t *old_pmd
+    cdef pteval_t *new_pmd
+    cdef pteval_t e
+    while old_addr < old_end:
+        extent = _move_extent(old_addr, old_end, new_addr, PTR_PUD_SIZE)
+        old_pud = NULL
+        if mm.pgd[pgd_index(old_addr)] != 0:
+            old_pud = entry_table(pool, mm.pgd[pgd_index(old_addr)]) + pud_index(old_addr)
+        if old_pud == NULL or old_pud[0] == 0:
+            old_addr += extent
+            new_addr += extent
+            continue
+        new_pud = _move_alloc_pud(mm, new_addr)
+        if new_pud == NULL:
+            return -1
+        if extent == PTR_PUD_SIZE and new_pud[0] == 0:
+            # move_normal_pud(): the 1 GiB region's PMD table itself moves.
+            new_pud[0] = old_pud[0]
+            old_pud[0] = 0
+            mm.stats.tlb_flushes += 1
+            trace(mm, EV_TLB_FLUSH, old_addr, old_addr + extent)
+            old_addr += extent
+            new_addr += extent
+            continue
+        extent = _move_extent(old_addr, old_end, new_addr, PTR_PMD_SIZE)
+        old_pmd = entry_table(pool, old_pud[0]) + pmd_index(old_addr)
+        if old_pmd[0] == 0:
+            old_addr += extent
+            new_addr += extent
+            continue
+        new_pmd = pmd_alloc_walk(mm, new_addr)
+        if new_pmd == NULL:
+            return -1
+        if pmd_huge_leaf(old_pmd[0]):
+            if extent == PTR_PMD_SIZE and new_pmd[0] == 0:
+                # move_huge_pmd(): the huge PMD moves with its deposit.
+                new_pmd[0] = old_pmd[0]
+                old_pmd[0] = 0
+                mm.stats.tlb_flushes += 1
+                trace(mm, EV_TLB_FLUSH, old_addr, old_addr + extent)
+                old_addr += extent
+                new_addr += extent
+                continue
+            if split_huge_pmd(mm, old_vma, old_pmd) < 0:
+                return -1
+        elif extent == PTR_PMD_SIZE and new_pmd[0] == 0:
+            # move_normal_pmd(): the PTE table moves; VmPTE does not change.
+            new_pmd[0] = old_pmd[0]
+            old_pmd[0] = 0
+            mm.stats.tlb_flushes += 1
+            trace(mm, EV_TLB_FLUSH, old_addr, old_addr + extent)
+            old_addr += extent
+            new_addr += extent
+            continue
+        if pte_alloc(mm, new_pmd) == NULL:
+            return -1
+        _move_ptes(mm, old_pmd, new_pmd, old_addr, new_addr, extent)
+        old_addr += extent
+        new_addr += extent
+    return <int64_t>(old_addr - start)

@@ -14,7 +14,8 @@ Modelled: private anonymous and shared anonymous (shmem) mappings, 4 KiB
 faults, the zero page, fault-around, mprotect/mlock/munlock/munmap/exit,
 every madvise advice of this kernel configuration, guard markers, PT reclaim
 (fast and slow path) and the mmu_gather batching that decides between them,
-and fork (dup_mmap, copy_page_range) with copy-on-write.
+and fork (dup_mmap, copy_page_range) with copy-on-write, and mremap
+(``mm/mremap.c``: move_page_tables, copy_vma, MREMAP_FIXED/DONTUNMAP).
 Swap: a swap device on the Machine, written by MADV_PAGEOUT and read back
 on faults (docs/swap.md). hugetlb mappings (MAP_HUGETLB) have a section of
 their own at the end.
@@ -79,6 +80,9 @@ from .constants import (
     MAP_SYNC,
     MAP_TYPE,
     MAP_UNINITIALIZED,
+    MREMAP_DONTUNMAP,
+    MREMAP_FIXED,
+    MREMAP_MAYMOVE,
     PAGE_SHIFT,
     PAGE_SIZE,
     PMD_SHIFT,
@@ -573,8 +577,26 @@ class _FaultError(Exception):
 
     def __init__(self, kind, address):
         super().__init__(kind)
-        self.kind = kind  # "SIGSEGV" or "OOM"
+        self.kind = kind  # "SIGSEGV", "SIGBUS" or "OOM"
         self.address = address
+
+
+class _RemapState:
+    """struct vma_remap_struct, reduced to what the simulation needs."""
+
+    __slots__ = ("addr", "old_len", "new_len", "flags", "new_addr", "vma", "delta", "remap_type",
+                 "populate_expand")
+
+    def __init__(self, addr, old_len, new_len, flags, new_addr):
+        self.addr = addr
+        self.old_len = old_len
+        self.new_len = new_len
+        self.flags = flags
+        self.new_addr = new_addr
+        self.vma = None
+        self.delta = 0
+        self.remap_type = None
+        self.populate_expand = False
 
 
 # ---------------------------------------------------------------------------
@@ -810,6 +832,9 @@ class MM:
         self._pgtables_bytes = 0
         self._rss = [0, 0, 0, 0]
         self._locked_vm = 0
+        # VmLck pages no locked VMA accounts for: MREMAP_DONTUNMAP clears VM_LOCKED
+        # on the old VMA without lowering locked_vm (measured on 6.18).
+        self._locked_vm_stale = 0
         self._vmas = []
         self._vma_starts = []
         self._anon_vma_serial = 0
@@ -1260,6 +1285,9 @@ class MM:
     def shmem_fault(self, vma, addr):
         obj = vma.shmem
         index = self._linear_page_index(vma, addr)
+        if index >= obj.nr_pages:
+            # Past i_size (a mapping grown by mremap beyond its object): SIGBUS.
+            raise _FaultError("SIGBUS", addr)
         frame = obj.pages.get(index)
         if frame is None:
             frame = self._mem.alloc_frame(_SHMEM)
@@ -2563,6 +2591,383 @@ class MM:
                 table.entries[i] = 0
         return 0
 
+    # ------------------------------------------------------------- mremap
+
+    def mremap(self, old_address, old_size, new_size, flags=0, new_address=0):
+        """mremap(2): shrink, grow or move a mapping; returns its (new) address."""
+        addr = _ulong(old_address)
+        old_len = _ulong(old_size)
+        new_len = _ulong(new_size)
+        flags = _ulong(flags)
+        new_addr = _ulong(new_address)
+        self._check_alive()
+        return self.do_mremap(addr, old_len, new_len, flags, new_addr)
+
+    def do_mremap(self, addr, old_len, new_len, flags, new_addr):
+        """do_mremap() of 6.18: the parameter checks, then a move of several VMAs
+        (MREMAP_FIXED, unchanged size) or the checks on one VMA and a resize or move."""
+        vrm = _RemapState(addr, _page_align(old_len), _page_align(new_len), flags, new_addr)
+        self.check_mremap_params(vrm)
+        if flags & MREMAP_FIXED and vrm.old_len == vrm.new_len:
+            return self.remap_move(vrm)
+        self.check_prep_vma(self._vma_containing(addr), vrm)
+        if self._remap_implies_new_addr(vrm):
+            self.mremap_to(vrm)
+        else:
+            self.mremap_at(vrm)
+        if vrm.populate_expand:
+            # A locked VMA that grew: the new part is populated (errors ignored).
+            self.__mm_populate(vrm.new_addr + vrm.old_len, vrm.delta, True)
+        return vrm.new_addr
+
+    @staticmethod
+    def _remap_implies_new_addr(vrm):
+        return bool(vrm.flags & (MREMAP_FIXED | MREMAP_DONTUNMAP))
+
+    def check_mremap_params(self, vrm):
+        """Everything checked before the VMA is looked up."""
+        if vrm.flags & ~(MREMAP_FIXED | MREMAP_MAYMOVE | MREMAP_DONTUNMAP):
+            raise _oserror(errno.EINVAL)
+        if vrm.addr & (PAGE_SIZE - 1):
+            raise _oserror(errno.EINVAL)
+        if vrm.new_len == 0 or vrm.new_len > TASK_SIZE:
+            raise _oserror(errno.EINVAL)
+        if not self._remap_implies_new_addr(vrm):
+            return
+        if vrm.new_addr > TASK_SIZE - vrm.new_len or vrm.new_addr & (PAGE_SIZE - 1):
+            raise _oserror(errno.EINVAL)
+        if not vrm.flags & MREMAP_MAYMOVE:
+            raise _oserror(errno.EINVAL)
+        if vrm.flags & MREMAP_DONTUNMAP and vrm.old_len != vrm.new_len:
+            raise _oserror(errno.EINVAL)
+        # The ranges may not overlap; the sums wrap as unsigned longs do.
+        if ((vrm.addr + vrm.old_len) & _U64) > vrm.new_addr and ((vrm.new_addr + vrm.new_len) & _U64) > vrm.addr:
+            raise _oserror(errno.EINVAL)
+
+    def check_prep_vma(self, vma, vrm):
+        """check_prep_vma(): the checks on the VMA at addr, in Linux's order."""
+        if vma is None:
+            raise _oserror(errno.EFAULT)
+        if vma.flags & VM_HUGETLB:
+            raise NotImplementedError("mremap of hugetlb mappings is not simulated yet")
+        vrm.vma = vma
+        vrm.delta = abs(vrm.old_len - vrm.new_len)
+        if vrm.delta == 0:
+            vrm.remap_type = "no_resize"
+        elif vrm.old_len > vrm.new_len:
+            vrm.remap_type = "shrink"
+        else:
+            vrm.remap_type = "expand"
+        if not self._remap_implies_new_addr(vrm):
+            vrm.new_addr = vrm.addr
+        # Only a growth or a move maps new address space.
+        if vrm.remap_type != "expand" and not self._remap_implies_new_addr(vrm):
+            return
+        old_len, new_len = vrm.old_len, vrm.new_len
+        # A zero old_len duplicates a shared mapping; a private one cannot be.
+        if not old_len and not vma.flags & (VM_SHARED | VM_MAYSHARE):
+            raise _oserror(errno.EINVAL)
+        if vrm.flags & MREMAP_DONTUNMAP and vma.flags & (VM_DONTEXPAND | VM_PFNMAP):
+            raise _oserror(errno.EINVAL)
+        # A shrink may unmap across VMAs; what moves must lie in this one.
+        if vrm.remap_type == "shrink":
+            old_len = new_len
+        if old_len > vma.end - vrm.addr:
+            raise _oserror(errno.EFAULT)
+        if new_len == old_len:
+            return
+        if vma.flags & VM_LOCKED:
+            vrm.populate_expand = True
+        pgoff = vma.pgoff + ((vrm.addr - vma.start) >> PAGE_SHIFT)
+        if pgoff + (new_len >> PAGE_SHIFT) > _U64:
+            raise _oserror(errno.EINVAL)
+        if vma.flags & (VM_DONTEXPAND | VM_PFNMAP):
+            raise _oserror(errno.EFAULT)
+        # mlock_future_ok() and may_expand_vm(): no RLIMIT_MEMLOCK or RLIMIT_AS here.
+
+    def _remap_munmap(self, start, length):
+        """do_munmap() with its argument checks."""
+        if start & (PAGE_SIZE - 1) or start > TASK_SIZE or length > TASK_SIZE - start:
+            raise _oserror(errno.EINVAL)
+        end = start + _page_align(length)
+        if end == start:
+            raise _oserror(errno.EINVAL)
+        self.do_vmi_munmap(start, end)
+
+    def mremap_at(self, vrm):
+        """No move asked for: a shrink unmaps the tail; a growth extends the VMA
+        in place when the range ends at its end and the space after it is free,
+        else moves it (MREMAP_MAYMOVE) or fails with ENOMEM."""
+        if vrm.remap_type == "no_resize":
+            return
+        if vrm.remap_type == "shrink":
+            self._remap_munmap(vrm.addr + vrm.new_len, vrm.delta)
+            return
+        vma = vrm.vma
+        if vma.end - vrm.addr == vrm.old_len:
+            end = vma.end + vrm.delta
+            # vma_expandable(): nothing in the way, and below TASK_SIZE.
+            nxt = self.find_vma(vma.end)
+            if end <= TASK_SIZE and (nxt is None or nxt.start >= end):
+                self.expand_vma_in_place(vma, vrm)
+                return
+        if not vrm.flags & MREMAP_MAYMOVE:
+            raise _oserror(errno.ENOMEM)
+        self.vrm_set_new_addr(vrm)
+        self.move_vma(vrm)
+
+    def expand_vma_in_place(self, vma, vrm):
+        """Charge, then vma_merge_extend(): the VMA grows, and takes the next VMA
+        in if they are compatible. The new range carries the VMA's anon_vma and
+        no VMA is copied, so a forked anon_vma does not stop that merge."""
+        pages = vrm.delta >> PAGE_SHIFT
+        if vma.flags & VM_ACCOUNT and pages > self._overcommit_limit():
+            raise _oserror(errno.ENOMEM)
+        vma.end += vrm.delta
+        nxt = self._vma_next(vma)
+        if (
+            nxt is not None
+            and nxt.start == vma.end
+            and self.is_mergeable_vma(nxt, vma.flags, vma.shmem)
+            and not (vma.anon_vma is not None and nxt.anon_vma is not None and vma.anon_vma is not nxt.anon_vma)
+            and not (vma.anon_vma is None and nxt.anon_vma is not None and nxt.anon_vma.forked)
+            and vma.pgoff + vma.pages() == nxt.pgoff
+        ):
+            vma.end = nxt.end
+            vma.flags |= nxt.flags & VM_STICKY
+            if vma.anon_vma is None:
+                vma.anon_vma = nxt.anon_vma
+            self._remove_vma(nxt)
+        if vma.flags & VM_LOCKED:
+            self._locked_vm += pages
+
+    def mremap_to(self, vrm):
+        """MREMAP_FIXED unmaps the destination first; a shrink unmaps the tail;
+        then the move."""
+        if vrm.flags & MREMAP_FIXED:
+            self._remap_munmap(vrm.new_addr, vrm.new_len)
+            vrm.vma = self._vma_containing(vrm.addr)
+            if vrm.vma is None:
+                raise _oserror(errno.EFAULT)
+        if vrm.remap_type == "shrink":
+            self._remap_munmap(vrm.addr + vrm.new_len, vrm.delta)
+            vrm.vma = self._vma_containing(vrm.addr)
+            if vrm.vma is None:
+                raise _oserror(errno.EFAULT)
+            vrm.old_len = vrm.new_len
+        self.vrm_set_new_addr(vrm)
+        self.move_vma(vrm)
+
+    def vrm_set_new_addr(self, vrm):
+        """MREMAP_FIXED is MAP_FIXED, MREMAP_DONTUNMAP alone a hint; otherwise the
+        kernel chooses, as for mmap: no page offset counts for anonymous memory, so
+        a private length that is a multiple of 2 MiB gets a 2 MiB-aligned address."""
+        hint = vrm.new_addr if self._remap_implies_new_addr(vrm) else 0
+        flags = (MAP_FIXED if vrm.flags & MREMAP_FIXED else 0) | (MAP_SHARED if vrm.vma.flags & VM_MAYSHARE else 0)
+        vrm.new_addr = self.__get_unmapped_area(hint, vrm.new_len, flags)
+
+    def copy_vma(self, vma, addr, length, pgoff):
+        """A VMA like vma at [addr, addr + length), merged with its neighbours
+        there when it can be (vma_merge_new_range() with the copied VMA's
+        anon_vma, object and flags)."""
+        end = addr + length
+        flags = vma.flags
+        nxt = self.find_vma(addr)
+        prev = self._vma_prev(nxt) if nxt is not None else (self._vmas[-1] if self._vmas else None)
+        nr_pages = length >> PAGE_SHIFT
+        merge_left = merge_right = False
+        if not flags & VM_SPECIAL:
+            merge_left = self.can_vma_merge_left(prev, addr, flags, vma.shmem, pgoff, vma.anon_vma)
+            merge_right = self.can_vma_merge_right(nxt, end, flags, vma.shmem, pgoff, nr_pages, vma.anon_vma,
+                                                   prev, merge_left)
+        if merge_left and merge_right:
+            prev.end = nxt.end
+            prev.flags |= (flags | nxt.flags) & VM_STICKY
+            if prev.anon_vma is None:
+                prev.anon_vma = vma.anon_vma or nxt.anon_vma
+            self._remove_vma(nxt)
+            return prev
+        if merge_left:
+            prev.end = end
+            prev.flags |= flags & VM_STICKY
+            if prev.anon_vma is None:
+                prev.anon_vma = vma.anon_vma
+            return prev
+        if merge_right:
+            nxt.start = addr
+            nxt.pgoff = pgoff
+            nxt.flags |= flags & VM_STICKY
+            if nxt.anon_vma is None:
+                nxt.anon_vma = vma.anon_vma
+            self._vmas_changed()
+            return nxt
+        new = _Vma(addr, end, flags, pgoff, vma.anon_vma, vma.shmem)
+        self._insert_vma(new)
+        return new
+
+    def move_vma(self, vrm):
+        """Copy the VMA to new_addr, move its page tables, then unmap the old
+        range (or, for MREMAP_DONTUNMAP, leave it mapped and empty)."""
+        vma = vrm.vma
+        dontunmap = bool(vrm.flags & MREMAP_DONTUNMAP)
+        old_start, old_end = vma.start, vma.end
+        if vma.flags & VM_ACCOUNT:
+            charged = (vrm.new_len if dontunmap else vrm.delta) >> PAGE_SHIFT
+            if charged > self._overcommit_limit():
+                raise _oserror(errno.ENOMEM)
+        pgoff = vma.pgoff + ((vrm.addr - vma.start) >> PAGE_SHIFT)
+        if vma_is_anonymous(vma) and vma.anon_vma is None:
+            # Never faulted: it takes the new address as its offset, to merge there.
+            pgoff = vrm.new_addr >> PAGE_SHIFT
+        new_vma = self.copy_vma(vma, vrm.new_addr, vrm.new_len, pgoff)
+        old_vma = self._vma_containing(vrm.addr)  # the copy may have merged with it
+        old_addr, new_addr = vrm.addr, vrm.new_addr
+        align = old_addr & (PMD_SIZE - 1)
+        if (
+            align
+            and align == new_addr & (PMD_SIZE - 1)
+            and vrm.old_len >= PMD_SIZE - align
+            and old_vma.start == old_addr
+            and new_vma.start == new_addr
+            and not self._intersects(old_addr & _PMD_MASK, old_addr)
+            and not self._intersects(new_addr & _PMD_MASK, new_addr)
+        ):
+            # try_realign_addr(): start at the span, so its PTE table moves whole.
+            old_addr &= _PMD_MASK
+            new_addr &= _PMD_MASK
+        if vrm.old_len:
+            self.move_page_tables(old_addr, new_addr, vrm.addr + vrm.old_len)
+        if old_vma.flags & VM_LOCKED:
+            self._locked_vm += vrm.new_len >> PAGE_SHIFT
+        if dontunmap:
+            # The old VMA, whole, loses VM_LOCKED (VmLck is not lowered); if all of
+            # it moved, its anon_vma goes too. Nothing merges.
+            if old_vma.flags & VM_LOCKED:
+                self._locked_vm_stale += old_vma.pages()
+            old_vma.flags &= ~VM_LOCKED_MASK
+            if vrm.addr == old_start and vrm.addr + vrm.old_len == old_end and old_vma is not new_vma \
+                    and (old_vma.start, old_vma.end) == (old_start, old_end):
+                old_vma.anon_vma = None
+            for a, b in ((self._vma_prev(old_vma), old_vma), (old_vma, self._vma_next(old_vma))):
+                if a is not None and b is not None and a.end == b.start and self._vmas_would_merge(a, b):
+                    self._unmerged_ok.add(b.start)
+            return
+        if vrm.old_len:
+            self.do_vmi_munmap(vrm.addr, vrm.addr + vrm.old_len)
+
+    def _intersects(self, start, end):
+        vma = self.find_vma(start)
+        return vma is not None and vma.start < end
+
+    def remap_move(self, vrm):
+        """An MREMAP_FIXED move of unchanged size may span several VMAs: each
+        moves in turn, the gaps between them kept. A hole at the start is EFAULT;
+        a failure stops the walk, with the VMAs before it moved."""
+        start, end = vrm.addr, vrm.addr + vrm.old_len
+        target = vrm.new_addr
+        result = None
+        last_end = 0
+        pos = start
+        while True:
+            vma = self.find_vma(pos)
+            if vma is None or vma.start >= end:
+                break
+            vs, ve = vma.start, vma.end
+            a = max(vs, start)
+            n = min(end, ve) - a
+            if result is None and start < vs:
+                raise _oserror(errno.EFAULT)
+            sub = _RemapState(a, n, n, vrm.flags, target + (vs - last_end if result is not None else 0))
+            self.check_prep_vma(vma, sub)
+            self.mremap_to(sub)
+            if result is None:
+                result = sub.new_addr
+            last_end = ve
+            target = sub.new_addr + n
+            # The walk goes on after the end of the VMA just moved.
+            pos = ve
+        if result is None:
+            raise _oserror(errno.EFAULT)
+        return result
+
+    @staticmethod
+    def _move_extent(old_addr, old_end, new_addr, size):
+        """get_extent(): up to the next boundary of this level on both sides."""
+        extent = min(size - (old_addr & (size - 1)), old_end - old_addr)
+        return min(extent, size - (new_addr & (size - 1)))
+
+    @staticmethod
+    def _rebase(table, base):
+        table.base = base
+        if table.children is not None:
+            for i, child in enumerate(table.children):
+                if child is not None:
+                    child.base = base + (i << _LEVEL_SHIFT[table.level])
+
+    def move_page_tables(self, old_addr, new_addr, old_end):
+        """Move the entries of [old_addr, old_end) to new_addr: a whole PMD table
+        when both sides are 1 GiB-aligned over a whole 1 GiB (move_normal_pud), a
+        whole PTE table when both are 2 MiB-aligned over a whole span and the
+        destination has none (move_normal_pmd); else entry by entry (move_ptes)
+        into a PTE table made at the destination."""
+        while old_addr < old_end:
+            extent = self._move_extent(old_addr, old_end, new_addr, PUD_SIZE)
+            old_pud = self._pgd.children[(old_addr >> PGDIR_SHIFT) & 511]
+            oi = (old_addr >> PUD_SHIFT) & 511
+            if old_pud is None or old_pud.children[oi] is None:
+                old_addr += extent
+                new_addr += extent
+                continue
+            new_pud = self.__pud_alloc(new_addr)
+            ni = (new_addr >> PUD_SHIFT) & 511
+            if extent == PUD_SIZE and new_pud.children[ni] is None:
+                table = old_pud.children[oi]
+                old_pud.children[oi] = None
+                old_pud.entries[oi] = 0
+                new_pud.children[ni] = table
+                new_pud.entries[ni] = (table.pfn << PAGE_SHIFT) | _PAGE_TABLE
+                self._rebase(table, new_pud.base + (ni << PUD_SHIFT))
+                self._stats["tlb_flushes"] += 1
+                old_addr += extent
+                new_addr += extent
+                continue
+            extent = self._move_extent(old_addr, old_end, new_addr, PMD_SIZE)
+            old_pmd = old_pud.children[oi]
+            oj = (old_addr >> PMD_SHIFT) & 511
+            table = old_pmd.children[oj]
+            if table is None:
+                old_addr += extent
+                new_addr += extent
+                continue
+            new_pmd = self.__pmd_alloc(new_pud, new_addr)
+            nj = (new_addr >> PMD_SHIFT) & 511
+            if extent == PMD_SIZE and new_pmd.children[nj] is None:
+                old_pmd.children[oj] = None
+                old_pmd.entries[oj] = 0
+                new_pmd.children[nj] = table
+                new_pmd.entries[nj] = (table.pfn << PAGE_SHIFT) | _PAGE_TABLE
+                table.base = new_pmd.base + (nj << PMD_SHIFT)
+                self._stats["tlb_flushes"] += 1
+                old_addr += extent
+                new_addr += extent
+                continue
+            dst = self.__pte_alloc(new_pmd, new_addr)
+            src_i = (old_addr >> PAGE_SHIFT) & 511
+            dst_i = (new_addr >> PAGE_SHIFT) & 511
+            flush = False
+            for k in range(extent >> PAGE_SHIFT):
+                pte = table.entries[src_i + k]
+                if pte_none(pte):
+                    continue
+                if pte_present(pte):
+                    flush = True
+                table.entries[src_i + k] = 0
+                dst.entries[dst_i + k] = pte
+            if flush:
+                self._stats["tlb_flushes"] += 1
+            old_addr += extent
+            new_addr += extent
+
     # --------------------------------------------------------------- touch
 
     def touch(self, addr, length=PAGE_SIZE, *, write=True):
@@ -2645,6 +3050,7 @@ class MM:
         for vma in list(self._vmas):
             self._remove_vma(vma)
         self._locked_vm = 0
+        self._locked_vm_stale = 0
         self._unmerged_ok = set()
 
     # ---------------------------------------------------------------- fork
@@ -2921,7 +3327,7 @@ class MM:
             if frame.exclusive and (frame.kind != _ANON or frame.mapcount != 1):
                 raise InvariantError("anon-exclusive", f"frame {pfn}: exclusive with mapcount {frame.mapcount}")
         self._check_swap_slots()
-        locked = sum(v.pages() for v in self._vmas if v.flags & VM_LOCKED)
+        locked = sum(v.pages() for v in self._vmas if v.flags & VM_LOCKED) + self._locked_vm_stale
         if locked != self._locked_vm:
             raise InvariantError("locked_vm", f"{self._locked_vm} != {locked} locked VMA pages")
         if self._dead and (self._pgtables_bytes or any(self._rss) or self._vmas):

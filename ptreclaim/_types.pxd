@@ -126,6 +126,8 @@ cdef enum:
     FAULT_OOM = 2
     FAULT_UFFD = 3            # a userfaultfd monitor would have to resolve it
     FAULT_FALLBACK = 4        # VM_FAULT_FALLBACK: no THP here, use small pages
+    FAULT_SIGBUS = 5          # VM_FAULT_SIGBUS: a shared page past the end of its object,
+                              # or no huge page for a hugetlb fault
     # Tracepoint events
     EV_FAULT = 0
     EV_TABLE_ALLOC = 1
@@ -238,7 +240,6 @@ cdef enum:
     # Gather entries with both bits set release a hugetlb page (low bits: its index);
     # THP heads stay below GATHER_HUGETLB.
     GATHER_HUGETLB = 0x40000000
-    FAULT_SIGBUS = 5           # VM_FAULT_SIGBUS: no huge page for the fault
 
 ctypedef struct pt_idxset:
     # A sorted set of page indices, with an optional value each: reserve
@@ -368,6 +369,9 @@ ctypedef struct pt_mm:
     uint64_t rng               # its xorshift state
     uint64_t lost_mappings     # tables freed while they still mapped something
     int64_t hugetlb_usage      # mm->hugetlb_usage: pages mapped from the hugetlb pool (HugetlbPages)
+    # VmLck pages that no locked VMA accounts for: MREMAP_DONTUNMAP clears
+    # VM_LOCKED on the old VMA without lowering locked_vm (measured on 6.18).
+    uint64_t locked_vm_stale
 
 ctypedef struct mmu_gather:
     # One per syscall (R35). Pages are released, and table batches handed to

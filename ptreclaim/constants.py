@@ -86,6 +86,11 @@ MADV_NAMES = {
     name: value for name, value in globals().items() if name.startswith("MADV_") and isinstance(value, int)
 }
 
+# --- mremap flags (uapi linux/mman.h) ------------------------------------------------
+MREMAP_MAYMOVE = 1
+MREMAP_FIXED = 2
+MREMAP_DONTUNMAP = 4
+
 # --- vm_flags (include/linux/mm.h) -------------------------------------------------
 VM_NONE = 0x0
 VM_READ = 0x1

@@ -38,9 +38,11 @@ class UserfaultfdFault(Exception):
 class BusError(Exception):
     """An access that Linux answers with SIGBUS: a hugetlb fault that finds no huge
     page it may take (the pool is used up or reserved by others, the page lies past
-    the end of the hugetlbfs file, or the owner of the mapping took it back).
-    ``address`` is the faulting address; earlier pages were accessed."""
+    the end of the hugetlbfs file, or the owner of the mapping took it back), or a
+    page of a shared mapping past the end of its object (a shmem mapping grown by
+    ``mremap``). ``address`` is the faulting address; every page before it in the
+    same ``touch`` call was accessed."""
 
-    def __init__(self, address):
+    def __init__(self, address, message=None):
         self.address = address
-        super().__init__(f"SIGBUS at {address:#x}")
+        super().__init__(message or f"SIGBUS at {address:#x}")

@@ -22,8 +22,9 @@ import sys
 from array import array
 
 from . import constants as C
-from .script import (DEFAULT_BASE, FIELDS, Fork, ForkP, Madvise, Mlock, Mmap, Mprotect, Munlock,
-                     Munmap, Result, ScriptError, Touch, _as_ops, absolute, fork_depth, parse)
+from .script import (DEFAULT_BASE, FIELDS, Fork, ForkP, Madvise, Mlock, Mmap, Mprotect, Mremap,
+                     Munlock, Munmap, Result, ScriptError, Touch, _as_ops, absolute,
+                     absolute_new_addr, fork_depth, parse)
 
 __all__ = ["HostUnsupported", "KernelRunError", "WindowBusy", "WINDOW", "KernelResults",
            "host_config", "run"]
@@ -172,12 +173,49 @@ def _check_window(op, a, base):
         )
 
 
+def _page_end(a, length):
+    return (a + length + C.PAGE_SIZE - 1) & ~(C.PAGE_SIZE - 1)
+
+
+def _check_mremap_window(op, a, base):
+    """Refuse an mremap that could unmap, grow into or move onto memory outside the window.
+
+    The source range and an in-place growth must lie inside the window, and so must the
+    destination of MREMAP_FIXED or MREMAP_DONTUNMAP; a length past TASK_SIZE (or wrapping)
+    is rejected by the kernel before it acts, so only its start must be inside.  A move to
+    an address the kernel chooses is checked after the run (``_check_mremap_results``).
+    """
+    wend = base + WINDOW
+
+    def fits(start, length):
+        end = _page_end(start, length)
+        if not base <= start < wend:
+            return False
+        return end <= wend or end > C.TASK_SIZE
+
+    ok = fits(a, op.length) and fits(a, op.new_length)
+    if op.flags & (C.MREMAP_FIXED | C.MREMAP_DONTUNMAP):
+        n = absolute_new_addr(op, base)
+        ok = ok and (fits(n, op.new_length) or _page_end(n, op.new_length) > C.TASK_SIZE)
+    if not ok:
+        raise ScriptError(
+            op.lineno,
+            f"'{op}' reaches outside [base, base+512G) = [{base:#x}, {wend:#x}); the host "
+            "runner refuses it, since it could change the runner's own memory",
+        )
+
+
 def _encode(ops, base, kr):
     words = array("Q")
     for op in ops:
         rec = [0] * kr.OP_WORDS
         if isinstance(op, (Fork, ForkP)):
             rec[0] = kr.OPC_FORK if isinstance(op, Fork) else kr.OPC_FORKP
+        elif isinstance(op, Mremap):
+            a = absolute(op, base)
+            _check_mremap_window(op, a, base)
+            rec[0], rec[1], rec[2] = kr.OPC_MREMAP, a, op.length
+            rec[4], rec[kr.OP_NEWLEN], rec[kr.OP_NEWADDR] = op.flags, op.new_length, absolute_new_addr(op, base)
         else:
             a = absolute(op, base)
             _check_window(op, a, base)
@@ -318,7 +356,7 @@ def _run(ops, base, timeout):
             status=_fields(r[kr.RES_FIELDS:kr.RES_FIELDS + nf]),
             baseline=baselines[r[kr.RES_DEPTH]],
             fault=r[kr.RES_FAULT] if err < 0 else None,
-            ret=r[kr.RES_RET] if isinstance(op, Mmap) and err == 0 else None,
+            ret=r[kr.RES_RET] if isinstance(op, (Mmap, Mremap)) and err == 0 else None,
             depth=r[kr.RES_DEPTH],
         ))
 
@@ -345,6 +383,14 @@ def _run(ops, base, timeout):
     for k, b in enumerate(baselines):
         if any(v is None for name, v in b.items() if name in ("VmPTE", "VmRSS")):
             raise KernelRunError(f"no baseline for fork depth {k}", results)
+    for r in results:
+        # A move to an address the kernel chose lands outside the window, among the
+        # runner's own mappings: the counts from there on are not the script's alone.
+        if isinstance(r.op, Mremap) and r.ret is not None and not base <= r.ret < base + WINDOW:
+            raise KernelRunError(
+                f"line {r.op.lineno}: '{r.op}' moved the mapping to {r.ret:#x}, outside the window "
+                "(the kernel chose the address); give MREMAP_FIXED and an address in the window",
+                results)
     return results
 
 

@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from . import constants as C
-from .errors import SegmentationFault
+from .errors import BusError, SegmentationFault
 
 __all__ = [
     "DEFAULT_BASE", "FIELDS", "SIGSEGV_ERRNO", "SIGBUS_ERRNO",
     "ScriptError", "ForkUnsupported",
     "Op", "Mmap", "Munmap", "Mprotect", "Mlock", "Munlock", "Madvise", "Touch", "Fork", "ForkP",
+    "Mremap",
     "Result", "parse", "parse_line", "load", "dumps", "run", "fork_depth", "errno_name",
     "format_number", "absolute",
 ]
@@ -187,6 +188,39 @@ class Touch(_Range):
 
     def __str__(self):
         return f"{super().__str__()} {'write' if self.write else 'read'}"
+
+
+_MREMAP_FLAG_NAMES = (("maymove", C.MREMAP_MAYMOVE), ("fixed", C.MREMAP_FIXED),
+                      ("dontunmap", C.MREMAP_DONTUNMAP))
+
+
+def _fmt_mremap_flags(flags):
+    known = 0
+    names = []
+    for name, bit in _MREMAP_FLAG_NAMES:
+        if flags & bit:
+            names.append(name)
+            known |= bit
+    if flags == 0 or flags & ~known:
+        return str(flags) if 0 <= flags < 10 else f"{flags:#x}"
+    return "|".join(names)
+
+
+@dataclass(frozen=True)
+class Mremap(_Range):
+    """``mremap ADDR OLD_LEN NEW_LEN [FLAGS [NEW_ADDR]]``: ``length`` is OLD_LEN; ``new_addr``
+    is relative to the base like ADDR, ``None`` when the line gives none (0 is passed)."""
+
+    keyword: ClassVar[str] = "mremap"
+    new_length: int = 0
+    flags: int = 0
+    new_addr: int | None = None
+
+    def __str__(self):
+        text = f"{super().__str__()} {format_number(self.new_length)} {_fmt_mremap_flags(self.flags)}"
+        if self.new_addr is not None:
+            text += f" {format_number(self.new_addr)}"
+        return text
 
 
 @dataclass(frozen=True)
@@ -394,6 +428,32 @@ def _parse_touch(args):
     return Touch(_addr(args[0]), _length(args[1]), mode.startswith("w"))
 
 
+def _mremap_flags(text):
+    if text[:1].isdigit() or text[:1] == "-":
+        try:
+            v = int(text, 0)
+        except ValueError:
+            raise ValueError(f"bad FLAGS {text!r}") from None
+        if not 0 <= v < _U64:
+            raise ValueError(f"FLAGS {text!r} does not fit an unsigned long")
+        return v
+    flags = 0
+    names = dict(_MREMAP_FLAG_NAMES)
+    for word in text.lower().split("|"):
+        if word not in names:
+            raise ValueError(f"bad FLAGS {text!r} (maymove, fixed, dontunmap joined by '|', or a number)")
+        flags |= names[word]
+    return flags
+
+
+def _parse_mremap(args):
+    if not 3 <= len(args) <= 5:
+        raise ValueError("mremap needs ADDR OLD_LEN NEW_LEN [FLAGS [NEW_ADDR]]")
+    flags = _mremap_flags(args[3]) if len(args) > 3 else 0
+    new_addr = _addr(args[4]) if len(args) > 4 else None
+    return Mremap(_addr(args[0]), _length(args[1]), _length(args[2]), flags, new_addr)
+
+
 def _parse_noargs(cls):
     def parse(args):
         if args:
@@ -410,6 +470,7 @@ _PARSERS = {
     "munlock": _parse_range(Munlock, "ADDR LEN"),
     "madvise": _parse_madvise,
     "touch": _parse_touch,
+    "mremap": _parse_mremap,
     "fork": _parse_noargs(Fork),
     "forkp": _parse_noargs(ForkP),
 }
@@ -475,6 +536,16 @@ def absolute(op, base):
     return a
 
 
+def absolute_new_addr(op, base):
+    """The ``new_addr`` argument of an ``mremap``: ``base + NEW_ADDR``, or 0 when none is given."""
+    if op.new_addr is None:
+        return 0
+    a = base + op.new_addr
+    if not 0 <= a < _U64:
+        raise ScriptError(op.lineno, f"base {base:#x} + NEW_ADDR {op.new_addr:#x} is not a 64-bit address")
+    return a
+
+
 # --- results ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True, eq=False)
@@ -489,7 +560,7 @@ class Result:
     ``baseline``: the same fields before the script's first operation, in the process the
     operation ran in (after a ``fork``: a child forked from the process before its first
     operation), so ``delta`` is what the script alone accounts for.
-    ``ret``: the address mmap returned (absolute), else ``None``.
+    ``ret``: the address mmap or mremap returned (absolute), else ``None``.
     ``depth``: how many ``fork`` operations led to the process that ran the operation.
     """
 
@@ -542,6 +613,8 @@ def _apply(mm, op, base):
     try:
         if isinstance(op, Mmap):
             return 0, None, mm.mmap(a, op.length, op.prot, op.flags)
+        if isinstance(op, Mremap):
+            return 0, None, mm.mremap(a, op.length, op.new_length, op.flags, absolute_new_addr(op, base))
         if isinstance(op, Touch):
             mm.touch(a, op.length, write=op.write)
         elif isinstance(op, Munmap):
@@ -558,6 +631,8 @@ def _apply(mm, op, base):
             raise TypeError(f"cannot run {op!r}")
     except SegmentationFault as e:
         return SIGSEGV_ERRNO, e.address, None
+    except BusError as e:
+        return SIGBUS_ERRNO, e.address, None
     except OSError as e:
         return e.errno, None, None
     return 0, None, None
@@ -580,6 +655,8 @@ def run(script, mm, base=DEFAULT_BASE):
             "have yet; run the script on the host kernel (ptreclaim.kernel.run) instead"
         )
     for op in ops:
+        if isinstance(op, Mremap):
+            absolute_new_addr(op, base)
         if isinstance(op, _Range):
             a = absolute(op, base)
             # Accesses are made one page at a time; there is no syscall to reject a range

@@ -23,7 +23,8 @@ from ptreclaim.constants import (
     MADV_COLLAPSE, MADV_GUARD_INSTALL, MADV_GUARD_REMOVE, MADV_NAMES, MADV_POPULATE_READ,
     MADV_POPULATE_WRITE, MAP_ANONYMOUS, MAP_DROPPABLE, MAP_FIXED, MAP_FIXED_NOREPLACE,
     MAP_GROWSDOWN, MAP_HUGETLB, MAP_LOCKED, MAP_NONBLOCK, MAP_NORESERVE, MAP_POPULATE, MAP_PRIVATE,
-    MAP_SHARED, MAP_SHARED_VALIDATE, MAP_STACK, MAP_SYNC, PAGE_SIZE, PGDIR_SIZE, PMD_SIZE,
+    MAP_SHARED, MAP_SHARED_VALIDATE, MAP_STACK, MAP_SYNC, MREMAP_DONTUNMAP, MREMAP_FIXED,
+    MREMAP_MAYMOVE, PAGE_SIZE, PGDIR_SIZE, PMD_SIZE,
     PROT_EXEC, PROT_GROWSDOWN, PROT_GROWSUP, PROT_READ, PROT_SEM, PROT_WRITE, PTE_PFN_MASK,
     PUD_SIZE, TASK_SIZE, ZERO_PFN, _PAGE_PRESENT, _PAGE_PROTNONE, _PAGE_SPECIAL,
 )
@@ -65,6 +66,11 @@ MAP_EXTRA = (MAP_FIXED_NOREPLACE, MAP_FIXED, MAP_NORESERVE, MAP_POPULATE, MAP_LO
              MAP_GROWSDOWN, MAP_STACK, MAP_HUGETLB, MAP_SYNC)
 # Every advice Linux defines, plus values it rejects.
 ADVICES = tuple(sorted(set(MADV_NAMES.values()))) + (5, 7, 26, 99, 104, 9999, -1, -(1 << 31))
+
+# mremap flags: mostly valid combinations, some the kernel rejects.
+MREMAP_FLAGS = (0, MREMAP_MAYMOVE, MREMAP_MAYMOVE | MREMAP_FIXED, MREMAP_MAYMOVE | MREMAP_FIXED,
+                MREMAP_MAYMOVE | MREMAP_DONTUNMAP, MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP,
+                MREMAP_FIXED, MREMAP_DONTUNMAP, 8, MREMAP_MAYMOVE | 0x10)
 
 # Calls that fault pages in: their length is capped so one step stays cheap.
 POPULATE_CAP = 8 * M
@@ -133,6 +139,14 @@ def resolve(vmas, op):
         if advice in (MADV_POPULATE_READ, MADV_POPULATE_WRITE):
             length = _clamp(addr, length, POPULATE_CAP)
         return name, (addr, length, advice), {}
+    if name == "mremap":
+        _, aspec, old_lspec, new_lspec, flags_i, new_aspec = op
+        addr = addr_of(vmas, aspec)
+        new_addr = 0 if new_aspec[0] == 3 else addr_of(vmas, new_aspec)
+        # A locked VMA that grows is populated: cap the new length like mlock's.
+        new_len = _clamp(addr, length_of(new_lspec), POPULATE_CAP)
+        return name, (addr, length_of(old_lspec), new_len, MREMAP_FLAGS[flags_i % len(MREMAP_FLAGS)],
+                      new_addr), {}
     if name == "touch":
         _, aspec, lspec, write = op
         addr, length = addr_of(vmas, aspec), length_of(lspec)

@@ -37,6 +37,8 @@ def apply(mm, op, args):
         return mm.munlock(*args)
     if op == "madvise":
         return mm.madvise(*args)
+    if op == "mremap":
+        return mm.mremap(*args)
     if op == "write":
         return mm.touch(*args, write=True)
     if op == "read":
@@ -61,7 +63,7 @@ def apply(mm, op, args):
 
 
 # Operations of the waiting scenarios, by the MM method they will call.
-FUTURE_OPS = {"fork_child": "fork", "mremap": "mremap", "file": "create_file",
+FUTURE_OPS = {"fork_child": "fork", "file": "create_file",
               "mmap_file": "mmap_file",
               "uffd_register_wp": "uffd_register_wp", "uffd_wp": "uffd_wp"}
 

@@ -26,7 +26,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 from ptreclaim.constants import MADV_PAGEOUT
 
 from differential import (
-    ADVICES, ANCHORS, DELTAS, LENGTHS, MAP_EXTRA, MAP_TYPES, PROTS, UNSIMULATED_IN_CORE, Pair,
+    ADVICES, ANCHORS, DELTAS, LENGTHS, MAP_EXTRA, MAP_TYPES, MREMAP_FLAGS, PROTS, UNSIMULATED_IN_CORE, Pair,
 )
 from ptreclaim.constants import MAP_HUGETLB
 
@@ -145,6 +145,11 @@ class CoreMatchesReference(RuleBasedStateMachine):
         # over written pages.
         self.pair.step(("touch", addr, length, True), compare=False)
         self.pair.step(("madvise", addr, length, ADVICES.index(MADV_PAGEOUT)))
+
+    @rule(addr=addr_specs, old=small_length_specs, new=length_specs,
+          flags=st.integers(0, len(MREMAP_FLAGS) - 1), new_addr=mmap_addr_specs)
+    def mremap(self, addr, old, new, flags, new_addr):
+        self.pair.step(("mremap", addr, old, new, flags, new_addr))
 
     @rule(addr=addr_specs, length=small_length_specs, write=st.booleans())
     def touch(self, addr, length, write):
