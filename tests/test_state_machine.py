@@ -1,9 +1,12 @@
 """Random operation sequences on the compiled core and the reference model, side by side.
 
 Every step runs one call on both and compares the result (return value, or exception
-type + errno / fault address), status(), stats, vmas(), tables(), entries() (flags
-exactly, frames up to a consistent renaming), frames in use, and check() on both.
+type + errno / fault address), status(), stats, vmas(), tables(), entries() and
+huge_pmds() (flags exactly, frames up to a consistent renaming), frames in use, and
+check() on both, for every live process (fork makes children; some rules act in them).
 The vocabulary and the comparison live in differential.py, shared with the fuzzer.
+Some rules aim at transparent huge pages: 2 MiB-aligned mappings with MADV_HUGEPAGE,
+then partial zaps, mprotects and unmaps, FREE/COLD/PAGEOUT, COLLAPSE and fork.
 
 Profiles (HYPOTHESIS_PROFILE, default "ci"):
 
@@ -18,10 +21,14 @@ import os
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
 from differential import (
     ADVICES, ANCHORS, DELTAS, LENGTHS, MAP_EXTRA, MAP_TYPES, PROTS, UNSIMULATED_IN_CORE, Pair,
+)
+from ptreclaim.constants import (
+    MADV_COLD, MADV_COLLAPSE, MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_PAGEOUT,
+    MADV_POPULATE_READ, MADV_POPULATE_WRITE, PMD_SIZE,
 )
 
 settings.register_profile(
@@ -61,6 +68,17 @@ _NOREPLACE, _FIXED, _NORESERVE, _POPULATE, _LOCKED = (
 placement_bits = st.sampled_from((_NOREPLACE, _NOREPLACE, _FIXED, 0, _FIXED | _NOREPLACE))
 option_bits = st.sampled_from((_NORESERVE, _NORESERVE, 0, _POPULATE | _NORESERVE, _LOCKED, _POPULATE))
 
+# THP rules: anchors that are 2 MiB-aligned, a few MiB of memory, and the advice that
+# acts on huge PMDs and THPs.
+thp_anchor = st.sampled_from([i for i, a in enumerate(ANCHORS) if a and a % PMD_SIZE == 0][:6])
+thp_pages = st.sampled_from((512, 1024, 1024, 1536, 2048))
+thp_advice = st.sampled_from([ADVICES.index(a) for a in (
+    MADV_FREE, MADV_FREE, MADV_COLD, MADV_PAGEOUT, MADV_PAGEOUT, MADV_COLLAPSE, MADV_COLLAPSE,
+    MADV_DONTNEED, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_POPULATE_WRITE, MADV_POPULATE_READ)])
+# Mostly VMA starts and ends, where THP spans begin and end.
+vma_edge_specs = st.tuples(st.sampled_from((1, 1, 2)), st.integers(0, 15), st.integers(0, len(DELTAS) - 1))
+child_index = st.integers(0, 3)
+
 
 class CoreMatchesReference(RuleBasedStateMachine):
     @initialize(
@@ -69,10 +87,11 @@ class CoreMatchesReference(RuleBasedStateMachine):
         # Mostly unbounded; sometimes a small machine so that faults run out of frames
         # and big charged mappings fail the overcommit check.
         limits=st.sampled_from(((None, None), (None, None), (None, None), (600, None), (3000, 1024))),
+        thp=st.sampled_from(("madvise", "madvise", "always", "never")),
     )
-    def start(self, pt_reclaim, split_ptlocks, limits):
+    def start(self, pt_reclaim, split_ptlocks, limits, thp):
         self.pair = Pair(pt_reclaim=pt_reclaim, split_ptlocks=split_ptlocks,
-                         max_frames=limits[0], totalram_pages=limits[1])
+                         max_frames=limits[0], totalram_pages=limits[1], thp=thp)
         self.pair.compare()
 
     @rule(addr=mmap_addr_specs, length=small_length_specs, prot=common_prot_index,
@@ -115,6 +134,41 @@ class CoreMatchesReference(RuleBasedStateMachine):
     def touch_write(self, addr, length):
         # Writes make frames, which most other rules act on: give them extra weight.
         self.pair.step(("touch", addr, length, True))
+
+    @rule(anchor=thp_anchor, pages=thp_pages, prot=st.sampled_from((0, 0, 0, 1)),
+          placement=st.sampled_from((_NOREPLACE, _FIXED)), advise=st.sampled_from((True, True, False)),
+          fill=st.sampled_from(((1, True), (1, True), (512, True), (1024, True), (1, False), (512, False))))
+    def thp_region(self, anchor, pages, prot, placement, advise, fill):
+        # An aligned private mapping of 2-8 MiB, mostly with MADV_HUGEPAGE, then a
+        # first access (a store maps THPs there, a load the huge zero page).
+        where, size = (0, anchor, 0), (-1, pages)
+        self.pair.step(("mmap", where, size, prot, 0, placement | _NORESERVE, True, 0))
+        if advise:
+            self.pair.step(("madvise", where, size, ADVICES.index(MADV_HUGEPAGE)))
+        self.pair.step(("touch", where, (-1, fill[0]), fill[1]))
+
+    @rule(addr=vma_edge_specs, length=small_length_specs, advice=thp_advice)
+    def thp_madvise(self, addr, length, advice):
+        self.pair.step(("madvise", addr, length, advice))
+
+    @precondition(lambda self: len(self.pair.procs) < 3)
+    @rule(who=child_index)
+    def fork(self, who):
+        self.pair.step(("in", who, ("fork",)))
+
+    @precondition(lambda self: len(self.pair.procs) > 1)
+    @rule(who=child_index, addr=vma_edge_specs, length=small_length_specs, write=st.booleans(),
+          advice=thp_advice, what=st.sampled_from(("touch", "touch", "touch", "madvise", "munmap", "mprotect")))
+    def in_child(self, who, addr, length, write, advice, what):
+        # Writes and advice in a process other than the first (who 0 may pick it too).
+        op = {"touch": ("touch", addr, length, write), "madvise": ("madvise", addr, length, advice),
+              "munmap": ("munmap", addr, length), "mprotect": ("mprotect", addr, length, write)}[what]
+        self.pair.step(("in", who, op))
+
+    @precondition(lambda self: len(self.pair.procs) > 1)
+    @rule(who=st.integers(1, 3))
+    def exit_child(self, who):
+        self.pair.step(("in", 1 + who % (len(self.pair.procs) - 1), ("exit",)))
 
     def teardown(self):
         if hasattr(self, "pair"):
