@@ -251,6 +251,18 @@ cdef void exit_mmap(pt_mm *mm) noexcept nogil:
     mm.locked_vm = 0
     mm.locked_vm_stale = 0
 
+cdef uint64_t _accounted_pages(pt_mm *mm, uint64_t start, uint64_t end) noexcept nogil:
+    """Pages of [start, end) that VM_ACCOUNT mappings hold (nr_accounted)."""
+    cdef uint64_t i = find_vma(mm, start), total = 0, lo, hi
+    while i < mm.nr_vmas and mm.vmas[i].start < end:
+        if mm.vmas[i].flags & PTR_VM_ACCOUNT:
+            lo = mm.vmas[i].start if mm.vmas[i].start > start else start
+            hi = mm.vmas[i].end if mm.vmas[i].end < end else end
+            total += (hi - lo) >> 12
+        i += 1
+    return total
+
+
 cdef int dup_mmap(pt_mm *child, pt_mm *parent) noexcept nogil:
     """Copy the parent's VMAs and, where vma_needs_copy() says so, its page
     tables into an empty child (R66-R68); 0, or an errno."""
@@ -1106,7 +1118,7 @@ cdef class MM:
     cdef int _do_mmap(self, uint64_t addr, uint64_t length, int prot, int flags, int fd,
                       uint64_t offset, uint64_t *result) noexcept:
         cdef pt_mm *mm = self.mm
-        cdef uint64_t pgoff, vm_flags, idx, end
+        cdef uint64_t pgoff, vm_flags, idx, end, charged
         cdef pt_vma vma
         cdef int mtype = flags & MAP_TYPE
         cdef bint hugetlb = (flags & MAP_HUGETLB) != 0
@@ -1202,7 +1214,9 @@ cdef class MM:
         # VM_ACCOUNT) before the old mappings are cleared away: a failure
         # leaves them, split at the edges of the range (vms_abort_munmap_vmas).
         if (vm_flags & (PTR_VM_NORESERVE | PTR_VM_SHARED | PTR_VM_WRITE)) == PTR_VM_WRITE:
-            if mm.machine.totalram_pages and (length >> 12) > mm.machine.totalram_pages:
+            # The pages of charged mappings it replaces are not charged twice.
+            charged = (length >> 12) - _accounted_pages(mm, addr, end)
+            if mm.machine.totalram_pages and charged and charged > mm.machine.totalram_pages:
                 if flags & MAP_FIXED:
                     self._split_edges(addr, end)
                 return ENOMEM

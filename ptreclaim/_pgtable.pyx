@@ -2202,7 +2202,7 @@ cdef void split_folio(pt_mm *mm, pt_vma *vma, uint64_t head, uint64_t span) noex
         e = table[i]
         if not pte_present(e) or pte_special(e) or pte_pfn(e) != head + i:
             continue
-        table[i] = mk_pte(ZERO_PFN_VALUE, vma.page_prot & ~PTR_PAGE_RW) | PTR_PAGE_SPECIAL \
+        table[i] = mk_pte(ZERO_PFN_VALUE, mm.vmas[vi].page_prot & ~PTR_PAGE_RW) | PTR_PAGE_SPECIAL \
             | (e & PTR_PAGE_UFFD_WP)
         p.mapcount -= 1
         mm.rss[MM_ANONPAGES] -= 1
@@ -2263,6 +2263,13 @@ cdef int collapse_span(pt_mm *mm, pt_vma *vma, uint64_t haddr) noexcept nogil:
     head = alloc_thp(&mm.machine.frames)
     if head < 0:
         return ENOMEM              # SCAN_ALLOC_HUGE_PAGE_FAIL
+    if not vma.anon_vma:
+        # hugepage_vma_revalidate(expect_anon): a VMA that never had an
+        # anonymous page (small zero pages only) cannot take a THP.
+        for j in range(HPAGE_PMD_NR):
+            mm.machine.frames.pages[head + j].mapcount = 0
+        put_thp(mm.machine, <uint64_t>head)
+        return EINVAL              # SCAN_PAGE_ANON
     if any_swap and _collapse_swapin(mm, vma, table) < 0:
         # __collapse_huge_page_swapin() failed (no frame): SCAN_FAIL.
         for j in range(HPAGE_PMD_NR):

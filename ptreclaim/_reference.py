@@ -14,14 +14,14 @@ Modelled: private anonymous and shared anonymous (shmem) mappings, 4 KiB
 faults, the zero page, fault-around, mprotect/mlock/munlock/munmap/exit,
 every madvise advice of this kernel configuration, guard markers, PT reclaim
 (fast and slow path) and the mmu_gather batching that decides between them,
-and fork (dup_mmap, copy_page_range) with copy-on-write, and mremap
+fork (dup_mmap, copy_page_range) with copy-on-write, anonymous transparent
+huge pages: PMD-mapped THPs and the huge zero page with their deposited PTE
+tables, PMD and folio splits, MADV_COLLAPSE (``docs/thp.md``), and mremap
 (``mm/mremap.c``: move_page_tables, copy_vma, MREMAP_FIXED/DONTUNMAP).
 Swap: a swap device on the Machine, written by MADV_PAGEOUT and read back
 on faults (docs/swap.md). hugetlb mappings (MAP_HUGETLB) have a section of
 their own at the end.
-Not modelled yet: files, userfaultfd.
-The entry encodings (swap-format markers, a PMD level that can hold leaves
-later) leave room for them.
+Not modelled yet: files, shmem THPs, khugepaged, userfaultfd.
 
 There is no concurrency, so ``need_resched()`` never fires and the PMD
 try-lock of the PT-reclaim fast path always succeeds (R57, R77); the slow
@@ -181,6 +181,10 @@ _LEGACY_MAP_MASK = (
 _MAX_MAP_COUNT = 65530
 # fault_around_bytes = 64 KiB (R29).
 _FAULT_AROUND_PAGES = 16
+# A PMD-sized THP: 512 consecutive frames (HPAGE_PMD_NR).
+HPAGE_PMD_NR = PMD_SIZE // PAGE_SIZE
+# The huge zero page's frame; the small zero page is ZERO_PFN (docs/thp.md).
+HUGE_ZERO_PFN = 2
 
 # mmu_gather geometry (mm/mmu_gather.c, include/asm-generic/tlb.h) for 4 KiB
 # pages and 8-byte pointers: the on-stack bundle, and each extra batch page
@@ -300,6 +304,12 @@ _STAT_KEYS = (
     "tlb_flushes",
     "mmu_gathers",
     "table_batches",
+    # Transparent huge pages (docs/thp.md).
+    "thp_fault_alloc",
+    "thp_zero_page",
+    "thp_split_pmd",
+    "thp_deposits_freed",
+    "thp_collapse_alloc",
 )
 
 
@@ -400,6 +410,18 @@ def is_guard_pte_marker(pte):
 _GUARD_MARKER = make_pte_marker(PTE_MARKER_GUARD)
 
 
+def pmd_trans_huge(pmd):
+    """A PMD entry that maps 2 MiB itself (PSE): a THP or the huge zero page."""
+    return bool(pmd & _PAGE_PSE)
+
+
+def _huge_indexes(pmd_table):
+    """The indexes of a PMD table's THP and huge zero page entries (a table link
+    never has PSE; hugetlb leaves map pages of the hugetlb pool)."""
+    return [i for i, entry in enumerate(pmd_table.entries)
+            if entry & _PAGE_PSE and pte_pfn(entry) < _HUGETLB_PFN_BASE]
+
+
 def vm_get_page_prot(vm_flags):
     return _PROTECTION_MAP[vm_flags & (VM_READ | VM_WRITE | VM_EXEC | VM_SHARED)]
 
@@ -423,9 +445,10 @@ def _pte_flags_need_flush(old, new):
 
 
 class _Frame:
-    """A 4 KiB data page (a small folio)."""
+    """A 4 KiB data page: a small folio, or one of the 512 pages of a THP."""
 
-    __slots__ = ("pfn", "kind", "refcount", "mapcount", "lazyfree", "dirty", "shmem", "index", "exclusive")
+    __slots__ = ("pfn", "kind", "refcount", "mapcount", "lazyfree", "dirty", "shmem", "index", "exclusive",
+                 "written", "thp_index")
 
     def __init__(self, pfn, kind):
         self.pfn = pfn
@@ -439,16 +462,35 @@ class _Frame:
         # PG_anon_exclusive: an anonymous page mapped by one process only, which
         # a write fault may reuse without looking further (R69).
         self.exclusive = False
+        # A store by the CPU has reached the page, so it is not all zeroes. A
+        # population (GUP) maps pages without storing to them; a COW or
+        # collapse copy inherits it. A folio split maps the pages that were
+        # never written to the shared zero page (docs/thp.md).
+        self.written = False
+        # Place in its THP (0..511) while the page belongs to one, else None.
+        self.thp_index = None
+
+
+class _GatherThp:
+    """An mmu_gather entry that releases the PMD mapping's reference on a THP."""
+
+    __slots__ = ("head",)
+
+    def __init__(self, head):
+        self.head = head
 
 
 class _PhysMem:
-    """Frame allocator. The zero page is frame ZERO_PFN and is never allocated."""
+    """Frame allocator. The zero pages are frames ZERO_PFN and HUGE_ZERO_PFN and
+    are never allocated; a THP takes 512 consecutive frames."""
 
     def __init__(self, max_frames):
         self.max_frames = max_frames
         self.frames = {}  # pfn -> _Frame (data pages only)
-        self._next_pfn = ZERO_PFN + 1
+        self._next_pfn = HUGE_ZERO_PFN + 1
         self._free_pfns = []
+        # First frames of THPs freed whole: runs of 512 for the next THPs.
+        self._free_blocks = []
 
     def _take_pfn(self):
         if self._free_pfns:
@@ -476,6 +518,51 @@ class _PhysMem:
         if frame.refcount == 0:
             del self.frames[frame.pfn]
             self._free_pfns.append(frame.pfn)
+
+    def alloc_thp(self):
+        """A new anonymous THP as a PMD fault maps it: 512 exclusive pages, each
+        with the PMD's reference and mapping. Its first pfn, or None if
+        max_frames leaves no room for 512 frames."""
+        if self.max_frames is not None and len(self.frames) + HPAGE_PMD_NR > self.max_frames:
+            return None
+        if self._free_blocks:
+            head = self._free_blocks.pop()
+        else:
+            head = self._next_pfn
+            self._next_pfn += HPAGE_PMD_NR
+        for i in range(HPAGE_PMD_NR):
+            frame = _Frame(head + i, _ANON)
+            frame.mapcount = 1
+            frame.exclusive = True
+            frame.thp_index = i
+            self.frames[head + i] = frame
+        return head
+
+    def put_thp(self, head):
+        """Drop a PMD mapping's reference on each page of a THP. A THP nobody
+        else holds goes back whole, as a run for a later THP."""
+        pages = [self.frames[head + i] for i in range(HPAGE_PMD_NR)]
+        for frame in pages:
+            frame.refcount -= 1
+        if not any(frame.refcount for frame in pages):
+            for frame in pages:
+                del self.frames[frame.pfn]
+            self._free_blocks.append(head)
+            return
+        # Some pages are still mapped by PTEs elsewhere: the others go one by one.
+        for frame in pages:
+            if frame.refcount == 0:
+                del self.frames[frame.pfn]
+                self._free_pfns.append(frame.pfn)
+
+    def thp_pages(self, head):
+        """The pages still part of the THP that starts at head."""
+        out = []
+        for i in range(HPAGE_PMD_NR):
+            frame = self.frames.get(head + i)
+            if frame is not None and frame.thp_index == i:
+                out.append(frame)
+        return out
 
 
 class _ShmemObject:
@@ -693,6 +780,8 @@ def tlb_batch_pages_flush(tlb):
     for frame in tlb.pages:
         if type(frame) is _HugePage:
             frame.hstate.put(frame)
+        elif isinstance(frame, _GatherThp):
+            mem.put_thp(frame.head)
         else:
             mem.folio_put(frame)
     tlb.pages = []
@@ -830,6 +919,9 @@ class MM:
         self._mem = machine.mem
         self._pgd = _Table(_PGD, self._mem.alloc_table_pfn(), 0)
         self._pgtables_bytes = 0
+        # Huge PMDs, each with a PTE table deposited for a later split and
+        # counted in VmPTE, though linked nowhere (R13).
+        self._nr_deposits = 0
         self._rss = [0, 0, 0, 0]
         self._locked_vm = 0
         # VmLck pages no locked VMA accounts for: MREMAP_DONTUNMAP clears VM_LOCKED
@@ -916,9 +1008,12 @@ class MM:
         return _AnonVma(self._anon_vma_serial)
 
     def __split_vma(self, vma, addr):
-        """Split vma at addr; both halves keep the anon_vma and the file."""
+        """Split vma at addr; both halves keep the anon_vma and the file. A huge
+        PMD that the new boundary would cut is split first."""
         if vma.hugetlb is not None:
             self.hugetlb_vm_op_split(vma, addr)
+        else:
+            self.split_huge_pmd_address(vma, addr)
         new = _Vma(addr, vma.end, vma.flags, vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT), vma.anon_vma, vma.shmem)
         if vma.hugetlb is not None:
             new.hugetlb = self.hugetlb_vm_op_open(vma.hugetlb)
@@ -969,6 +1064,12 @@ class MM:
         """vma_modify(): merge with neighbours if possible, else split (R22)."""
         left_side = start == vma.start
         right_side = end == vma.end
+        # A boundary about to move inside the VMA, by a merge or a split, first
+        # splits a huge PMD it would cut (vma_adjust_trans_huge()).
+        if not left_side:
+            self.split_huge_pmd_address(vma, start)
+        if not right_side:
+            self.split_huge_pmd_address(vma, end)
         prev = self._vma_prev(vma) if left_side else None
         nxt = self._vma_next(vma) if right_side else None
         pgoff = vma.pgoff + ((start - vma.start) >> PAGE_SHIFT)
@@ -1110,14 +1211,22 @@ class MM:
     # ---------------------------------------------------------------- faults
 
     def handle_mm_fault(self, vma, addr, write):
-        """__handle_mm_fault(): walk and allocate PUD/PMD, then the PTE path (R25)."""
+        """__handle_mm_fault(): walk and allocate PUD/PMD, then the PMD or PTE path (R25, R27)."""
         self._stats["page_faults"] += 1
         pud = self.__pud_alloc(addr)
         pmd = self.__pmd_alloc(pud, addr)
-        # THP is not simulated: every fault takes the PTE path (R27 out of scope).
-        pte_table = pmd.children[(addr >> PMD_SHIFT) & 511]
+        index = (addr >> PMD_SHIFT) & 511
+        if pmd_trans_huge(pmd.entries[index]):
+            # The hardware walk let the access through unless it is a write to
+            # a write-protected huge PMD.
+            return self.do_huge_pmd_wp_page(vma, pmd, index, addr)
+        pte_table = pmd.children[index]
         if pte_table is None:
             if vma_is_anonymous(vma):
+                # create_huge_pmd(): only where the PMD entry is none; a span
+                # with a PTE table, even an empty one, keeps small pages.
+                if self.thp_vma_allowable(vma, addr) and self.do_huge_pmd_anonymous_page(vma, pmd, index, write):
+                    return None
                 return self.do_anonymous_page(vma, pmd, None, addr, write)
             return self.do_fault(vma, pmd, None, addr, write)
         return self.handle_pte_fault(vma, pmd, pte_table, addr, write)
@@ -1204,10 +1313,10 @@ class MM:
             pte_table.entries[i] = pte | _PAGE_ACCESSED | _PAGE_DIRTY | _PAGE_RW
             return None
         if frame is not None and frame.kind == _ANON and (frame.exclusive or self.wp_can_reuse_anon_folio(frame)):
-            # wp_page_reuse(): the page is ours alone (again); no copy.
+            # wp_page_reuse(): the page is ours alone (again); no copy. A lazy-free
+            # page stays so: its dirty PTE is what keeps reclaim from dropping it.
             frame.exclusive = True
             pte_table.entries[i] = pte | _PAGE_ACCESSED | _PAGE_DIRTY | _PAGE_RW
-            frame.lazyfree = False
             return None
         return self.wp_page_copy(vma, pte_table, i, frame, addr)
 
@@ -1235,6 +1344,8 @@ class MM:
         else:
             # Anonymous to anonymous: RssAnon unchanged. Our mapping of the old
             # page and the reference it held go; the other process keeps it.
+            # The copy holds the old page's data.
+            new.written = old.written
             old.mapcount -= 1
             self._mem.folio_put(old)
         return None
@@ -1345,30 +1456,64 @@ class MM:
         if vma.hugetlb is not None:
             self.hugetlb_access(vma, addr, write)
             return
-        pte_table = self._walk_pte_table(addr)
-        if pte_table is not None:
-            i = (addr >> PAGE_SHIFT) & 511
-            pte = pte_table.entries[i]
-            if pte & _PAGE_PRESENT and (not write or pte & _PAGE_RW):
+        table, i = self._leaf_entry(addr)
+        if table is not None:
+            entry = table.entries[i]
+            if entry & _PAGE_PRESENT and (not write or entry & _PAGE_RW):
                 # The CPU sets the accessed and dirty bits itself.
-                pte_table.entries[i] = pte | _PAGE_ACCESSED | (_PAGE_DIRTY if write else 0)
+                table.entries[i] = entry | _PAGE_ACCESSED | (_PAGE_DIRTY if write else 0)
+                if write:
+                    self._mark_written(addr)
                 return
         self.handle_mm_fault(vma, addr, write)
+        if write:
+            # The store the fault let through.
+            self._mark_written(addr)
+
+    def _leaf_entry(self, addr):
+        """(table, index) of the entry that maps addr: a huge PMD, or a PTE;
+        (None, None) if neither table exists."""
+        pmd = self._walk_pmd(addr)
+        if pmd is None:
+            return None, None
+        index = (addr >> PMD_SHIFT) & 511
+        if pmd_trans_huge(pmd.entries[index]):
+            return pmd, index
+        table = pmd.children[index]
+        if table is None:
+            return None, None
+        return table, (addr >> PAGE_SHIFT) & 511
+
+    def _mark_written(self, addr):
+        """A store reached the page mapped at addr: it is no longer all zeroes."""
+        table, i = self._leaf_entry(addr)
+        if table is None:
+            return
+        entry = table.entries[i]
+        if not pte_present(entry) or entry & _PAGE_SPECIAL:
+            return
+        pfn = pte_pfn(entry)
+        if table.level == _PMD:
+            pfn += (addr >> PAGE_SHIFT) & 511
+        self._mem.frames[pfn].written = True
 
     # ----------------------------------------------------------------- GUP
 
     def _gup_page_ok(self, addr, write):
-        pte_table = self._walk_pte_table(addr)
-        if pte_table is None:
+        table, i = self._leaf_entry(addr)
+        if table is None:
             return False
-        pte = pte_table.entries[(addr >> PAGE_SHIFT) & 511]
-        if not (pte & _PAGE_PRESENT):
+        entry = table.entries[i]
+        if not (entry & _PAGE_PRESENT):
             return False
-        return not write or bool(pte & _PAGE_RW)
+        return not write or bool(entry & _PAGE_RW)
 
     def _gup_mark_dirty(self, addr):
-        pte = self._walk_pte_table(addr).entries[(addr >> PAGE_SHIFT) & 511]
-        frame = self.vm_normal_page(pte)
+        table, i = self._leaf_entry(addr)
+        if table.level == _PMD:
+            # A population through a huge PMD records nothing (docs/thp.md).
+            return
+        frame = self.vm_normal_page(table.entries[i])
         if frame is not None:
             frame.dirty = True
 
@@ -1416,6 +1561,382 @@ class MM:
             nstart = nend
         return 0
 
+    # ------------------------------------------------- transparent huge pages
+
+    def thp_vma_allowable(self, vma, addr):
+        """thp_vma_allowable_order() for a fault in private anonymous memory: the
+        sysfs mode, the VMA's advice, and the aligned 2 MiB around addr inside
+        the VMA (R27)."""
+        if self.thp == "never" or not vma_is_anonymous(vma):
+            return False
+        if vma.flags & (VM_NOHUGEPAGE | VM_HUGETLB | VM_PFNMAP | VM_SHARED):
+            return False
+        if self.thp == "madvise" and not (vma.flags & VM_HUGEPAGE):
+            return False
+        haddr = addr & _PMD_MASK
+        return vma.start <= haddr and haddr + PMD_SIZE <= vma.end
+
+    def pgtable_trans_huge_deposit(self):
+        """A PTE table from pte_alloc_one() set aside with a new huge PMD (R13)."""
+        self._pgtables_bytes += PAGE_SIZE
+        self._nr_deposits += 1
+        self._stats["pte_tables_allocated"] += 1
+
+    def zap_deposited_table(self):
+        """The deposit of a huge PMD that goes away: freed at once, not via RCU."""
+        self._pgtables_bytes -= PAGE_SIZE
+        self._nr_deposits -= 1
+        self._stats["thp_deposits_freed"] += 1
+
+    @staticmethod
+    def _huge_zero_pmd(vma):
+        return pfn_pte(HUGE_ZERO_PFN, vm_get_page_prot(vma.flags) & ~_PAGE_RW) | _PAGE_PSE | _PAGE_SPECIAL
+
+    @staticmethod
+    def _thp_pmd(vma, head):
+        entry = pfn_pte(head, vm_get_page_prot(vma.flags)) | _PAGE_PSE | _PAGE_DIRTY
+        if vma.flags & VM_WRITE:
+            entry |= _PAGE_RW
+        return entry
+
+    def do_huge_pmd_anonymous_page(self, vma, pmd, index, write):
+        """A fault in an empty span of a THP-eligible VMA. False: no THP to be
+        had (max_frames), the fault falls back to small pages."""
+        # vmf_anon_prepare() comes first, for a read too: a VMA holding the huge
+        # zero page has an anon_vma, so fork copies it (unlike the small one).
+        self.anon_vma_prepare(vma)
+        if not write:
+            pmd.entries[index] = self._huge_zero_pmd(vma)
+            self.pgtable_trans_huge_deposit()
+            self._stats["thp_zero_page"] += 1
+            return True
+        head = self._mem.alloc_thp()
+        if head is None:
+            return False
+        pmd.entries[index] = self._thp_pmd(vma, head)
+        self.pgtable_trans_huge_deposit()
+        self._rss[MM_ANONPAGES] += HPAGE_PMD_NR
+        self._stats["thp_fault_alloc"] += 1
+        return True
+
+    def _thp_exclusive(self, head):
+        """Only this PMD holds the THP: it is anon-exclusive, or each page has
+        just the one reference and mapping."""
+        pages = [self._mem.frames[head + i] for i in range(HPAGE_PMD_NR)]
+        if pages[0].exclusive:
+            return True
+        return all(frame.refcount == 1 and frame.mapcount == 1 for frame in pages)
+
+    def folio_maybe_mapped_shared(self, head):
+        """Some page of the THP is mapped more than once (another process too)."""
+        return any(frame.mapcount > 1 for frame in self._mem.thp_pages(head))
+
+    def do_huge_pmd_wp_page(self, vma, pmd, index, addr):
+        """A write to a write-protected huge PMD (R27, R69): the huge zero page
+        becomes a THP (the deposit stays), a THP held by this PMD alone becomes
+        writable; otherwise the PMD is split and the 4 KiB page written goes
+        through the small-page write fault."""
+        entry = pmd.entries[index]
+        pfn = pte_pfn(entry)
+        if pfn == HUGE_ZERO_PFN:
+            head = self._mem.alloc_thp()
+            if head is not None:
+                pmd.entries[index] = self._thp_pmd(vma, head)
+                self._rss[MM_ANONPAGES] += HPAGE_PMD_NR
+                self._stats["thp_fault_alloc"] += 1
+                return None
+        elif self._thp_exclusive(pfn):
+            for i in range(HPAGE_PMD_NR):
+                self._mem.frames[pfn + i].exclusive = True
+            pmd.entries[index] = entry | _PAGE_RW | _PAGE_DIRTY | _PAGE_ACCESSED
+            return None
+        # VM_FAULT_FALLBACK: split, then the PTE-level write fault.
+        self.split_huge_pmd(vma, pmd, index)
+        table = pmd.children[index]
+        i = (addr >> PAGE_SHIFT) & 511
+        return self.do_wp_page(vma, table, i, table.entries[i], addr)
+
+    def split_huge_pmd(self, vma, pmd, index):
+        """__split_huge_pmd_locked() (R71): the deposit becomes the PMD's PTE
+        table, with an entry for each of the 512 pages; VmPTE and RSS stay."""
+        entry = pmd.entries[index]
+        pfn = pte_pfn(entry)
+        prot = vm_get_page_prot(vma.flags)
+        table = _Table(_PTE, self._mem.alloc_table_pfn(), pmd.base + (index << PMD_SHIFT))
+        if pfn == HUGE_ZERO_PFN:
+            # __split_huge_zero_page_pmd(): 512 small zero-page entries.
+            pte = pfn_pte(ZERO_PFN, prot & ~_PAGE_RW) | _PAGE_SPECIAL | (entry & _PAGE_UFFD_WP)
+            table.entries = [pte] * PTRS_PER_PTE
+        else:
+            # Write, young, dirty and uffd-wp come from the PMD, the rest from
+            # the VMA's protection.
+            base = (prot & ~(_PAGE_RW | _PAGE_ACCESSED)) | (entry & (_PAGE_RW | _PAGE_ACCESSED))
+            bits = entry & (_PAGE_DIRTY | _PAGE_UFFD_WP)
+            table.entries = [pfn_pte(pfn + i, base) | bits for i in range(PTRS_PER_PTE)]
+        pmd.children[index] = table
+        pmd.entries[index] = (table.pfn << PAGE_SHIFT) | _PAGE_TABLE
+        self._nr_deposits -= 1
+        self._stats["thp_split_pmd"] += 1
+
+    def split_huge_pmd_address(self, vma, addr):
+        """vma_adjust_trans_huge(): before a VMA boundary moves to addr, a huge
+        PMD that addr would cut is split."""
+        if not addr & (PMD_SIZE - 1):
+            return
+        pmd = self._walk_pmd(addr)
+        index = (addr >> PMD_SHIFT) & 511
+        if pmd is not None and pmd_trans_huge(pmd.entries[index]):
+            self.split_huge_pmd(vma, pmd, index)
+
+    def zap_huge_pmd(self, tlb, vma, pmd, index, addr):
+        """A zap that covers a huge PMD whole (R48): the deposit is freed at once,
+        the THP waits in the gather, as one entry, like a small page."""
+        entry = pmd.entries[index]
+        pmd.entries[index] = 0
+        tlb.need_flush = True
+        self.zap_deposited_table()
+        pfn = pte_pfn(entry)
+        if pfn == HUGE_ZERO_PFN:
+            return
+        for i in range(HPAGE_PMD_NR):
+            self._mem.frames[pfn + i].mapcount -= 1
+        self._rss[MM_ANONPAGES] -= HPAGE_PMD_NR
+        if tlb_remove_folio_pages(tlb, _GatherThp(pfn), False):
+            tlb_flush_mmu(tlb)
+
+    def copy_huge_pmd(self, dst, dst_pmd, index, vma, src_pmd):
+        """fork of a huge PMD (R67): the child gets a deposit of its own and maps
+        the same THP; both lose write access. The huge zero page is mapped anew."""
+        entry = src_pmd.entries[index]
+        pfn = pte_pfn(entry)
+        dst.pgtable_trans_huge_deposit()
+        if pfn == HUGE_ZERO_PFN:
+            dst_pmd.entries[index] = self._huge_zero_pmd(vma)
+            return
+        for i in range(HPAGE_PMD_NR):
+            frame = self._mem.frames[pfn + i]
+            frame.refcount += 1
+            frame.mapcount += 1
+            frame.exclusive = False
+        dst._rss[MM_ANONPAGES] += HPAGE_PMD_NR
+        entry &= ~_PAGE_RW
+        src_pmd.entries[index] = entry
+        dst_pmd.entries[index] = entry & ~(_PAGE_ACCESSED | _PAGE_UFFD_WP)
+
+    def _huge_pmds_in_range(self, start, end):
+        """(pmd, index, addr, next) for each huge PMD of [start, end), where
+        [addr, next) is the part of its span that the range covers."""
+        addr = start
+        while addr < end:
+            nxt = min((addr + PMD_SIZE) & _PMD_MASK or end, end)
+            pud = self._pgd.children[(addr >> PGDIR_SHIFT) & 511]
+            if pud is None:
+                addr = min((addr + PGDIR_SIZE) & _PGDIR_MASK or end, end)
+                continue
+            pmd = pud.children[(addr >> PUD_SHIFT) & 511]
+            if pmd is None:
+                addr = min((addr + PUD_SIZE) & _PUD_MASK or end, end)
+                continue
+            index = (addr >> PMD_SHIFT) & 511
+            if pmd_trans_huge(pmd.entries[index]):
+                yield pmd, index, addr, nxt
+            addr = nxt
+
+    def change_huge_pmd(self, tlb, vma, start, end, newprot, try_change_writable):
+        """The huge-PMD step of change_pmd_range(): a huge PMD inside the range
+        changes in place, one it covers in part is split (R21, R71)."""
+        for pmd, index, addr, nxt in list(self._huge_pmds_in_range(start, end)):
+            if nxt - addr != PMD_SIZE:
+                self.split_huge_pmd(vma, pmd, index)
+                continue
+            old = pmd.entries[index]
+            new = pte_modify(old, newprot)
+            pfn = pte_pfn(old)
+            if (try_change_writable and pfn != HUGE_ZERO_PFN and not (new & _PAGE_RW) and new & _PAGE_PRESENT
+                    and self._mem.frames[pfn].exclusive):
+                new |= _PAGE_RW
+            pmd.entries[index] = new
+            if old & _PAGE_PRESENT and _pte_flags_need_flush(old, new):
+                tlb.need_flush = True
+
+    def madvise_huge_pmds(self, tlb, vma, start, end, behavior):
+        """The huge-PMD branches of madvise_free_pte_range() and
+        madvise_cold_or_pageout_pte_range(). A THP that other processes map
+        too, and the huge zero page, are left alone. A THP the range covers in
+        part is split (split_folio()), and the PTE walk that follows does the
+        rest (docs/thp.md)."""
+        for pmd, index, addr, nxt in list(self._huge_pmds_in_range(start, end)):
+            entry = pmd.entries[index]
+            head = pte_pfn(entry)
+            if head == HUGE_ZERO_PFN or self.folio_maybe_mapped_shared(head):
+                continue
+            span = addr & _PMD_MASK
+            if nxt - addr != PMD_SIZE:
+                self.split_folio(vma, head, span)
+            elif behavior == MADV_FREE:
+                # madvise_free_huge_pmd(): the whole THP becomes lazy-free.
+                for frame in self._mem.thp_pages(head):
+                    frame.dirty = False
+                    frame.lazyfree = True
+                if entry & (_PAGE_ACCESSED | _PAGE_DIRTY):
+                    pmd.entries[index] = entry & ~(_PAGE_ACCESSED | _PAGE_DIRTY)
+                    tlb.need_flush = True
+            else:
+                if entry & _PAGE_ACCESSED:
+                    pmd.entries[index] = entry & ~_PAGE_ACCESSED
+                    tlb.need_flush = True
+                if behavior == MADV_PAGEOUT:
+                    self.huge_pageout(vma, pmd, index, span)
+
+    def huge_pageout(self, vma, pmd, index, span):
+        """reclaim_pages() of a PMD-mapped THP with no swap device: a clean
+        lazy-free THP is discarded whole with its deposit; any other cannot be
+        swapped out whole, and shrink_folio_list() splits it."""
+        entry = pmd.entries[index]
+        head = pte_pfn(entry)
+        first = self._mem.frames[head]
+        if first.lazyfree and not (entry & _PAGE_DIRTY) and not first.dirty:
+            pmd.entries[index] = 0
+            # try_to_unmap_one(): one flush, as for a small page.
+            self._stats["tlb_flushes"] += 1
+            self.zap_deposited_table()
+            self._rss[MM_ANONPAGES] -= HPAGE_PMD_NR
+            for i in range(HPAGE_PMD_NR):
+                self._mem.frames[head + i].mapcount -= 1
+            self._mem.put_thp(head)
+            return
+        self.split_folio(vma, head, span)
+
+    def split_folio(self, vma, head, span):
+        """split_folio() of a THP that only this process maps, at span (by its
+        PMD or by PTEs): it becomes 512 small pages, and remap_page() maps each
+        one never written to the shared zero page instead, freeing it
+        (RssAnon -4 each), unless the VMA of that page is mlocked."""
+        pmd = self._walk_pmd(span)
+        if pmd is None:
+            return
+        index = (span >> PMD_SHIFT) & 511
+        if pmd_trans_huge(pmd.entries[index]):
+            self.split_huge_pmd(vma, pmd, index)
+        table = pmd.children[index]
+        page_vma = None
+        for frame in self._mem.thp_pages(head):
+            i = frame.thp_index
+            frame.thp_index = None
+            if table is None or frame.written:
+                continue
+            # try_to_map_unused_to_zeropage() asks the VMA that maps the page:
+            # earlier VMA splits may have left the THP across several.
+            addr = span + (i << PAGE_SHIFT)
+            if page_vma is None or not (page_vma.start <= addr < page_vma.end):
+                page_vma = self._vma_containing(addr)
+            if page_vma is None or page_vma.flags & VM_LOCKED:
+                continue
+            pte = table.entries[i]
+            if not pte_present(pte) or pte & _PAGE_SPECIAL or pte_pfn(pte) != frame.pfn:
+                continue
+            zero = pfn_pte(ZERO_PFN, vm_get_page_prot(page_vma.flags) & ~_PAGE_RW) | _PAGE_SPECIAL
+            table.entries[i] = zero | (pte & _PAGE_UFFD_WP)
+            frame.mapcount -= 1
+            self._rss[MM_ANONPAGES] -= 1
+            self._mem.folio_put(frame)
+
+    def large_folio_step(self, vma, table, i, span, start, end, split_whole):
+        """The large-folio step of the MADV_FREE / COLD / PAGEOUT PTE walks for
+        table.entries[i], a page of a PTE-mapped THP: "skip" if the THP is
+        shared, "split" if it was split here (read the entry again), else None
+        (treat the page as usual). A THP the range covers whole, mapped here
+        whole, stays large unless split_whole (PAGEOUT with no swap)."""
+        frame = self.vm_normal_page(table.entries[i])
+        head = frame.pfn - frame.thp_index
+        if self.folio_maybe_mapped_shared(head):
+            return "skip"
+        if not split_whole and start <= span and span + PMD_SIZE <= end:
+            entries = table.entries
+            if all(pte_present(entries[j]) and not entries[j] & _PAGE_SPECIAL and pte_pfn(entries[j]) == head + j
+                   for j in range(PTRS_PER_PTE)):
+                return None
+        self.split_folio(vma, head, span)
+        return "split"
+
+    def madvise_collapse(self, vma, start, end):
+        """R72: collapse the aligned 2 MiB spans inside [start, end) of one VMA.
+        0, or the errno of the last span that failed (the others are collapsed
+        all the same); ENOMEM stops at once."""
+        if vma.shmem is not None:
+            raise NotImplementedError("MADV_COLLAPSE of shared memory is not simulated (no shmem THP)")
+        # thp_vma_allowable_order() for a forced collapse: the sysfs mode does not
+        # matter, the VMA's own refusal does, and it must hold a whole span.
+        if vma.flags & (VM_NOHUGEPAGE | VM_HUGETLB | VM_PFNMAP):
+            return errno.EINVAL
+        vstart = (vma.start + PMD_SIZE - 1) & _PMD_MASK
+        if vstart + PMD_SIZE > vma.end:
+            return errno.EINVAL
+        last_fail = 0
+        for haddr in range((start + PMD_SIZE - 1) & _PMD_MASK, end & _PMD_MASK, PMD_SIZE):
+            ret = self.collapse_huge_page(vma, haddr)
+            if ret == errno.ENOMEM:
+                return ret
+            if ret:
+                last_fail = ret
+        return last_fail
+
+    def collapse_huge_page(self, vma, haddr):
+        """One span: its pages are copied into a new THP, none and zero-page
+        entries becoming zero-filled pages, and the PTE table turns into the
+        deposit (VmPTE stays). No max_ptes_* limit applies. 0 if the span is
+        (now) PMD-mapped, else its errno."""
+        pmd = self._walk_pmd(haddr)
+        index = (haddr >> PMD_SHIFT) & 511
+        if pmd is None or not pmd.entries[index]:
+            return errno.EINVAL  # SCAN_PMD_NULL
+        if pmd_trans_huge(pmd.entries[index]):
+            return 0  # SCAN_PMD_MAPPED: a THP or the huge zero page already
+        table = pmd.children[index]
+        swapped = [i for i, pte in enumerate(table.entries)
+                   if is_swap_pte(pte) and not pte & _PAGE_SWP_UFFD_WP]
+        if any(not pte_none(pte) and not pte_present(pte) and i not in swapped
+               for i, pte in enumerate(table.entries)):
+            return errno.EINVAL  # a marker: SCAN_PTE_NON_PRESENT / SCAN_PTE_UFFD_WP
+        head = self._mem.alloc_thp()
+        if head is None:
+            return errno.ENOMEM  # SCAN_ALLOC_HUGE_PAGE_FAIL
+        if vma.anon_vma is None:
+            # hugepage_vma_revalidate(expect_anon): a VMA that never had an
+            # anonymous page (small zero pages only) cannot take a THP.
+            for i in range(HPAGE_PMD_NR):
+                self._mem.frames[head + i].mapcount = 0
+            self._mem.put_thp(head)
+            return errno.EINVAL  # SCAN_PAGE_ANON
+        for i in swapped:
+            # __collapse_huge_page_swapin(): each swap entry read back in first
+            # (no max_ptes_swap limit for MADV_COLLAPSE); not a fault of the process.
+            try:
+                self.do_swap_page(vma, table, i, table.entries[i], haddr + (i << PAGE_SHIFT), False)
+            except (_FaultError, OutOfMemory):
+                for j in range(HPAGE_PMD_NR):
+                    self._mem.frames[head + j].mapcount = 0
+                self._mem.put_thp(head)
+                return errno.EINVAL  # SCAN_FAIL
+        present = 0
+        for i, pte in enumerate(table.entries):
+            if pte_none(pte) or pte & _PAGE_SPECIAL:
+                continue
+            old = self.vm_normal_page(pte)
+            present += 1
+            self._mem.frames[head + i].written = old.written
+            old.mapcount -= 1
+            self._mem.folio_put(old)
+        # The emptied table becomes the deposit: linked nowhere, still counted.
+        pmd.children[index] = None
+        self._mem.free_table_pfn(table.pfn)
+        self._nr_deposits += 1
+        pmd.entries[index] = self._thp_pmd(vma, head)
+        self._rss[MM_ANONPAGES] += HPAGE_PMD_NR - present
+        self._stats["tlb_flushes"] += 1  # pmdp_collapse_flush()
+        self._stats["thp_collapse_alloc"] += 1
+        return 0
+
     # ----------------------------------------------------------------- zap
 
     def unmap_page_range(self, tlb, vma, start, end, details):
@@ -1444,7 +1965,15 @@ class MM:
     def zap_pmd_range(self, tlb, vma, pmd, addr, end, details):
         while addr < end:
             nxt = min((addr + PMD_SIZE) & _PMD_MASK or end, end)
-            if pmd.children[(addr >> PMD_SHIFT) & 511] is not None:
+            index = (addr >> PMD_SHIFT) & 511
+            if pmd_trans_huge(pmd.entries[index]):
+                # A huge PMD goes whole, or is split and zapped as PTEs (R48, R71).
+                if nxt - addr == PMD_SIZE:
+                    self.zap_huge_pmd(tlb, vma, pmd, index, addr)
+                    addr = nxt
+                    continue
+                self.split_huge_pmd(vma, pmd, index)
+            if pmd.children[index] is not None:
                 self.zap_pte_range(tlb, vma, pmd, addr, nxt, details)
             addr = nxt
 
@@ -2109,7 +2638,8 @@ class MM:
         elif oldflags & VM_ACCOUNT and vma_is_anonymous(vma) and vma.anon_vma is None:
             newflags &= ~VM_ACCOUNT
         vma = self.vma_modify_flags(vma, start, end, newflags)
-        vma.flags = newflags
+        # A merged VMA keeps the sticky flags of either side.
+        vma.flags = newflags | (vma.flags & VM_STICKY)
         try_writable = bool(newflags & VM_WRITE) and not (newflags & VM_SHARED)
         self.change_protection(tlb, vma, start, end, try_writable)
         if (oldflags & (VM_WRITE | VM_SHARED | VM_LOCKED)) == VM_LOCKED and newflags & VM_WRITE:
@@ -2123,6 +2653,7 @@ class MM:
             self.hugetlb_change_protection(vma, start, end)
             return
         newprot = vm_get_page_prot(vma.flags)
+        self.change_huge_pmd(tlb, vma, start, end, newprot, try_change_writable)
         for span in range(start & _PMD_MASK, end, PMD_SIZE):
             table = self._walk_pte_table(span)
             if table is None:
@@ -2207,7 +2738,7 @@ class MM:
         elif oldflags & VM_LOCKED:
             nr_pages = 0
         self._locked_vm += nr_pages
-        vma.flags = newflags
+        vma.flags = newflags | (vma.flags & VM_STICKY)
         return vma
 
     # ------------------------------------------------------------- madvise
@@ -2279,7 +2810,7 @@ class MM:
         if behavior == MADV_COLLAPSE and vma.hugetlb is not None:
             return errno.EINVAL  # thp_vma_allowable_order(): never hugetlb
         if behavior == MADV_COLLAPSE:
-            raise NotImplementedError("MADV_COLLAPSE needs THP, which is not simulated")
+            return self.madvise_collapse(vma, start, end)
         if behavior == MADV_GUARD_INSTALL:
             return self.madvise_guard_install(vma, start, end)
         if behavior == MADV_GUARD_REMOVE:
@@ -2327,7 +2858,7 @@ class MM:
         if new_flags == vma.flags:
             return 0
         vma = self.vma_modify_flags(vma, start, end, new_flags)
-        vma.flags = new_flags
+        vma.flags = new_flags | (vma.flags & VM_STICKY)
         return 0
 
     def madvise_dontneed_free(self, tlb, vma, start, end, behavior):
@@ -2351,6 +2882,7 @@ class MM:
         """R39: mark lazy-free; never allocates or frees tables."""
         if not vma_is_anonymous(vma):
             return errno.EINVAL
+        self.madvise_huge_pmds(tlb, vma, start, end, MADV_FREE)
         for span in range(start & _PMD_MASK, end, PMD_SIZE):
             table = self._walk_pte_table(span)
             if table is None:
@@ -2371,6 +2903,14 @@ class MM:
                 frame = self.vm_normal_page(pte)
                 if frame is None:
                     continue
+                if frame.thp_index is not None:
+                    step = self.large_folio_step(vma, table, i, span, start, end, False)
+                    if step == "skip":
+                        continue
+                    pte = entries[i]
+                    frame = self.vm_normal_page(pte) if pte_present(pte) else None
+                    if frame is None:
+                        continue  # mapped to the zero page by the split
                 if frame.dirty and frame.mapcount != 1:
                     # A dirty page another process maps too keeps its dirty
                     # bit and is left alone; a clean shared one is treated
@@ -2386,11 +2926,12 @@ class MM:
 
     def madvise_cold_or_pageout(self, vma, start, end, pageout):
         """R41. Anonymous pages go to swap; without a free slot only lazy-free
-        anonymous and shmem pages are unmapped."""
+        anonymous and shmem pages are unmapped. reclaim_pages() runs on each page
+        as the walk isolates it."""
         if vma.flags & (VM_LOCKED | VM_PFNMAP | VM_HUGETLB):
             return errno.EINVAL
         tlb = tlb_gather_mmu(self)
-        reclaim = []
+        self.madvise_huge_pmds(tlb, vma, start, end, MADV_PAGEOUT if pageout else MADV_COLD)
         for span in range(start & _PMD_MASK, end, PMD_SIZE):
             table = self._walk_pte_table(span)
             if table is None:
@@ -2402,7 +2943,20 @@ class MM:
                 if not pte_present(pte):
                     continue
                 frame = self.vm_normal_page(pte)
-                if frame is None or frame.mapcount != 1:
+                if frame is None:
+                    continue
+                if frame.thp_index is not None:
+                    # With no swap, a THP that is not lazy-free and clean cannot
+                    # be paged out whole: shrink_folio_list() splits it.
+                    split_whole = pageout and (not frame.lazyfree or frame.dirty)
+                    step = self.large_folio_step(vma, table, i, span, start, end, split_whole)
+                    if step == "skip":
+                        continue
+                    pte = entries[i]
+                    frame = self.vm_normal_page(pte) if pte_present(pte) else None
+                    if frame is None:
+                        continue  # mapped to the zero page by the split
+                if frame.mapcount != 1:
                     # Pages other processes map too are not touched.
                     continue
                 if not pageout:
@@ -2410,11 +2964,9 @@ class MM:
                         entries[i] = pte & ~_PAGE_ACCESSED
                         tlb.need_flush = True
                 else:
-                    reclaim.append((table, i, frame))
+                    self.shrink_folio(vma, table, i, frame)
         tlb_end_vma(tlb)
         tlb_finish_mmu(tlb)
-        for table, i, frame in reclaim:
-            self.shrink_folio(vma, table, i, frame)
         return 0
 
     def shrink_folio(self, vma, table, i, frame):
@@ -2570,6 +3122,9 @@ class MM:
         for addr in range(start, end, PAGE_SIZE):
             pud = self.__pud_alloc(addr)
             pmd = self.__pmd_alloc(pud, addr)
+            if pmd_trans_huge(pmd.entries[(addr >> PMD_SHIFT) & 511]):
+                # guard_install_pmd_entry(): a huge PMD is zapped (or split) first.
+                return False
             table = self.__pte_alloc(pmd, addr)
             i = (addr >> PAGE_SHIFT) & 511
             pte = table.entries[i]
@@ -3148,7 +3703,12 @@ class MM:
                 dst_pmd = dst.__pmd_alloc(dst_pud, addr)
                 while addr < pud_next:
                     pmd_next = min((addr + PMD_SIZE) & _PMD_MASK or pud_next, pud_next)
-                    src_pte = src_pmd.children[(addr >> PMD_SHIFT) & 511]
+                    index = (addr >> PMD_SHIFT) & 511
+                    if pmd_trans_huge(src_pmd.entries[index]):
+                        self.copy_huge_pmd(dst, dst_pmd, index, vma, src_pmd)
+                        addr = pmd_next
+                        continue
+                    src_pte = src_pmd.children[index]
                     if src_pte is not None:
                         dst_pte = dst.__pte_alloc(dst_pmd, addr)
                         self.copy_pte_range(dst, dst_vma, vma, dst_pte, src_pte, addr, pmd_next, is_cow)
@@ -3267,10 +3827,23 @@ class MM:
                 for pte_table in pmd.children:
                     if pte_table is not None:
                         out.append(("pte", pte_table.base))
+                # The tables deposited with huge PMDs: counted in VmPTE, linked
+                # nowhere (R13).
+                out.extend(("deposit", pmd.base + (index << PMD_SHIFT)) for index in _huge_indexes(pmd))
         # By address, then from the top of the hierarchy down (api.md); the level
         # names do not sort that way alphabetically.
-        depth = {"pud": 0, "pmd": 1, "pte": 2}
+        depth = {"pud": 0, "pmd": 1, "pte": 2, "deposit": 2}
         return sorted(out, key=lambda t: (t[1], depth[t[0]]))
+
+    def _iter_huge_pmds(self):
+        for pud in self._pgd.children:
+            if pud is None:
+                continue
+            for pmd in pud.children:
+                if pmd is None:
+                    continue
+                for index in _huge_indexes(pmd):
+                    yield pmd.base + (index << PMD_SHIFT), pmd.entries[index]
 
     def read_entry(self, address, level="pte"):
         address = _ulong(address)
@@ -3290,11 +3863,14 @@ class MM:
         """Raise InvariantError for any state Linux could not be in (R76)."""
         self._check_vmas()
         swapped = {}
-        counted, mapped = self._check_tables(swapped)
+        counted, deposits, mapped = self._check_tables(swapped)
         self._check_table_pages()
-        if self._pgtables_bytes != counted * PAGE_SIZE:
+        if deposits != self._nr_deposits:
+            raise InvariantError("deposit", f"{self._nr_deposits} deposits for {deposits} huge PMDs (R13)")
+        if self._pgtables_bytes != (counted + deposits) * PAGE_SIZE:
             raise InvariantError(
-                "pgtables_bytes", f"{self._pgtables_bytes} != 4096 * {counted} linked tables (R10, R76.1)"
+                "pgtables_bytes",
+                f"{self._pgtables_bytes} != 4096 * ({counted} linked tables + {deposits} deposits) (R10, R13, R76.1)"
             )
         rss = [0, 0, 0, 0]
         rss[MM_SWAPENTS] = sum(swapped.values())
@@ -3360,17 +3936,23 @@ class MM:
         )
 
     def _mapped_frames(self):
-        """pfn -> how many of our present entries map that data frame."""
+        """pfn -> how many of our present entries (PTEs and huge PMDs) map that data frame."""
         mapped = {}
         for table in self._iter_pte_tables():
             for pte in table.entries:
                 if pte and pte_present(pte) and not pte & _PAGE_SPECIAL:
                     pfn = pte_pfn(pte)
                     mapped[pfn] = mapped.get(pfn, 0) + 1
+        for _addr, entry in self._iter_huge_pmds():
+            if not entry & _PAGE_SPECIAL:
+                head = pte_pfn(entry)
+                for pfn in range(head, head + HPAGE_PMD_NR):
+                    mapped[pfn] = mapped.get(pfn, 0) + 1
         return mapped
 
     def _check_tables(self, swapped=None):
         counted = 0
+        deposits = 0
         mapped = {}
         for pgd_i, pud in self._linked_children(self._pgd):
             counted += 1
@@ -3379,7 +3961,41 @@ class MM:
                 for pmd_i, pte_table in self._linked_children(pmd):
                     counted += 1
                     self._check_pte_table(pte_table, mapped, swapped)
-        return counted, mapped
+                for index in _huge_indexes(pmd):
+                    if pmd.children[index] is not None:
+                        raise InvariantError("table-link", f"huge PMD entry {index} with a table")
+                    deposits += 1
+                    self._check_huge_pmd(pmd.base + (index << PMD_SHIFT), pmd.entries[index], mapped)
+        return counted, deposits, mapped
+
+    def _check_huge_pmd(self, addr, entry, mapped):
+        vma = self._vma_containing(addr)
+        if vma is None or vma.end < addr + PMD_SIZE:
+            raise InvariantError("huge-pmd", f"huge PMD at {addr:#x} not inside one VMA")
+        if not vma_is_anonymous(vma) or vma.anon_vma is None:
+            raise InvariantError("huge-pmd", f"huge PMD at {addr:#x} outside private anonymous memory "
+                                 "with an anon_vma")
+        prot = vm_get_page_prot(vma.flags)
+        fixed = _PAGE_PRESENT | _PAGE_PROTNONE | _PAGE_USER | _PAGE_NX
+        if (entry & fixed) != (prot & fixed):
+            raise InvariantError("pte-prot", f"huge PMD {entry:#x} at {addr:#x} does not match vm_page_prot {prot:#x}")
+        if entry & _PAGE_RW and not (vma.flags & VM_WRITE):
+            raise InvariantError("pte-prot", f"writable huge PMD at {addr:#x} in a read-only VMA")
+        head = pte_pfn(entry)
+        if head == HUGE_ZERO_PFN:
+            if not entry & _PAGE_SPECIAL or entry & _PAGE_RW:
+                raise InvariantError("zero-page", f"bad huge zero PMD {entry:#x} at {addr:#x}")
+            return
+        if entry & _PAGE_SPECIAL:
+            raise InvariantError("zero-page", f"special huge PMD {entry:#x} at {addr:#x}")
+        for i in range(HPAGE_PMD_NR):
+            frame = self._mem.frames.get(head + i)
+            if frame is None or frame.kind != _ANON or frame.thp_index != i:
+                raise InvariantError("thp", f"huge PMD at {addr:#x} does not map the 512 pages of one THP "
+                                     f"(page {i})")
+            mapped[head + i] = mapped.get(head + i, 0) + 1
+        if entry & _PAGE_RW and not self._mem.frames[head].exclusive:
+            raise InvariantError("anon-exclusive", f"writable huge PMD at {addr:#x} maps a shared THP (R69)")
 
     def _swap_references(self):
         """offset -> swap entries of this mm's page tables that refer to it."""
@@ -3422,7 +4038,7 @@ class MM:
         out = []
         for index, child in enumerate(parent.children):
             if child is None:
-                if parent.entries[index]:
+                if parent.entries[index] and not (parent.level == _PMD and parent.entries[index] & _PAGE_PSE):
                     self._check_link(parent, index, child)
                 continue
             self._check_link(parent, index, child)
@@ -3470,12 +4086,15 @@ class MM:
 
     def _check_pte_table(self, table, mapped, swapped=None):
         vma = None
+        fixed = _PAGE_PRESENT | _PAGE_PROTNONE | _PAGE_USER | _PAGE_NX
         for i, pte in enumerate(table.entries):
             if not pte or pte_none(pte):  # the cheap test first: most entries are 0
                 continue
             addr = table.base + (i << PAGE_SHIFT)
             if vma is None or not (vma.start <= addr < vma.end):
                 vma = self._vma_containing(addr)
+                if vma is not None:
+                    prot = vm_get_page_prot(vma.flags)
             if vma is None:
                 raise InvariantError("pte-outside-vma", f"entry {pte:#x} at {addr:#x} outside every VMA")
             if not pte_present(pte):
@@ -3494,8 +4113,6 @@ class MM:
                 if not is_guard_pte_marker(pte):
                     raise InvariantError("pte-kind", f"unknown non-present entry {pte:#x} at {addr:#x}")
                 continue
-            prot = vm_get_page_prot(vma.flags)
-            fixed = _PAGE_PRESENT | _PAGE_PROTNONE | _PAGE_USER | _PAGE_NX
             if (pte & fixed) != (prot & fixed):
                 raise InvariantError("pte-prot", f"entry {pte:#x} at {addr:#x} does not match vm_page_prot {prot:#x}")
             if pte & _PAGE_RW and not (vma.flags & VM_WRITE):

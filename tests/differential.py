@@ -10,9 +10,10 @@ described symbolically (``AddrSpec``/``LenSpec``) and resolved against the curre
 VMA list, so that random inputs land on VMA edges, table-span boundaries and holes
 far more often than uniform integers would; ``resolve`` turns a description into
 the concrete call, with per-operation caps that keep the reference model fast.
-Two operations act on the processes themselves: ``("fork",)`` forks the current
-process on both sides (the child joins the machine's processes) and ``("switch", i)``
-makes another live process the current one; every process is compared after each step.
+
+``("fork",)`` forks a process and ``("exit",)`` ends one; ``("in", k, op)`` runs op in
+the k-th live process (0 is the first one, the others are children in creation
+order). Every live process is compared after each step.
 """
 
 import errno
@@ -20,15 +21,19 @@ import errno
 import ptreclaim._core as core_impl
 import ptreclaim._reference as ref_impl
 from ptreclaim.constants import (
-    MADV_COLLAPSE, MADV_GUARD_INSTALL, MADV_GUARD_REMOVE, MADV_NAMES, MADV_POPULATE_READ,
-    MADV_POPULATE_WRITE, MAP_ANONYMOUS, MAP_DROPPABLE, MAP_FIXED, MAP_FIXED_NOREPLACE,
+    MADV_COLLAPSE, MADV_GUARD_INSTALL, MADV_GUARD_REMOVE, MADV_NAMES,
+    MADV_POPULATE_READ, MADV_POPULATE_WRITE, MAP_ANONYMOUS, MAP_DROPPABLE, MAP_FIXED, MAP_FIXED_NOREPLACE,
     MAP_GROWSDOWN, MAP_HUGETLB, MAP_LOCKED, MAP_NONBLOCK, MAP_NORESERVE, MAP_POPULATE, MAP_PRIVATE,
     MAP_SHARED, MAP_SHARED_VALIDATE, MAP_STACK, MAP_SYNC, MREMAP_DONTUNMAP, MREMAP_FIXED,
     MREMAP_MAYMOVE, PAGE_SIZE, PGDIR_SIZE, PMD_SIZE,
     PROT_EXEC, PROT_GROWSDOWN, PROT_GROWSUP, PROT_READ, PROT_SEM, PROT_WRITE, PTE_PFN_MASK,
-    PUD_SIZE, TASK_SIZE, ZERO_PFN, _PAGE_PRESENT, _PAGE_PROTNONE, _PAGE_SPECIAL,
+    PUD_SIZE, TASK_SIZE, ZERO_PFN,
+    _PAGE_PRESENT, _PAGE_PROTNONE, _PAGE_SPECIAL,
 )
 from ptreclaim.errors import BusError, InvariantError, OutOfMemory, SegmentationFault
+
+# The huge zero page is frame 2 on both sides (docs/thp.md).
+HUGE_ZERO_PFN = 2
 
 K = 1024
 M = 1024 * K
@@ -210,37 +215,41 @@ def core_supports_guard():
 # Advice the core does not simulate yet, and which the reference already does:
 # excluded from generation (not tolerated after the fact) until the core has them.
 UNSIMULATED_IN_CORE = () if core_supports_guard() else (MADV_GUARD_INSTALL, MADV_GUARD_REMOVE)
-# Neither side simulates it: both must raise NotImplementedError.
+# Both simulate it for private memory; for shmem both raise NotImplementedError.
 assert MADV_COLLAPSE in ADVICES
 
 
 class Pair:
-    """A core MM and a reference MM built alike, stepped and compared together."""
+    """A core MM and a reference MM built alike, stepped and compared together, with
+    the processes forked from them."""
 
     def __init__(self, pt_reclaim=True, split_ptlocks=True, max_frames=None, totalram_pages=None,
-                 swap_pages=0, hugetlb_pages=0):
+                 thp="madvise", swap_pages=0, hugetlb_pages=0):
         self.config = dict(pt_reclaim=pt_reclaim, split_ptlocks=split_ptlocks,
-                           max_frames=max_frames, totalram_pages=totalram_pages, swap_pages=swap_pages)
+                           max_frames=max_frames, totalram_pages=totalram_pages, thp=thp,
+                           swap_pages=swap_pages)
         if hugetlb_pages:
             self.config["hugetlb_pages"] = hugetlb_pages
         self.core_machine = core_impl.Machine(max_frames, totalram_pages, swap_pages,
                                               hugetlb_pages=hugetlb_pages)
         self.ref_machine = ref_impl.Machine(max_frames, totalram_pages, swap_pages,
                                             hugetlb_pages=hugetlb_pages)
-        self.core = core_impl.MM(pt_reclaim=pt_reclaim, split_ptlocks=split_ptlocks,
+        self.core = core_impl.MM(pt_reclaim=pt_reclaim, split_ptlocks=split_ptlocks, thp=thp,
                                  machine=self.core_machine)
-        self.ref = ref_impl.MM(pt_reclaim=pt_reclaim, split_ptlocks=split_ptlocks,
+        self.ref = ref_impl.MM(pt_reclaim=pt_reclaim, split_ptlocks=split_ptlocks, thp=thp,
                                machine=self.ref_machine)
+        # The live processes as (core, reference) pairs; the first is the one made
+        # above, the others are children in the order they were forked.
+        self.procs = [(self.core, self.ref)]
         self.pfn_map = {}  # core pfn -> reference frame object
         self.log = []  # concrete calls so far, for the failure message
-        self.others = []  # the other live processes, (core, reference), made by fork
 
     def describe(self):
         lines = [f"Pair({', '.join(f'{k}={v!r}' for k, v in self.config.items())})"]
-        for method, args, kwargs in self.log:
+        for target, method, args, kwargs in self.log:
             shown = ", ".join(hex(a) if isinstance(a, int) and abs(a) > 4096 else repr(a) for a in args)
             shown += "".join(f", {k}={v!r}" for k, v in kwargs.items())
-            lines.append(f"  {method}({shown})")
+            lines.append(f"  {f'[process {target}] ' if target else ''}{method}({shown})")
         return "\n".join(lines)
 
     def fail(self, what, core_value, ref_value):
@@ -248,74 +257,43 @@ class Pair:
                          f"after:\n{self.describe()}")
 
     def step(self, op, compare=True):
-        if op[0] == "fork":
-            return self.fork(compare)
-        if op[0] == "switch":
-            return self.switch(op[1], compare)
-        method, args, kwargs = resolve(self.ref.vmas(), op)
-        return self.call(method, args, kwargs, compare)
+        target = 0
+        if op[0] == "in":
+            _, k, op = op
+            target = k % len(self.procs)
+        if op[0] in ("fork", "exit"):
+            method, args, kwargs = op[0], (), {}
+        else:
+            method, args, kwargs = resolve(self.procs[target][1].vmas(), op)
+        return self.call(method, args, kwargs, compare, target)
 
-    def fork(self, compare=True):
-        """fork() the current process on both sides; the child joins the others."""
-        self.log.append(("fork", (), {}))
-        got, children = [], []
-        for mm in (self.core, self.ref):
-            try:
-                children.append(mm.fork())
-                got.append(("ok",))
-            except OSError as e:
-                children.append(None)
-                got.append(("OSError", errno.errorcode.get(e.errno, e.errno)))
-            except ValueError:
-                children.append(None)
-                got.append(("ValueError",))
-        if got[0] != got[1]:
-            self.fail("the result of fork", got[0], got[1])
-        if children[0] is not None:
-            self.others.append((children[0], children[1]))
-        if compare:
-            self.compare()
-        return got[0]
-
-    def switch(self, index, compare=True):
-        """Make another live process the current one."""
-        if not self.others:
-            return None
-        i = index % len(self.others)
-        self.log.append(("switch", (i,), {}))
-        self.others[i], (self.core, self.ref) = (self.core, self.ref), self.others[i]
-        if compare:
-            self.compare()
-        return i
-
-    def call(self, method, args, kwargs=None, compare=True):
+    def call(self, method, args, kwargs=None, compare=True, target=0):
         kwargs = kwargs or {}
-        self.log.append((method, args, kwargs))
-        got_core = outcome(self.core, method, args, kwargs)
-        got_ref = outcome(self.ref, method, args, kwargs)
+        core, ref = self.procs[target]
+        self.log.append((target, method, args, kwargs))
+        got_core = outcome(core, method, args, kwargs)
+        got_ref = outcome(ref, method, args, kwargs)
+        if method == "fork" and got_core[0] == got_ref[0] == "ok":
+            self.procs.append((got_core[1], got_ref[1]))
+            got_core = got_ref = ("ok", "child")
         if got_core != got_ref:
             self.fail(f"the result of {method}", got_core, got_ref)
+        if method == "exit" and got_core[0] == "ok" and target:
+            del self.procs[target]
         if compare:
             self.compare()
         return got_core
 
     def compare(self, full=True):
-        for number, (core, ref) in enumerate([(self.core, self.ref)] + self.others):
-            which = "" if number == 0 else f" of process {number}"
+        for k, (core, ref) in enumerate(self.procs):
+            who = f"process {k}: " if k else ""
             for name, get in (("status()", lambda mm: mm.status()), ("stats", lambda mm: mm.stats),
                               ("vmas()", lambda mm: mm.vmas()), ("tables()", lambda mm: mm.tables()),
                               ("pgtables_bytes", lambda mm: mm.pgtables_bytes),
                               ("hugetlb PMDs", hugetlb_pmds)):
                 a, b = get(core), get(ref)
                 if a != b:
-                    self.fail(name + which, a, b)
-            if full:
-                self.compare_entries(core, ref)
-            for side, mm in (("core", core), ("reference", ref)):
-                try:
-                    mm.check()
-                except InvariantError as e:
-                    raise Divergence(f"{side} check(){which} failed: {e}\nafter:\n{self.describe()}") from None
+                    self.fail(who + name, a, b)
         if self.core_machine.frames_in_use != self.ref_machine.frames_in_use:
             self.fail("Machine.frames_in_use", self.core_machine.frames_in_use,
                       self.ref_machine.frames_in_use)
@@ -325,21 +303,29 @@ class Pair:
         if self.core_machine.swap_used != self.ref_machine.swap_used:
             self.fail("Machine.swap_used", self.core_machine.swap_used, self.ref_machine.swap_used)
         if full:
-            self.compare_entries()
-        for side, mm in (("core", core), ("reference", ref)):
-            try:
-                mm.check()
-            except InvariantError as e:
-                raise Divergence(f"{side} check() failed: {e}\nafter:\n{self.describe()}") from None
+            for k, (core, ref) in enumerate(self.procs):
+                self.compare_entries(core, ref, f"process {k}: " if k else "")
+        for k, (core, ref) in enumerate(self.procs):
+            for side, mm in (("core", core), ("reference", ref)):
+                try:
+                    mm.check()
+                except InvariantError as e:
+                    raise Divergence(f"{side} check() of process {k} failed: {e}\n"
+                                     f"after:\n{self.describe()}") from None
 
-    def compare_entries(self, core=None, ref=None):
+    def compare_entries(self, core=None, ref=None, who=""):
         core = self.core if core is None else core
         ref = self.ref if ref is None else ref
         core_entries = list(core.entries())
         ref_entries = list(ref.entries())
         if [a for a, _ in core_entries] != [a for a, _ in ref_entries]:
-            self.fail("the addresses of entries()", [hex(a) for a, _ in core_entries],
+            self.fail(who + "the addresses of entries()", [hex(a) for a, _ in core_entries],
                       [hex(a) for a, _ in ref_entries])
+        core_huge = core.huge_pmds()
+        ref_huge = ref.huge_pmds()
+        if [a for a, _ in core_huge] != [a for a, _ in ref_huge]:
+            self.fail(who + "the addresses of huge_pmds()", [hex(a) for a, _ in core_huge],
+                      [hex(a) for a, _ in ref_huge])
         # The map pairs a core PFN with the reference's frame object, not its PFN: a
         # frame freed and reallocated within one call is a new frame, whose PFN
         # either side may have reused. Pairs whose reference frame is gone are
@@ -348,37 +334,49 @@ class Pair:
         self.pfn_map = {c: f for c, f in self.pfn_map.items() if live.get(f.pfn) is f}
         inverse = {id(f): c for c, f in self.pfn_map.items()}
         carries = _PAGE_PRESENT | _PAGE_PROTNONE
+        for (addr, ce), (_, re) in zip(core_huge, ref_huge):
+            # A huge PMD maps its THP's first frame, or the huge zero page; the
+            # other 511 frames are paired when PTEs map them after a split.
+            if (ce ^ re) & _NOT_PFN:
+                self.fail(f"{who}the huge PMD flags at {addr:#x}", hex(ce & _NOT_PFN), hex(re & _NOT_PFN))
+            cp = ((ce if ce & _PAGE_PRESENT else ce ^ PTE_PFN_MASK) & PTE_PFN_MASK) >> 12
+            rp = ((re if re & _PAGE_PRESENT else re ^ PTE_PFN_MASK) & PTE_PFN_MASK) >> 12
+            if ce & _PAGE_SPECIAL or cp == HUGE_ZERO_PFN or rp == HUGE_ZERO_PFN:
+                if cp != rp or cp != HUGE_ZERO_PFN:
+                    self.fail(f"{who}the huge zero page PFN at {addr:#x}", cp, rp)
+                continue
+            self._pair_frame(f"{who}the THP at {addr:#x}", cp, rp, live, inverse)
         for (addr, ce), (_, re) in zip(core_entries, ref_entries):
             if not ce & carries:
                 # A swap-format entry (guard marker, swap entry): no frame, compare
                 # it whole; both sides give out the lowest free swap slot.
                 if ce != re:
-                    self.fail(f"the entry at {addr:#x}", hex(ce), hex(re))
+                    self.fail(f"{who}the entry at {addr:#x}", hex(ce), hex(re))
                 continue
             if (ce ^ re) & _NOT_PFN:
-                self.fail(f"the entry flags at {addr:#x}", hex(ce & _NOT_PFN), hex(re & _NOT_PFN))
+                self.fail(f"{who}the entry flags at {addr:#x}", hex(ce & _NOT_PFN), hex(re & _NOT_PFN))
             # The PFN, inverted in a PROT_NONE entry (L1TF), as pte_pfn() reads it.
             cp = ((ce if ce & _PAGE_PRESENT else ce ^ PTE_PFN_MASK) & PTE_PFN_MASK) >> 12
             rp = ((re if re & _PAGE_PRESENT else re ^ PTE_PFN_MASK) & PTE_PFN_MASK) >> 12
             if ce & _PAGE_SPECIAL or cp == ZERO_PFN or rp == ZERO_PFN:
                 if cp != rp or cp != ZERO_PFN:
-                    self.fail(f"the zero-page PFN at {addr:#x}", cp, rp)
+                    self.fail(f"{who}the zero-page PFN at {addr:#x}", cp, rp)
                 continue
-            frame = live.get(rp)
-            if frame is None:
-                self.fail(f"the frame at {addr:#x} (the reference maps a free pfn)", cp, rp)
-            paired = self.pfn_map.setdefault(cp, frame)
-            if paired is not frame:
-                self.fail(f"the frame at {addr:#x} (core pfn {cp} was paired with reference pfn {paired.pfn})",
-                          cp, rp)
-            if inverse.setdefault(id(frame), cp) != cp:
-                self.fail(f"the frame at {addr:#x} (reference pfn {rp} was paired with core pfn "
-                          f"{inverse[id(frame)]})", cp, rp)
+            self._pair_frame(f"{who}the frame at {addr:#x}", cp, rp, live, inverse)
+
+    def _pair_frame(self, what, cp, rp, live, inverse):
+        """Core pfn cp and reference pfn rp must name the same frame, consistently."""
+        frame = live.get(rp)
+        if frame is None:
+            self.fail(f"{what} (the reference maps a free pfn)", cp, rp)
+        paired = self.pfn_map.setdefault(cp, frame)
+        if paired is not frame:
+            self.fail(f"{what} (core pfn {cp} was paired with reference pfn {paired.pfn})", cp, rp)
+        if inverse.setdefault(id(frame), cp) != cp:
+            self.fail(f"{what} (reference pfn {rp} was paired with core pfn {inverse[id(frame)]})", cp, rp)
 
     def finish(self):
-        """exit() on both, for every process, then the empty processes must look the same."""
+        """exit() on every process, children first; each emptied process must look the same."""
+        while len(self.procs) > 1:
+            self.call("exit", (), {}, target=len(self.procs) - 1)
         self.call("exit", (), {})
-        while self.others:
-            self.core, self.ref = self.others.pop()
-            self.log.append(("switch", (len(self.others),), {}))
-            self.call("exit", (), {})

@@ -1,9 +1,12 @@
 """Random operation sequences on the compiled core and the reference model, side by side.
 
 Every step runs one call on both and compares the result (return value, or exception
-type + errno / fault address), status(), stats, vmas(), tables(), entries() (flags
-exactly, frames up to a consistent renaming), frames in use, and check() on both.
+type + errno / fault address), status(), stats, vmas(), tables(), entries() and
+huge_pmds() (flags exactly, frames up to a consistent renaming), frames in use, and
+check() on both, for every live process (fork makes children; some rules act in them).
 The vocabulary and the comparison live in differential.py, shared with the fuzzer.
+Some rules aim at transparent huge pages: 2 MiB-aligned mappings with MADV_HUGEPAGE,
+then partial zaps, mprotects and unmaps, FREE/COLD/PAGEOUT, COLLAPSE and fork.
 
 Some runs have a small hugetlb pool (2 or 6 huge pages): hugetlb mappings, forks and
 switches between the processes then exercise reservations, copy-on-write and SIGBUS.
@@ -21,14 +24,16 @@ import os
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
-from ptreclaim.constants import MADV_PAGEOUT
 
 from differential import (
     ADVICES, ANCHORS, DELTAS, LENGTHS, MAP_EXTRA, MAP_TYPES, MREMAP_FLAGS, PROTS, UNSIMULATED_IN_CORE, Pair,
 )
-from ptreclaim.constants import MAP_HUGETLB
+from ptreclaim.constants import (
+    MADV_COLD, MADV_COLLAPSE, MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_PAGEOUT,
+    MADV_POPULATE_READ, MADV_POPULATE_WRITE, MAP_HUGETLB, PMD_SIZE,
+)
 
 settings.register_profile(
     "ci", max_examples=300, stateful_step_count=50, deadline=None, derandomize=True, database=None,
@@ -69,6 +74,17 @@ option_bits = st.sampled_from((_NORESERVE, _NORESERVE, 0, _POPULATE | _NORESERVE
 _HUGETLB = _BIT[MAP_HUGETLB]
 hugetlb_option_bits = st.sampled_from((0, 0, _NORESERVE, _POPULATE, _LOCKED | _NORESERVE))
 
+# THP rules: anchors that are 2 MiB-aligned, a few MiB of memory, and the advice that
+# acts on huge PMDs and THPs.
+thp_anchor = st.sampled_from([i for i, a in enumerate(ANCHORS) if a and a % PMD_SIZE == 0][:6])
+thp_pages = st.sampled_from((512, 1024, 1024, 1536, 2048))
+thp_advice = st.sampled_from([ADVICES.index(a) for a in (
+    MADV_FREE, MADV_FREE, MADV_COLD, MADV_PAGEOUT, MADV_PAGEOUT, MADV_COLLAPSE, MADV_COLLAPSE,
+    MADV_DONTNEED, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_POPULATE_WRITE, MADV_POPULATE_READ)])
+# Mostly VMA starts and ends, where THP spans begin and end.
+vma_edge_specs = st.tuples(st.sampled_from((1, 1, 2)), st.integers(0, 15), st.integers(0, len(DELTAS) - 1))
+child_index = st.integers(0, 3)
+
 
 class CoreMatchesReference(RuleBasedStateMachine):
     @initialize(
@@ -79,12 +95,13 @@ class CoreMatchesReference(RuleBasedStateMachine):
         # overcommit check; sometimes a swap device, small enough to fill up.
         limits=st.sampled_from(((None, None, 0), (None, None, 0), (None, None, 4096), (600, None, 0),
                                 (3000, 1024, 0), (600, None, 200), (None, None, 300))),
+        thp=st.sampled_from(("madvise", "madvise", "always", "never")),
         hugetlb=st.sampled_from((0, 0, 0, 2, 6)),
     )
-    def start(self, pt_reclaim, split_ptlocks, limits, hugetlb):
+    def start(self, pt_reclaim, split_ptlocks, limits, thp, hugetlb):
         self.pair = Pair(pt_reclaim=pt_reclaim, split_ptlocks=split_ptlocks,
-                         max_frames=limits[0], totalram_pages=limits[1], swap_pages=limits[2],
-                         hugetlb_pages=hugetlb)
+                         max_frames=limits[0], totalram_pages=limits[1], thp=thp,
+                         swap_pages=limits[2], hugetlb_pages=hugetlb)
         self.pair.compare()
 
     @rule(addr=mmap_addr_specs, length=small_length_specs, prot=common_prot_index,
@@ -107,15 +124,6 @@ class CoreMatchesReference(RuleBasedStateMachine):
         length = (-1, 512 * huge_pages - (1 if short else 0))
         self.pair.step(("mmap", addr, length, prot, 3 if shared else 0, placement | options | _HUGETLB,
                         True, fd_off))
-
-    @rule()
-    def fork(self):
-        if len(self.pair.others) < 2:
-            self.pair.step(("fork",))
-
-    @rule(index=st.integers(0, 2))
-    def switch(self, index):
-        self.pair.step(("switch", index))
 
     @rule(addr=addr_specs, length=length_specs)
     def munmap(self, addr, length):
@@ -159,6 +167,41 @@ class CoreMatchesReference(RuleBasedStateMachine):
     def touch_write(self, addr, length):
         # Writes make frames, which most other rules act on: give them extra weight.
         self.pair.step(("touch", addr, length, True))
+
+    @rule(anchor=thp_anchor, pages=thp_pages, prot=st.sampled_from((0, 0, 0, 1)),
+          placement=st.sampled_from((_NOREPLACE, _FIXED)), advise=st.sampled_from((True, True, False)),
+          fill=st.sampled_from(((1, True), (1, True), (512, True), (1024, True), (1, False), (512, False))))
+    def thp_region(self, anchor, pages, prot, placement, advise, fill):
+        # An aligned private mapping of 2-8 MiB, mostly with MADV_HUGEPAGE, then a
+        # first access (a store maps THPs there, a load the huge zero page).
+        where, size = (0, anchor, 0), (-1, pages)
+        self.pair.step(("mmap", where, size, prot, 0, placement | _NORESERVE, True, 0))
+        if advise:
+            self.pair.step(("madvise", where, size, ADVICES.index(MADV_HUGEPAGE)))
+        self.pair.step(("touch", where, (-1, fill[0]), fill[1]))
+
+    @rule(addr=vma_edge_specs, length=small_length_specs, advice=thp_advice)
+    def thp_madvise(self, addr, length, advice):
+        self.pair.step(("madvise", addr, length, advice))
+
+    @precondition(lambda self: len(self.pair.procs) < 3)
+    @rule(who=child_index)
+    def fork(self, who):
+        self.pair.step(("in", who, ("fork",)))
+
+    @precondition(lambda self: len(self.pair.procs) > 1)
+    @rule(who=child_index, addr=vma_edge_specs, length=small_length_specs, write=st.booleans(),
+          advice=thp_advice, what=st.sampled_from(("touch", "touch", "touch", "madvise", "munmap", "mprotect")))
+    def in_child(self, who, addr, length, write, advice, what):
+        # Writes and advice in a process other than the first (who 0 may pick it too).
+        op = {"touch": ("touch", addr, length, write), "madvise": ("madvise", addr, length, advice),
+              "munmap": ("munmap", addr, length), "mprotect": ("mprotect", addr, length, write)}[what]
+        self.pair.step(("in", who, op))
+
+    @precondition(lambda self: len(self.pair.procs) > 1)
+    @rule(who=st.integers(1, 3))
+    def exit_child(self, who):
+        self.pair.step(("in", 1 + who % (len(self.pair.procs) - 1), ("exit",)))
 
     def teardown(self):
         if hasattr(self, "pair"):
