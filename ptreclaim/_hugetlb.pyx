@@ -298,6 +298,7 @@ cdef int hugetlb_wp(pt_mm *mm, pt_vma *vma, pteval_t *pmd, uint64_t haddr) noexc
     cdef pt_hstate *h = &mm.machine.hstate
     cdef uint64_t old
     cdef int64_t new
+    cdef int32_t before
     cdef bint cow_from_owner
     if vma_shared(vma):
         pmd[0] = e | PTR_PAGE_RW | PTR_PAGE_DIRTY | PTR_PAGE_ACCESSED
@@ -316,9 +317,12 @@ cdef int hugetlb_wp(pt_mm *mm, pt_vma *vma, pteval_t *pmd, uint64_t haddr) noexc
             break
         if not cow_from_owner:
             return FAULT_SIGBUS
+        before = h.pages[old].mapcount
         unmap_ref_private(mm, vma, old, haddr)
         if pmd[0] != e:
             return FAULT_OK
+        if h.pages[old].mapcount == before:
+            return FAULT_SIGBUS        # nothing to take back: never loop
     # Break COW: the copy is ours alone and writable; the old page loses this mapping.
     h.pages[old].mapcount -= 1
     h.pages[new].flags = (h.pages[new].flags & ~HP_RESTORE_RESERVE) | HP_ANON | HP_ANON_EXCLUSIVE
