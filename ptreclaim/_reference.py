@@ -411,8 +411,9 @@ _GUARD_MARKER = make_pte_marker(PTE_MARKER_GUARD)
 
 
 def pmd_trans_huge(pmd):
-    """A PMD entry that maps 2 MiB itself (PSE): a THP or the huge zero page."""
-    return bool(pmd & _PAGE_PSE)
+    """A PMD entry that maps 2 MiB itself (PSE): a THP or the huge zero page, not
+    a page of the hugetlb pool."""
+    return bool(pmd & _PAGE_PSE) and pte_pfn(pmd) < _HUGETLB_PFN_BASE
 
 
 def _huge_indexes(pmd_table):
@@ -3489,6 +3490,18 @@ class MM:
             extent = self._move_extent(old_addr, old_end, new_addr, PMD_SIZE)
             old_pmd = old_pud.children[oi]
             oj = (old_addr >> PMD_SHIFT) & 511
+            if pmd_trans_huge(old_pmd.entries[oj]):
+                new_pmd = self.__pmd_alloc(new_pud, new_addr)
+                nj = (new_addr >> PMD_SHIFT) & 511
+                if extent == PMD_SIZE and not new_pmd.entries[nj]:
+                    # move_huge_pmd(): the huge PMD moves with its deposit.
+                    new_pmd.entries[nj] = old_pmd.entries[oj]
+                    old_pmd.entries[oj] = 0
+                    self._stats["tlb_flushes"] += 1
+                    old_addr += extent
+                    new_addr += extent
+                    continue
+                self.split_huge_pmd(self._vma_containing(old_addr), old_pmd, oj)
             table = old_pmd.children[oj]
             if table is None:
                 old_addr += extent

@@ -341,6 +341,10 @@ class Pair:
                 self.fail(f"{who}the huge PMD flags at {addr:#x}", hex(ce & _NOT_PFN), hex(re & _NOT_PFN))
             cp = ((ce if ce & _PAGE_PRESENT else ce ^ PTE_PFN_MASK) & PTE_PFN_MASK) >> 12
             rp = ((re if re & _PAGE_PRESENT else re ^ PTE_PFN_MASK) & PTE_PFN_MASK) >> 12
+            if cp >= HUGETLB_PFN_BASE or rp >= HUGETLB_PFN_BASE:
+                if cp != rp:
+                    self.fail(f"{who}the hugetlb page at {addr:#x}", cp, rp)
+                continue           # pages of the hugetlb pool: compared by hugetlb_pmds()
             if ce & _PAGE_SPECIAL or cp == HUGE_ZERO_PFN or rp == HUGE_ZERO_PFN:
                 if cp != rp or cp != HUGE_ZERO_PFN:
                     self.fail(f"{who}the huge zero page PFN at {addr:#x}", cp, rp)

@@ -1,5 +1,5 @@
-"""The whole suite, once more, against a checked build of the core: Cython's bounds,
-wraparound and initialisation checks on (PTRECLAIM_CYTHON_DEBUG=1, -O0). The build goes
+"""The suite's tests of compiled code, once more, against a checked build of the core:
+Cython's bounds, wraparound and initialisation checks on (PTRECLAIM_CYTHON_DEBUG=1, -O0). The build goes
 to a copy of the sources, so the optimised build under test elsewhere is untouched."""
 
 import os
@@ -28,7 +28,10 @@ def test_suite_passes_on_the_checked_build(tmp_path):
     env["PYTHONPATH"] = str(src)
     tests = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests",
-         "-m", "not slow", "--ignore", "tests/test_checked_build.py"],
+         "-m", "not slow", "--ignore", "tests/test_checked_build.py",
+         # What never runs compiled code (the reference alone), and the host-kernel
+         # comparisons, whose time goes to the kernel, run once, in the main suite.
+         "-k", "not reference", "--ignore", "tests/test_random_vs_kernel.py"],
         cwd=src, env=env, capture_output=True, text=True)
     tail = tests.stdout[-3000:]
     assert tests.returncode == 0, tail

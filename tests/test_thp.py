@@ -201,10 +201,7 @@ def test_collapse_errors(MM):
     mm.check()
 
 
-def test_collapse_without_an_anon_vma_fails(MM, request):
-    if "core" in request.node.callspec.id:
-        request.applymarker(pytest.mark.xfail(reason="the core collapses a span of a VMA with no anon_vma",
-                                              strict=False))
+def test_collapse_without_an_anon_vma_fails(MM):
     mm = thp_region(MM, advise=False, thp="never")
     mm.touch(B, PMD_SIZE, write=False)  # small zero pages only: no anon_vma
     with pytest.raises(OSError) as e:
