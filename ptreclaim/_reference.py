@@ -4669,6 +4669,10 @@ class MM:
                         out.append((pmd.base + (i << PMD_SHIFT), e))
         return out
 
+    def _hugetlb_pmds(self):
+        """(address, entry) of every huge PMD that maps a page of the hugetlb pool."""
+        return [(a, e) for a, e in self.huge_pmds() if pte_pfn(e) >= _HUGETLB_PFN_BASE]
+
     def _check_hugetlb(self):
         """hugetlb leaves lie in hugetlb VMAs and map pages of the pool, HugetlbPages
         counts them, no PTE table lies under a hugetlb VMA, and the pool's counts
@@ -4680,7 +4684,7 @@ class MM:
                 self.machine.hstate.check(self.machine)
             return
         mapped = 0
-        for addr, e in self.huge_pmds():
+        for addr, e in self._hugetlb_pmds():
             vma = self._vma_containing(addr)
             if vma is None or vma.hugetlb is None or vma.end < addr + PMD_SIZE:
                 raise InvariantError("hugetlb-pmd", f"huge PMD at {addr:#x} outside a hugetlb VMA")
@@ -4798,7 +4802,7 @@ class _Hstate:
         resv = 0
         files = {}
         for mm in machine.mms:
-            for _, e in mm.huge_pmds():
+            for _, e in mm._hugetlb_pmds():
                 maps[mm._hugetlb_page(e).index] = maps.get(mm._hugetlb_page(e).index, 0) + 1
             for v in mm._vmas:
                 hv = v.hugetlb
