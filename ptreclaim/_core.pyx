@@ -26,7 +26,7 @@ from ptreclaim._pgtable cimport (
     guard_install_range, guard_remove_range, copy_page_range, shmem_get, anon_vma_prepare,
     madvise_collapse, move_page_tables, page_stored, find_vma, is_swap_pte, swp_offset, swap_init,
     pmd_hugetlb, hpage_index, hugetlb_pool_init, hfile_new, hfile_put,
-    idxset_count, idxset_has,
+    idxset_count, idxset_has, p4d_offset, pgd_index, pgd5_index,
 )
 from ptreclaim._hugetlb cimport (
     is_vm_hugetlb_page, hugetlbfs_file_mmap, hugetlb_dup_vma, hugetlb_vm_op_close, hugetlb_fault_range,
@@ -415,10 +415,10 @@ cdef inline uint64_t vm_start_gap(const pt_vma *v) noexcept nogil:
         return v.start - (256 << 12) if v.start > (256 << 12) else 0
     return v.start
 
-cdef uint64_t unmapped_area_topdown(pt_mm *mm, uint64_t length) noexcept nogil:
-    """Highest gap below mmap_base that fits length; 0 if none."""
-    cdef int64_t i = <int64_t>find_vma(mm, mm.mmap_base) - 1
-    cdef uint64_t hi = mm.mmap_base, lo
+cdef uint64_t unmapped_area_topdown(pt_mm *mm, uint64_t length, uint64_t high) noexcept nogil:
+    """Highest gap below high (mmap_base, see mmap_high_limit()) that fits length; 0 if none."""
+    cdef int64_t i = <int64_t>find_vma(mm, high) - 1
+    cdef uint64_t hi = high, lo
     if <uint64_t>(i + 1) < mm.nr_vmas and vm_start_gap(&mm.vmas[i + 1]) < hi:
         hi = vm_start_gap(&mm.vmas[i + 1])
     while True:
@@ -430,6 +430,23 @@ cdef uint64_t unmapped_area_topdown(pt_mm *mm, uint64_t length) noexcept nogil:
         hi = vm_start_gap(&mm.vmas[i])
         i -= 1
 
+cdef inline bint mmap_address_hint_valid(pt_mm *mm, uint64_t addr, uint64_t length) noexcept nogil:
+    # arch/x86/mm/mmap.c: a hint must fit below TASK_SIZE and lie wholly on
+    # one side of DEFAULT_MAP_WINDOW (128 TiB), so that only a program that
+    # asks for addresses above it gets them (with 4 levels TASK_SIZE is the
+    # window, and the second test always holds).
+    if mm.task_size - length < addr:
+        return False
+    return (addr > PTR_DEFAULT_MAP_WINDOW) == (addr + length > PTR_DEFAULT_MAP_WINDOW)
+
+cdef inline uint64_t mmap_high_limit(pt_mm *mm, uint64_t hint) noexcept nogil:
+    # arch_get_unmapped_area_topdown(): the search starts below mmap_base,
+    # which 5-level paging leaves under 128 TiB; a hint above the window
+    # moves the start up by TASK_SIZE_MAX - DEFAULT_MAP_WINDOW (0 with 4 levels).
+    if hint > PTR_DEFAULT_MAP_WINDOW:
+        return mm.mmap_base + (mm.task_size - PTR_DEFAULT_MAP_WINDOW)
+    return mm.mmap_base
+
 cdef uint64_t get_unmapped_area(pt_mm *mm, uint64_t addr, uint64_t length, int flags) noexcept nogil:
     """The address for a new mapping, or 0 when there is none (ENOMEM)."""
     cdef uint64_t i, ret, off_sub
@@ -437,19 +454,19 @@ cdef uint64_t get_unmapped_area(pt_mm *mm, uint64_t addr, uint64_t length, int f
         return addr
     if addr:
         addr &= PTR_PAGE_MASK
-        if addr <= PTR_TASK_SIZE - length:
+        if mmap_address_hint_valid(mm, addr, length):
             i = find_vma(mm, addr)
             if i == mm.nr_vmas or addr + length <= vm_start_gap(&mm.vmas[i]):
                 return addr
-        return unmapped_area_topdown(mm, length)
+        return unmapped_area_topdown(mm, length, mmap_high_limit(mm, addr))
     if not (flags & MAP_SHARED) and length & (PTR_PMD_SIZE - 1) == 0:
         # Anonymous lengths that are multiples of 2 MiB get a THP-aligned
         # address: search for len + 2 MiB and align inside that (R19).
-        ret = unmapped_area_topdown(mm, length + PTR_PMD_SIZE)
+        ret = unmapped_area_topdown(mm, length + PTR_PMD_SIZE, mm.mmap_base)
         if ret:
             off_sub = (0 - ret) & (PTR_PMD_SIZE - 1)
             return ret + (off_sub if off_sub else PTR_PMD_SIZE)
-    return unmapped_area_topdown(mm, length)
+    return unmapped_area_topdown(mm, length, mm.mmap_base)
 
 cdef uint64_t hugetlb_get_unmapped_area(pt_mm *mm, uint64_t addr, uint64_t length,
                                         int flags) noexcept nogil:
@@ -461,11 +478,11 @@ cdef uint64_t hugetlb_get_unmapped_area(pt_mm *mm, uint64_t addr, uint64_t lengt
         return addr
     if addr:
         addr = (addr + PTR_PMD_SIZE - 1) & PTR_PMD_MASK
-        if addr and addr <= PTR_TASK_SIZE - length:
+        if addr and mmap_address_hint_valid(mm, addr, length):
             i = find_vma(mm, addr)
             if i == mm.nr_vmas or addr + length <= vm_start_gap(&mm.vmas[i]):
                 return addr
-    ret = unmapped_area_topdown(mm, search)
+    ret = unmapped_area_topdown(mm, search, mmap_high_limit(mm, addr))
     if ret == 0:
         return 0
     return (ret + search - length) & PTR_PMD_MASK
@@ -735,14 +752,14 @@ cdef int remap_set_new_addr(pt_mm *mm, remap_state *vrm) noexcept nogil:
     cdef int map_flags = (MAP_FIXED if vrm.flags & MREMAP_FIXED else 0) | \
         (MAP_SHARED if vma.flags & PTR_VM_MAYSHARE else 0)
     cdef uint64_t res
-    if vrm.new_len > PTR_TASK_SIZE:
+    if vrm.new_len > mm.task_size:
         return ENOMEM
     # __get_unmapped_area() takes no page offset for anonymous memory: a private
     # length that is a multiple of 2 MiB gets a 2 MiB-aligned address, as for mmap.
     res = get_unmapped_area(mm, hint, vrm.new_len, map_flags)
     if res == 0 and not (map_flags & MAP_FIXED):
         return ENOMEM
-    if res > PTR_TASK_SIZE - vrm.new_len:
+    if res > mm.task_size - vrm.new_len:
         return ENOMEM
     vrm.new_addr = res
     return 0
@@ -750,7 +767,7 @@ cdef int remap_set_new_addr(pt_mm *mm, remap_state *vrm) noexcept nogil:
 cdef int remap_munmap(pt_mm *mm, uint64_t start, uint64_t length) noexcept nogil:
     """do_munmap() with its argument checks, as mremap calls it."""
     cdef uint64_t end
-    if (start & 4095) or start > PTR_TASK_SIZE or length > PTR_TASK_SIZE - start:
+    if (start & 4095) or start > mm.task_size or length > mm.task_size - start:
         return EINVAL
     end = start + ((length + 4095) & PTR_PAGE_MASK)
     if end == start:
@@ -773,7 +790,7 @@ cdef int remap_at(pt_mm *mm, remap_state *vrm, object unmerged_ok) noexcept:
     if vma.end - vrm.addr == vrm.old_len:
         # vma_expandable()
         end = vma.end + vrm.delta
-        if end >= vma.end and end <= PTR_TASK_SIZE and not vma_intersects(mm, vma.end, end):
+        if end >= vma.end and end <= mm.task_size and not vma_intersects(mm, vma.end, end):
             return remap_expand_in_place(mm, idx, vrm)
     if not (vrm.flags & MREMAP_MAYMOVE):
         return ENOMEM
@@ -1023,23 +1040,46 @@ _THP_NAMES = {v: k for k, v in _THP_MODES.items()}
 _RECLAIM_MODES = {False: RECLAIM_OFF, True: RECLAIM_ON, "seed": RECLAIM_SEED}
 _RECLAIM_NAMES = {v: k for k, v in _RECLAIM_MODES.items()}
 
+cdef list _pud_slots(pt_mm *mm):
+    """(address, entry) of every entry that points at a PUD table, ascending:
+    PGD entries with 4-level paging (the P4D is folded, R2), P4D entries with 5."""
+    cdef pt_pool *pool = &mm.machine.pool
+    cdef uint64_t g, j
+    cdef pteval_t *p4d
+    out = []
+    for g in range(256):
+        if mm.pgd[g] == 0:
+            continue
+        if mm.paging_levels == 4:
+            out.append((g << 39, mm.pgd[g]))
+            continue
+        p4d = entry_table(pool, mm.pgd[g])
+        for j in range(512):
+            if p4d[j] != 0:
+                out.append(((g << 48) | (j << 39), p4d[j]))
+    return out
+
+
 STATS_FIELDS = (
     "page_faults", "pte_tables_allocated", "pmd_tables_allocated", "pud_tables_allocated",
     "pte_tables_freed_reclaim_fast", "pte_tables_freed_reclaim_slow", "reclaim_slow_abandoned",
     "pte_tables_freed_unmap", "pmd_tables_freed", "pud_tables_freed", "tlb_flushes",
     "mmu_gathers", "table_batches", "thp_fault_alloc", "thp_zero_page", "thp_split_pmd",
-    "thp_deposits_freed", "thp_collapse_alloc",
+    "thp_deposits_freed", "thp_collapse_alloc", "p4d_tables_allocated", "p4d_tables_freed",
 )
 
-_LEVEL_NAMES = {LEVEL_PUD: "pud", LEVEL_PMD: "pmd", LEVEL_PTE: "pte"}
+_LEVEL_NAMES = {LEVEL_P4D: "p4d", LEVEL_PUD: "pud", LEVEL_PMD: "pmd", LEVEL_PTE: "pte"}
 
 
 @cython.no_gc_clear
 cdef class MM:
-    """One simulated process: its mm_struct on Linux 6.18 x86-64 (4-level paging)."""
+    """One simulated process: its mm_struct on Linux 6.18 x86-64 (4- or 5-level paging)."""
 
     def __cinit__(self, *, pt_reclaim=True, thp="madvise", max_frames=None,
-                  split_ptlocks=True, Machine machine=None, hugetlb_pages=None):
+                  split_ptlocks=True, Machine machine=None, hugetlb_pages=None,
+                  paging_levels=4):
+        if type(paging_levels) is not int or paging_levels not in (4, 5):
+            raise ValueError(f"paging_levels must be 4 or 5, not {paging_levels!r}")
         if thp not in _THP_MODES:
             raise ValueError(f"thp must be one of {sorted(_THP_MODES)}, not {thp!r}")
         if pt_reclaim not in (True, False, "seed") or pt_reclaim is None:
@@ -1061,7 +1101,11 @@ cdef class MM:
         self.mm.reclaim_mode = _RECLAIM_MODES[pt_reclaim]
         self.mm.thp = _THP_MODES[thp]
         self.mm.split_ptlocks = bool(split_ptlocks)
+        # LA57 keeps mmap_base where 4 levels put it: arch_pick_mmap_layout()
+        # computes it from task_size_64bit(0), DEFAULT_MAP_WINDOW.
         self.mm.mmap_base = PTR_MMAP_BASE
+        self.mm.paging_levels = paging_levels
+        self.mm.task_size = PTR_TASK_SIZE_LA57 if paging_levels == 5 else PTR_TASK_SIZE
         self.unmerged_ok = set()
         self._listeners = {}
         self.mm.resched_countdown = -1
@@ -1150,7 +1194,7 @@ cdef class MM:
         if length == 0:
             return ENOMEM
         # __get_unmapped_area()
-        if length > PTR_TASK_SIZE:
+        if length > mm.task_size:
             return ENOMEM
         if hugetlb and (flags & MAP_FIXED) and (addr & (PTR_PMD_SIZE - 1)):
             return EINVAL              # prepare_hugepage_range()
@@ -1160,7 +1204,7 @@ cdef class MM:
             addr = get_unmapped_area(mm, addr, length, flags)
         if addr == 0 and not (flags & MAP_FIXED):
             return ENOMEM
-        if addr > PTR_TASK_SIZE - length:
+        if addr > mm.task_size - length:
             return ENOMEM
         if addr & 4095:
             return EINVAL
@@ -1354,7 +1398,7 @@ cdef class MM:
 
     cdef int do_munmap(self, uint64_t start, uint64_t length) noexcept nogil:
         cdef uint64_t end
-        if (start & 4095) or start > PTR_TASK_SIZE or length > PTR_TASK_SIZE - start:
+        if (start & 4095) or start > self.mm.task_size or length > self.mm.task_size - start:
             return EINVAL
         end = start + ((length + 4095) & PTR_PAGE_MASK)
         if end == start:
@@ -1837,10 +1881,10 @@ cdef class MM:
             return EINVAL
         if addr & 4095:
             return EINVAL
-        if vrm.new_len == 0 or vrm.new_len > PTR_TASK_SIZE:
+        if vrm.new_len == 0 or vrm.new_len > mm.task_size:
             return EINVAL
         if remap_implies_new_addr(&vrm):
-            if new_addr > PTR_TASK_SIZE - vrm.new_len or new_addr & 4095:
+            if new_addr > mm.task_size - vrm.new_len or new_addr & 4095:
                 return EINVAL
             if not (flags & MREMAP_MAYMOVE):
                 return EINVAL
@@ -2061,7 +2105,7 @@ cdef class MM:
         self._no_reentry()
         child = MM.__new__(MM, pt_reclaim=_RECLAIM_NAMES[self.mm.reclaim_mode],
                            thp=_THP_NAMES[self.mm.thp], split_ptlocks=self.mm.split_ptlocks,
-                           machine=self.machine)
+                           machine=self.machine, paging_levels=self.mm.paging_levels)
         child.mm.mmap_base = self.mm.mmap_base
         child.mm.contention = self.mm.contention
         child.mm.rng = self.mm.rng
@@ -2094,7 +2138,7 @@ cdef class MM:
         self._alive()
         self._no_reentry()
         end = start + size
-        if (start | size) & 4095 or size == 0 or end < start or end > PTR_TASK_SIZE:
+        if (start | size) & 4095 or size == 0 or end < start or end > mm.task_size:
             raise _errno(EINVAL)
         idx = find_vma(mm, start)
         tmp = start
@@ -2239,7 +2283,8 @@ cdef class MM:
                   s.pte_tables_freed_reclaim_slow, s.reclaim_slow_abandoned,
                   s.pte_tables_freed_unmap, s.pmd_tables_freed, s.pud_tables_freed,
                   s.tlb_flushes, s.mmu_gathers, s.table_batches, s.thp_fault_alloc,
-                  s.thp_zero_page, s.thp_split_pmd, s.thp_deposits_freed, s.thp_collapse_alloc)
+                  s.thp_zero_page, s.thp_split_pmd, s.thp_deposits_freed, s.thp_collapse_alloc,
+                  s.p4d_tables_allocated, s.p4d_tables_freed)
         return dict(zip(STATS_FIELDS, values))
 
     def vmas(self):
@@ -2258,10 +2303,17 @@ cdef class MM:
         cdef pteval_t *pte
         cdef pteval_t e
         cdef pt_pool *pool = &self.mm.machine.pool
-        if address >= (<uint64_t>1 << 47):
+        cdef pteval_t *p4d
+        if address >= self.mm.task_size + 4096:
             raise ValueError("address beyond the user address space")
-        e = self.mm.pgd[(address >> 39) & 511]
+        if level not in ("pgd", "p4d", "pud", "pmd", "pte"):
+            raise ValueError(f"level must be pgd, p4d, pud, pmd or pte, not {level!r}")
         if level == "pgd":
+            return self.mm.pgd[pgd5_index(address) if self.mm.paging_levels == 5 else pgd_index(address)]
+        # With 4 levels the P4D entry is the PGD entry (folded, R2).
+        p4d = p4d_offset(self.mm, address)
+        e = p4d[0] if p4d != NULL else 0
+        if level == "p4d":
             return e
         if e == 0:
             return 0
@@ -2273,24 +2325,22 @@ cdef class MM:
         e = entry_table(pool, e)[(address >> 21) & 511]
         if level == "pmd":
             return e
-        if level != "pte":
-            raise ValueError(f"level must be pgd, pud, pmd or pte, not {level!r}")
         if e == 0 or pmd_huge_leaf(e):
             return 0
         return entry_table(pool, e)[(address >> 12) & 511]
 
-    def entries(self, uint64_t start=0, uint64_t end=(1 << 47)):
-        """(address, entry) for every non-none PTE in [start, end), ascending."""
+    def entries(self, uint64_t start=0, end=None):
+        """(address, entry) for every non-none PTE in [start, end), ascending.
+        end defaults to TASK_SIZE."""
+        cdef uint64_t stop = self.mm.task_size + 4096 if end is None else end
         cdef pt_pool *pool = &self.mm.machine.pool
         cdef uint64_t g, u, m, t, base
         cdef pteval_t *pud
         cdef pteval_t *pmd
         cdef pteval_t *pte
         out = []
-        for g in range(256):
-            if self.mm.pgd[g] == 0:
-                continue
-            pud = entry_table(pool, self.mm.pgd[g])
+        for gb, ge in _pud_slots(self.mm):
+            pud = entry_table(pool, <pteval_t>ge)
             for u in range(512):
                 if pud[u] == 0:
                     continue
@@ -2298,12 +2348,12 @@ cdef class MM:
                 for m in range(512):
                     if pmd[m] == 0 or pmd_huge_leaf(pmd[m]):
                         continue
-                    base = (g << 39) | (u << 30) | (m << 21)
-                    if base + (1 << 21) <= start or base >= end:
+                    base = gb | (u << 30) | (m << 21)
+                    if base + (1 << 21) <= start or base >= stop:
                         continue
                     pte = entry_table(pool, pmd[m])
                     for t in range(512):
-                        if not pte_none(pte[t]) and start <= base + (t << 12) < end:
+                        if not pte_none(pte[t]) and start <= base + (t << 12) < stop:
                             out.append((base + (t << 12), pte[t]))
         return iter(out)
 
@@ -2314,15 +2364,17 @@ cdef class MM:
         cdef pteval_t *pud
         cdef pteval_t *pmd
         out = []
-        for g in range(256):
-            if self.mm.pgd[g] == 0:
-                continue
-            out.append(("pud", g << 39))
-            pud = entry_table(pool, self.mm.pgd[g])
+        if self.mm.paging_levels == 5:
+            for g in range(256):
+                if self.mm.pgd[g] != 0:
+                    out.append(("p4d", g << 48))
+        for gb, ge in _pud_slots(self.mm):
+            out.append(("pud", gb))
+            pud = entry_table(pool, <pteval_t>ge)
             for u in range(512):
                 if pud[u] == 0:
                     continue
-                out.append(("pmd", (g << 39) | (u << 30)))
+                out.append(("pmd", gb | (u << 30)))
                 pmd = entry_table(pool, pud[u])
                 for m in range(512):
                     if pmd_hugetlb(pmd[m]):
@@ -2330,10 +2382,10 @@ cdef class MM:
                     if pmd_huge_leaf(pmd[m]):
                         # The PTE table deposited with a huge PMD: counted in
                         # VmPTE, linked nowhere (R13).
-                        out.append(("deposit", (g << 39) | (u << 30) | (m << 21)))
+                        out.append(("deposit", gb | (u << 30) | (m << 21)))
                     elif pmd[m] != 0:
-                        out.append(("pte", (g << 39) | (u << 30) | (m << 21)))
-        order = {"pud": 0, "pmd": 1, "pte": 2, "deposit": 2}
+                        out.append(("pte", gb | (u << 30) | (m << 21)))
+        order = {"p4d": -1, "pud": 0, "pmd": 1, "pte": 2, "deposit": 2}
         out.sort(key=lambda t: (t[1], order[t[0]]))
         return out
 
@@ -2344,17 +2396,15 @@ cdef class MM:
         cdef pteval_t *pud
         cdef pteval_t *pmd
         out = []
-        for g in range(256):
-            if self.mm.pgd[g] == 0:
-                continue
-            pud = entry_table(pool, self.mm.pgd[g])
+        for gb, ge in _pud_slots(self.mm):
+            pud = entry_table(pool, <pteval_t>ge)
             for u in range(512):
                 if pud[u] == 0:
                     continue
                 pmd = entry_table(pool, pud[u])
                 for m in range(512):
                     if pmd_huge_leaf(pmd[m]):
-                        out.append(((g << 39) | (u << 30) | (m << 21), pmd[m]))
+                        out.append((gb | (u << 30) | (m << 21), pmd[m]))
         return out
 
     def check(self):
@@ -2507,10 +2557,8 @@ cdef _check_swap_slots(Machine machine):
                     if obj.swapped.keys[k] != 0 and obj.swapped.keys[k] != <uint64_t>-1:
                         off = obj.swapped.vals[k]
                         refs[off] = refs.get(off, 0) + 1
-        for g in range(256):
-            if mm.pgd[g] == 0:
-                continue
-            pud = entry_table(pool, mm.pgd[g])
+        for gb, ge in _pud_slots(mm):
+            pud = entry_table(pool, <pteval_t>ge)
             for u in range(512):
                 if pud[u] == 0:
                     continue
@@ -2587,10 +2635,8 @@ cdef _check_hugetlb_pool(Machine machine):
     files = {}
     for n in range(machine.nr_mms):
         mm = machine.mms[n]
-        for g in range(256):
-            if mm.pgd[g] == 0:
-                continue
-            pud = entry_table(pool, mm.pgd[g])
+        for gb, ge in _pud_slots(mm):
+            pud = entry_table(pool, <pteval_t>ge)
             for u in range(512):
                 if pud[u] == 0:
                     continue
@@ -2650,10 +2696,8 @@ cdef dict _machine_mappings(Machine machine):
     cdef pteval_t *pte
     for n in range(machine.nr_mms):
         mm = machine.mms[n]
-        for g in range(256):
-            if mm.pgd[g] == 0:
-                continue
-            pud = entry_table(pool, mm.pgd[g])
+        for gb, ge in _pud_slots(mm):
+            pud = entry_table(pool, <pteval_t>ge)
             for u in range(512):
                 if pud[u] == 0:
                     continue
@@ -2714,17 +2758,22 @@ cdef _check_mm(MM self):
             continue
         if g >= 256:
             raise InvariantError("a PGD entry maps kernel space", hex(g))
-        linked(mm.pgd[g], LEVEL_PUD, f"pud {g << 39:#x}")
-        pud = entry_table(pool, mm.pgd[g])
+        if mm.paging_levels == 5:
+            linked(mm.pgd[g], LEVEL_P4D, f"p4d {g << 48:#x}")
+    for gb, ge in _pud_slots(mm):
+        if gb >= mm.task_size:
+            raise InvariantError("a PUD table lies above TASK_SIZE", hex(gb))
+        linked(<pteval_t>ge, LEVEL_PUD, f"pud {gb:#x}")
+        pud = entry_table(pool, <pteval_t>ge)
         for u in range(512):
             if pud[u] == 0:
                 continue
-            linked(pud[u], LEVEL_PMD, f"pmd {(g << 39) | (u << 30):#x}")
+            linked(pud[u], LEVEL_PMD, f"pmd {gb | (u << 30):#x}")
             pmd = entry_table(pool, pud[u])
             for k in range(512):
                 if pmd[k] == 0:
                     continue
-                base = (g << 39) | (u << 30) | (k << 21)
+                base = gb | (u << 30) | (k << 21)
                 if pmd_hugetlb(pmd[k]):
                     _check_hugetlb_pmd(mm, pmd[k], base, hugetlb)
                     continue
@@ -2777,7 +2826,12 @@ cdef _check_mm(MM self):
                         if mm.vmas[vi].shmem == NULL:
                             raise InvariantError("a shmem page in a private mapping", hex(addr))
                     mapcounts[pfn] = mapcounts.get(pfn, 0) + 1
-    nlinked = len(linked_slots)
+    # P4D tables are linked but never counted: __p4d_alloc() has no mm_inc_nr_*() (R10).
+    nlinked = sum(1 for w in linked_slots.values() if not w.startswith("p4d"))
+    if mm.stats.p4d_tables_allocated - mm.stats.p4d_tables_freed != len(linked_slots) - nlinked:
+        raise InvariantError("the P4D tables linked are those allocated and not freed",
+                             f"{mm.stats.p4d_tables_allocated} - {mm.stats.p4d_tables_freed} != "
+                             f"{len(linked_slots) - nlinked}")
     if mm.hugetlb_usage != 512 * sum(hugetlb.values()):
         raise InvariantError("HugetlbPages equals the hugetlb pages mapped",
                              f"{mm.hugetlb_usage} != 512 x {sum(hugetlb.values())}")
@@ -2832,7 +2886,7 @@ cdef _check_mm(MM self):
     locked = 0
     for i in range(mm.nr_vmas):
         v = &mm.vmas[i]
-        if v.start >= v.end or (v.start | v.end) & 4095 or v.end > PTR_TASK_SIZE:
+        if v.start >= v.end or (v.start | v.end) & 4095 or v.end > mm.task_size:
             raise InvariantError("VMAs are page-aligned and non-empty", hex(v.start))
         if i > 0 and mm.vmas[i - 1].end > v.start:
             raise InvariantError("VMAs are sorted and non-overlapping", hex(v.start))

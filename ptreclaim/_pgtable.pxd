@@ -13,6 +13,7 @@ from ptreclaim._types cimport (
     PTR_TABLE_PFN_BASE, PTR_PAGE_TABLE, PTRS_PER_TABLE, TABLES_PER_CHUNK, PTR_GUARD_MARKER,
     PTR_UFFD_WP_MARKER, PTR_PAGE_UFFD_WP, PTR_VM_UFFD_WP,
     PTR_SWP_OFFSET_MASK, PTR_SWP_EXCLUSIVE, PTR_SWP_UFFD_WP, MAX_SWAPFILES,
+    PTR_PGDIR_SIZE, PTR_PGDIR5_SIZE,
 )
 
 # --- entries (arch/x86/include/asm/pgtable.h) --------------------------------
@@ -70,7 +71,31 @@ cdef inline uint64_t pud_index(uint64_t addr) noexcept nogil:
     return (addr >> 30) & 511
 
 cdef inline uint64_t pgd_index(uint64_t addr) noexcept nogil:
+    # With 4-level paging; pgd5_index() with 5. Either way it is also the
+    # index into the P4D table (p4d_index()), which is the PGD when folded.
     return (addr >> 39) & 511
+
+cdef inline uint64_t pgd5_index(uint64_t addr) noexcept nogil:
+    return (addr >> 48) & 511
+
+cdef inline pteval_t *p4d_offset(pt_mm *mm, uint64_t addr) noexcept nogil:
+    """The entry that points at the PUD table of addr's 512 GiB slot. With 4
+    levels the P4D is folded into the PGD (R2); with 5 it lives in the P4D
+    table under the PGD entry of addr's 256 TiB region: NULL when there is none."""
+    cdef pteval_t e
+    if mm.paging_levels == 4:
+        return &mm.pgd[(addr >> 39) & 511]
+    e = mm.pgd[(addr >> 48) & 511]
+    if e == 0:
+        return NULL
+    return entry_table(&mm.machine.pool, e) + ((addr >> 39) & 511)
+
+cdef inline uint64_t p4d_skip(pt_mm *mm, uint64_t addr) noexcept nogil:
+    """Where a walk resumes when p4d_offset(addr) is NULL or none: the next
+    512 GiB slot, or the next 256 TiB region when there is no P4D table."""
+    if mm.paging_levels == 5 and mm.pgd[(addr >> 48) & 511] == 0:
+        return (addr & ~(PTR_PGDIR5_SIZE - 1)) + PTR_PGDIR5_SIZE
+    return (addr & ~(PTR_PGDIR_SIZE - 1)) + PTR_PGDIR_SIZE
 
 # --- tracepoints: one predictable branch when nobody listens -----------------------
 
@@ -152,6 +177,7 @@ cdef void shmem_punch(pt_machine *m, pt_shmem *s, uint64_t first, uint64_t last)
 cdef pteval_t *walk_pmd(pt_mm *mm, uint64_t addr) noexcept nogil      # NULL: no PMD table
 cdef pteval_t *walk_pte(pt_mm *mm, uint64_t addr) noexcept nogil      # NULL: no PTE table
 cdef pteval_t *pmd_alloc_walk(pt_mm *mm, uint64_t addr) noexcept nogil   # NULL: host OOM
+cdef pteval_t *p4d_alloc(pt_mm *mm, uint64_t addr) noexcept nogil     # NULL: host OOM
 cdef pteval_t *pte_alloc(pt_mm *mm, pteval_t *pmd) noexcept nogil     # NULL: host OOM
 
 # --- the mmu_gather (mm/mmu_gather.c) -----------------------------------------------

@@ -323,10 +323,11 @@ cdef void shmem_punch(pt_machine *m, pt_shmem *s, uint64_t first, uint64_t last)
 
 cdef pteval_t *walk_pmd(pt_mm *mm, uint64_t addr) noexcept nogil:
     cdef pt_pool *pool = &mm.machine.pool
-    cdef pteval_t e = mm.pgd[pgd_index(addr)]
-    if e == 0:
+    cdef pteval_t *p4d = p4d_offset(mm, addr)
+    cdef pteval_t e
+    if p4d == NULL or p4d[0] == 0:
         return NULL
-    e = entry_table(pool, e)[pud_index(addr)]
+    e = entry_table(pool, p4d[0])[pud_index(addr)]
     if e == 0:
         return NULL
     return entry_table(pool, e) + pmd_index(addr)
@@ -337,11 +338,34 @@ cdef pteval_t *walk_pte(pt_mm *mm, uint64_t addr) noexcept nogil:
         return NULL
     return entry_table(&mm.machine.pool, pmd[0]) + pte_index(addr)
 
+cdef pteval_t *p4d_alloc(pt_mm *mm, uint64_t addr) noexcept nogil:
+    """p4d_alloc(): the entry over addr's PUD table, with the P4D table made
+    if missing (5-level paging). __p4d_alloc() links it without any
+    mm_inc_nr_*(): a P4D table is never in pgtables_bytes (R10), and
+    free_p4d_range() frees it without a decrement. NULL if the host is out
+    of memory."""
+    cdef pt_pool *pool = &mm.machine.pool
+    cdef pteval_t *pgd
+    cdef int64_t slot
+    if mm.paging_levels == 4:
+        return &mm.pgd[pgd_index(addr)]
+    pgd = &mm.pgd[pgd5_index(addr)]
+    if pgd[0] == 0:
+        slot = pool_alloc(pool, LEVEL_P4D)
+        if slot < 0:
+            return NULL
+        pgd[0] = mk_table_entry(<uint32_t>slot)
+        mm.stats.p4d_tables_allocated += 1
+        trace(mm, EV_TABLE_ALLOC, addr & PTR_PGDIR5_MASK, LEVEL_P4D)
+    return entry_table(pool, pgd[0]) + pgd_index(addr)
+
 cdef pteval_t *pmd_alloc_walk(pt_mm *mm, uint64_t addr) noexcept nogil:
     cdef pt_pool *pool = &mm.machine.pool
-    cdef pteval_t *pgd = &mm.pgd[pgd_index(addr)]
+    cdef pteval_t *pgd = p4d_alloc(mm, addr)
     cdef pteval_t *pud
     cdef int64_t slot
+    if pgd == NULL:
+        return NULL
     if pgd[0] == 0:
         slot = pool_alloc(pool, LEVEL_PUD)
         if slot < 0:
@@ -379,7 +403,7 @@ cdef pteval_t *pte_alloc(pt_mm *mm, pteval_t *pmd) noexcept nogil:
 cdef void tlb_gather_mmu(mmu_gather *tlb, pt_mm *mm, bint fullmm) noexcept nogil:
     tlb.mm = mm
     tlb.fullmm = fullmm
-    tlb.start = PTR_TASK_SIZE
+    tlb.start = tlb.mm.task_size
     tlb.end = 0
     tlb.freed_tables = False
     tlb.need_flush = False
@@ -407,7 +431,7 @@ cdef void tlb_flush_mmu_tlbonly(mmu_gather *tlb) noexcept nogil:
         return
     tlb.mm.stats.tlb_flushes += 1
     trace(tlb.mm, EV_TLB_FLUSH, tlb.start, tlb.end)
-    tlb.start = PTR_TASK_SIZE
+    tlb.start = tlb.mm.task_size
     tlb.end = 0
     tlb.freed_tables = False
     tlb.need_flush = False
@@ -1095,16 +1119,17 @@ cdef void unmap_page_range(mmu_gather *tlb, pt_vma *vma, uint64_t addr, uint64_t
     # zap_p4d/pud/pmd_range: only the PMD and PTE levels do any work (R47).
     cdef pt_mm *mm = tlb.mm
     cdef pt_pool *pool = &mm.machine.pool
-    cdef pteval_t pgde, pude
+    cdef pteval_t pude
+    cdef pteval_t *p4d
     cdef pteval_t *pmd
     cdef uint64_t next, start = addr, stop = end
     trace(mm, EV_ZAP_BEGIN, start, stop)
     while addr < end:
-        pgde = mm.pgd[pgd_index(addr)]
-        if pgde == 0:
-            addr = (addr & PTR_PGDIR_MASK) + PTR_PGDIR_SIZE
+        p4d = p4d_offset(mm, addr)
+        if p4d == NULL or p4d[0] == 0:
+            addr = p4d_skip(mm, addr)
             continue
-        pude = entry_table(pool, pgde)[pud_index(addr)]
+        pude = entry_table(pool, p4d[0])[pud_index(addr)]
         if pude == 0:
             addr = (addr & PTR_PUD_MASK) + PTR_PUD_SIZE
             continue
@@ -1184,7 +1209,7 @@ cdef void _free_pud_range(mmu_gather *tlb, pteval_t *pgd, uint64_t addr, uint64_
         addr = next
         if addr == end:
             break
-    # With 4-level paging the P4D level is folded: P4D_MASK is PGDIR_MASK.
+    # P4D_MASK: a P4D entry maps 512 GiB with 5 levels as with 4 (folded).
     start &= PTR_PGDIR_MASK
     if start < floor:
         return
@@ -1202,6 +1227,37 @@ cdef void _free_pud_range(mmu_gather *tlb, pteval_t *pgd, uint64_t addr, uint64_
     tlb.mm.pgtables_bytes -= 4096
     tlb.mm.stats.pud_tables_freed += 1
 
+cdef void _free_p4d_range(mmu_gather *tlb, pteval_t *pgd, uint64_t addr, uint64_t end,
+                          uint64_t floor, uint64_t ceiling) noexcept nogil:
+    # 5-level paging only: the P4D table goes when nothing in its 256 TiB
+    # region is left, as free_p4d_range() frees it, without touching
+    # pgtables_bytes (__p4d_alloc() never counted it).
+    cdef pteval_t *p4dt = entry_table(&tlb.mm.machine.pool, pgd[0])
+    cdef uint64_t start = addr, next
+    cdef pteval_t e
+    while True:
+        next = _addr_end(addr, end, PTR_PGDIR_SIZE)
+        if p4dt[pgd_index(addr)] != 0:
+            _free_pud_range(tlb, &p4dt[pgd_index(addr)], addr, next, floor, ceiling)
+        addr = next
+        if addr == end:
+            break
+    start &= PTR_PGDIR5_MASK
+    if start < floor:
+        return
+    if ceiling:
+        ceiling &= PTR_PGDIR5_MASK
+        if not ceiling:
+            return
+    if end - 1 > ceiling - 1:
+        return
+    e = pgd[0]
+    pgd[0] = 0
+    tlb_adjust_range(tlb, start, 4096)
+    tlb.freed_tables = True
+    tlb_remove_table(tlb, entry_table_slot(e))
+    tlb.mm.stats.p4d_tables_freed += 1
+
 cdef void free_pgd_range(mmu_gather *tlb, uint64_t addr, uint64_t end, uint64_t floor,
                          uint64_t ceiling) noexcept nogil:
     cdef uint64_t next
@@ -1217,6 +1273,15 @@ cdef void free_pgd_range(mmu_gather *tlb, uint64_t addr, uint64_t end, uint64_t 
     if end - 1 > ceiling - 1:
         end -= PTR_PMD_SIZE
     if addr > end - 1:
+        return
+    if tlb.mm.paging_levels == 5:
+        while True:
+            next = _addr_end(addr, end, PTR_PGDIR5_SIZE)
+            if tlb.mm.pgd[pgd5_index(addr)] != 0:
+                _free_p4d_range(tlb, &tlb.mm.pgd[pgd5_index(addr)], addr, next, floor, ceiling)
+            addr = next
+            if addr == end:
+                break
         return
     while True:
         next = _addr_end(addr, end, PTR_PGDIR_SIZE)
@@ -1858,15 +1923,23 @@ cdef int copy_page_range(pt_mm *dst, pt_mm *src, pt_vma *vma) noexcept nogil:
     cdef pteval_t *src_pmd
     cdef pteval_t *dst_pmd
     cdef pteval_t *dst_pte
+    cdef pteval_t *src_p4d
+    cdef pteval_t *dst_p4d
     while addr < end:
-        pgd_end = _span_end(addr, PTR_PGDIR_SIZE, end)
-        if src.pgd[pgd_index(addr)] == 0:
-            addr = pgd_end
+        # copy_p4d_range(): with 5 levels the child gets a P4D table for each
+        # one the parent has over the VMA (p4d_alloc(), uncounted).
+        src_p4d = p4d_offset(src, addr)
+        if src_p4d == NULL or src_p4d[0] == 0:
+            addr = p4d_skip(src, addr)
             continue
-        dst_pud = _copy_alloc(dst, &dst.pgd[pgd_index(addr)], LEVEL_PUD, addr & PTR_PGDIR_MASK)
+        pgd_end = _span_end(addr, PTR_PGDIR_SIZE, end)
+        dst_p4d = p4d_alloc(dst, addr)
+        if dst_p4d == NULL:
+            return -1
+        dst_pud = _copy_alloc(dst, dst_p4d, LEVEL_PUD, addr & PTR_PGDIR_MASK)
         if dst_pud == NULL:
             return -1
-        src_pud = entry_table(pool, src.pgd[pgd_index(addr)])
+        src_pud = entry_table(pool, src_p4d[0])
         while addr < pgd_end:
             pud_end = _span_end(addr, PTR_PUD_SIZE, pgd_end)
             if src_pud[pud_index(addr)] == 0:
@@ -2842,8 +2915,10 @@ cdef pteval_t *_move_alloc_pud(pt_mm *mm, uint64_t addr) noexcept nogil:
     """alloc_new_pud(): the PUD table over addr, made if missing; a pointer to
     the entry for addr's 1 GiB region. NULL if the host is out of memory."""
     cdef pt_pool *pool = &mm.machine.pool
-    cdef pteval_t *pgd = &mm.pgd[pgd_index(addr)]
+    cdef pteval_t *pgd = p4d_alloc(mm, addr)
     cdef int64_t slot
+    if pgd == NULL:
+        return NULL
     if pgd[0] == 0:
         slot = pool_alloc(pool, LEVEL_PUD)
         if slot < 0:
@@ -2894,9 +2969,11 @@ cdef int64_t move_page_tables(pt_mm *mm, pt_vma *old_vma, uint64_t old_addr, uin
     cdef pteval_t e
     while old_addr < old_end:
         extent = _move_extent(old_addr, old_end, new_addr, PTR_PUD_SIZE)
-        old_pud = NULL
-        if mm.pgd[pgd_index(old_addr)] != 0:
-            old_pud = entry_table(pool, mm.pgd[pgd_index(old_addr)]) + pud_index(old_addr)
+        old_pud = p4d_offset(mm, old_addr)
+        if old_pud != NULL and old_pud[0] != 0:
+            old_pud = entry_table(pool, old_pud[0]) + pud_index(old_addr)
+        else:
+            old_pud = NULL
         if old_pud == NULL or old_pud[0] == 0:
             old_addr += extent
             new_addr += extent

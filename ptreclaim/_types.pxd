@@ -34,6 +34,14 @@ cdef extern from *:
     #define PTR_PUD_SIZE       (1ULL << 30)
     #define PTR_PGDIR_SIZE     (1ULL << 39)
     #define PTR_TASK_SIZE      ((1ULL << 47) - 4096ULL)
+    /* 5-level paging (LA57): the PGD indexes bits 56..48, each entry maps a
+       256 TiB region through a P4D table (arch/x86 pgtable_64_types.h), and
+       user space ends at TASK_SIZE_MAX = 2^56 - 4 KiB. DEFAULT_MAP_WINDOW
+       keeps the 4-level limit for mappings that do not ask for more. */
+    #define PTR_PGDIR5_SIZE    (1ULL << 48)
+    #define PTR_PGDIR5_MASK    (~(PTR_PGDIR5_SIZE - 1))
+    #define PTR_TASK_SIZE_LA57 ((1ULL << 56) - 4096ULL)
+    #define PTR_DEFAULT_MAP_WINDOW PTR_TASK_SIZE
     #define PTR_PAGE_MASK      (~0xFFFULL)
     #define PTR_PMD_MASK       (~(PTR_PMD_SIZE - 1))
     #define PTR_PUD_MASK       (~(PTR_PUD_SIZE - 1))
@@ -71,6 +79,7 @@ cdef extern from *:
     const uint64_t PTR_PAGE_CHG_MASK, PTR_TABLE_PFN_BASE
     const uint64_t PTR_PAGE_SIZE, PTR_PMD_SIZE, PTR_PUD_SIZE, PTR_PGDIR_SIZE, PTR_TASK_SIZE
     const uint64_t PTR_PAGE_MASK, PTR_PMD_MASK, PTR_PUD_MASK, PTR_PGDIR_MASK
+    const uint64_t PTR_PGDIR5_SIZE, PTR_PGDIR5_MASK, PTR_TASK_SIZE_LA57, PTR_DEFAULT_MAP_WINDOW
     const uint64_t PTR_VM_READ, PTR_VM_WRITE, PTR_VM_EXEC, PTR_VM_SHARED, PTR_VM_MAYWRITE
     const uint64_t PTR_VM_LOCKED, PTR_VM_PFNMAP, PTR_VM_UFFD_WP, PTR_VM_LOCKONFAULT
     const uint64_t PTR_VM_HUGETLB, PTR_VM_MAYBE_GUARD, PTR_VM_STICKY, PTR_GUARD_MARKER
@@ -120,6 +129,7 @@ cdef enum:
     LEVEL_PTE = 1
     LEVEL_PMD = 2
     LEVEL_PUD = 3
+    LEVEL_P4D = 4             # only with 5-level paging
     # Fault results (VM_FAULT_*)
     FAULT_OK = 0
     FAULT_SIGSEGV = 1
@@ -316,6 +326,8 @@ ctypedef struct pt_stats:
     uint64_t thp_split_pmd             # huge PMDs turned into PTE tables
     uint64_t thp_deposits_freed        # deposited tables freed with their huge PMD
     uint64_t thp_collapse_alloc        # THPs made by MADV_COLLAPSE
+    uint64_t p4d_tables_allocated      # 5-level paging only
+    uint64_t p4d_tables_freed
 
 ctypedef struct pt_swap:
     # One swap device, a swap file (swap type 0, as on the lab machine for
@@ -344,7 +356,12 @@ ctypedef struct pt_machine:
 
 ctypedef struct pt_mm:
     pt_machine *machine
-    pteval_t pgd[512]          # the PGD page itself: never counted (R10)
+    # The PGD page itself: never counted (R10). With 4 levels it indexes
+    # bits 47..39 and the P4D is folded into it (R2); with 5 it indexes bits
+    # 56..48 and its entries point at P4D tables.
+    pteval_t pgd[512]
+    int paging_levels          # 4 or 5
+    uint64_t task_size         # TASK_SIZE: PTR_TASK_SIZE or PTR_TASK_SIZE_LA57
     int64_t pgtables_bytes
     int64_t nr_deposits        # huge PMDs, each with a deposited PTE table (R13)
     int64_t rss[4]             # NR_MM_COUNTERS
