@@ -286,9 +286,19 @@ _SHMEM = "shmem"
 _KIND_COUNTER = {_ANON: MM_ANONPAGES, _SHMEM: MM_SHMEMPAGES}
 
 # Table levels.
-_PGD, _PUD, _PMD, _PTE = 0, 1, 2, 3
-_LEVEL_NAMES = ("pgd", "pud", "pmd", "pte")
-_LEVEL_SHIFT = (PGDIR_SHIFT, PUD_SHIFT, PMD_SHIFT, PAGE_SHIFT)
+# _PGD is the top with 4-level paging, where the P4D is folded into it (R2);
+# with 5 levels the top is _PGD5 (bits 56..48) and _P4D tables (bits 47..39)
+# sit under it, one per 256 TiB region.
+_PGD, _PUD, _PMD, _PTE, _P4D, _PGD5 = 0, 1, 2, 3, 4, 5
+_LEVEL_NAMES = ("pgd", "pud", "pmd", "pte", "p4d", "pgd")
+_READ_LEVELS = ("pgd", "p4d", "pud", "pmd", "pte")
+_PGDIR5_SHIFT = 48
+_PGDIR5_SIZE = 1 << _PGDIR5_SHIFT
+_LEVEL_SHIFT = (PGDIR_SHIFT, PUD_SHIFT, PMD_SHIFT, PAGE_SHIFT, PGDIR_SHIFT, _PGDIR5_SHIFT)
+# LA57: TASK_SIZE_MAX is 2^56 - 4 KiB; DEFAULT_MAP_WINDOW keeps the 4-level
+# limit for every mapping that does not ask for more (arch/x86 processor.h).
+_TASK_SIZE_LA57 = (1 << 56) - PAGE_SIZE
+_DEFAULT_MAP_WINDOW = TASK_SIZE
 
 _STAT_KEYS = (
     "page_faults",
@@ -310,6 +320,8 @@ _STAT_KEYS = (
     "thp_split_pmd",
     "thp_deposits_freed",
     "thp_collapse_alloc",
+    "p4d_tables_allocated",
+    "p4d_tables_freed",
 )
 
 
@@ -614,7 +626,7 @@ class _Table:
         self.pfn = pfn
         self.base = base
         self.entries = [0] * 512
-        self.children = [None] * 512 if level < _PTE else None
+        self.children = None if level == _PTE else [None] * 512
 
 
 class _Vma:
@@ -904,7 +916,9 @@ class MM:
     """One simulated process address space (``mm_struct``); see ``docs/api.md``."""
 
     def __init__(self, *, pt_reclaim=True, thp="madvise", max_frames=None, split_ptlocks=True,
-                 machine=None, hugetlb_pages=None):
+                 machine=None, hugetlb_pages=None, paging_levels=4):
+        if type(paging_levels) is not int or paging_levels not in (4, 5):
+            raise ValueError(f"paging_levels must be 4 or 5, not {paging_levels!r}")
         if thp not in ("never", "madvise", "always"):
             raise ValueError(f"thp must be 'never', 'madvise' or 'always', not {thp!r}")
         if pt_reclaim not in (True, False, "seed") or pt_reclaim is None:
@@ -918,7 +932,9 @@ class MM:
         self.split_ptlocks = bool(split_ptlocks)
         self.thp = thp
         self._mem = machine.mem
-        self._pgd = _Table(_PGD, self._mem.alloc_table_pfn(), 0)
+        self.paging_levels = paging_levels
+        self._task_size = _TASK_SIZE_LA57 if paging_levels == 5 else TASK_SIZE
+        self._pgd = _Table(_PGD5 if paging_levels == 5 else _PGD, self._mem.alloc_table_pfn(), 0)
         self._pgtables_bytes = 0
         # Huge PMDs, each with a PTE table deposited for a later split and
         # counted in VmPTE, though linked nowhere (R13).
@@ -1185,9 +1201,53 @@ class MM:
         self._stats[("", "pud_tables_allocated", "pmd_tables_allocated", "pte_tables_allocated")[level]] += 1
         return table
 
+    def __p4d_alloc(self, addr):
+        """The table whose entries point at PUD tables: the PGD with 4 levels, else
+        the P4D table of addr's 256 TiB region, made if missing. __p4d_alloc()
+        links it without any mm_inc_nr_*(): it never counts in VmPTE (R10)."""
+        if self.paging_levels == 4:
+            return self._pgd
+        i = (addr >> _PGDIR5_SHIFT) & 511
+        p4d = self._pgd.children[i]
+        if p4d is None:
+            p4d = _Table(_P4D, self._mem.alloc_table_pfn(), i << _PGDIR5_SHIFT)
+            self._pgd.children[i] = p4d
+            self._pgd.entries[i] = (p4d.pfn << PAGE_SHIFT) | _PAGE_TABLE
+            self._stats["p4d_tables_allocated"] += 1
+        return p4d
+
     def __pud_alloc(self, addr):
+        p4d = self.__p4d_alloc(addr)
         i = (addr >> PGDIR_SHIFT) & 511
-        return self._pgd.children[i] or self._alloc_table(self._pgd, i, _PUD)
+        return p4d.children[i] or self._alloc_table(p4d, i, _PUD)
+
+    def _pud_table(self, addr):
+        """p4d_offset() then pud_offset(): the PUD table of addr's 512 GiB slot, or None."""
+        top = self._pgd
+        if self.paging_levels == 5:
+            top = top.children[(addr >> _PGDIR5_SHIFT) & 511]
+            if top is None:
+                return None
+        return top.children[(addr >> PGDIR_SHIFT) & 511]
+
+    def _pud_skip(self, addr):
+        """Where a walk resumes after a slot without a PUD table: the next 512 GiB
+        slot, or the next 256 TiB region when it has no P4D table either."""
+        if self.paging_levels == 5 and self._pgd.children[(addr >> _PGDIR5_SHIFT) & 511] is None:
+            return (addr | (_PGDIR5_SIZE - 1)) + 1
+        return (addr | (PGDIR_SIZE - 1)) + 1
+
+    def _p4d_tables(self):
+        """The tables whose entries point at PUD tables, ascending."""
+        if self.paging_levels == 4:
+            return [self._pgd]
+        return [t for t in self._pgd.children if t is not None]
+
+    def _pud_tables(self):
+        for p4d in self._p4d_tables():
+            for pud in p4d.children:
+                if pud is not None:
+                    yield pud
 
     def __pmd_alloc(self, pud, addr):
         i = (addr >> PUD_SHIFT) & 511
@@ -1198,7 +1258,7 @@ class MM:
         return pmd.children[i] or self._alloc_table(pmd, i, _PTE)
 
     def _walk_pmd(self, addr):
-        pud = self._pgd.children[(addr >> PGDIR_SHIFT) & 511]
+        pud = self._pud_table(addr)
         if pud is None:
             return None
         return pud.children[(addr >> PUD_SHIFT) & 511]
@@ -1730,9 +1790,9 @@ class MM:
         addr = start
         while addr < end:
             nxt = min((addr + PMD_SIZE) & _PMD_MASK or end, end)
-            pud = self._pgd.children[(addr >> PGDIR_SHIFT) & 511]
+            pud = self._pud_table(addr)
             if pud is None:
-                addr = min((addr + PGDIR_SIZE) & _PGDIR_MASK or end, end)
+                addr = min(self._pud_skip(addr), end)
                 continue
             pmd = pud.children[(addr >> PUD_SHIFT) & 511]
             if pmd is None:
@@ -1949,9 +2009,9 @@ class MM:
         addr = start
         while addr < end:
             pgd_next = min((addr + PGDIR_SIZE) & _PGDIR_MASK or end, end)
-            pud = self._pgd.children[(addr >> PGDIR_SHIFT) & 511]
+            pud = self._pud_table(addr)
             if pud is None:
-                addr = pgd_next
+                addr = min(self._pud_skip(addr), end)
                 continue
             while addr < pgd_next:
                 pud_next = min((addr + PUD_SIZE) & _PUD_MASK or pgd_next, pgd_next)
@@ -2174,16 +2234,45 @@ class MM:
             end -= PMD_SIZE
         if addr > ((end - 1) & _U64):
             return
+        if self.paging_levels == 5:
+            while True:
+                nxt = (addr + _PGDIR5_SIZE) & ~(_PGDIR5_SIZE - 1) & _U64
+                if nxt == 0 or nxt > end:
+                    nxt = end
+                pgd_index = (addr >> _PGDIR5_SHIFT) & 511
+                if self._pgd.children[pgd_index] is not None:
+                    self.free_p4d_range(tlb, pgd_index, addr, nxt, floor, ceiling)
+                addr = nxt
+                if addr == end:
+                    break
+            return
+        self._free_pud_ranges(tlb, self._pgd, addr, end, floor, ceiling)
+
+    def _free_pud_ranges(self, tlb, p4d, addr, end, floor, ceiling):
+        # The loop of free_p4d_range() over P4D entries (the PGD's when folded).
         while True:
             nxt = (addr + PGDIR_SIZE) & _PGDIR_MASK
             if nxt == 0 or nxt > end:
                 nxt = end
             pgd_index = (addr >> PGDIR_SHIFT) & 511
-            if self._pgd.children[pgd_index] is not None:
-                self.free_pud_range(tlb, self._pgd, pgd_index, addr, nxt, floor, ceiling)
+            if p4d.children[pgd_index] is not None:
+                self.free_pud_range(tlb, p4d, pgd_index, addr, nxt, floor, ceiling)
             addr = nxt
             if addr == end:
                 break
+
+    def free_p4d_range(self, tlb, pgd_index, addr, end, floor, ceiling):
+        """5-level paging: the P4D table goes when no VMA is left in its 256 TiB
+        region. free_p4d_range() frees it with no mm_dec_nr_*(): it was never counted."""
+        p4d = self._pgd.children[pgd_index]
+        start = addr
+        self._free_pud_ranges(tlb, p4d, addr, end, floor, ceiling)
+        if not self._may_free_upper(start, end, floor, ceiling, ~(_PGDIR5_SIZE - 1) & _U64):
+            return
+        self._pgd.children[pgd_index] = None
+        self._pgd.entries[pgd_index] = 0
+        pte_free_tlb(tlb, p4d)
+        self._stats["p4d_tables_freed"] += 1
 
     def free_pud_range(self, tlb, pgd, pgd_index, addr, end, floor, ceiling):
         pud = pgd.children[pgd_index]
@@ -2198,7 +2287,7 @@ class MM:
             addr = nxt
             if addr == end:
                 break
-        # With P4D folded the PUD table goes when its 512 GiB slot is free.
+        # A P4D entry maps 512 GiB, folded or not: P4D_MASK is 512 GiB.
         if not self._may_free_upper(start, end, floor, ceiling, _PGDIR_MASK):
             return
         pgd.children[pgd_index] = None
@@ -2312,7 +2401,7 @@ class MM:
         addr = _ulong(addr)
         length = _ulong(length)
         self._check_alive()
-        if addr & (PAGE_SIZE - 1) or addr > TASK_SIZE or length > TASK_SIZE - addr:
+        if addr & (PAGE_SIZE - 1) or addr > self._task_size or length > self._task_size - addr:
             raise _oserror(errno.EINVAL)
         end = addr + _page_align(length)
         if end == addr:
@@ -2397,13 +2486,13 @@ class MM:
             flags |= MAP_FIXED
         if not (flags & MAP_FIXED) and addr and addr < _MMAP_MIN_ADDR:
             addr = _MMAP_MIN_ADDR
-        if len(self._vmas) > _MAX_MAP_COUNT or length > TASK_SIZE:
+        if len(self._vmas) > _MAX_MAP_COUNT or length > self._task_size:
             raise _oserror(errno.ENOMEM)
         if flags & MAP_FIXED:
             # The huge page alignment is checked before the TASK_SIZE limit.
             if addr & (PMD_SIZE - 1):
                 raise _oserror(errno.EINVAL)
-            if addr > TASK_SIZE - length:
+            if addr > self._task_size - length:
                 raise _oserror(errno.ENOMEM)
         if flags & MAP_FIXED_NOREPLACE:
             vma = self.find_vma(addr)
@@ -2479,7 +2568,7 @@ class MM:
         return addr
 
     def __get_unmapped_area(self, addr, length, flags):
-        if length > TASK_SIZE:
+        if length > self._task_size:
             raise _oserror(errno.ENOMEM)
         if flags & MAP_FIXED:
             result = addr
@@ -2488,7 +2577,7 @@ class MM:
         else:
             # shmem_get_unmapped_area() adds nothing with shmem_enabled=never.
             result = self.arch_get_unmapped_area_topdown(addr, length)
-        if result > TASK_SIZE - length:
+        if result > self._task_size - length:
             raise _oserror(errno.ENOMEM)
         if result & (PAGE_SIZE - 1):
             raise _oserror(errno.EINVAL)
@@ -2512,17 +2601,34 @@ class MM:
             return max(vma.start - _STACK_GUARD_GAP, 0)
         return vma.start
 
+    def mmap_address_hint_valid(self, addr, length):
+        """arch/x86/mm/mmap.c: the hint fits below TASK_SIZE and lies wholly on one
+        side of DEFAULT_MAP_WINDOW (always true with 4 levels)."""
+        if self._task_size - length < addr:
+            return False
+        return (addr > _DEFAULT_MAP_WINDOW) == (addr + length > _DEFAULT_MAP_WINDOW)
+
+    def _mmap_limits(self, hint):
+        """The top-down search's high limit and the bottom-up fallback's end: a
+        hint above DEFAULT_MAP_WINDOW opens the space up to TASK_SIZE_MAX (LA57);
+        mmap_base itself stays below 128 TiB (arch_pick_mmap_layout() uses
+        task_size_64bit(0))."""
+        if hint > _DEFAULT_MAP_WINDOW:
+            return MMAP_BASE + self._task_size - _DEFAULT_MAP_WINDOW, self._task_size
+        return MMAP_BASE, _DEFAULT_MAP_WINDOW
+
     def arch_get_unmapped_area_topdown(self, addr, length):
         if addr:
             addr &= _PAGE_MASK
-            if TASK_SIZE - length >= addr:
+            if self.mmap_address_hint_valid(addr, length):
                 vma = self.find_vma(addr)
                 if vma is None or addr + length <= self._vm_start_gap(vma):
                     return addr
-        found = self.unmapped_area_topdown(length, _MMAP_MIN_ADDR, MMAP_BASE)
+        high, top = self._mmap_limits(addr)
+        found = self.unmapped_area_topdown(length, _MMAP_MIN_ADDR, high)
         if found is not None:
             return found
-        found = self.unmapped_area_bottomup(length, _MMAP_LEGACY_BASE, TASK_SIZE)
+        found = self.unmapped_area_bottomup(length, _MMAP_LEGACY_BASE, top)
         if found is not None:
             return found
         raise _oserror(errno.ENOMEM)
@@ -3186,11 +3292,11 @@ class MM:
             raise _oserror(errno.EINVAL)
         if vrm.addr & (PAGE_SIZE - 1):
             raise _oserror(errno.EINVAL)
-        if vrm.new_len == 0 or vrm.new_len > TASK_SIZE:
+        if vrm.new_len == 0 or vrm.new_len > self._task_size:
             raise _oserror(errno.EINVAL)
         if not self._remap_implies_new_addr(vrm):
             return
-        if vrm.new_addr > TASK_SIZE - vrm.new_len or vrm.new_addr & (PAGE_SIZE - 1):
+        if vrm.new_addr > self._task_size - vrm.new_len or vrm.new_addr & (PAGE_SIZE - 1):
             raise _oserror(errno.EINVAL)
         if not vrm.flags & MREMAP_MAYMOVE:
             raise _oserror(errno.EINVAL)
@@ -3243,7 +3349,7 @@ class MM:
 
     def _remap_munmap(self, start, length):
         """do_munmap() with its argument checks."""
-        if start & (PAGE_SIZE - 1) or start > TASK_SIZE or length > TASK_SIZE - start:
+        if start & (PAGE_SIZE - 1) or start > self._task_size or length > self._task_size - start:
             raise _oserror(errno.EINVAL)
         end = start + _page_align(length)
         if end == start:
@@ -3264,7 +3370,7 @@ class MM:
             end = vma.end + vrm.delta
             # vma_expandable(): nothing in the way, and below TASK_SIZE.
             nxt = self.find_vma(vma.end)
-            if end <= TASK_SIZE and (nxt is None or nxt.start >= end):
+            if end <= self._task_size and (nxt is None or nxt.start >= end):
                 self.expand_vma_in_place(vma, vrm)
                 return
         if not vrm.flags & MREMAP_MAYMOVE:
@@ -3468,7 +3574,7 @@ class MM:
         into a PTE table made at the destination."""
         while old_addr < old_end:
             extent = self._move_extent(old_addr, old_end, new_addr, PUD_SIZE)
-            old_pud = self._pgd.children[(old_addr >> PGDIR_SHIFT) & 511]
+            old_pud = self._pud_table(old_addr)
             oi = (old_addr >> PUD_SHIFT) & 511
             if old_pud is None or old_pud.children[oi] is None:
                 old_addr += extent
@@ -3553,7 +3659,7 @@ class MM:
         page = first
         while page <= last:
             if vma is None or not (vma.start <= page < vma.end):
-                vma = self._vma_containing(page) if page < TASK_SIZE else None
+                vma = self._vma_containing(page) if page < self._task_size else None
                 if vma is None:
                     # The first access is at addr itself, later ones at page starts.
                     raise SegmentationFault(max(page, addr))
@@ -3634,7 +3740,7 @@ class MM:
         """
         self._check_alive()
         child = MM(pt_reclaim=self.pt_reclaim, thp=self.thp, split_ptlocks=self.split_ptlocks,
-                   machine=self.machine)
+                   machine=self.machine, paging_levels=self.paging_levels)
         try:
             self.dup_mmap(child)
         except OSError:
@@ -3702,10 +3808,11 @@ class MM:
         end = vma.end
         while addr < end:
             pgd_next = min((addr + PGDIR_SIZE) & _PGDIR_MASK or end, end)
-            src_pud = self._pgd.children[(addr >> PGDIR_SHIFT) & 511]
+            src_pud = self._pud_table(addr)
             if src_pud is None:
-                addr = pgd_next
+                addr = min(self._pud_skip(addr), end)
                 continue
+            # copy_p4d_range(): the child gets the P4D table too (5 levels).
             dst_pud = dst.__pud_alloc(addr)
             while addr < pgd_next:
                 pud_next = min((addr + PUD_SIZE) & _PUD_MASK or pgd_next, pgd_next)
@@ -3804,9 +3911,7 @@ class MM:
         return [(v.start, v.end, v.flags, v.anon_vma is not None) for v in self._vmas]
 
     def _iter_pte_tables(self):
-        for pud in self._pgd.children:
-            if pud is None:
-                continue
+        for pud in self._pud_tables():
             for pmd in pud.children:
                 if pmd is None:
                     continue
@@ -3814,9 +3919,9 @@ class MM:
                     if pte_table is not None:
                         yield pte_table
 
-    def entries(self, start=0, end=TASK_SIZE):
+    def entries(self, start=0, end=None):
         start = _ulong(start)
-        end = _ulong(end)
+        end = self._task_size + PAGE_SIZE if end is None else _ulong(end)
         for table in self._iter_pte_tables():
             if table.base + PMD_SIZE <= start or table.base >= end:
                 continue
@@ -3829,9 +3934,9 @@ class MM:
 
     def tables(self):
         out = []
-        for pud in self._pgd.children:
-            if pud is None:
-                continue
+        if self.paging_levels == 5:
+            out.extend(("p4d", p4d.base) for p4d in self._p4d_tables())
+        for pud in self._pud_tables():
             out.append(("pud", pud.base))
             for pmd in pud.children:
                 if pmd is None:
@@ -3845,13 +3950,11 @@ class MM:
                 out.extend(("deposit", pmd.base + (index << PMD_SHIFT)) for index in _huge_indexes(pmd))
         # By address, then from the top of the hierarchy down (api.md); the level
         # names do not sort that way alphabetically.
-        depth = {"pud": 0, "pmd": 1, "pte": 2, "deposit": 2}
+        depth = {"p4d": -1, "pud": 0, "pmd": 1, "pte": 2, "deposit": 2}
         return sorted(out, key=lambda t: (t[1], depth[t[0]]))
 
     def _iter_huge_pmds(self):
-        for pud in self._pgd.children:
-            if pud is None:
-                continue
+        for pud in self._pud_tables():
             for pmd in pud.children:
                 if pmd is None:
                     continue
@@ -3860,15 +3963,26 @@ class MM:
 
     def read_entry(self, address, level="pte"):
         address = _ulong(address)
-        if level not in _LEVEL_NAMES:
-            raise ValueError(f"level must be one of {_LEVEL_NAMES}, not {level!r}")
-        depth = _LEVEL_NAMES.index(level)
+        if level not in _READ_LEVELS:
+            raise ValueError(f"level must be one of {_READ_LEVELS}, not {level!r}")
+        if address >= self._task_size + PAGE_SIZE:
+            raise ValueError("address beyond the user address space")
+        if level == "pgd":
+            return self._pgd.entries[(address >> _LEVEL_SHIFT[self._pgd.level]) & 511]
+        # With 4 levels the P4D entry is the PGD entry (folded, R2).
         table = self._pgd
-        for lvl in range(depth):
-            table = table.children[(address >> _LEVEL_SHIFT[lvl]) & 511]
+        if self.paging_levels == 5:
+            table = table.children[(address >> _PGDIR5_SHIFT) & 511]
             if table is None:
                 return 0
-        return table.entries[(address >> _LEVEL_SHIFT[depth]) & 511]
+        for name, shift in (("p4d", PGDIR_SHIFT), ("pud", PUD_SHIFT), ("pmd", PMD_SHIFT)):
+            index = (address >> shift) & 511
+            if level == name:
+                return table.entries[index]
+            table = table.children[index]
+            if table is None:
+                return 0
+        return table.entries[(address >> PAGE_SHIFT) & 511]
 
     # --------------------------------------------------------------- check
 
@@ -3928,7 +4042,7 @@ class MM:
         for vma in self._vmas:
             if vma.start & (PAGE_SIZE - 1) or vma.end & (PAGE_SIZE - 1) or vma.start >= vma.end:
                 raise InvariantError("vma-alignment", repr(vma))
-            if vma.end > TASK_SIZE:
+            if vma.end > self._task_size:
                 raise InvariantError("vma-range", repr(vma))
             if prev is not None:
                 if prev.end > vma.start:
@@ -3967,7 +4081,13 @@ class MM:
         counted = 0
         deposits = 0
         mapped = {}
-        for pgd_i, pud in self._linked_children(self._pgd):
+        tops = [self._pgd]
+        if self.paging_levels == 5:
+            # P4D tables are linked but never counted (R10).
+            tops = [p4d for _, p4d in self._linked_children(self._pgd)]
+            if self._stats["p4d_tables_allocated"] - self._stats["p4d_tables_freed"] != len(tops):
+                raise InvariantError("p4d-count", "the P4D tables linked are those allocated and not freed")
+        for pgd_i, pud in (c for top in tops for c in self._linked_children(top)):
             counted += 1
             for pud_i, pmd in self._linked_children(pud):
                 counted += 1
@@ -4073,9 +4193,9 @@ class MM:
             seen.add(table.pfn)
 
     def _iter_upper_and_pte_tables(self):
-        for pud in self._pgd.children:
-            if pud is None:
-                continue
+        if self.paging_levels == 5:
+            yield from self._p4d_tables()
+        for pud in self._pud_tables():
             yield pud
             for pmd in pud.children:
                 if pmd is None:
@@ -4167,7 +4287,7 @@ class MM:
             flags |= MAP_FIXED
         if not (flags & MAP_FIXED) and addr and addr < _MMAP_MIN_ADDR:
             addr = _MMAP_MIN_ADDR
-        if len(self._vmas) > _MAX_MAP_COUNT or length > TASK_SIZE:
+        if len(self._vmas) > _MAX_MAP_COUNT or length > self._task_size:
             raise _oserror(errno.ENOMEM)
         if flags & MAP_FIXED:
             # The huge page alignment is checked before the TASK_SIZE limit.
@@ -4175,7 +4295,7 @@ class MM:
                 raise _oserror(errno.EINVAL)
         else:
             addr = self.hugetlb_get_unmapped_area(addr, length)
-        if addr > TASK_SIZE - length:
+        if addr > self._task_size - length:
             raise _oserror(errno.ENOMEM)
         end = addr + length
         if flags & MAP_FIXED_NOREPLACE:
@@ -4222,14 +4342,15 @@ class MM:
         mask = PMD_SIZE - PAGE_SIZE
         if addr:
             addr = (addr + PMD_SIZE - 1) & _PMD_MASK
-            if addr and TASK_SIZE - length >= addr:
+            if addr and self.mmap_address_hint_valid(addr, length):
                 vma = self.find_vma(addr)
                 if vma is None or addr + length <= self._vm_start_gap(vma):
                     return addr
-        found = self.unmapped_area_topdown(length + mask, _MMAP_MIN_ADDR, MMAP_BASE)
+        high, top = self._mmap_limits(addr)
+        found = self.unmapped_area_topdown(length + mask, _MMAP_MIN_ADDR, high)
         if found is not None:
             return (found + mask) & _PMD_MASK
-        found = self.unmapped_area_bottomup(length + mask, _MMAP_LEGACY_BASE, TASK_SIZE)
+        found = self.unmapped_area_bottomup(length + mask, _MMAP_LEGACY_BASE, top)
         if found is not None:
             return (found + PMD_SIZE - 1) & _PMD_MASK
         raise _oserror(errno.ENOMEM)
@@ -4658,9 +4779,7 @@ class MM:
     def huge_pmds(self):
         """(address, entry) of every huge PMD, ascending."""
         out = []
-        for pud in self._pgd.children:
-            if pud is None:
-                continue
+        for pud in self._pud_tables():
             for pmd in pud.children:
                 if pmd is None:
                     continue
