@@ -100,6 +100,10 @@ from .constants import (
     PUD_SHIFT,
     PUD_SIZE,
     TASK_SIZE,
+    TASK_SIZE_LA57,
+    DEFAULT_MAP_WINDOW,
+    PGDIR_SHIFT_LA57,
+    PGDIR_SIZE_LA57,
     VM_ACCOUNT,
     VM_DONTCOPY,
     VM_DONTDUMP,
@@ -292,13 +296,13 @@ _KIND_COUNTER = {_ANON: MM_ANONPAGES, _SHMEM: MM_SHMEMPAGES}
 _PGD, _PUD, _PMD, _PTE, _P4D, _PGD5 = 0, 1, 2, 3, 4, 5
 _LEVEL_NAMES = ("pgd", "pud", "pmd", "pte", "p4d", "pgd")
 _READ_LEVELS = ("pgd", "p4d", "pud", "pmd", "pte")
-_PGDIR5_SHIFT = 48
-_PGDIR5_SIZE = 1 << _PGDIR5_SHIFT
+_PGDIR5_SHIFT = PGDIR_SHIFT_LA57
+_PGDIR5_SIZE = PGDIR_SIZE_LA57
 _LEVEL_SHIFT = (PGDIR_SHIFT, PUD_SHIFT, PMD_SHIFT, PAGE_SHIFT, PGDIR_SHIFT, _PGDIR5_SHIFT)
 # LA57: TASK_SIZE_MAX is 2^56 - 4 KiB; DEFAULT_MAP_WINDOW keeps the 4-level
 # limit for every mapping that does not ask for more (arch/x86 processor.h).
-_TASK_SIZE_LA57 = (1 << 56) - PAGE_SIZE
-_DEFAULT_MAP_WINDOW = TASK_SIZE
+_TASK_SIZE_LA57 = TASK_SIZE_LA57
+_DEFAULT_MAP_WINDOW = DEFAULT_MAP_WINDOW
 
 _STAT_KEYS = (
     "page_faults",

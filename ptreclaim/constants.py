@@ -19,6 +19,16 @@ PTRS_PER_PUD = 512
 PTRS_PER_PGD = 512
 # The top of user space with 4-level paging: 2**47 minus one guard page.
 TASK_SIZE = (1 << 47) - PAGE_SIZE
+# 5-level paging (LA57, MM(paging_levels=5)): the PGD indexes bits 56..48 and
+# each of its entries maps a 256 TiB region through a P4D table; user space
+# ends at TASK_SIZE_MAX. DEFAULT_MAP_WINDOW is the 4-level TASK_SIZE: mappings
+# go above it only when asked (arch/x86/include/asm/page_64_types.h).
+PGDIR_SHIFT_LA57 = 48
+PGDIR_SIZE_LA57 = 1 << PGDIR_SHIFT_LA57
+P4D_SHIFT = 39
+P4D_SIZE = 1 << P4D_SHIFT
+TASK_SIZE_LA57 = (1 << 56) - PAGE_SIZE
+DEFAULT_MAP_WINDOW = TASK_SIZE
 
 # --- mmap/mprotect protection bits (uapi asm-generic/mman-common.h) ----------
 PROT_NONE = 0x0
