@@ -27,7 +27,7 @@ from ptreclaim.constants import (
     MAP_SHARED, MAP_SHARED_VALIDATE, MAP_STACK, MAP_SYNC, MREMAP_DONTUNMAP, MREMAP_FIXED,
     MREMAP_MAYMOVE, PAGE_SIZE, PGDIR_SIZE, PMD_SIZE,
     PROT_EXEC, PROT_GROWSDOWN, PROT_GROWSUP, PROT_READ, PROT_SEM, PROT_WRITE, PTE_PFN_MASK,
-    PUD_SIZE, TASK_SIZE, ZERO_PFN,
+    PUD_SIZE, TASK_SIZE, TASK_SIZE_LA57, PGDIR_SIZE_LA57, ZERO_PFN,
     _PAGE_PRESENT, _PAGE_PROTNONE, _PAGE_SPECIAL,
 )
 from ptreclaim.errors import BusError, InvariantError, OutOfMemory, SegmentationFault
@@ -48,6 +48,14 @@ ANCHORS = (
     B, B + PMD_SIZE, B + 2 * PMD_SIZE, B - PMD_SIZE, B + PUD_SIZE, B + PUD_SIZE - PMD_SIZE,
     B - PUD_SIZE, B + PGDIR_SIZE, B + PGDIR_SIZE - PMD_SIZE, B - PGDIR_SIZE, B - PAGE_SIZE,
     B + 2 * PGDIR_SIZE - PUD_SIZE, 0x7FFF_F7FF_F000 - 4 * M, TASK_SIZE - PMD_SIZE, 0,
+)
+# Address kind 4: places only 5-level paging can map (4 levels must refuse them
+# alike): just above the 128 TiB window, the edges of the second 256 TiB region, a
+# fresh region, and the top of LA57 user space. Kept apart from ANCHORS so that the
+# fuzzer's encoding of addresses does not change.
+HIGH_ANCHORS = (
+    TASK_SIZE + PAGE_SIZE, PGDIR_SIZE_LA57, PGDIR_SIZE_LA57 - PMD_SIZE, PGDIR_SIZE_LA57 + PGDIR_SIZE,
+    4 * PGDIR_SIZE_LA57 + B, TASK_SIZE_LA57 - PMD_SIZE, TASK_SIZE_LA57 - 4 * M,
 )
 # Added to an anchor or a VMA edge: exact, a page either side, unaligned, a span over.
 DELTAS = (0, 0, 0, PAGE_SIZE, -PAGE_SIZE, 2 * PAGE_SIZE, 16 * PAGE_SIZE, -16 * PAGE_SIZE,
@@ -91,9 +99,12 @@ def _clamp(addr, length, cap):
 
 
 def addr_of(mm_vmas, spec):
-    """spec = (kind, index, delta): kind 0 an anchor, 1 a VMA start, 2 a VMA end."""
+    """spec = (kind, index, delta): kind 0 an anchor, 1 a VMA start, 2 a VMA end,
+    4 a high anchor."""
     kind, index, delta = spec
-    if kind == 0 or not mm_vmas:
+    if kind == 4:
+        base = HIGH_ANCHORS[index % len(HIGH_ANCHORS)]
+    elif kind == 0 or not mm_vmas:
         base = ANCHORS[index % len(ANCHORS)]
     else:
         vma = mm_vmas[index % len(mm_vmas)]
@@ -224,20 +235,22 @@ class Pair:
     the processes forked from them."""
 
     def __init__(self, pt_reclaim=True, split_ptlocks=True, max_frames=None, totalram_pages=None,
-                 thp="madvise", swap_pages=0, hugetlb_pages=0):
+                 thp="madvise", swap_pages=0, hugetlb_pages=0, paging_levels=4):
         self.config = dict(pt_reclaim=pt_reclaim, split_ptlocks=split_ptlocks,
                            max_frames=max_frames, totalram_pages=totalram_pages, thp=thp,
                            swap_pages=swap_pages)
         if hugetlb_pages:
             self.config["hugetlb_pages"] = hugetlb_pages
+        if paging_levels != 4:
+            self.config["paging_levels"] = paging_levels
         self.core_machine = core_impl.Machine(max_frames, totalram_pages, swap_pages,
                                               hugetlb_pages=hugetlb_pages)
         self.ref_machine = ref_impl.Machine(max_frames, totalram_pages, swap_pages,
                                             hugetlb_pages=hugetlb_pages)
         self.core = core_impl.MM(pt_reclaim=pt_reclaim, split_ptlocks=split_ptlocks, thp=thp,
-                                 machine=self.core_machine)
+                                 machine=self.core_machine, paging_levels=paging_levels)
         self.ref = ref_impl.MM(pt_reclaim=pt_reclaim, split_ptlocks=split_ptlocks, thp=thp,
-                               machine=self.ref_machine)
+                               machine=self.ref_machine, paging_levels=paging_levels)
         # The live processes as (core, reference) pairs; the first is the one made
         # above, the others are children in the order they were forked.
         self.procs = [(self.core, self.ref)]

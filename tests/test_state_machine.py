@@ -8,6 +8,9 @@ The vocabulary and the comparison live in differential.py, shared with the fuzze
 Some rules aim at transparent huge pages: 2 MiB-aligned mappings with MADV_HUGEPAGE,
 then partial zaps, mprotects and unmaps, FREE/COLD/PAGEOUT, COLLAPSE and fork.
 
+A third of the runs use 5-level paging (MM(paging_levels=5)); address kind 4 aims
+at places only 5 levels can map, which 4-level runs must refuse alike.
+
 Some runs have a small hugetlb pool (2 or 6 huge pages): hugetlb mappings, forks and
 switches between the processes then exercise reservations, copy-on-write and SIGBUS.
 
@@ -47,10 +50,10 @@ PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 
 # Address descriptions (see differential.addr_of): mostly VMA edges and anchors.
 addr_specs = st.tuples(
-    st.sampled_from((0, 1, 1, 2, 2)), st.integers(0, len(ANCHORS) - 1), st.integers(0, len(DELTAS) - 1)
+    st.sampled_from((0, 1, 1, 2, 2, 4)), st.integers(0, len(ANCHORS) - 1), st.integers(0, len(DELTAS) - 1)
 )
 mmap_addr_specs = st.tuples(
-    st.sampled_from((0, 0, 1, 2, 2, 3)), st.integers(0, len(ANCHORS) - 1), st.integers(0, len(DELTAS) - 1)
+    st.sampled_from((0, 0, 1, 2, 2, 3, 4)), st.integers(0, len(ANCHORS) - 1), st.integers(0, len(DELTAS) - 1)
 )
 # Length descriptions: a listed length, or a page count (plus one byte when index -2).
 length_specs = st.one_of(
@@ -97,11 +100,12 @@ class CoreMatchesReference(RuleBasedStateMachine):
                                 (3000, 1024, 0), (600, None, 200), (None, None, 300))),
         thp=st.sampled_from(("madvise", "madvise", "always", "never")),
         hugetlb=st.sampled_from((0, 0, 0, 2, 6)),
+        paging_levels=st.sampled_from((4, 4, 5)),
     )
-    def start(self, pt_reclaim, split_ptlocks, limits, thp, hugetlb):
+    def start(self, pt_reclaim, split_ptlocks, limits, thp, hugetlb, paging_levels):
         self.pair = Pair(pt_reclaim=pt_reclaim, split_ptlocks=split_ptlocks,
                          max_frames=limits[0], totalram_pages=limits[1], thp=thp,
-                         swap_pages=limits[2], hugetlb_pages=hugetlb)
+                         swap_pages=limits[2], hugetlb_pages=hugetlb, paging_levels=paging_levels)
         self.pair.compare()
 
     @rule(addr=mmap_addr_specs, length=small_length_specs, prot=common_prot_index,
