@@ -2657,14 +2657,17 @@ class MM:
         return None
 
     def unmapped_area_bottomup(self, length, low, high):
+        # The gap must end by high: with 5 levels there can be VMAs above it.
         gap_start = low
         for vma in self._vmas:
+            if gap_start + length > high:
+                return None
             if vma.end <= gap_start:
                 continue
-            if self._vm_start_gap(vma) - gap_start >= length:
+            if min(self._vm_start_gap(vma), high) - gap_start >= length:
                 return gap_start
             gap_start = max(gap_start, vma.end)
-        if high - gap_start >= length:
+        if high >= gap_start and high - gap_start >= length:
             return gap_start
         return None
 
