@@ -18,6 +18,7 @@ from libc.string cimport memset
 from ptreclaim._types cimport *
 from ptreclaim._pgtable cimport (
     pte_none, pte_present, pte_write, pmd_huge_leaf, entry_table, entry_table_slot, pool_table,
+    prefetch_pte,
     machine_init, machine_free, put_page, shmem_new, shmem_put, shmem_punch, pte_table_empty,
     pool_release, pool_alloc,
     walk_pte, walk_pmd, tlb_gather_mmu, tlb_finish_mmu, unmap_page_range, free_pgd_range,
@@ -523,6 +524,11 @@ cdef void unmap_mapping_range(pt_machine *m, pt_mm **mms, Py_ssize_t nr_mms, pt_
 # mremap (mm/mremap.c as of 6.18): the argument checks, shrink, growth in place,
 # and moves (one VMA, or several for an MREMAP_FIXED move of unchanged size).
 # The page tables move in _pgtable.move_page_tables().
+
+cdef enum:
+    # touch_pages() walks this many accesses ahead to prefetch their PTEs:
+    # enough to cover a miss, few enough that the walks stay in cache.
+    TOUCH_PAGES_AHEAD = 12
 
 cdef enum:
     MREMAP_MAYMOVE = 1
@@ -2001,6 +2007,8 @@ cdef class MM:
             per_address = True
         with nogil:
             while i < n:
+                if i + TOUCH_PAGES_AHEAD < n:
+                    prefetch_pte(self.mm, addrs[i + TOUCH_PAGES_AHEAD])
                 if addrs[i] == <uint64_t>-1:
                     r = FAULT_SIGSEGV
                     where = addrs[i]
