@@ -26,7 +26,7 @@ from ptreclaim._pgtable cimport (
     fault_range, handle_mm_fault, pte_pfn, uffd_wp_range, anon_page_fast,
     guard_install_range, guard_remove_range, copy_page_range, shmem_get, anon_vma_prepare,
     madvise_collapse, move_page_tables, page_stored, find_vma, is_swap_pte, swp_offset, swap_init,
-    pmd_hugetlb, hpage_index, hugetlb_pool_init, hfile_new, hfile_put,
+    pmd_hugetlb, pfn_is_hugetlb, hpage_index, hugetlb_pool_init, hfile_new, hfile_put,
     idxset_count, idxset_has,
 )
 from ptreclaim._hugetlb cimport (
@@ -627,6 +627,36 @@ cdef int remap_check_prep_vma(pt_mm *mm, uint64_t idx, remap_state *vrm) noexcep
     # mlock_future_ok() and may_expand_vm(): no RLIMIT_MEMLOCK or RLIMIT_AS here.
     return 0
 
+cdef void remap_mark_mlocked(pt_mm *mm, uint64_t start, uint64_t end) noexcept nogil:
+    """PG_MLOCKED on every page that the locked VMA [start, end) has mlocked:
+    small pages, and THPs mapped by a huge PMD."""
+    cdef pt_page *pages = mm.machine.frames.pages
+    cdef uint64_t addr = start, span_end, i, pfn
+    cdef pteval_t *pmd
+    cdef pteval_t *pte
+    while addr < end:
+        span_end = (addr & PTR_PMD_MASK) + PTR_PMD_SIZE
+        if span_end > end:
+            span_end = end
+        pmd = walk_pmd(mm, addr)
+        if pmd != NULL and pmd_huge_leaf(pmd[0]):
+            pfn = pte_pfn(pmd[0])
+            if pfn != HUGE_ZERO_PFN and not pfn_is_hugetlb(pfn):
+                for i in range(HPAGE_PMD_NR):
+                    pages[pfn + i].flags |= PG_MLOCKED
+        elif pmd != NULL and pmd[0] != 0:
+            pte = walk_pte(mm, addr)
+            while addr < span_end:
+                # A THP mapped by PTEs is not mlocked (only small pages and
+                # PMD-mapped THPs are; splitting the PMD munlocked it).
+                if pte_present(pte[0]) and not (pte[0] & PTR_PAGE_SPECIAL) \
+                        and not (pages[pte_pfn(pte[0])].flags & PG_THP):
+                    pages[pte_pfn(pte[0])].flags |= PG_MLOCKED
+                pte += 1
+                addr += 4096
+        addr = span_end
+
+
 cdef int remap_move_vma(pt_mm *mm, remap_state *vrm, object unmerged_ok) noexcept:
     """move_vma(): copy the VMA to new_addr (merging it there if it can), move
     its page tables, then unmap the old range (or, for MREMAP_DONTUNMAP, leave
@@ -693,6 +723,8 @@ cdef int remap_move_vma(pt_mm *mm, remap_state *vrm, object unmerged_ok) noexcep
         vma = &mm.vmas[idx]
         if vma.flags & PTR_VM_LOCKED:
             mm.locked_vm_stale += vma_pages(vma)
+            # The pages it still maps stay mlocked, and nothing will munlock them.
+            remap_mark_mlocked(mm, vma.start, vma.end)
         vma.flags &= ~(PTR_VM_LOCKED | PTR_VM_LOCKONFAULT)
         if (vrm.addr == old_start and vrm.addr + vrm.old_len == old_end
                 and vma.start == old_start and vma.end == old_end):

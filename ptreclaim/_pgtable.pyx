@@ -1614,9 +1614,11 @@ cdef void madvise_pageout_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, ui
             p = &mm.machine.frames.pages[pfn]
             if p.flags & PG_THP:
                 # A large folio that is not lazy-free and clean cannot be
-                # swapped out whole with no swap: shrink_folio_list() splits it.
+                # swapped out whole with no swap: shrink_folio_list() splits it,
+                # unless it is mlocked (unevictable: left alone).
                 step = large_folio_step(mm, vma, table, i, span, start, end,
-                                        not (p.flags & PG_LAZYFREE) or (p.flags & PG_DIRTY) != 0)
+                                        (not (p.flags & PG_LAZYFREE) or (p.flags & PG_DIRTY) != 0)
+                                        and not (p.flags & PG_MLOCKED))
                 if step == 1:
                     continue
                 pte = table[i]
@@ -1624,7 +1626,8 @@ cdef void madvise_pageout_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, ui
                     continue
                 pfn = pte_pfn(pte)
                 p = &mm.machine.frames.pages[pfn]
-            if p.mapcount != 1:
+            if p.mapcount != 1 or p.flags & PG_MLOCKED:
+                # Shared, or unevictable: shrink_folio_list() keeps it mapped.
                 continue
             if p.kind == FRAME_ANON:
                 if not (p.flags & PG_LAZYFREE):
@@ -2153,6 +2156,8 @@ cdef void huge_pageout(pt_mm *mm, pt_vma *vma, pteval_t *pmd, uint64_t addr) noe
     cdef uint64_t pfn = pte_pfn(e)
     cdef pt_page *pages = mm.machine.frames.pages
     cdef Py_ssize_t i
+    if pages[pfn].flags & PG_MLOCKED:
+        return                     # unevictable: neither discarded nor split
     if (pages[pfn].flags & PG_LAZYFREE) and not (e & PTR_PAGE_DIRTY) and not (pages[pfn].flags & PG_DIRTY):
         pmd[0] = 0
         mm.stats.tlb_flushes += 1
@@ -2166,47 +2171,94 @@ cdef void huge_pageout(pt_mm *mm, pt_vma *vma, pteval_t *pmd, uint64_t addr) noe
         return
     split_folio(mm, vma, pfn, addr)
 
-cdef void split_folio(pt_mm *mm, pt_vma *vma, uint64_t head, uint64_t span) noexcept nogil:
-    """split_folio() of a THP that only this mm maps, at span (by its PMD or by
-    PTEs): it becomes 512 small pages, and remap_page() maps each one that
-    was never written to the shared zero page instead (its frame is freed,
-    RssAnon -4), unless its VMA is mlocked or userfaultfd-armed."""
-    cdef pt_pool *pool = &mm.machine.pool
-    cdef pt_page *pages = mm.machine.frames.pages
-    cdef pteval_t *pmd = walk_pmd(mm, span)
-    cdef pteval_t *table
-    cdef pteval_t e
-    cdef pt_page *p
-    cdef Py_ssize_t i
+cdef inline bint _remap_zero_page(pt_mm *mm, pteval_t *pte, uint64_t addr, uint64_t pfn) noexcept nogil:
+    """try_to_map_unused_to_zeropage() for the entry at addr: if it maps pfn (a
+    page never written), it becomes the zero page (the frame is freed, RssAnon
+    -4), unless the page is mlocked, or the VMA mapping it is mlocked or
+    userfaultfd-armed. The VMA is the one at addr: earlier splits and moves
+    may have left the THP across several. True if the entry maps pfn."""
+    cdef pteval_t e = pte[0]
+    cdef pt_vma *v
     cdef uint64_t vi
-    cdef bint remap
-    if pmd == NULL:
-        return
-    if pmd_huge_leaf(pmd[0]) and split_huge_pmd(mm, vma, pmd) < 0:
-        return
-    table = entry_table(pool, pmd[0]) if pmd[0] != 0 else NULL
+    if not pte_present(e) or pte_special(e) or pte_pfn(e) != pfn:
+        return False
+    if mm.machine.frames.pages[pfn].flags & PG_MLOCKED:
+        return True                # folio_test_mlocked(): kept
+    vi = find_vma(mm, addr)
+    if vi >= mm.nr_vmas or mm.vmas[vi].start > addr:
+        return True
+    v = &mm.vmas[vi]
+    if v.flags & (PTR_VM_LOCKED | PTR_VM_UFFD_WP):
+        return True
+    pte[0] = mk_pte(ZERO_PFN_VALUE, v.page_prot & ~PTR_PAGE_RW) | PTR_PAGE_SPECIAL | (e & PTR_PAGE_UFFD_WP)
+    mm.machine.frames.pages[pfn].mapcount -= 1
+    mm.rss[MM_ANONPAGES] -= 1
+    put_page(mm.machine, pfn)
+    return True
+
+cdef void split_folio(pt_mm *mm, pt_vma *vma, uint64_t head, uint64_t base) noexcept nogil:
+    """split_folio() of a THP that only this mm maps: it becomes 512 small pages,
+    and remap_page() maps each one that was never written to the shared zero page
+    instead (its frame is freed, RssAnon -4), unless the page is mlocked, or
+    the VMA mapping it is mlocked or userfaultfd-armed. base is where the folio's first page is, or would be,
+    mapped: by its PMD (2 MiB-aligned), or by PTEs, which mremap may have moved
+    to any page offset. Pages that mremap moved apart from the rest are found
+    through the VMAs sharing vma's anon_vma (the rmap walk)."""
+    cdef pt_page *pages = mm.machine.frames.pages
+    cdef pteval_t *pmd
+    cdef pteval_t *pte
+    cdef pt_page *p
+    cdef pt_vma *v
+    cdef Py_ssize_t i
+    cdef uint64_t addr, span, end, k, j, pfn
+    cdef uint64_t todo[8]
+    cdef bint missing = False
+    cdef uint64_t anon_vma = vma.anon_vma
+    for i in range(8):
+        todo[i] = 0
+    if (base & ~PTR_PMD_MASK) == 0 and base < PTR_TASK_SIZE:
+        pmd = walk_pmd(mm, base)
+        if pmd != NULL and pmd_huge_leaf(pmd[0]) and pte_pfn(pmd[0]) == head:
+            if split_huge_pmd(mm, vma, pmd) < 0:
+                return
     for i in range(HPAGE_PMD_NR):
         p = &pages[head + i]
         if p.kind != FRAME_ANON or not (p.flags & PG_THP) or p.index != i:
             continue               # freed since, and maybe reused
         p.flags &= ~PG_THP
-        if table == NULL or not (p.flags & PG_ZEROED):
+        if not (p.flags & PG_ZEROED) or p.mapcount == 0:
             continue
-        # try_to_map_unused_to_zeropage() asks the VMA that maps this page:
-        # earlier splits of the VMA may have left the THP across several.
-        vi = find_vma(mm, span + (<uint64_t>i << 12))
-        remap = vi < mm.nr_vmas and mm.vmas[vi].start <= span + (<uint64_t>i << 12) \
-            and not (mm.vmas[vi].flags & (PTR_VM_LOCKED | PTR_VM_UFFD_WP))
-        if not remap:
+        # base + i may wrap around for a folio moved below its first page.
+        addr = base + (<uint64_t>i << 12)
+        pte = walk_pte(mm, addr) if addr < PTR_TASK_SIZE else NULL
+        if pte == NULL or not _remap_zero_page(mm, pte, addr, head + i):
+            todo[i >> 6] |= (<uint64_t>1) << (i & 63)
+            missing = True
+    if not missing or not anon_vma:
+        return
+    # Pages mapped elsewhere: every VMA of this anon_vma, every table it has.
+    for k in range(mm.nr_vmas):
+        v = &mm.vmas[k]
+        if v.anon_vma != anon_vma:
             continue
-        e = table[i]
-        if not pte_present(e) or pte_special(e) or pte_pfn(e) != head + i:
-            continue
-        table[i] = mk_pte(ZERO_PFN_VALUE, mm.vmas[vi].page_prot & ~PTR_PAGE_RW) | PTR_PAGE_SPECIAL \
-            | (e & PTR_PAGE_UFFD_WP)
-        p.mapcount -= 1
-        mm.rss[MM_ANONPAGES] -= 1
-        put_page(mm.machine, head + i)
+        addr = v.start
+        while addr < v.end:
+            span = (addr & PTR_PMD_MASK) + PTR_PMD_SIZE
+            end = span if span < v.end else v.end
+            pte = walk_pte(mm, addr)
+            if pte == NULL:
+                addr = end
+                continue
+            while addr < end:
+                if pte_present(pte[0]) and not pte_special(pte[0]):
+                    pfn = pte_pfn(pte[0])
+                    if head <= pfn < head + HPAGE_PMD_NR:
+                        j = pfn - head
+                        if todo[j >> 6] & ((<uint64_t>1) << (j & 63)):
+                            todo[j >> 6] &= ~((<uint64_t>1) << (j & 63))
+                            _remap_zero_page(mm, pte, addr, pfn)
+                pte += 1
+                addr += 4096
 
 cdef int large_folio_step(pt_mm *mm, pt_vma *vma, pteval_t *table, uint64_t i, uint64_t span,
                           uint64_t start, uint64_t end, bint split_whole) noexcept nogil:
@@ -2228,7 +2280,8 @@ cdef int large_folio_step(pt_mm *mm, pt_vma *vma, pteval_t *table, uint64_t i, u
                 break
         if whole:
             return 0
-    split_folio(mm, vma, head, span)
+    # The folio's first page is where this one is, less its place in the folio.
+    split_folio(mm, vma, head, span + (i << 12) - (<uint64_t>pages[pte_pfn(table[i])].index << 12))
     return 2
 
 cdef int collapse_span(pt_mm *mm, pt_vma *vma, uint64_t haddr) noexcept nogil:

@@ -449,7 +449,7 @@ class _Frame:
     """A 4 KiB data page: a small folio, or one of the 512 pages of a THP."""
 
     __slots__ = ("pfn", "kind", "refcount", "mapcount", "lazyfree", "dirty", "shmem", "index", "exclusive",
-                 "written", "thp_index")
+                 "written", "thp_index", "mlocked")
 
     def __init__(self, pfn, kind):
         self.pfn = pfn
@@ -470,6 +470,9 @@ class _Frame:
         self.written = False
         # Place in its THP (0..511) while the page belongs to one, else None.
         self.thp_index = None
+        # PG_mlocked that no locked VMA will clear (after MREMAP_DONTUNMAP of a
+        # locked VMA): reclaim leaves the page alone.
+        self.mlocked = False
 
 
 class _GatherThp:
@@ -1796,6 +1799,8 @@ class MM:
         entry = pmd.entries[index]
         head = pte_pfn(entry)
         first = self._mem.frames[head]
+        if first.mlocked:
+            return  # unevictable: neither discarded nor split
         if first.lazyfree and not (entry & _PAGE_DIRTY) and not first.dirty:
             pmd.entries[index] = 0
             # try_to_unmap_one(): one flush, as for a small page.
@@ -1808,39 +1813,60 @@ class MM:
             return
         self.split_folio(vma, head, span)
 
-    def split_folio(self, vma, head, span):
-        """split_folio() of a THP that only this process maps, at span (by its
-        PMD or by PTEs): it becomes 512 small pages, and remap_page() maps each
-        one never written to the shared zero page instead, freeing it
-        (RssAnon -4 each), unless the VMA of that page is mlocked."""
-        pmd = self._walk_pmd(span)
-        if pmd is None:
-            return
-        index = (span >> PMD_SHIFT) & 511
-        if pmd_trans_huge(pmd.entries[index]):
-            self.split_huge_pmd(vma, pmd, index)
-        table = pmd.children[index]
-        page_vma = None
+    def split_folio(self, vma, head, base):
+        """split_folio() of a THP that only this process maps: it becomes 512
+        small pages, and remap_page() maps each one never written to the shared
+        zero page instead, freeing it (RssAnon -4 each), unless the page or the
+        VMA mapping it is mlocked. base is where the folio's first page is, or would
+        be, mapped: by its PMD, or by PTEs that mremap may have moved to any
+        page offset. Pages moved apart from the rest are found through the VMAs
+        sharing vma's anon_vma (the rmap walk)."""
+        base &= 2**64 - 1  # below 0 for a folio moved below its first page
+        if not base & ~_PMD_MASK and base < TASK_SIZE:
+            pmd = self._walk_pmd(base)
+            index = (base >> PMD_SHIFT) & 511
+            if pmd is not None and pmd_trans_huge(pmd.entries[index]) and pte_pfn(pmd.entries[index]) == head:
+                self.split_huge_pmd(vma, pmd, index)
+        missing = set()
         for frame in self._mem.thp_pages(head):
             i = frame.thp_index
             frame.thp_index = None
-            if table is None or frame.written:
+            if frame.written or frame.mapcount == 0:
                 continue
-            # try_to_map_unused_to_zeropage() asks the VMA that maps the page:
-            # earlier VMA splits may have left the THP across several.
-            addr = span + (i << PAGE_SHIFT)
-            if page_vma is None or not (page_vma.start <= addr < page_vma.end):
-                page_vma = self._vma_containing(addr)
-            if page_vma is None or page_vma.flags & VM_LOCKED:
+            addr = (base + (i << PAGE_SHIFT)) & (2**64 - 1)
+            table = self._walk_pte_table(addr) if addr < TASK_SIZE else None
+            if table is None or not self._remap_zero_page(table, addr, frame):
+                missing.add(frame.pfn)
+        if not missing or vma.anon_vma is None:
+            return
+        for other in list(self._vmas):
+            if other.anon_vma is not vma.anon_vma:
                 continue
-            pte = table.entries[i]
-            if not pte_present(pte) or pte & _PAGE_SPECIAL or pte_pfn(pte) != frame.pfn:
-                continue
-            zero = pfn_pte(ZERO_PFN, vm_get_page_prot(page_vma.flags) & ~_PAGE_RW) | _PAGE_SPECIAL
-            table.entries[i] = zero | (pte & _PAGE_UFFD_WP)
-            frame.mapcount -= 1
-            self._rss[MM_ANONPAGES] -= 1
-            self._mem.folio_put(frame)
+            for addr, pte in list(self.entries(other.start, other.end)):
+                if pte_present(pte) and not pte & _PAGE_SPECIAL and pte_pfn(pte) in missing:
+                    missing.discard(pte_pfn(pte))
+                    self._remap_zero_page(self._walk_pte_table(addr), addr, self._mem.frames[pte_pfn(pte)])
+
+    def _remap_zero_page(self, table, addr, frame):
+        """try_to_map_unused_to_zeropage() for the entry at addr: if it maps
+        frame (never written), it becomes the zero page unless the page or the
+        VMA at addr is mlocked; earlier VMA splits and moves may have left the
+        THP across several VMAs. True if the entry maps frame."""
+        i = (addr >> PAGE_SHIFT) & 511
+        pte = table.entries[i]
+        if not pte_present(pte) or pte & _PAGE_SPECIAL or pte_pfn(pte) != frame.pfn:
+            return False
+        if frame.mlocked:
+            return True  # folio_test_mlocked(): kept
+        page_vma = self._vma_containing(addr)
+        if page_vma is None or page_vma.flags & VM_LOCKED:
+            return True
+        zero = pfn_pte(ZERO_PFN, vm_get_page_prot(page_vma.flags) & ~_PAGE_RW) | _PAGE_SPECIAL
+        table.entries[i] = zero | (pte & _PAGE_UFFD_WP)
+        frame.mapcount -= 1
+        self._rss[MM_ANONPAGES] -= 1
+        self._mem.folio_put(frame)
+        return True
 
     def large_folio_step(self, vma, table, i, span, start, end, split_whole):
         """The large-folio step of the MADV_FREE / COLD / PAGEOUT PTE walks for
@@ -1857,7 +1883,8 @@ class MM:
             if all(pte_present(entries[j]) and not entries[j] & _PAGE_SPECIAL and pte_pfn(entries[j]) == head + j
                    for j in range(PTRS_PER_PTE)):
                 return None
-        self.split_folio(vma, head, span)
+        # The folio's first page is where this one is, less its place in the folio.
+        self.split_folio(vma, head, span + ((i - frame.thp_index) << PAGE_SHIFT))
         return "split"
 
     def madvise_collapse(self, vma, start, end):
@@ -2949,7 +2976,8 @@ class MM:
                 if frame.thp_index is not None:
                     # With no swap, a THP that is not lazy-free and clean cannot
                     # be paged out whole: shrink_folio_list() splits it.
-                    split_whole = pageout and (not frame.lazyfree or frame.dirty)
+                    # An mlocked one is unevictable: left whole, and mapped.
+                    split_whole = pageout and (not frame.lazyfree or frame.dirty) and not frame.mlocked
                     step = self.large_folio_step(vma, table, i, span, start, end, split_whole)
                     if step == "skip":
                         continue
@@ -2972,6 +3000,8 @@ class MM:
 
     def shrink_folio(self, vma, table, i, frame):
         """shrink_folio_list() for one isolated folio."""
+        if frame.mlocked:
+            return  # unevictable: kept, mapped
         pte = table.entries[i]
         if frame.kind == _ANON:
             if not frame.lazyfree:
@@ -3400,6 +3430,18 @@ class MM:
             # it moved, its anon_vma goes too. Nothing merges.
             if old_vma.flags & VM_LOCKED:
                 self._locked_vm_stale += old_vma.pages()
+                # The pages it still maps stay mlocked, and nothing will munlock them:
+                # small pages and PMD-mapped THPs (a THP mapped by PTEs is not
+                # mlocked; splitting its PMD munlocked it).
+                for _, pte in self.entries(old_vma.start, old_vma.end):
+                    frame = self.vm_normal_page(pte) if pte_present(pte) else None
+                    if frame is not None and frame.thp_index is None:
+                        frame.mlocked = True
+                for pmd, index, _, _ in self._huge_pmds_in_range(old_vma.start, old_vma.end):
+                    head = pte_pfn(pmd.entries[index])
+                    if head != HUGE_ZERO_PFN:
+                        for i in range(HPAGE_PMD_NR):
+                            self._mem.frames[head + i].mlocked = True
             old_vma.flags &= ~VM_LOCKED_MASK
             if vrm.addr == old_start and vrm.addr + vrm.old_len == old_end and old_vma is not new_vma \
                     and (old_vma.start, old_vma.end) == (old_start, old_end):

@@ -99,6 +99,9 @@ cdef enum:
     # No store has reached it since it was zero-filled (a population, a THP's
     # other pages): a THP split maps such pages to the zero page.
     PG_ZEROED = 16
+    # mlocked, with no locked VMA left to munlock it (MREMAP_DONTUNMAP of a
+    # locked VMA): unevictable, so reclaim leaves it mapped.
+    PG_MLOCKED = 32
     # Transparent huge pages: a THP is 512 consecutive frames; a PMD mapping
     # counts as one reference and one mapping of each of them.
     HPAGE_PMD_NR = 512
