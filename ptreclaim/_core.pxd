@@ -19,6 +19,7 @@ cdef class MM:
     cdef readonly Machine machine
     cdef bint dead
     cdef object unmerged_ok     # VMA boundaries Linux leaves unmerged (failed MAP_FIXED)
+    cdef object fds             # the fd table: fd -> (File, opened for writing)
     cdef object _listeners      # event name -> callbacks
     cdef int cb_state           # 0: no callback running; 1: at a lock-free point; 2: under a lock
     cdef object _pending        # an exception raised by a callback, re-raised after the call
