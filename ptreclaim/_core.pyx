@@ -1698,8 +1698,11 @@ cdef class MM:
             hugetlb_change_protection(mm, &mm.vmas[r], start, end, mm.vmas[r].page_prot)
             return r
         # vma_wants_manual_pte_write_upgrade(): private writable mappings
-        # may get their exclusive pages writable again at once.
+        # may get their exclusive pages writable again at once, and shared
+        # ones of a write-notify file their dirty pages.
         try_writable = (newflags & (PTR_VM_SHARED | PTR_VM_WRITE)) == PTR_VM_WRITE
+        if (newflags & (PTR_VM_SHARED | PTR_VM_WRITE)) == (PTR_VM_SHARED | PTR_VM_WRITE):
+            try_writable = (mm.vmas[r].page_prot & PTR_PAGE_RW) == 0
         change_protection(tlb, &mm.vmas[r], start, end, mm.vmas[r].page_prot, try_writable)
         # A locked private mapping that becomes writable is populated with
         # write faults right away, to break COW before any access.
@@ -1792,7 +1795,8 @@ cdef class MM:
         err = self.do_madvise(_ulong(addr), _ulong(length), _cint(advice))
         self._raise_pending()
         if err == -2:
-            raise NotImplementedError("MADV_COLLAPSE of shared memory is not simulated yet (no shmem THP)")
+            raise NotImplementedError("MADV_COLLAPSE of file or shared memory is not simulated yet "
+                                      "(no file or shmem THP)")
         if err:
             raise _errno(err)
 
@@ -2351,6 +2355,11 @@ cdef class MM:
         while tmp < end:
             if idx >= mm.nr_vmas or mm.vmas[idx].start > tmp or mm.vmas[idx].flags & (VM_SPECIAL | PTR_VM_HUGETLB):
                 raise _errno(EINVAL)
+            # vma_can_userfault(): anonymous, hugetlb or shmem memory only.
+            if mm.vmas[idx].shmem != NULL and (mm.vmas[idx].shmem.flags & SHM_REGULAR):
+                raise _errno(EINVAL)
+            if mm.vmas[idx].shmem != NULL and not (mm.vmas[idx].flags & PTR_VM_MAYSHARE):
+                raise NotImplementedError("userfaultfd on a private mapping of a shmem file is not simulated yet")
             tmp = mm.vmas[idx].end
             idx += 1
         tmp = start
