@@ -11,6 +11,7 @@ cdef class Machine:
     cdef pt_mm **mms            # every live mm on this machine (for shmem hole punching)
     cdef Py_ssize_t nr_mms
     cdef Py_ssize_t mms_cap
+    cdef object files           # the live File objects (a WeakSet), for check()
     cdef int _register(self, pt_mm *mm) except -1
     cdef void _unregister(self, pt_mm *mm) noexcept
 

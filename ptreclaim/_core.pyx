@@ -3,6 +3,7 @@
 # Per-page work is delegated to the noexcept nogil functions of _pgtable.
 
 import os
+import weakref
 
 import numpy as np
 
@@ -1000,6 +1001,7 @@ cdef class Machine:
         # the machine's RAM is max_frames, or unlimited.
         ram = totalram_pages if totalram_pages is not None else limit
         self.m.totalram_pages = ram + nr_swap if ram else 0
+        self.files = weakref.WeakSet()
 
     def __dealloc__(self):
         free(self.mms)
@@ -1050,6 +1052,7 @@ cdef class Machine:
         f = File.__new__(File)
         f.s = s                    # the reference shmem_new() made is the File's
         f.machine = self
+        self.files.add(f)
         if cached:
             for i in range(pages):
                 pfn = alloc_frame(&self.m.frames, FRAME_SHMEM if shmem else FRAME_FILE)
@@ -1068,7 +1071,7 @@ cdef class Machine:
 
     @property
     def frames_in_use(self):
-        """Data frames allocated (anonymous and shmem pages)."""
+        """Data frames allocated (anonymous, shmem and page-cache pages)."""
         return self.m.frames.nr_used
 
     @property
@@ -1112,6 +1115,7 @@ cdef class File:
     Python refers to it."""
     cdef pt_shmem *s
     cdef readonly Machine machine
+    cdef object __weakref__
 
     def __init__(self, *args, **kwargs):
         raise TypeError("files are made by Machine.create_file()")
@@ -2756,6 +2760,15 @@ cdef _check_swap_slots(Machine machine):
     cdef pt_shmem *obj
     refs = {}
     objects = set()
+    # Files nothing maps may still hold swapped pages.
+    for f in list(machine.files):
+        obj = (<File>f).s
+        if obj.swapped != NULL and <uintptr_t>obj not in objects:
+            objects.add(<uintptr_t>obj)
+            for k in range(obj.swapped.cap):
+                if obj.swapped.keys[k] != 0 and obj.swapped.keys[k] != <uint64_t>-1:
+                    off = obj.swapped.vals[k]
+                    refs[off] = refs.get(off, 0) + 1
     for n in range(machine.nr_mms):
         mm = machine.mms[n]
         for i in range(mm.nr_vmas):

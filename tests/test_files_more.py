@@ -544,3 +544,27 @@ def test_check_counts_file_pages(mm):
     child.exit()
     mm.exit()
     mm.check()
+
+
+def test_check_counts_swap_of_unmapped_shmem_files(impl):
+    """A shmem file's pages paged out to swap keep their slots while the file lives, mapped
+    or not; its eviction frees them (shmem_evict_inode())."""
+    if not hasattr(impl.Machine, "create_file"):
+        pytest.skip("this implementation has no files yet")
+    machine = impl.Machine(swap_pages=64)
+    mm = impl.MM(machine=machine)
+    sh = machine.create_file(64 * K, shmem=True)
+    fd = mm.open(sh)
+    mm.mmap(B, 64 * K, RW, SHARED, fd, 0)
+    read(mm, B, 64 * K)
+    mm.madvise(B, 64 * K, MADV_PAGEOUT)
+    # Written pages are dirty: each goes to a swap slot (R41).
+    assert (machine.swap_used, sh.nr_cached, mm.status()["RssShmem"]) == (16, 0, 0)
+    mm.munmap(B, 64 * K)
+    mm.close(fd)
+    mm.check()
+    assert machine.swap_used == 16
+    del sh
+    gc.collect()
+    assert machine.swap_used == 0
+    mm.check()
