@@ -1799,8 +1799,7 @@ cdef class MM:
         err = self.do_madvise(_ulong(addr), _ulong(length), _cint(advice))
         self._raise_pending()
         if err == -2:
-            raise NotImplementedError("MADV_COLLAPSE of file or shared memory is not simulated yet "
-                                      "(no file or shmem THP)")
+            raise NotImplementedError("MADV_COLLAPSE of shared memory is not simulated yet (no shmem THP)")
         if err:
             raise _errno(err)
 
@@ -1966,6 +1965,11 @@ cdef class MM:
                     first += 1
             return 0
         if advice == MADV_COLLAPSE:
+            if vma.shmem != NULL and (vma.shmem.flags & SHM_REGULAR):
+                # thp_vma_allowable_order(): a disk file's VMA qualifies only
+                # through CONFIG_READ_ONLY_THP_FOR_FS (and a file nobody has
+                # open for writing), which is not modelled.
+                return EINVAL
             if vma.shmem != NULL:
                 return -2                  # shmem THPs are not simulated yet
             return madvise_collapse(mm, vma, start, end)

@@ -568,3 +568,18 @@ def test_check_counts_swap_of_unmapped_shmem_files(impl):
     gc.collect()
     assert machine.swap_used == 0
     mm.check()
+
+
+def test_hugepage_advice_on_files(mm):
+    """HUGEPAGE/NOHUGEPAGE only set flags; MADV_COLLAPSE of a disk file is EINVAL
+    (thp_vma_allowable_order() needs CONFIG_READ_ONLY_THP_FOR_FS, not modelled)."""
+    from ptreclaim.constants import MADV_COLLAPSE, MADV_HUGEPAGE, VM_HUGEPAGE
+    f = mm.machine.create_file(4 * M)
+    fd = mm.open(f)
+    s = Steps(mm)
+    s(mm.mmap, B, 4 * M, RW, SHARED, fd, 0)
+    s(read, mm, B, 2 * M, want=(0, 12, 0, 2048, 0))
+    s(mm.madvise, B, 4 * M, MADV_HUGEPAGE)
+    assert mm.vmas()[0][2] & VM_HUGEPAGE
+    s(mm.madvise, B, 4 * M, MADV_COLLAPSE, want=(errno.EINVAL, 0, 0, 0, 0))
+    assert mm.huge_pmds() == []
