@@ -2742,7 +2742,9 @@ cdef _check_huge_pmd(pt_mm *mm, pteval_t e, uint64_t base, int64_t *rss, dict ma
 cdef _check_swap_pte(pt_mm *mm, pt_vma *vma, pteval_t e, uint64_t addr):
     cdef pt_swap *sw = &mm.machine.swap
     cdef uint64_t off = swp_offset(e)
-    if vma.shmem != NULL or not vma.anon_vma:
+    # Anonymous pages, COW copies in a private file mapping included, are the
+    # only ones with swap PTEs (shmem keeps its swap in the page cache).
+    if (vma.flags & PTR_VM_MAYSHARE) or not vma.anon_vma:
         raise InvariantError("a swap entry in a VMA without anonymous memory", hex(addr))
     if off == 0 or off >= sw.next or sw.count[off] == 0:
         raise InvariantError("a swap entry refers to a slot in use", f"{addr:#x}: slot {off}")

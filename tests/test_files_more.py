@@ -583,3 +583,31 @@ def test_hugepage_advice_on_files(mm):
     assert mm.vmas()[0][2] & VM_HUGEPAGE
     s(mm.madvise, B, 4 * M, MADV_COLLAPSE, want=(errno.EINVAL, 0, 0, 0, 0))
     assert mm.huge_pmds() == []
+
+
+def test_pageout_swaps_cow_copies_of_private_file_mappings(impl):
+    """PAGEOUT of a private file mapping: the anonymous COW copies go to swap as anonymous
+    memory does (RssAnon -1, VmSwap +1 each: R41), clean file pages leave the cache; the
+    swap entries live in the file VMA and a read brings the copy back (do_swap_page)."""
+    if not hasattr(impl.Machine, "create_file"):
+        pytest.skip("this implementation has no files yet")
+    machine = impl.Machine(swap_pages=64)
+    mm = impl.MM(machine=machine)
+    f = machine.create_file(64 * K)
+    fd = mm.open(f)
+    mm.mmap(B, 64 * K, RW, PRIVATE, fd, 0)
+    read(mm, B, 64 * K)
+    write(mm, B, 8 * K)
+    mm.madvise(B, 64 * K, MADV_PAGEOUT)
+    st = mm.status()
+    assert (st["RssAnon"], st["RssFile"], st["VmSwap"]) == (0, 0, 8)
+    assert f.nr_cached == 16 - 14
+    mm.check()
+    read(mm, B, 4 * K)
+    st = mm.status()
+    assert (st["RssAnon"], st["VmSwap"]) == (4, 4)
+    mm.check()
+    child = mm.fork()
+    child.check()
+    mm.munmap(B, 64 * K)
+    mm.check()
