@@ -778,9 +778,15 @@ cdef int remap_set_new_addr(pt_mm *mm, remap_state *vrm) noexcept nogil:
     cdef uint64_t res
     if vrm.new_len > PTR_TASK_SIZE:
         return ENOMEM
-    # __get_unmapped_area() takes no page offset for anonymous memory: a private
-    # length that is a multiple of 2 MiB gets a 2 MiB-aligned address, as for mmap.
-    res = get_unmapped_area(mm, hint, vrm.new_len, map_flags)
+    if vma.shmem != NULL:
+        # The file's get_unmapped_area, at the page offset of addr in the file.
+        res = file_get_unmapped_area(mm, hint, vrm.new_len, map_flags,
+                                     (vma.shmem.flags & SHM_REGULAR) != 0,
+                                     vma.pgoff + ((vrm.addr - vma.start) >> 12))
+    else:
+        # __get_unmapped_area() takes no page offset for anonymous memory: a private
+        # length that is a multiple of 2 MiB gets a 2 MiB-aligned address, as for mmap.
+        res = get_unmapped_area(mm, hint, vrm.new_len, map_flags)
     if res == 0 and not (map_flags & MAP_FIXED):
         return ENOMEM
     if res > PTR_TASK_SIZE - vrm.new_len:

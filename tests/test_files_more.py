@@ -611,3 +611,26 @@ def test_pageout_swaps_cow_copies_of_private_file_mappings(impl):
     child.check()
     mm.munmap(B, 64 * K)
     mm.check()
+
+
+def test_mremap_move_places_a_disk_file_by_its_offset(mm):
+    """vrm_set_new_addr() asks the file's get_unmapped_area with the moved range's page
+    offset: thp_get_unmapped_area() for a disk file, the plain search for shmem (a private
+    mapping of it gets no anonymous 2 MiB alignment either)."""
+    from ptreclaim.constants import MREMAP_MAYMOVE
+    f = mm.machine.create_file(8 * M)
+    fd = mm.open(f)
+    a = mm.mmap(B, 2 * M, R, PRIVATE, fd, 64 * K)
+    mm.mmap(B + 2 * M, 4 * K, R, PRIVATE | MAP_ANONYMOUS, -1, 0)     # no growth in place
+    read(mm, B, 64 * K)
+    b = mm.mremap(a, 2 * M, 4 * M, MREMAP_MAYMOVE)
+    assert b != a and (b - 64 * K) % (2 * M) == 0
+    assert mm.status()["RssFile"] == 64
+    sh = mm.machine.create_file(8 * M, shmem=True)
+    sd = mm.open(sh)
+    c = mm.mmap(B + G, 2 * M, R, PRIVATE, sd, 0)
+    mm.mmap(B + G + 2 * M, 4 * K, R, PRIVATE | MAP_ANONYMOUS, -1, 0)
+    d = mm.mremap(c, 2 * M, 4 * M, MREMAP_MAYMOVE)
+    # The plain top-down search: right below the lowest mapping under mmap_base.
+    assert d == min(v[0] for v in mm.vmas() if v[0] != d and v[0] >= 0x7f00_0000_0000) - 4 * M
+    mm.check()
