@@ -584,8 +584,15 @@ cdef void anon_vma_prepare(pt_mm *mm, uint64_t idx) noexcept nogil:
 cdef inline uint64_t _vma_pgoff_of(pt_vma *vma, uint64_t addr) noexcept nogil:
     return vma.pgoff + ((addr - vma.start) >> 12)
 
+cdef inline int page_mm_counter(uint16_t kind) noexcept nogil:
+    # mm_counter_file(): shmem pages count in RssShmem, other file pages in RssFile.
+    return MM_FILEPAGES if kind == FRAME_FILE else MM_SHMEMPAGES
+
 cdef int _finish_shmem_page(pt_mm *mm, pt_vma *vma, pteval_t *pte, uint64_t pfn,
                             bint write) noexcept nogil:
+    # set_pte_range() for a page-cache page: a write fault maps it dirty and
+    # writable (maybe_mkwrite); a read fault takes vm_page_prot as it is,
+    # read-only for private mappings and for files that want write notify.
     cdef pteval_t entry = (pfn << 12) | vma.page_prot
     cdef pt_page *p = &mm.machine.frames.pages[pfn]
     if write:
@@ -594,20 +601,23 @@ cdef int _finish_shmem_page(pt_mm *mm, pt_vma *vma, pteval_t *pte, uint64_t pfn,
     p.refcount += 1
     p.mapcount += 1
     pte[0] = entry
-    mm.rss[MM_SHMEMPAGES] += 1
+    mm.rss[page_mm_counter(p.kind)] += 1
     return FAULT_OK
 
 cdef int _shmem_get_page(pt_mm *mm, pt_shmem *s, uint64_t index, uint64_t *pfn_out) noexcept nogil:
     # shmem_get_folio(): a hole in the object gets a new zeroed page, for
-    # read and write faults alike (R28).
+    # read and write faults alike (R28). filemap_fault() of a regular file:
+    # a page missing from the cache is read in, one clean 4 KiB page (no
+    # readahead is simulated).
     cdef int64_t pfn = shmem_lookup(s, index)
-    cdef int64_t off
+    cdef int64_t off = -1
     if pfn < 0:
-        pfn = alloc_frame(&mm.machine.frames, FRAME_SHMEM)
+        pfn = alloc_frame(&mm.machine.frames, FRAME_FILE if s.flags & SHM_REGULAR else FRAME_SHMEM)
         if pfn < 0:
             return FAULT_OOM
         mm.machine.frames.pages[pfn].index = <uint32_t>index
-        off = shmem_swap_lookup(s, index)
+        if not (s.flags & SHM_REGULAR):
+            off = shmem_swap_lookup(s, index)
         if off >= 0:
             # shmem_swapin_folio(): the page comes back dirty.
             mm.machine.frames.pages[pfn].flags = PG_DIRTY
@@ -665,20 +675,42 @@ cdef bint _do_fault_around(pt_mm *mm, pt_vma *vma, uint64_t addr, pteval_t *pmd)
             mapped_addr = True
     return mapped_addr
 
+cdef int _do_cow_fault(pt_mm *mm, pt_vma *vma, uint64_t addr, pteval_t *pmd,
+                       uint64_t pfn) noexcept nogil:
+    # do_cow_fault(): the page-cache page is copied into a new anonymous page
+    # (the caller prepared the anon_vma); only the copy is mapped.
+    cdef pteval_t *table
+    cdef int64_t new = alloc_frame(&mm.machine.frames, FRAME_ANON)
+    if new < 0:
+        return FAULT_OOM
+    table = pte_alloc(mm, pmd)
+    if table == NULL:
+        put_page(mm.machine, <uint64_t>new)
+        return FAULT_OOM
+    mm.machine.frames.pages[new].mapcount = 1
+    mm.machine.frames.pages[new].flags = PG_ANON_EXCLUSIVE
+    table[pte_index(addr)] = (<uint64_t>new << 12) | vma.page_prot | PTR_PAGE_DIRTY | PTR_PAGE_RW
+    mm.rss[MM_ANONPAGES] += 1
+    return FAULT_OK
+
 cdef int _shmem_fault(pt_mm *mm, pt_vma *vma, uint64_t addr, pteval_t *pmd, bint write) noexcept nogil:
+    # do_fault() for a file or shmem VMA: do_read_fault(), do_cow_fault() or
+    # do_shared_fault().
     cdef pteval_t *table
     cdef uint64_t pfn
     cdef int ret
     # do_read_fault() tries fault-around first; write faults never do (R30).
     if not write and _do_fault_around(mm, vma, addr, pmd):
         return FAULT_OK
-    # shmem_get_folio_gfp(): an index at or past i_size (a mapping grown by
-    # mremap beyond its object) is VM_FAULT_SIGBUS.
+    # shmem_get_folio_gfp() / filemap_fault(): an index at or past i_size
+    # (a mapping longer than its file, or grown by mremap) is VM_FAULT_SIGBUS.
     if _vma_pgoff_of(vma, addr) >= vma.shmem.size_pages:
         return FAULT_SIGBUS
     ret = _shmem_get_page(mm, vma.shmem, _vma_pgoff_of(vma, addr), &pfn)
     if ret != FAULT_OK:
         return ret
+    if write and not (vma.flags & PTR_VM_SHARED):
+        return _do_cow_fault(mm, vma, addr, pmd, pfn)
     table = pte_alloc(mm, pmd)
     if table == NULL:
         return FAULT_OOM
@@ -711,13 +743,17 @@ cdef int _do_wp_page(pt_mm *mm, pt_vma *vma, pteval_t *pte) noexcept nogil:
     cdef uint64_t pfn = pte_pfn(old)
     cdef pt_page *p
     cdef int64_t new
-    if vma.shmem != NULL:
-        # wp_page_shared(): a shared page only needs its write bit back.
+    if vma.shmem != NULL and (vma.flags & PTR_VM_SHARED):
+        # wp_page_shared(): a shared page only needs its write bit back; a
+        # regular file's page is dirtied now (fault_dirty_shared_page()).
+        p = &mm.machine.frames.pages[pfn]
+        if p.kind == FRAME_FILE:
+            p.flags |= PG_DIRTY
         pte[0] = old | PTR_PAGE_RW | PTR_PAGE_DIRTY | PTR_PAGE_ACCESSED
         return FAULT_OK
     if not pte_special(old):
         p = &mm.machine.frames.pages[pfn]
-        if p.refcount == 1 and p.mapcount == 1:
+        if p.kind == FRAME_ANON and p.refcount == 1 and p.mapcount == 1:
             # wp_can_reuse_anon_folio(): nobody else has it; reuse in place.
             p.flags |= PG_ANON_EXCLUSIVE
             pte[0] = old | PTR_PAGE_RW | PTR_PAGE_DIRTY | PTR_PAGE_ACCESSED
@@ -736,6 +772,11 @@ cdef int _do_wp_page(pt_mm *mm, pt_vma *vma, pteval_t *pte) noexcept nogil:
         p = &mm.machine.frames.pages[pfn]
         if p.flags & PG_ZEROED:
             page_zeroed(&mm.machine.frames, <uint64_t>new)    # the copy has its data
+        if p.kind != FRAME_ANON:
+            # A page-cache page of a private file mapping: the mapping moves
+            # from RssFile (RssShmem) to RssAnon (SC-19).
+            mm.rss[page_mm_counter(p.kind)] -= 1
+            mm.rss[MM_ANONPAGES] += 1
         p.mapcount -= 1
         put_page(mm.machine, pfn)
     pte[0] = (<uint64_t>new << 12) | vma.page_prot | PTR_PAGE_DIRTY | PTR_PAGE_RW
@@ -806,7 +847,7 @@ cdef int handle_mm_fault(pt_mm *mm, pt_vma *vma, uint64_t addr, bint write) noex
 # Zap (R46-R51) and PT reclaim (R52-R60)
 
 cdef inline int mm_counter(pt_page *p) noexcept nogil:
-    return MM_ANONPAGES if p.kind == FRAME_ANON else MM_SHMEMPAGES
+    return MM_ANONPAGES if p.kind == FRAME_ANON else page_mm_counter(p.kind)
 
 cdef inline Py_ssize_t zap_present_ptes(mmu_gather *tlb, pt_vma *vma, pteval_t *pte,
                                         uint64_t addr, Py_ssize_t max_nr, int64_t *rss,
@@ -827,7 +868,7 @@ cdef inline Py_ssize_t zap_present_ptes(mmu_gather *tlb, pt_vma *vma, pteval_t *
     cdef uint64_t nr_pages = tlb.nr_pages
     cdef uint64_t active_nr = tlb.active_nr
     cdef uint64_t active_max = tlb.active_max
-    cdef int64_t anon = 0, shmem = 0
+    cdef int64_t anon = 0, shmem = 0, file = 0
     cdef Py_ssize_t i = 0
     cdef pteval_t ptent
     cdef uint64_t pfn
@@ -858,7 +899,10 @@ cdef inline Py_ssize_t zap_present_ptes(mmu_gather *tlb, pt_vma *vma, pteval_t *
         if all_anon or p.kind == FRAME_ANON:
             anon += 1
         else:
-            shmem += 1
+            if p.kind == FRAME_FILE:
+                file += 1
+            else:
+                shmem += 1
             if ptent & PTR_PAGE_DIRTY:
                 p.flags |= PG_DIRTY
                 # Dirty shared pages keep their rmap until the TLB is
@@ -884,6 +928,7 @@ cdef inline Py_ssize_t zap_present_ptes(mmu_gather *tlb, pt_vma *vma, pteval_t *
         tlb.active_nr = active_nr
     rss[MM_ANONPAGES] -= anon
     rss[MM_SHMEMPAGES] -= shmem
+    rss[MM_FILEPAGES] -= file
     if full:
         force_flush[0] = True
         force_break[0] = True
@@ -1373,7 +1418,7 @@ cdef void change_protection(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint64
             if try_writable and not pte_write(pte) and (pte & PTR_PAGE_PRESENT):
                 # can_change_pte_writable(): private pages only when
                 # exclusively ours, shared ones only when already dirty.
-                if vma.shmem != NULL:
+                if vma.flags & PTR_VM_SHARED:
                     exclusive = (pte & PTR_PAGE_DIRTY) != 0
                 elif pte_special(pte):
                     exclusive = False
@@ -1646,16 +1691,17 @@ cdef void madvise_pageout_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, ui
             else:
                 if pte & PTR_PAGE_DIRTY:
                     p.flags |= PG_DIRTY
-                mm.rss[MM_SHMEMPAGES] -= 1
+                mm.rss[page_mm_counter(p.kind)] -= 1
             table[i] = 0
             # try_to_unmap_one(): ptep_clear_flush(), one flush per page in a
             # single-threaded process (nothing to batch with), not the gather's.
             mm.stats.tlb_flushes += 1
             p.mapcount -= 1
-            if p.kind == FRAME_SHMEM and not (p.flags & PG_DIRTY):
-                # A clean shmem page skips pageout() and leaves the page
-                # cache (__remove_mapping); only dirty ones fail to be
-                # written without swap and stay.
+            if p.kind != FRAME_ANON and not (p.flags & PG_DIRTY):
+                # A clean shmem or file page skips pageout() and leaves the
+                # page cache (__remove_mapping); only dirty ones fail to be
+                # written without swap and stay. Direct reclaim never writes
+                # a dirty file page back: it stays cached, dirty and unmapped.
                 put_page(mm.machine, pfn)
                 shmem_delete(mm.machine, vma.shmem, p.index)
                 continue
@@ -1836,7 +1882,7 @@ cdef void copy_pte_range(pt_mm *dst, pt_mm *src, pt_vma *vma, pteval_t *dst_pte,
                 p.flags &= ~PG_ANON_EXCLUSIVE
                 dst.rss[MM_ANONPAGES] += 1
             else:
-                dst.rss[MM_SHMEMPAGES] += 1
+                dst.rss[page_mm_counter(p.kind)] += 1
         if cow and pte_write(e):
             # Both sides lose write access; the first write breaks COW.
             e &= ~PTR_PAGE_RW
