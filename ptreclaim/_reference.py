@@ -4205,12 +4205,38 @@ class MM:
             if frame.exclusive and (frame.kind != _ANON or frame.mapcount != 1):
                 raise InvariantError("anon-exclusive", f"frame {pfn}: exclusive with mapcount {frame.mapcount}")
         self._check_swap_slots()
+        self._check_inodes()
         locked = sum(v.pages() for v in self._vmas if v.flags & VM_LOCKED) + self._locked_vm_stale
         if locked != self._locked_vm:
             raise InvariantError("locked_vm", f"{self._locked_vm} != {locked} locked VMA pages")
         if self._dead and (self._pgtables_bytes or any(self._rss) or self._vmas):
             raise InvariantError("exit", "state left after exit (R15)")
         self._check_hugetlb()
+
+    def _check_inodes(self):
+        """Page caches: every cached page is a live frame of its inode's kind at
+        its index below EOF; a regular file has no swap; an inode nothing refers
+        to holds nothing; the fd table refers to live inodes."""
+        frames = self._mem.frames
+        for inode in list(self.machine.inodes):
+            for index, frame in inode.pages.items():
+                if frames.get(frame.pfn) is not frame:
+                    raise InvariantError("page-cache", f"cached page {index} is a freed frame")
+                if frame.mapping is not inode or frame.index != index or frame.kind != inode.kind:
+                    raise InvariantError("page-cache", f"cached page {index} belongs elsewhere")
+                if index >= inode.nr_pages:
+                    raise InvariantError("page-cache", f"cached page {index} past EOF ({inode.size} bytes)")
+                if frame.thp_index is not None or frame.exclusive:
+                    raise InvariantError("page-cache", f"cached page {index} is marked anonymous")
+            if inode.swapped and not inode.shmem:
+                raise InvariantError("page-cache", "a disk file holds swap entries")
+            if inode.refs < 0 or (inode.refs == 0 and (inode.pages or inode.swapped)):
+                raise InvariantError("page-cache", f"an inode with {inode.refs} references holds pages")
+        for fd, (inode, _write) in self._fds.items():
+            if fd < 3 or inode.refs <= 0:
+                raise InvariantError("fd", f"fd {fd} refers to a dead file")
+        if self._dead and self._fds:
+            raise InvariantError("exit", "files left open after exit")
 
     def _check_vmas(self):
         prev = None
