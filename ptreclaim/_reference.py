@@ -10,7 +10,9 @@ it simulates so that ``mm/memory.c``, ``mm/pt_reclaim.c``, ``mm/madvise.c``,
 Rule numbers (``R12``) and scenarios (``SC-05``) refer to the behaviour spec,
 ``linux-mm-semantics.md``. Nothing here is shared with the core.
 
-Modelled: private anonymous and shared anonymous (shmem) mappings, 4 KiB
+Modelled: private anonymous and shared anonymous (shmem) mappings, files
+(``Machine.create_file``: disk files cached in 4 KiB folios and shmem files,
+mapped shared or private, with an fd table per process), 4 KiB
 faults, the zero page, fault-around, mprotect/mlock/munlock/munmap/exit,
 every madvise advice of this kernel configuration, guard markers, PT reclaim
 (fast and slow path) and the mmu_gather batching that decides between them,
@@ -21,7 +23,8 @@ tables, PMD and folio splits, MADV_COLLAPSE (``docs/thp.md``), and mremap
 Swap: a swap device on the Machine, written by MADV_PAGEOUT and read back
 on faults (docs/swap.md). hugetlb mappings (MAP_HUGETLB) have a section of
 their own at the end.
-Not modelled yet: files, shmem THPs, khugepaged, userfaultfd.
+Not modelled yet: shmem THPs, large page-cache folios and readahead,
+khugepaged, userfaultfd.
 
 There is no concurrency, so ``need_resched()`` never fires and the PMD
 try-lock of the PT-reclaim fast path always succeeds (R57, R77); the slow
