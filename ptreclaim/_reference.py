@@ -1534,15 +1534,12 @@ class MM:
 
     def set_pte_range(self, vma, pte_table, i, frame, write):
         """Map one page-cache page: read-only unless vm_page_prot allows writes
-        (shmem) or the fault writes; a writable entry of a dirty folio starts
-        dirty."""
+        (shmem) or the fault writes."""
         entry = pfn_pte(frame.pfn, vma_page_prot(vma))
         if write:
             entry |= _PAGE_DIRTY
             if vma.flags & VM_WRITE:
                 entry |= _PAGE_RW
-        elif entry & _PAGE_RW and frame.dirty:
-            entry |= _PAGE_DIRTY
         pte_table.entries[i] = entry
         frame.refcount += 1
         frame.mapcount += 1
