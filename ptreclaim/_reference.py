@@ -1534,12 +1534,16 @@ class MM:
 
     def set_pte_range(self, vma, pte_table, i, frame, write):
         """Map one page-cache page: read-only unless vm_page_prot allows writes
-        (shmem) or the fault writes."""
+        (shmem) or the fault writes. A read fault that maps a dirty folio
+        writable (shmem) maps it dirty, so that a later write needs no fault
+        to set the bit (set_pte_range() in mm/memory.c)."""
         entry = pfn_pte(frame.pfn, vma_page_prot(vma))
         if write:
             entry |= _PAGE_DIRTY
             if vma.flags & VM_WRITE:
                 entry |= _PAGE_RW
+        elif entry & _PAGE_RW and frame.dirty:
+            entry |= _PAGE_DIRTY
         pte_table.entries[i] = entry
         frame.refcount += 1
         frame.mapcount += 1

@@ -683,3 +683,19 @@ def test_anonymous_mmap_unchanged(impl):
     with pytest.raises(OSError) as e:
         mm.mmap(B, 64 * K, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 100)
     assert e.value.errno == errno.EINVAL
+
+
+def test_read_fault_maps_dirty_shmem_page_dirty(impl):
+    """set_pte_range(): a read fault that maps a folio writable (a shared shmem mapping) sets
+    the dirty bit when the folio is dirty; a clean one (a hole read in) is mapped clean."""
+    mm, f, fd = new(impl, 2 * M, shmem=True, cached=False)
+    mm.mmap(B, 2 * M, RW, SHARED, fd, 0)
+    mm.touch(B, 4 * K, write=True)
+    mm.madvise(B, 4 * K, MADV_DONTNEED)  # the PTE's dirty bit moves to the folio
+    mm.touch(B, 1, write=False)
+    pte = mm.read_entry(B)
+    assert pte & _PAGE_RW and pte & _PAGE_DIRTY
+    mm.touch(B + 64 * K, 1, write=False)
+    pte = mm.read_entry(B + 64 * K)
+    assert pte & _PAGE_RW and not pte & _PAGE_DIRTY
+    mm.check()
