@@ -225,6 +225,38 @@ def test_fork_depth_limit():
         kernel.run("fork\n" * (kr.MAX_FORK_DEPTH + 1))
 
 
+# --- files ---------------------------------------------------------------------------------
+
+def _open_fds():
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_file_lines_leave_nothing_behind(tmp_path):
+    """The runner's files have no name, and this process closes its descriptors."""
+    before = _open_fds()
+    text = ("file A 64K\nfile B 8K ro\nfile S 16K shmem\nmmap 0 64K rw shared file=A\n"
+            "touch 0 64K write\nmmap 2M 8K r shared file=B\nmmap 4M 16K rw shared file=S\n"
+            "touch 4M 16K write\nclose A\nclose A\nfork\nclose B\n")
+    res = kernel.run(text, tmpdir=str(tmp_path))
+    assert [S.errno_name(r.errno) for r in res] == ["0"] * 9 + ["EBADF", "0", "0"]
+    assert list(tmp_path.iterdir()) == []
+    assert _open_fds() == before
+
+
+def test_file_descriptors_follow_the_script():
+    """close, then mmap of the closed name: EBADF (the runner passes -1); after fork the
+    child has the same names open; an O_RDONLY descriptor refuses MAP_SHARED writes."""
+    res = kernel.run("file A 8K ro\nmmap 0 8K rw shared file=A\nmmap 0 8K rw private file=A\n"
+                     "forkp\nfork\nmmap 2M 8K r shared file=A\nclose A\nmmap 4M 8K r shared file=A\n")
+    assert [S.errno_name(r.errno) for r in res] == ["0", "EACCES", "0", "0", "0", "0", "0", "EBADF"]
+    assert res[5].depth == 1 and res[5].ret == B + 2 * M
+
+
+def test_file_runner_refuses_huge_files():
+    with pytest.raises(S.ScriptError, match="line 1: .* at most 1024 MiB"):
+        kernel.run("file A 2G\n")
+
+
 # --- kernel vs simulator ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -238,6 +270,8 @@ def test_kernel_and_simulator_agree(MM, path):
     ops = S.load(path)
     if any(isinstance(op, (S.Fork, S.ForkP)) for op in ops) and not hasattr(MM, "fork"):
         pytest.xfail(f"{path.name} waits for fork() in the simulator")
+    if any(isinstance(op, S.CreateFile) for op in ops) and not hasattr(MM().machine, "create_file"):
+        pytest.xfail(f"{path.name} waits for files (Machine.create_file) in the simulator")
     cfg = kernel.host_config()
     kres = kernel.run(ops)
     sres = S.run(ops, MM(pt_reclaim=cfg["pt_reclaim"], thp=cfg["thp"]))
