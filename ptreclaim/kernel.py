@@ -135,12 +135,33 @@ def _paging_levels():
     return 4
 
 
+def fs_type(path):
+    """The file system type (``/proc/self/mounts``) that holds ``path``, or ``None``."""
+    path = os.path.realpath(path)
+    best, kind = "", None
+    try:
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                mnt = parts[1].replace("\\040", " ")
+                inside = path == mnt or path.startswith(mnt.rstrip("/") + "/")
+                if inside and len(mnt) >= len(best):
+                    best, kind = mnt, parts[2]
+    except OSError:
+        return None
+    return kind
+
+
 def host_config():
     """``{"pt_reclaim": bool, "thp": "always"|"madvise"|"never", ...}`` of this host.
 
     Extra keys: ``pt_reclaim_source`` (``"config"`` or ``"probe"``), ``kernel`` (release),
-    ``machine``, ``paging_levels``.
+    ``machine``, ``paging_levels``, ``file_fs`` (the file system type of the temporary
+    directory, where ``file`` lines create their regular files).
     """
+    import tempfile
     _check_host()
     enabled, source = _pt_reclaim()
     u = os.uname()
@@ -151,6 +172,7 @@ def host_config():
         "kernel": u.release,
         "machine": u.machine,
         "paging_levels": _paging_levels(),
+        "file_fs": fs_type(tempfile.gettempdir()),
     }
 
 
