@@ -4,7 +4,7 @@
   the simulator, configured like the host, and prints both side by side; the exit status
   is 0 when they agree on every operation, 1 when they differ, 2 on an error.
   ``compare --random N [--seed S] [--profile P]`` compares a generated script instead
-  (``P``: ``default``, ``fork``, ``thp-fork``: ``ptreclaim.randscript.PROFILES``).
+  (``P``: ``default``, ``fork``, ``thp-fork``, ``file``: ``ptreclaim.randscript.PROFILES``).
 * ``run SCRIPT [--on kernel|sim]`` prints one side's results only (e.g. for a script the
   simulator cannot run yet).
 * ``host`` prints the host configuration the simulator is matched to.
@@ -250,7 +250,8 @@ def _script_args(p):
     p.add_argument("--seed", type=int, metavar="S", help="seed of --random (default: a fresh one, printed)")
     p.add_argument("--profile", default="default", metavar="P",
                    help="what --random draws: default, fork (one fork/forkp), thp-fork (one fork/forkp "
-                        "and MADV_HUGEPAGE/NOHUGEPAGE with THP faults); see docs/validation.md")
+                        "and MADV_HUGEPAGE/NOHUGEPAGE with THP faults), file (one fork/forkp and file "
+                        "mappings); see docs/validation.md")
     p.add_argument("--base", type=_int, default=S.DEFAULT_BASE,
                    help=f"address ADDR 0 stands for (default {S.DEFAULT_BASE:#x})")
     p.add_argument("--impl", choices=("auto", "core", "reference"), default="auto",
