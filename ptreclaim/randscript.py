@@ -21,8 +21,9 @@ in ``MADV_HUGEPAGE`` regions) and what the default scripts leave out (a ``fork``
 ``generate`` uses ``DEFAULT_CONFIG``, which is what ``python -m ptreclaim compare --random N
 --seed S`` and ``tests/test_random_vs_kernel.py`` compare.  ``PROFILES`` names the other
 configurations (``--profile`` of ``compare``): ``fork`` (one ``fork`` or ``forkp`` at a random
-point) and ``thp-fork`` (the same, plus ``MADV_HUGEPAGE``/``MADV_NOHUGEPAGE`` on 2 MiB-aligned
-mappings whose accesses fault in transparent huge pages).  A profile draws from the seed's
+point), ``thp-fork`` (the same, plus ``MADV_HUGEPAGE``/``MADV_NOHUGEPAGE`` on 2 MiB-aligned
+mappings whose accesses fault in transparent huge pages) and ``file`` (one ``fork`` or
+``forkp``, plus mappings of small cached files, ``close`` and ``mremap``).  A profile draws from the seed's
 random stream as the default does until its first extra choice, so the default scripts
 are the same with or without them.
 """
@@ -300,13 +301,12 @@ class _Gen:
             err = 0 if f.open else errno.EBADF
             f.open = False
             return err
-        # do_mmap's checks that come before anything is mapped, in the order they are made.
-        if op.length == 0 or op.addr % PAGE:
+        # Checks the anonymous stand-in would not make.  Whichever error the kernel reports
+        # first, nothing is mapped, which is all the generator needs to know.
+        if op.offset % PAGE:
             return errno.EINVAL
         if not f.open:
             return errno.EBADF
-        if op.offset % PAGE:
-            return errno.EINVAL
         if op.shared and f.ro and op.prot & C.PROT_WRITE:
             return errno.EACCES
         err = self._apply_oracle(dataclasses.replace(op, file=None, offset=0))

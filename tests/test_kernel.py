@@ -246,6 +246,18 @@ def test_file_lines_leave_nothing_behind(tmp_path):
     assert _open_fds() == before
 
 
+def test_zero_delta_of_file_lines_across_forks():
+    """file and close lines, in the runner and in forked children (whose descriptor table
+    the runner writes after their baseline), change nothing."""
+    text = ("file A 64K\nfile S 16K shmem\nclose A\nfork\nfile B 8K ro\nclose S\nclose S\n"
+            "forkp\nclose B\nfile C 4K uncached\nfork\nclose C\nmmap 0 4K r shared file=A\n")
+    for _ in range(3):
+        res = kernel.run(text)
+        assert [S.errno_name(r.errno) for r in res] == ["0"] * 6 + ["EBADF"] + ["0"] * 5 + ["EBADF"]
+        for r in res:
+            assert r.delta == dict.fromkeys(S.FIELDS, 0), f"line {r.op.lineno}: {r.op}"
+
+
 def test_file_descriptors_follow_the_script():
     """close, then mmap of the closed name: EBADF (the runner passes -1); after fork the
     child has the same names open; an O_RDONLY descriptor refuses MAP_SHARED writes."""
