@@ -598,6 +598,10 @@ cdef int _finish_shmem_page(pt_mm *mm, pt_vma *vma, pteval_t *pte, uint64_t pfn,
     if write:
         entry |= PTR_PAGE_DIRTY | PTR_PAGE_RW
         p.flags |= PG_DIRTY
+    elif (entry & PTR_PAGE_RW) and (p.flags & PG_DIRTY):
+        # A dirty folio mapped writable is mapped dirty, so a later store
+        # needs no fault to set the bit.
+        entry |= PTR_PAGE_DIRTY
     p.refcount += 1
     p.mapcount += 1
     pte[0] = entry

@@ -3634,10 +3634,13 @@ class MM:
     def vrm_set_new_addr(self, vrm):
         """MREMAP_FIXED is MAP_FIXED, MREMAP_DONTUNMAP alone a hint; otherwise the
         kernel chooses, as for mmap: no page offset counts for anonymous memory, so
-        a private length that is a multiple of 2 MiB gets a 2 MiB-aligned address."""
+        a private length that is a multiple of 2 MiB gets a 2 MiB-aligned address;
+        a file's own get_unmapped_area gets the moved range's page offset."""
         hint = vrm.new_addr if self._remap_implies_new_addr(vrm) else 0
         flags = (MAP_FIXED if vrm.flags & MREMAP_FIXED else 0) | (MAP_SHARED if vrm.vma.flags & VM_MAYSHARE else 0)
-        vrm.new_addr = self.__get_unmapped_area(hint, vrm.new_len, flags)
+        vma = vrm.vma
+        vrm.new_addr = self.__get_unmapped_area(hint, vrm.new_len, flags, vma.file,
+                                                self._linear_page_index(vma, vrm.addr))
 
     def copy_vma(self, vma, addr, length, pgoff):
         """A VMA like vma at [addr, addr + length), merged with its neighbours
@@ -4469,8 +4472,9 @@ class MM:
                 raise InvariantError("pte-outside-vma", f"entry {pte:#x} at {addr:#x} outside every VMA")
             if not pte_present(pte):
                 if is_swap_pte(pte):
-                    # A swap entry: private anonymous memory only (R14), a slot in use.
-                    if not vma_is_anonymous(vma) or vma.anon_vma is None:
+                    # A swap entry: an anonymous page (R14) of a private mapping, which
+                    # may be a COW copy in a private file mapping; a slot in use.
+                    if vma.flags & VM_MAYSHARE or vma.anon_vma is None:
                         raise InvariantError("swap-entry", f"swap entry at {addr:#x} outside anonymous memory")
                     if pte & ~(((1 << 50) - 1) << 9) & ~(_PAGE_SWP_EXCLUSIVE | _PAGE_SWP_UFFD_WP):
                         raise InvariantError("swap-entry", f"stray bits in swap entry {pte:#x} at {addr:#x}")

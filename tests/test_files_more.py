@@ -34,8 +34,6 @@ FIELDS = ("VmPTE", "RssAnon", "RssFile", "RssShmem")
 
 @pytest.fixture
 def machine(impl):
-    if not hasattr(impl.Machine, "create_file"):
-        pytest.skip("this implementation has no files yet")
     return impl.Machine()
 
 
@@ -250,8 +248,6 @@ def test_exit_closes_every_fd(mm):
 
 
 def test_page_cache_frames_are_bounded(impl):
-    if not hasattr(impl.Machine, "create_file"):
-        pytest.skip("this implementation has no files yet")
     from ptreclaim.errors import OutOfMemory
     machine = impl.Machine(max_frames=8)
     with pytest.raises(OutOfMemory):
@@ -549,8 +545,6 @@ def test_check_counts_file_pages(mm):
 def test_check_counts_swap_of_unmapped_shmem_files(impl):
     """A shmem file's pages paged out to swap keep their slots while the file lives, mapped
     or not; its eviction frees them (shmem_evict_inode())."""
-    if not hasattr(impl.Machine, "create_file"):
-        pytest.skip("this implementation has no files yet")
     machine = impl.Machine(swap_pages=64)
     mm = impl.MM(machine=machine)
     sh = machine.create_file(64 * K, shmem=True)
@@ -589,8 +583,6 @@ def test_pageout_swaps_cow_copies_of_private_file_mappings(impl):
     """PAGEOUT of a private file mapping: the anonymous COW copies go to swap as anonymous
     memory does (RssAnon -1, VmSwap +1 each: R41), clean file pages leave the cache; the
     swap entries live in the file VMA and a read brings the copy back (do_swap_page)."""
-    if not hasattr(impl.Machine, "create_file"):
-        pytest.skip("this implementation has no files yet")
     machine = impl.Machine(swap_pages=64)
     mm = impl.MM(machine=machine)
     f = machine.create_file(64 * K)

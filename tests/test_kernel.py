@@ -309,8 +309,6 @@ def test_kernel_and_simulator_agree(MM, path):
     ops = S.load(path)
     if any(isinstance(op, (S.Fork, S.ForkP)) for op in ops) and not hasattr(MM, "fork"):
         pytest.xfail(f"{path.name} waits for fork() in the simulator")
-    if any(isinstance(op, S.CreateFile) for op in ops) and not hasattr(MM().machine, "create_file"):
-        pytest.xfail(f"{path.name} waits for files (Machine.create_file) in the simulator")
     cfg = kernel.host_config()
     kres = kernel.run(ops)
     sres = S.run(ops, MM(pt_reclaim=cfg["pt_reclaim"], thp=cfg["thp"]))

@@ -212,15 +212,8 @@ def test_thp_scripts_are_legal_and_fault_huge_pages(host):
 
 # --- file mappings and a fork --------------------------------------------------------------
 
-def _core_has_files():
-    from ptreclaim._core import MM
-    return hasattr(MM().machine, "create_file")
-
-
 def test_core_agrees_with_kernel_file(host):
     """200 scripts with file mappings and a fork each: all agree (one test, as thp-fork)."""
-    if not _core_has_files():
-        pytest.xfail("the core has no files (Machine.create_file) yet")
     results = core_results_isolated(FILE_SEEDS, "file", host)
     bad = {}
     for seed in FILE_SEEDS:

@@ -13,9 +13,7 @@ switches between the processes then exercise reservations, copy-on-write and SIG
 
 File rules (create a file and open it, map it shared or private at an offset, close,
 drop the test's handle, advice aimed at file mappings) run when both implementations
-have ``Machine.create_file`` (``Pair.files``). Until the compiled core has files,
-ReferenceFilesSelfCheck runs them on the reference against itself, a few examples
-only: check() and determinism, no comparison with the core.
+have ``Machine.create_file`` (``Pair.files``), which both do.
 
 Profiles (HYPOTHESIS_PROFILE, default "ci"):
 
@@ -32,11 +30,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
-
-import pytest
-
 import ptreclaim._core as core_impl
-import ptreclaim._reference as ref_impl
 from differential import (
     ADVICES, ANCHORS, DELTAS, FILE_OFFSETS, FILE_SIZES, LENGTHS, MAP_EXTRA, MAP_TYPES, MREMAP_FLAGS, NR_FDS,
     PROTS, UNSIMULATED_IN_CORE, Pair,
@@ -280,20 +274,3 @@ class CoreMatchesReference(RuleBasedStateMachine):
 
 CoreMatchesReference.TestCase.settings = settings.get_profile(PROFILE)
 TestCoreMatchesReference = CoreMatchesReference.TestCase
-
-
-class ReferenceFilesSelfCheck(CoreMatchesReference):
-    """The file rules on the reference alone (both sides of the Pair are the reference)."""
-
-    core_module = ref_impl
-
-
-ReferenceFilesSelfCheck.TestCase.settings = settings(
-    settings.get_profile(PROFILE), max_examples=40 if PROFILE == "ci" else 1000,
-)
-
-
-@pytest.mark.skipif(hasattr(core_impl.Machine, "create_file"),
-                    reason="the core has files: CoreMatchesReference runs the file rules")
-class TestReferenceFilesSelfCheck(ReferenceFilesSelfCheck.TestCase):
-    pass
