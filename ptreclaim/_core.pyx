@@ -1252,6 +1252,11 @@ STATS_FIELDS = (
 _LEVEL_NAMES = {LEVEL_PUD: "pud", LEVEL_PMD: "pmd", LEVEL_PTE: "pte"}
 
 
+cdef inline bint _guard_marker_at(pt_mm *mm, uint64_t addr) noexcept nogil:
+    cdef pteval_t *pte = walk_pte(mm, addr)
+    return pte != NULL and pte[0] == PTR_GUARD_MARKER
+
+
 @cython.no_gc_clear
 cdef class MM:
     """One simulated process: its mm_struct on Linux 6.18 x86-64 (4-level paging)."""
@@ -2259,7 +2264,10 @@ cdef class MM:
                 if not (vma.flags & PTR_VM_WRITE):
                     where[0] = addr
                     return FAULT_SIGSEGV
-                if not (vma.flags & PTR_VM_SHARED) and not vma.anon_vma and not is_vm_hugetlb_page(vma):
+                if not (vma.flags & PTR_VM_SHARED) and not vma.anon_vma and not is_vm_hugetlb_page(vma) \
+                        and not _guard_marker_at(mm, addr):
+                    # A store to a guard marker is refused before any anon_vma
+                    # is made (handle_pte_marker()).
                     anon_vma_prepare(mm, vi)
             elif not vma_is_accessible(vma):
                 where[0] = addr
