@@ -11,6 +11,7 @@ cdef class Machine:
     cdef pt_mm **mms            # every live mm on this machine (for shmem hole punching)
     cdef Py_ssize_t nr_mms
     cdef Py_ssize_t mms_cap
+    cdef object files           # the live File objects (a WeakSet), for check()
     cdef int _register(self, pt_mm *mm) except -1
     cdef void _unregister(self, pt_mm *mm) noexcept
 
@@ -19,6 +20,7 @@ cdef class MM:
     cdef readonly Machine machine
     cdef bint dead
     cdef object unmerged_ok     # VMA boundaries Linux leaves unmerged (failed MAP_FIXED)
+    cdef object fds             # the fd table: fd -> (File, opened for writing)
     cdef object _listeners      # event name -> callbacks
     cdef int cb_state           # 0: no callback running; 1: at a lock-free point; 2: under a lock
     cdef object _pending        # an exception raised by a callback, re-raised after the call

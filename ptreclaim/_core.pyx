@@ -3,6 +3,7 @@
 # Per-page work is delegated to the noexcept nogil functions of _pgtable.
 
 import os
+import weakref
 
 import numpy as np
 
@@ -18,14 +19,16 @@ from libc.string cimport memset
 from ptreclaim._types cimport *
 from ptreclaim._pgtable cimport (
     pte_none, pte_present, pte_write, pmd_huge_leaf, entry_table, entry_table_slot, pool_table,
+    prefetch_pte,
     machine_init, machine_free, put_page, shmem_new, shmem_put, shmem_punch, pte_table_empty,
+    shmem_lookup, shmem_insert, alloc_frame,
     pool_release, pool_alloc,
     walk_pte, walk_pmd, tlb_gather_mmu, tlb_finish_mmu, unmap_page_range, free_pgd_range,
     change_protection, madvise_free_range, madvise_pageout_range, madvise_cold_range,
     fault_range, handle_mm_fault, pte_pfn, uffd_wp_range, anon_page_fast,
     guard_install_range, guard_remove_range, copy_page_range, shmem_get, anon_vma_prepare,
     madvise_collapse, move_page_tables, page_stored, find_vma, is_swap_pte, swp_offset, swap_init,
-    pmd_hugetlb, hpage_index, hugetlb_pool_init, hfile_new, hfile_put,
+    pmd_hugetlb, pfn_is_hugetlb, hpage_index, hugetlb_pool_init, hfile_new, hfile_put,
     idxset_count, idxset_has, p4d_offset, pgd_index, pgd5_index,
 )
 from ptreclaim._hugetlb cimport (
@@ -140,6 +143,15 @@ cdef uint64_t vm_get_page_prot(uint64_t flags) noexcept nogil:
     # first write fault.
     if not (flags & PTR_VM_EXEC):
         prot |= PTR_PAGE_NX
+    return prot
+
+cdef inline uint64_t vma_page_prot(const pt_vma *vma) noexcept nogil:
+    # vma_set_page_prot(): a shared writable mapping of a file that wants
+    # write notification (a disk file: dirty accounting and page_mkwrite)
+    # maps pages read-only until a write fault dirties them; shmem does not.
+    cdef uint64_t prot = vm_get_page_prot(vma.flags)
+    if vma.shmem != NULL and (vma.shmem.flags & SHM_REGULAR) and (vma.flags & PTR_VM_SHARED):
+        prot &= ~PTR_PAGE_RW
     return prot
 
 cdef inline bint vma_is_accessible(const pt_vma *vma) noexcept nogil:
@@ -333,7 +345,7 @@ cdef int64_t vma_modify_flags(pt_mm *mm, uint64_t idx, uint64_t start, uint64_t 
         if split_vma(mm, idx, end) < 0:
             return -1
     mm.vmas[idx].flags = newflags
-    mm.vmas[idx].page_prot = vm_get_page_prot(newflags)
+    mm.vmas[idx].page_prot = vma_page_prot(&mm.vmas[idx])
     # Merge with the previous VMA first, as vma_merge_existing_range()
     # prefers it as the target, then with the next one.
     if idx > 0 and try_merge(mm, idx - 1):
@@ -505,6 +517,31 @@ cdef int madvise_dontneed_single_vma(mmu_gather *tlb, pt_vma *vma, uint64_t star
     unmap_page_range(tlb, vma, start, end, &details)
     return 0
 
+cdef void _zap_file_pages(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t end) noexcept nogil:
+    # zap_pte_range() with should_zap_folio() false for anonymous folios.
+    cdef uint64_t addr, pfn
+    cdef pteval_t *pte
+    cdef pt_page *p
+    cdef bint any = False
+    addr = start
+    while addr < end:
+        pte = walk_pte(mm, addr)
+        if pte == NULL:
+            addr = (addr & PTR_PMD_MASK) + PTR_PMD_SIZE
+            continue
+        if pte_present(pte[0]) and not (pte[0] & PTR_PAGE_SPECIAL):
+            pfn = pte_pfn(pte[0])
+            p = &mm.machine.frames.pages[pfn]
+            if p.kind != FRAME_ANON:
+                pte[0] = 0
+                p.mapcount -= 1
+                mm.rss[MM_FILEPAGES if p.kind == FRAME_FILE else MM_SHMEMPAGES] -= 1
+                put_page(mm.machine, pfn)
+                any = True
+        addr += 4096
+    if any:
+        mm.stats.tlb_flushes += 1
+
 cdef void unmap_mapping_range(pt_machine *m, pt_mm **mms, Py_ssize_t nr_mms, pt_shmem *obj,
                               uint64_t first, uint64_t last) noexcept nogil:
     """Unmap pages [first, last] of a shmem object from every VMA mapping it."""
@@ -529,6 +566,11 @@ cdef void unmap_mapping_range(pt_machine *m, pt_mm **mms, Py_ssize_t nr_mms, pt_
                 continue
             s = vma.start + (((first if first > vfirst else vfirst) - vma.pgoff) << 12)
             e = vma.start + (((last if last < vlast else vlast) - vma.pgoff + 1) << 12)
+            if not (vma.flags & PTR_VM_SHARED):
+                # even_cows false: a private mapping keeps its anonymous
+                # copies and loses only the page-cache pages it maps.
+                _zap_file_pages(mm, vma, s, e)
+                continue
             # zap_page_range_single(): a gather of its own per VMA
             tlb_gather_mmu(&tlb, mm, False)
             unmap_page_range(&tlb, vma, s, e, &details)
@@ -540,6 +582,11 @@ cdef void unmap_mapping_range(pt_machine *m, pt_mm **mms, Py_ssize_t nr_mms, pt_
 # mremap (mm/mremap.c as of 6.18): the argument checks, shrink, growth in place,
 # and moves (one VMA, or several for an MREMAP_FIXED move of unchanged size).
 # The page tables move in _pgtable.move_page_tables().
+
+cdef enum:
+    # touch_pages() walks this many accesses ahead to prefetch their PTEs:
+    # enough to cover a miss, few enough that the walks stay in cache.
+    TOUCH_PAGES_AHEAD = 12
 
 cdef enum:
     MREMAP_MAYMOVE = 1
@@ -638,6 +685,36 @@ cdef int remap_check_prep_vma(pt_mm *mm, uint64_t idx, remap_state *vrm) noexcep
     # mlock_future_ok() and may_expand_vm(): no RLIMIT_MEMLOCK or RLIMIT_AS here.
     return 0
 
+cdef void remap_mark_mlocked(pt_mm *mm, uint64_t start, uint64_t end) noexcept nogil:
+    """PG_MLOCKED on every page that the locked VMA [start, end) has mlocked:
+    small pages, and THPs mapped by a huge PMD."""
+    cdef pt_page *pages = mm.machine.frames.pages
+    cdef uint64_t addr = start, span_end, i, pfn
+    cdef pteval_t *pmd
+    cdef pteval_t *pte
+    while addr < end:
+        span_end = (addr & PTR_PMD_MASK) + PTR_PMD_SIZE
+        if span_end > end:
+            span_end = end
+        pmd = walk_pmd(mm, addr)
+        if pmd != NULL and pmd_huge_leaf(pmd[0]):
+            pfn = pte_pfn(pmd[0])
+            if pfn != HUGE_ZERO_PFN and not pfn_is_hugetlb(pfn):
+                for i in range(HPAGE_PMD_NR):
+                    pages[pfn + i].flags |= PG_MLOCKED
+        elif pmd != NULL and pmd[0] != 0:
+            pte = walk_pte(mm, addr)
+            while addr < span_end:
+                # A THP mapped by PTEs is not mlocked (only small pages and
+                # PMD-mapped THPs are; splitting the PMD munlocked it).
+                if pte_present(pte[0]) and not (pte[0] & PTR_PAGE_SPECIAL) \
+                        and not (pages[pte_pfn(pte[0])].flags & PG_THP):
+                    pages[pte_pfn(pte[0])].flags |= PG_MLOCKED
+                pte += 1
+                addr += 4096
+        addr = span_end
+
+
 cdef int remap_move_vma(pt_mm *mm, remap_state *vrm, object unmerged_ok) noexcept:
     """move_vma(): copy the VMA to new_addr (merging it there if it can), move
     its page tables, then unmap the old range (or, for MREMAP_DONTUNMAP, leave
@@ -704,6 +781,8 @@ cdef int remap_move_vma(pt_mm *mm, remap_state *vrm, object unmerged_ok) noexcep
         vma = &mm.vmas[idx]
         if vma.flags & PTR_VM_LOCKED:
             mm.locked_vm_stale += vma_pages(vma)
+            # The pages it still maps stay mlocked, and nothing will munlock them.
+            remap_mark_mlocked(mm, vma.start, vma.end)
         vma.flags &= ~(PTR_VM_LOCKED | PTR_VM_LOCKONFAULT)
         if (vrm.addr == old_start and vrm.addr + vrm.old_len == old_end
                 and vma.start == old_start and vma.end == old_end):
@@ -754,9 +833,15 @@ cdef int remap_set_new_addr(pt_mm *mm, remap_state *vrm) noexcept nogil:
     cdef uint64_t res
     if vrm.new_len > mm.task_size:
         return ENOMEM
-    # __get_unmapped_area() takes no page offset for anonymous memory: a private
-    # length that is a multiple of 2 MiB gets a 2 MiB-aligned address, as for mmap.
-    res = get_unmapped_area(mm, hint, vrm.new_len, map_flags)
+    if vma.shmem != NULL:
+        # The file's get_unmapped_area, at the page offset of addr in the file.
+        res = file_get_unmapped_area(mm, hint, vrm.new_len, map_flags,
+                                     (vma.shmem.flags & SHM_REGULAR) != 0,
+                                     vma.pgoff + ((vrm.addr - vma.start) >> 12))
+    else:
+        # __get_unmapped_area() takes no page offset for anonymous memory: a private
+        # length that is a multiple of 2 MiB gets a 2 MiB-aligned address, as for mmap.
+        res = get_unmapped_area(mm, hint, vrm.new_len, map_flags)
     if res == 0 and not (map_flags & MAP_FIXED):
         return ENOMEM
     if res > mm.task_size - vrm.new_len:
@@ -905,6 +990,48 @@ cdef inline int _cint(object x) except? -1:
                             else "signed integer is less than minimum")
     return <int>v
 
+cdef int file_read_page(pt_machine *m, pt_shmem *s, uint64_t index) noexcept nogil:
+    """Bring page index of a regular file into its page cache (clean, 4 KiB) if
+    it is not there; 0, or -1 when no frame is left."""
+    cdef int64_t pfn
+    if shmem_lookup(s, index) >= 0:
+        return 0
+    pfn = alloc_frame(&m.frames, FRAME_FILE)
+    if pfn < 0:
+        return -1
+    m.frames.pages[pfn].index = <uint32_t>index
+    if shmem_insert(s, index, <uint32_t>pfn) < 0:
+        put_page(m, <uint64_t>pfn)
+        return -1
+    return 0
+
+cdef uint64_t file_get_unmapped_area(pt_mm *mm, uint64_t addr, uint64_t length, int flags,
+                                     bint thp, uint64_t pgoff) noexcept nogil:
+    """The address for a file mapping, or 0. A disk file's get_unmapped_area is
+    thp_get_unmapped_area(): when the file range holds a whole 2 MiB-aligned
+    block, search for length + 2 MiB and place the mapping so that file offset
+    and address agree modulo 2 MiB (a hint that fits the padded length is kept).
+    shmem (huge=never) takes the plain search. MAP_SHARED below only turns off
+    get_unmapped_area()'s alignment of anonymous memory."""
+    cdef uint64_t off = pgoff << 12, off_end, off_align, ret, off_sub
+    flags |= MAP_SHARED
+    if (flags & MAP_FIXED) or not thp:
+        return get_unmapped_area(mm, addr, length, flags)
+    off_end = (off + length) & PTR_PMD_MASK
+    off_align = (off + PTR_PMD_SIZE - 1) & PTR_PMD_MASK
+    if off_end <= off_align or off_end - off_align < PTR_PMD_SIZE:
+        return get_unmapped_area(mm, addr, length, flags)
+    ret = get_unmapped_area(mm, addr, length + PTR_PMD_SIZE, flags)
+    if ret == 0:
+        return get_unmapped_area(mm, addr, length, flags)
+    if ret == addr:
+        return addr
+    off_sub = (off - ret) & (PTR_PMD_SIZE - 1)
+    if off_sub == 0:
+        return ret + PTR_PMD_SIZE          # top-down: the aligned end of the padded gap
+    return ret + off_sub
+
+
 cdef class Machine:
     """Simulated physical memory: frames, the page-table pool, shmem objects,
     and a swap device of swap_pages slots (0: no swap).
@@ -935,6 +1062,7 @@ cdef class Machine:
         # the machine's RAM is max_frames, or unlimited.
         ram = totalram_pages if totalram_pages is not None else limit
         self.m.totalram_pages = ram + nr_swap if ram else 0
+        self.files = weakref.WeakSet()
 
     def __dealloc__(self):
         free(self.mms)
@@ -964,9 +1092,47 @@ cdef class Machine:
                 self.m.nr_mms = self.nr_mms
                 return
 
+    def create_file(self, size, *, shmem=False, cached=True):
+        """A file of size bytes: a regular file on a disk file system (its pages
+        count in RssFile), or with shmem=True a memfd/tmpfs file (RssShmem).
+        cached=True: every page of it is in the page cache (a regular file's
+        clean, a shmem file's written); cached=False: none is."""
+        cdef uint64_t sz = _ulong(size), pages, i
+        cdef int64_t pfn
+        cdef pt_shmem *s
+        cdef File f
+        pages = (sz >> 12) + (1 if sz & 4095 else 0)
+        if pages > 0xFFFFFFFF:
+            raise ValueError("the simulator's page offsets are 32-bit: the file is too large")
+        s = shmem_new(&self.m, pages)
+        if s == NULL:
+            raise MemoryError()
+        s.size_bytes = sz
+        if not shmem:
+            s.flags = SHM_REGULAR
+        f = File.__new__(File)
+        f.s = s                    # the reference shmem_new() made is the File's
+        f.machine = self
+        self.files.add(f)
+        if cached:
+            for i in range(pages):
+                pfn = alloc_frame(&self.m.frames, FRAME_SHMEM if shmem else FRAME_FILE)
+                if pfn == -1:
+                    raise OutOfMemory("no free frame for the page cache of the new file")
+                if pfn < 0:
+                    raise MemoryError()
+                self.m.frames.pages[pfn].index = <uint32_t>i
+                if shmem:
+                    # written with write(): a dirty shmem page
+                    self.m.frames.pages[pfn].flags = PG_DIRTY
+                if shmem_insert(s, i, <uint32_t>pfn) < 0:
+                    put_page(&self.m, <uint64_t>pfn)
+                    raise MemoryError()
+        return f
+
     @property
     def frames_in_use(self):
-        """Data frames allocated (anonymous and shmem pages)."""
+        """Data frames allocated (anonymous, shmem and page-cache pages)."""
         return self.m.frames.nr_used
 
     @property
@@ -1001,6 +1167,58 @@ cdef class Machine:
         """Host memory held by the frame array and the table pool."""
         return (self.m.frames.cap * sizeof(pt_page)
                 + self.m.pool.nr_chunks * TABLES_PER_CHUNK * (PTRS_PER_TABLE * 8 + 2 + 4))
+
+
+@cython.no_gc_clear
+cdef class File:
+    """A file (its inode): a regular file or a shmem (memfd) file, made by
+    Machine.create_file(). It lives while an MM has it open or mapped, or
+    Python refers to it."""
+    cdef pt_shmem *s
+    cdef readonly Machine machine
+    cdef object __weakref__
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("files are made by Machine.create_file()")
+
+    def __dealloc__(self):
+        if self.s != NULL:
+            shmem_put(&self.machine.m, self.s)
+            self.s = NULL
+
+    @property
+    def size(self):
+        """i_size in bytes."""
+        return self.s.size_bytes
+
+    @property
+    def shmem(self):
+        """True for a shmem (memfd/tmpfs) file."""
+        return not (self.s.flags & SHM_REGULAR)
+
+    @property
+    def nr_cached(self):
+        """Pages in the page cache (shmem: pages the object holds)."""
+        return self.s.nr_pages
+
+    @property
+    def nr_dirty(self):
+        """Dirty pages in the page cache of a regular file (0 for shmem)."""
+        cdef uint64_t i, n = 0, key
+        cdef pt_page *p
+        if not (self.s.flags & SHM_REGULAR):
+            return 0
+        for i in range(self.s.cap):
+            key = self.s.keys[i]
+            if key != 0 and key != <uint64_t>-1:
+                p = &self.machine.m.frames.pages[self.s.vals[i]]
+                if p.flags & PG_DIRTY:
+                    n += 1
+        return n
+
+    def __repr__(self):
+        return (f"<File size={self.size} {'shmem' if self.shmem else 'regular'} "
+                f"cached={self.nr_cached}>")
 
 
 EVENTS = ("fault", "table_alloc", "zap_begin", "zap_end", "zap_lock_dropped", "reclaim_fast",
@@ -1071,6 +1289,11 @@ STATS_FIELDS = (
 _LEVEL_NAMES = {LEVEL_P4D: "p4d", LEVEL_PUD: "pud", LEVEL_PMD: "pmd", LEVEL_PTE: "pte"}
 
 
+cdef inline bint _guard_marker_at(pt_mm *mm, uint64_t addr) noexcept nogil:
+    cdef pteval_t *pte = walk_pte(mm, addr)
+    return pte != NULL and pte[0] == PTR_GUARD_MARKER
+
+
 @cython.no_gc_clear
 cdef class MM:
     """One simulated process: its mm_struct on Linux 6.18 x86-64 (4- or 5-level paging)."""
@@ -1107,6 +1330,7 @@ cdef class MM:
         self.mm.paging_levels = paging_levels
         self.mm.task_size = PTR_TASK_SIZE_LA57 if paging_levels == 5 else PTR_TASK_SIZE
         self.unmerged_ok = set()
+        self.fds = {}
         self._listeners = {}
         self.mm.resched_countdown = -1
         self.mm.trace_owner = <void *>self
@@ -1142,10 +1366,35 @@ cdef class MM:
             exc, self._pending = self._pending, None
             raise exc
 
+    # -------------------------------------------------------------- fd table
+
+    def open(self, file, write=True):
+        """Open file in this process (O_RDWR, or O_RDONLY with write=False);
+        returns the lowest free fd (>= 3: 0-2 are the standard streams)."""
+        cdef int fd = 3
+        self._alive()
+        if not isinstance(file, File):
+            raise TypeError(f"open() needs a File, not {type(file).__name__}")
+        if (<File>file).machine is not self.machine:
+            raise ValueError("the file belongs to another Machine")
+        while fd in self.fds:
+            fd += 1
+        self.fds[fd] = (file, bool(write))
+        return fd
+
+    def close(self, fd):
+        """close(2): the file stays alive while a mapping refers to it."""
+        cdef int n = _cint(fd)
+        self._alive()
+        if n not in self.fds:
+            raise _errno(EBADF)
+        del self.fds[n]
+
     # ----------------------------------------------------------------- mmap
 
     def mmap(self, addr, length, prot, flags, fd=-1, offset=0):
-        """mmap(2) of anonymous memory; returns the address."""
+        """mmap(2) of anonymous memory, or without MAP_ANONYMOUS of the file
+        open at fd from byte offset; returns the address."""
         cdef int err
         cdef uint64_t result = 0
         self._alive()
@@ -1169,15 +1418,27 @@ cdef class MM:
         cdef int huge_log
         cdef int err
         cdef uint64_t i
+        cdef File file = None
+        cdef bint fwrite = False
+        cdef int legacy = (MAP_SHARED | MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS | MAP_DENYWRITE
+                           | MAP_EXECUTABLE | MAP_UNINITIALIZED | MAP_GROWSDOWN | MAP_LOCKED
+                           | MAP_NORESERVE | MAP_POPULATE | MAP_NONBLOCK | MAP_STACK | MAP_HUGETLB)
         # The order of the checks is Linux's; each step below names where
         # the kernel makes it.
         # sys_mmap: the byte offset must be page aligned.
         if offset & 4095:
             return EINVAL
-        # ksys_mmap_pgoff: a file mapping needs a file; MAP_HUGETLB makes an
+        # ksys_mmap_pgoff: a file mapping needs an open file (fget()), which
+        # must be a hugetlbfs one for MAP_HUGETLB; MAP_HUGETLB makes an
         # anonymous mapping a hugetlbfs file of whole 2 MiB pages.
         if not (flags & MAP_ANONYMOUS):
-            return EBADF if fd < 0 else ENODEV
+            entry = self.fds.get(fd)
+            if entry is None:
+                return EBADF
+            file = entry[0]
+            fwrite = entry[1]
+            if hugetlb:
+                return EINVAL
         if hugetlb:
             huge_log = (flags >> MAP_HUGE_SHIFT) & MAP_HUGE_MASK
             if huge_log != 0 and huge_log != 21:
@@ -1200,6 +1461,9 @@ cdef class MM:
             return EINVAL              # prepare_hugepage_range()
         if hugetlb:
             addr = hugetlb_get_unmapped_area(mm, addr, length, flags)
+        elif file is not None:
+            addr = file_get_unmapped_area(mm, addr, length, flags,
+                                          (file.s.flags & SHM_REGULAR) != 0, offset >> 12)
         else:
             addr = get_unmapped_area(mm, addr, length, flags)
         if addr == 0 and not (flags & MAP_FIXED):
@@ -1230,7 +1494,29 @@ cdef class MM:
             if err == 0:
                 result[0] = addr
             return err
-        if mtype == MAP_PRIVATE:
+        if file is not None:
+            # file_mmap_ok(): the end of the mapping in the file fits in loff_t.
+            if (offset >> 12) > ((<uint64_t>0x7FFFFFFFFFFFFFFF - length) >> 12):
+                return EOVERFLOW
+            if mtype == MAP_SHARED or mtype == MAP_SHARED_VALIDATE:
+                if mtype == MAP_SHARED:
+                    flags &= legacy
+                # Neither ext4 without DAX nor shmem supports MAP_SYNC.
+                if flags & ~legacy:
+                    return EOPNOTSUPP
+                if (prot & PROT_WRITE) and not fwrite:
+                    return EACCES
+                vm_flags |= PTR_VM_SHARED | PTR_VM_MAYSHARE
+                # A read-only open file maps as if private: it can never
+                # become writable (mprotect says EACCES).
+                if not fwrite:
+                    vm_flags &= ~(PTR_VM_MAYWRITE | PTR_VM_SHARED)
+            elif mtype != MAP_PRIVATE:
+                return EINVAL
+            if vm_flags & PTR_VM_GROWSDOWN:
+                return EINVAL
+            pgoff = offset >> 12
+        elif mtype == MAP_PRIVATE:
             pgoff = addr >> 12
         elif mtype == MAP_SHARED:
             if vm_flags & PTR_VM_GROWSDOWN:
@@ -1267,7 +1553,7 @@ cdef class MM:
             vm_flags |= PTR_VM_ACCOUNT
         # shmem_zero_setup() charges the whole object after the clean-up of
         # the old range: a failure leaves a hole where they were.
-        if (vm_flags & (PTR_VM_NORESERVE | PTR_VM_SHARED)) == PTR_VM_SHARED:
+        if file is None and (vm_flags & (PTR_VM_NORESERVE | PTR_VM_SHARED)) == PTR_VM_SHARED:
             if mm.machine.totalram_pages and (length >> 12) > mm.machine.totalram_pages:
                 munmap_range(mm, addr, end)
                 return ENOMEM
@@ -1280,11 +1566,14 @@ cdef class MM:
         vma.end = end
         vma.flags = vm_flags
         vma.pgoff = pgoff
-        vma.page_prot = vm_get_page_prot(vm_flags)
-        if vm_flags & PTR_VM_SHARED:
+        if file is not None:
+            vma.shmem = file.s
+            shmem_get(vma.shmem)
+        elif vm_flags & PTR_VM_SHARED:
             vma.shmem = shmem_new(mm.machine, length >> 12)
             if vma.shmem == NULL:
                 return ENOMEM
+        vma.page_prot = vma_page_prot(&vma)
         idx = find_vma(mm, addr)
         if vma_insert(mm, idx, &vma) < 0:
             if vma.shmem != NULL:
@@ -1506,8 +1795,11 @@ cdef class MM:
             hugetlb_change_protection(mm, &mm.vmas[r], start, end, mm.vmas[r].page_prot)
             return r
         # vma_wants_manual_pte_write_upgrade(): private writable mappings
-        # may get their exclusive pages writable again at once.
+        # may get their exclusive pages writable again at once, and shared
+        # ones of a write-notify file their dirty pages.
         try_writable = (newflags & (PTR_VM_SHARED | PTR_VM_WRITE)) == PTR_VM_WRITE
+        if (newflags & (PTR_VM_SHARED | PTR_VM_WRITE)) == (PTR_VM_SHARED | PTR_VM_WRITE):
+            try_writable = (mm.vmas[r].page_prot & PTR_PAGE_RW) == 0
         change_protection(tlb, &mm.vmas[r], start, end, mm.vmas[r].page_prot, try_writable)
         # A locked private mapping that becomes writable is populated with
         # write faults right away, to break COW before any access.
@@ -1682,7 +1974,7 @@ cdef class MM:
                     return EFAULT
                 start = nend
                 continue
-            if write and vma.shmem == NULL:
+            if write and not (vma.flags & PTR_VM_SHARED):
                 anon_vma_prepare(mm, idx)
                 vma = &mm.vmas[idx]
             r = fault_range(mm, vma, &addr, nend, write, True)
@@ -1752,8 +2044,25 @@ cdef class MM:
             shmem_punch(mm.machine, vma.shmem, first, last)
             return 0
         if advice == MADV_WILLNEED:
+            if vma.shmem != NULL and (vma.shmem.flags & SHM_REGULAR):
+                # vfs_fadvise(POSIX_FADV_WILLNEED) -> force_page_cache_readahead():
+                # the range is read into the page cache up to i_size, clean,
+                # nothing is mapped (4 KiB pages here).
+                first = vma.pgoff + ((start - vma.start) >> 12)
+                last = first + ((end - start) >> 12)
+                if last > vma.shmem.size_pages:
+                    last = vma.shmem.size_pages
+                while first < last:
+                    if file_read_page(mm.machine, vma.shmem, first) < 0:
+                        return ENOMEM
+                    first += 1
             return 0
         if advice == MADV_COLLAPSE:
+            if vma.shmem != NULL and (vma.shmem.flags & SHM_REGULAR):
+                # thp_vma_allowable_order(): a disk file's VMA qualifies only
+                # through CONFIG_READ_ONLY_THP_FOR_FS (and a file nobody has
+                # open for writing), which is not modelled.
+                return EINVAL
             if vma.shmem != NULL:
                 return -2                  # shmem THPs are not simulated yet
             return madvise_collapse(mm, vma, start, end)
@@ -1999,7 +2308,10 @@ cdef class MM:
                 if not (vma.flags & PTR_VM_WRITE):
                     where[0] = addr
                     return FAULT_SIGSEGV
-                if vma.shmem == NULL and not vma.anon_vma and not is_vm_hugetlb_page(vma):
+                if not (vma.flags & PTR_VM_SHARED) and not vma.anon_vma and not is_vm_hugetlb_page(vma) \
+                        and not _guard_marker_at(mm, addr):
+                    # A store to a guard marker is refused before any anon_vma
+                    # is made (handle_pte_marker()).
                     anon_vma_prepare(mm, vi)
             elif not vma_is_accessible(vma):
                 where[0] = addr
@@ -2045,6 +2357,8 @@ cdef class MM:
             per_address = True
         with nogil:
             while i < n:
+                if i + TOUCH_PAGES_AHEAD < n:
+                    prefetch_pte(self.mm, addrs[i + TOUCH_PAGES_AHEAD])
                 if addrs[i] == <uint64_t>-1:
                     r = FAULT_SIGSEGV
                     where = addrs[i]
@@ -2086,6 +2400,7 @@ cdef class MM:
         self.mm.trace_mask = 0
         exit_mmap(self.mm)
         self.dead = True
+        self.fds.clear()
         if self.mm.pgtables_bytes != 0:
             raise InvariantError("pgtables_bytes is not 0 after exit", str(self.mm.pgtables_bytes))
 
@@ -2110,6 +2425,7 @@ cdef class MM:
         child.mm.contention = self.mm.contention
         child.mm.rng = self.mm.rng
         child.unmerged_ok = set(self.unmerged_ok)
+        child.fds = dict(self.fds)
         err = dup_mmap(child.mm, self.mm)
         # dup_mmap() copies VMAs one by one and never merges them: the
         # child keeps boundaries that have become mergeable (a VM_LOCKED
@@ -2145,6 +2461,11 @@ cdef class MM:
         while tmp < end:
             if idx >= mm.nr_vmas or mm.vmas[idx].start > tmp or mm.vmas[idx].flags & (VM_SPECIAL | PTR_VM_HUGETLB):
                 raise _errno(EINVAL)
+            # vma_can_userfault(): anonymous, hugetlb or shmem memory only.
+            if mm.vmas[idx].shmem != NULL and (mm.vmas[idx].shmem.flags & SHM_REGULAR):
+                raise _errno(EINVAL)
+            if mm.vmas[idx].shmem != NULL and not (mm.vmas[idx].flags & PTR_VM_MAYSHARE):
+                raise NotImplementedError("userfaultfd on a private mapping of a shmem file is not simulated yet")
             tmp = mm.vmas[idx].end
             idx += 1
         tmp = start
@@ -2525,7 +2846,9 @@ cdef _check_huge_pmd(pt_mm *mm, pteval_t e, uint64_t base, int64_t *rss, dict ma
 cdef _check_swap_pte(pt_mm *mm, pt_vma *vma, pteval_t e, uint64_t addr):
     cdef pt_swap *sw = &mm.machine.swap
     cdef uint64_t off = swp_offset(e)
-    if vma.shmem != NULL or not vma.anon_vma:
+    # Anonymous pages, COW copies in a private file mapping included, are the
+    # only ones with swap PTEs (shmem keeps its swap in the page cache).
+    if (vma.flags & PTR_VM_MAYSHARE) or not vma.anon_vma:
         raise InvariantError("a swap entry in a VMA without anonymous memory", hex(addr))
     if off == 0 or off >= sw.next or sw.count[off] == 0:
         raise InvariantError("a swap entry refers to a slot in use", f"{addr:#x}: slot {off}")
@@ -2547,6 +2870,15 @@ cdef _check_swap_slots(Machine machine):
     cdef pt_shmem *obj
     refs = {}
     objects = set()
+    # Files nothing maps may still hold swapped pages.
+    for f in list(machine.files):
+        obj = (<File>f).s
+        if obj.swapped != NULL and <uintptr_t>obj not in objects:
+            objects.add(<uintptr_t>obj)
+            for k in range(obj.swapped.cap):
+                if obj.swapped.keys[k] != 0 and obj.swapped.keys[k] != <uint64_t>-1:
+                    off = obj.swapped.vals[k]
+                    refs[off] = refs.get(off, 0) + 1
     for n in range(machine.nr_mms):
         mm = machine.mms[n]
         for i in range(mm.nr_vmas):
@@ -2817,14 +3149,24 @@ cdef _check_mm(MM self):
                         continue
                     if pfn >= m.frames.nr_pages or m.frames.pages[pfn].kind in (FRAME_FREE, FRAME_RESERVED, FRAME_ZERO):
                         raise InvariantError("a PTE maps a free frame", hex(addr))
+                    v = &mm.vmas[vi]
                     if m.frames.pages[pfn].kind == FRAME_ANON:
                         rss[MM_ANONPAGES] += 1
-                        if mm.vmas[vi].shmem != NULL:
+                        if v.flags & PTR_VM_MAYSHARE:
                             raise InvariantError("an anonymous page in a shared mapping", hex(addr))
                     else:
-                        rss[MM_SHMEMPAGES] += 1
-                        if mm.vmas[vi].shmem == NULL:
+                        rss[MM_FILEPAGES if m.frames.pages[pfn].kind == FRAME_FILE else MM_SHMEMPAGES] += 1
+                        if v.shmem == NULL:
                             raise InvariantError("a shmem page in a private mapping", hex(addr))
+                        if m.frames.pages[pfn].index != v.pgoff + ((addr - v.start) >> 12) \
+                                or shmem_lookup(v.shmem, m.frames.pages[pfn].index) != <int64_t>pfn:
+                            raise InvariantError("a page-cache page is mapped at its own offset of its own file",
+                                                 hex(addr))
+                        if (e & PTR_PAGE_RW) and not (v.flags & PTR_VM_SHARED):
+                            raise InvariantError("a page-cache page is writable only in a shared mapping", hex(addr))
+                        if (m.frames.pages[pfn].kind == FRAME_FILE) and (e & PTR_PAGE_RW) \
+                                and not (m.frames.pages[pfn].flags & PG_DIRTY):
+                            raise InvariantError("a file page mapped writable is dirty", hex(addr))
                     mapcounts[pfn] = mapcounts.get(pfn, 0) + 1
     # P4D tables are linked but never counted: __p4d_alloc() has no mm_inc_nr_*() (R10).
     nlinked = sum(1 for w in linked_slots.values() if not w.startswith("p4d"))
@@ -2875,6 +3217,16 @@ cdef _check_mm(MM self):
                 raise InvariantError("an anonymous page's references equal its mappings", f"pfn {pfn}")
     nzeroed = 0
     for i in range(m.frames.nr_pages):
+        if m.frames.pages[i].kind == FRAME_FILE:
+            # A regular file's page: the page cache's reference plus one per
+            # mapping, in every mm of the machine.
+            if everyone is None:
+                everyone = _machine_mappings(self.machine)
+            if m.frames.pages[i].mapcount != everyone.get(i, 0) \
+                    or m.frames.pages[i].refcount != m.frames.pages[i].mapcount + 1:
+                raise InvariantError("a file page's references are the page cache's and its mappings",
+                                     f"pfn {i}: refcount {m.frames.pages[i].refcount}, "
+                                     f"mapcount {m.frames.pages[i].mapcount}, mapped {everyone.get(i, 0)}")
         if m.frames.pages[i].flags & PG_ZEROED:
             if m.frames.pages[i].kind != FRAME_ANON:
                 raise InvariantError("only an anonymous page in use is marked zero-filled", str(i))
@@ -2892,7 +3244,7 @@ cdef _check_mm(MM self):
             raise InvariantError("VMAs are sorted and non-overlapping", hex(v.start))
         if i > 0 and is_mergeable(&mm.vmas[i - 1], v) and v.start not in self.unmerged_ok:
             raise InvariantError("VMAs are merged where Linux would merge them", hex(v.start))
-        if v.page_prot != vm_get_page_prot(v.flags):
+        if v.page_prot != vma_page_prot(v):
             raise InvariantError("vm_page_prot follows vm_flags", hex(v.start))
         total += (v.end - v.start) >> 12
         if v.flags & PTR_VM_LOCKED:

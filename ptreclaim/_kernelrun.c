@@ -28,6 +28,7 @@
 #define OP_WORDS 8
 #define RES_WORDS 16
 #define MAX_SO_RANGES 16
+#define MAX_FILES 64       /* names a script's `file` lines may create */
 #define MAGIC 0x70747265636c6d31ULL /* "ptreclm1" */
 
 enum { HDR_MAGIC, HDR_STATE, HDR_DETAIL0, HDR_DETAIL1, HDR_DETAIL2, HDR_NOPS, HDR_NDONE,
@@ -35,7 +36,13 @@ enum { HDR_MAGIC, HDR_STATE, HDR_DETAIL0, HDR_DETAIL1, HDR_DETAIL2, HDR_NOPS, HD
 enum { OP_CODE, OP_ADDR, OP_LEN, OP_ARG, OP_FLAGS, OP_LINENO, OP_NEWLEN, OP_NEWADDR };
 enum { RES_ERRNO, RES_RET, RES_FAULT, RES_DEPTH, RES_PID, RES_FIELDS };
 enum { OPC_MMAP = 1, OPC_MUNMAP, OPC_MPROTECT, OPC_MLOCK, OPC_MUNLOCK, OPC_MADVISE, OPC_TOUCH,
-       OPC_FORK, OPC_FORKP, OPC_MREMAP };
+       OPC_FORK, OPC_FORKP, OPC_MREMAP, OPC_FILE, OPC_CLOSE };
+/* Words of a file-related record that reuse mremap's slots:
+ *   OPC_MMAP:  OP_NEWLEN = file index + 1 (0: anonymous), OP_NEWADDR = file offset
+ *   OPC_FILE:  OP_ADDR = the descriptor the Python side holds, OP_LEN = file index,
+ *              OP_ARG = open flags (O_RDONLY or O_RDWR)
+ *   OPC_CLOSE: OP_LEN = file index */
+enum { OP_FILEIDX = 6, OP_OFFSET = 7 };
 /* HDR_STATE values; DETAIL words say more for the errors. */
 enum { ST_NEW, ST_SETUP, ST_RUNNING, ST_DONE,
        ST_ERR_SETUP = 10,    /* DETAIL0: step (SETUP_*), DETAIL1: errno */
@@ -77,6 +84,10 @@ static int n_so_ranges;
 static void *guard_page;              /* PROT_NONE page: exercises the SIGSEGV path */
 static int pipe_rd = -1, pipe_wr = -1; /* idle processes wait for EOF on it */
 static pid_t runner_parent;
+/* The script's descriptor of each file, by index (-1: not open).  Static, so a fork copies
+ * it along with the descriptor table. */
+static int script_fd[MAX_FILES];
+static char fd_path[64];              /* "/proc/self/fd/N", formatted by hand */
 
 static char status_buf[16384] __attribute__((aligned(4096)));
 static char maps_buf[65536];
@@ -200,6 +211,26 @@ static int64_t do_touch(uint64_t addr, uint64_t len, int write, uint64_t *fault)
 	return 0;
 }
 
+/* Open the file the Python side created (and holds at descriptor `src`) again, through
+ * /proc/self/fd, with the script's access mode: a new open file description, as open()
+ * of the file would give.  No libc string function: the path is formatted here. */
+static long open_file(uint64_t src, int flags)
+{
+	static const char prefix[] = "/proc/self/fd/";
+	char digits[24];
+	int nd = 0, n = 0;
+	do {
+		digits[nd++] = (char)('0' + src % 10);
+		src /= 10;
+	} while (src && nd < (int)sizeof digits);
+	for (; prefix[n]; n++)
+		fd_path[n] = prefix[n];
+	while (nd)
+		fd_path[n++] = digits[--nd];
+	fd_path[n] = 0;
+	return syscall(SYS_openat, AT_FDCWD, fd_path, (long)(flags | O_CLOEXEC));
+}
+
 static long raw_fork(void)
 {
 	/* clone(SIGCHLD) rather than libc fork(): no atfork handlers, no libc locks, the same
@@ -217,8 +248,22 @@ static void exec_op(const uint64_t *op, uint64_t *r)
 	uint64_t fault = 0;
 	errno = 0;
 	switch (op[OP_CODE]) {
-	case OPC_MMAP:
-		rc = syscall(SYS_mmap, a, len, arg, (long)op[OP_FLAGS], -1L, 0L);
+	case OPC_MMAP: {
+		uint64_t fi = op[OP_FILEIDX];
+		long fd = fi && fi <= MAX_FILES ? (long)script_fd[fi - 1] : -1L;
+		rc = syscall(SYS_mmap, a, len, arg, (long)op[OP_FLAGS], fd, (long)op[OP_OFFSET]);
+		break;
+	}
+	case OPC_FILE:
+		rc = len < MAX_FILES ? open_file(a, arg) : (errno = EBADF, -1);
+		if (rc >= 0)
+			script_fd[len] = (int)rc;
+		break;
+	case OPC_CLOSE:
+		/* A name already closed passes -1: EBADF, whatever number the kernel reused. */
+		rc = syscall(SYS_close, len < MAX_FILES ? (long)script_fd[len] : -1L);
+		if (len < MAX_FILES)
+			script_fd[len] = -1;
 		break;
 	case OPC_MUNMAP:
 		rc = syscall(SYS_munmap, a, len);
@@ -269,6 +314,9 @@ static void warm_paths(void)
 		{ OPC_MUNLOCK, g, 0, 0, 0, 0 },
 		{ OPC_MADVISE, g, 0, MADV_NORMAL, 0, 0 },
 		{ OPC_MREMAP, g, 0, 0, 0, 0, 0, 0 },                            /* EINVAL */
+		{ OPC_MMAP, 0, 0, PROT_READ, MAP_PRIVATE, 0, MAX_FILES, 0 },    /* EINVAL, file path */
+		{ OPC_FILE, (uint64_t)-1, MAX_FILES - 1, O_RDONLY, 0, 0 },      /* ENOENT */
+		{ OPC_CLOSE, 0, MAX_FILES - 1, 0, 0, 0 },                       /* EBADF: close(-1) */
 		{ OPC_TOUCH, g, 1, 0, 0, 0 },                                   /* SIGSEGV */
 		{ OPC_TOUCH, g, 1, 1, 0, 0 },                                   /* SIGSEGV */
 		{ OPC_TOUCH, g, 0, 1, 0, 0 },
@@ -499,6 +547,8 @@ static void run_script(void)
 static void runner_main(uint64_t base, uint64_t window, int fork_depth)
 {
 	hdr[HDR_STATE] = ST_SETUP;
+	for (int i = 0; i < MAX_FILES; i++)
+		script_fd[i] = -1;
 	/* Its own process group, so the Python side can kill every process of a run at once. */
 	syscall(SYS_setpgid, 0L, 0L);
 	syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0L, 0L, 0L);
@@ -764,6 +814,8 @@ PyMODINIT_FUNC PyInit__kernelrun(void)
 		{ "OPC_MLOCK", OPC_MLOCK }, { "OPC_MUNLOCK", OPC_MUNLOCK }, { "OPC_MADVISE", OPC_MADVISE },
 		{ "OPC_TOUCH", OPC_TOUCH }, { "OPC_FORK", OPC_FORK }, { "OPC_FORKP", OPC_FORKP },
 		{ "OPC_MREMAP", OPC_MREMAP }, { "OP_NEWLEN", OP_NEWLEN }, { "OP_NEWADDR", OP_NEWADDR },
+		{ "OPC_FILE", OPC_FILE }, { "OPC_CLOSE", OPC_CLOSE }, { "OP_FILEIDX", OP_FILEIDX },
+		{ "OP_OFFSET", OP_OFFSET }, { "MAX_FILES", MAX_FILES },
 		{ "ST_NEW", ST_NEW }, { "ST_SETUP", ST_SETUP }, { "ST_RUNNING", ST_RUNNING },
 		{ "ST_DONE", ST_DONE }, { "ST_ERR_SETUP", ST_ERR_SETUP },
 		{ "ST_ERR_WINDOW_BUSY", ST_ERR_WINDOW_BUSY }, { "ST_ERR_CRASH", ST_ERR_CRASH },

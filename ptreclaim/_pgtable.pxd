@@ -180,6 +180,21 @@ cdef pteval_t *pmd_alloc_walk(pt_mm *mm, uint64_t addr) noexcept nogil   # NULL:
 cdef pteval_t *p4d_alloc(pt_mm *mm, uint64_t addr) noexcept nogil     # NULL: host OOM
 cdef pteval_t *pte_alloc(pt_mm *mm, pteval_t *pmd) noexcept nogil     # NULL: host OOM
 
+cdef extern from *:
+    """
+    #define ptr_prefetchw(p) __builtin_prefetch((const void *)(p), 1, 3)
+    """
+    void ptr_prefetchw(const void *p) noexcept nogil
+
+cdef inline void prefetch_pte(pt_mm *mm, uint64_t addr) noexcept nogil:
+    # A trace walks its accesses in random order, so nearly every PTE load
+    # misses the cache. Walking a few accesses ahead (the upper levels are
+    # hot) starts those misses early, where the CPU could not: the access
+    # before it branches on what it loads.
+    cdef pteval_t *pte = walk_pte(mm, addr)
+    if pte != NULL:
+        ptr_prefetchw(pte)
+
 # --- the mmu_gather (mm/mmu_gather.c) -----------------------------------------------
 
 cdef void tlb_gather_mmu(mmu_gather *tlb, pt_mm *mm, bint fullmm) noexcept nogil
@@ -251,7 +266,7 @@ cdef void copy_huge_pmd(pt_mm *dst, pt_mm *src, pt_vma *vma, pteval_t *dst_pmd,
                         pteval_t *src_pmd) noexcept nogil
 cdef int split_huge_pmd_address(pt_mm *mm, pt_vma *vma, uint64_t addr) noexcept nogil
 cdef void huge_pageout(pt_mm *mm, pt_vma *vma, pteval_t *pmd, uint64_t addr) noexcept nogil
-cdef void split_folio(pt_mm *mm, pt_vma *vma, uint64_t head, uint64_t span) noexcept nogil
+cdef void split_folio(pt_mm *mm, pt_vma *vma, uint64_t head, uint64_t base) noexcept nogil
 cdef int large_folio_step(pt_mm *mm, pt_vma *vma, pteval_t *table, uint64_t i, uint64_t span,
                           uint64_t start, uint64_t end, bint split_whole) noexcept nogil
 

@@ -608,30 +608,44 @@ cdef void anon_vma_prepare(pt_mm *mm, uint64_t idx) noexcept nogil:
 cdef inline uint64_t _vma_pgoff_of(pt_vma *vma, uint64_t addr) noexcept nogil:
     return vma.pgoff + ((addr - vma.start) >> 12)
 
+cdef inline int page_mm_counter(uint16_t kind) noexcept nogil:
+    # mm_counter_file(): shmem pages count in RssShmem, other file pages in RssFile.
+    return MM_FILEPAGES if kind == FRAME_FILE else MM_SHMEMPAGES
+
 cdef int _finish_shmem_page(pt_mm *mm, pt_vma *vma, pteval_t *pte, uint64_t pfn,
                             bint write) noexcept nogil:
+    # set_pte_range() for a page-cache page: a write fault maps it dirty and
+    # writable (maybe_mkwrite); a read fault takes vm_page_prot as it is,
+    # read-only for private mappings and for files that want write notify.
     cdef pteval_t entry = (pfn << 12) | vma.page_prot
     cdef pt_page *p = &mm.machine.frames.pages[pfn]
     if write:
         entry |= PTR_PAGE_DIRTY | PTR_PAGE_RW
         p.flags |= PG_DIRTY
+    elif (entry & PTR_PAGE_RW) and (p.flags & PG_DIRTY):
+        # A dirty folio mapped writable is mapped dirty, so a later store
+        # needs no fault to set the bit.
+        entry |= PTR_PAGE_DIRTY
     p.refcount += 1
     p.mapcount += 1
     pte[0] = entry
-    mm.rss[MM_SHMEMPAGES] += 1
+    mm.rss[page_mm_counter(p.kind)] += 1
     return FAULT_OK
 
 cdef int _shmem_get_page(pt_mm *mm, pt_shmem *s, uint64_t index, uint64_t *pfn_out) noexcept nogil:
     # shmem_get_folio(): a hole in the object gets a new zeroed page, for
-    # read and write faults alike (R28).
+    # read and write faults alike (R28). filemap_fault() of a regular file:
+    # a page missing from the cache is read in, one clean 4 KiB page (no
+    # readahead is simulated).
     cdef int64_t pfn = shmem_lookup(s, index)
-    cdef int64_t off
+    cdef int64_t off = -1
     if pfn < 0:
-        pfn = alloc_frame(&mm.machine.frames, FRAME_SHMEM)
+        pfn = alloc_frame(&mm.machine.frames, FRAME_FILE if s.flags & SHM_REGULAR else FRAME_SHMEM)
         if pfn < 0:
             return FAULT_OOM
         mm.machine.frames.pages[pfn].index = <uint32_t>index
-        off = shmem_swap_lookup(s, index)
+        if not (s.flags & SHM_REGULAR):
+            off = shmem_swap_lookup(s, index)
         if off >= 0:
             # shmem_swapin_folio(): the page comes back dirty.
             mm.machine.frames.pages[pfn].flags = PG_DIRTY
@@ -689,20 +703,42 @@ cdef bint _do_fault_around(pt_mm *mm, pt_vma *vma, uint64_t addr, pteval_t *pmd)
             mapped_addr = True
     return mapped_addr
 
+cdef int _do_cow_fault(pt_mm *mm, pt_vma *vma, uint64_t addr, pteval_t *pmd,
+                       uint64_t pfn) noexcept nogil:
+    # do_cow_fault(): the page-cache page is copied into a new anonymous page
+    # (the caller prepared the anon_vma); only the copy is mapped.
+    cdef pteval_t *table
+    cdef int64_t new = alloc_frame(&mm.machine.frames, FRAME_ANON)
+    if new < 0:
+        return FAULT_OOM
+    table = pte_alloc(mm, pmd)
+    if table == NULL:
+        put_page(mm.machine, <uint64_t>new)
+        return FAULT_OOM
+    mm.machine.frames.pages[new].mapcount = 1
+    mm.machine.frames.pages[new].flags = PG_ANON_EXCLUSIVE
+    table[pte_index(addr)] = (<uint64_t>new << 12) | vma.page_prot | PTR_PAGE_DIRTY | PTR_PAGE_RW
+    mm.rss[MM_ANONPAGES] += 1
+    return FAULT_OK
+
 cdef int _shmem_fault(pt_mm *mm, pt_vma *vma, uint64_t addr, pteval_t *pmd, bint write) noexcept nogil:
+    # do_fault() for a file or shmem VMA: do_read_fault(), do_cow_fault() or
+    # do_shared_fault().
     cdef pteval_t *table
     cdef uint64_t pfn
     cdef int ret
     # do_read_fault() tries fault-around first; write faults never do (R30).
     if not write and _do_fault_around(mm, vma, addr, pmd):
         return FAULT_OK
-    # shmem_get_folio_gfp(): an index at or past i_size (a mapping grown by
-    # mremap beyond its object) is VM_FAULT_SIGBUS.
+    # shmem_get_folio_gfp() / filemap_fault(): an index at or past i_size
+    # (a mapping longer than its file, or grown by mremap) is VM_FAULT_SIGBUS.
     if _vma_pgoff_of(vma, addr) >= vma.shmem.size_pages:
         return FAULT_SIGBUS
     ret = _shmem_get_page(mm, vma.shmem, _vma_pgoff_of(vma, addr), &pfn)
     if ret != FAULT_OK:
         return ret
+    if write and not (vma.flags & PTR_VM_SHARED):
+        return _do_cow_fault(mm, vma, addr, pmd, pfn)
     table = pte_alloc(mm, pmd)
     if table == NULL:
         return FAULT_OOM
@@ -735,13 +771,17 @@ cdef int _do_wp_page(pt_mm *mm, pt_vma *vma, pteval_t *pte) noexcept nogil:
     cdef uint64_t pfn = pte_pfn(old)
     cdef pt_page *p
     cdef int64_t new
-    if vma.shmem != NULL:
-        # wp_page_shared(): a shared page only needs its write bit back.
+    if vma.shmem != NULL and (vma.flags & PTR_VM_SHARED):
+        # wp_page_shared(): a shared page only needs its write bit back; a
+        # regular file's page is dirtied now (fault_dirty_shared_page()).
+        p = &mm.machine.frames.pages[pfn]
+        if p.kind == FRAME_FILE:
+            p.flags |= PG_DIRTY
         pte[0] = old | PTR_PAGE_RW | PTR_PAGE_DIRTY | PTR_PAGE_ACCESSED
         return FAULT_OK
     if not pte_special(old):
         p = &mm.machine.frames.pages[pfn]
-        if p.refcount == 1 and p.mapcount == 1:
+        if p.kind == FRAME_ANON and p.refcount == 1 and p.mapcount == 1:
             # wp_can_reuse_anon_folio(): nobody else has it; reuse in place.
             p.flags |= PG_ANON_EXCLUSIVE
             pte[0] = old | PTR_PAGE_RW | PTR_PAGE_DIRTY | PTR_PAGE_ACCESSED
@@ -760,6 +800,11 @@ cdef int _do_wp_page(pt_mm *mm, pt_vma *vma, pteval_t *pte) noexcept nogil:
         p = &mm.machine.frames.pages[pfn]
         if p.flags & PG_ZEROED:
             page_zeroed(&mm.machine.frames, <uint64_t>new)    # the copy has its data
+        if p.kind != FRAME_ANON:
+            # A page-cache page of a private file mapping: the mapping moves
+            # from RssFile (RssShmem) to RssAnon (SC-19).
+            mm.rss[page_mm_counter(p.kind)] -= 1
+            mm.rss[MM_ANONPAGES] += 1
         p.mapcount -= 1
         put_page(mm.machine, pfn)
     pte[0] = (<uint64_t>new << 12) | vma.page_prot | PTR_PAGE_DIRTY | PTR_PAGE_RW
@@ -830,7 +875,7 @@ cdef int handle_mm_fault(pt_mm *mm, pt_vma *vma, uint64_t addr, bint write) noex
 # Zap (R46-R51) and PT reclaim (R52-R60)
 
 cdef inline int mm_counter(pt_page *p) noexcept nogil:
-    return MM_ANONPAGES if p.kind == FRAME_ANON else MM_SHMEMPAGES
+    return MM_ANONPAGES if p.kind == FRAME_ANON else page_mm_counter(p.kind)
 
 cdef inline Py_ssize_t zap_present_ptes(mmu_gather *tlb, pt_vma *vma, pteval_t *pte,
                                         uint64_t addr, Py_ssize_t max_nr, int64_t *rss,
@@ -851,7 +896,7 @@ cdef inline Py_ssize_t zap_present_ptes(mmu_gather *tlb, pt_vma *vma, pteval_t *
     cdef uint64_t nr_pages = tlb.nr_pages
     cdef uint64_t active_nr = tlb.active_nr
     cdef uint64_t active_max = tlb.active_max
-    cdef int64_t anon = 0, shmem = 0
+    cdef int64_t anon = 0, shmem = 0, file = 0
     cdef Py_ssize_t i = 0
     cdef pteval_t ptent
     cdef uint64_t pfn
@@ -882,7 +927,10 @@ cdef inline Py_ssize_t zap_present_ptes(mmu_gather *tlb, pt_vma *vma, pteval_t *
         if all_anon or p.kind == FRAME_ANON:
             anon += 1
         else:
-            shmem += 1
+            if p.kind == FRAME_FILE:
+                file += 1
+            else:
+                shmem += 1
             if ptent & PTR_PAGE_DIRTY:
                 p.flags |= PG_DIRTY
                 # Dirty shared pages keep their rmap until the TLB is
@@ -908,6 +956,7 @@ cdef inline Py_ssize_t zap_present_ptes(mmu_gather *tlb, pt_vma *vma, pteval_t *
         tlb.active_nr = active_nr
     rss[MM_ANONPAGES] -= anon
     rss[MM_SHMEMPAGES] -= shmem
+    rss[MM_FILEPAGES] -= file
     if full:
         force_flush[0] = True
         force_break[0] = True
@@ -1438,7 +1487,7 @@ cdef void change_protection(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint64
             if try_writable and not pte_write(pte) and (pte & PTR_PAGE_PRESENT):
                 # can_change_pte_writable(): private pages only when
                 # exclusively ours, shared ones only when already dirty.
-                if vma.shmem != NULL:
+                if vma.flags & PTR_VM_SHARED:
                     exclusive = (pte & PTR_PAGE_DIRTY) != 0
                 elif pte_special(pte):
                     exclusive = False
@@ -1679,9 +1728,11 @@ cdef void madvise_pageout_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, ui
             p = &mm.machine.frames.pages[pfn]
             if p.flags & PG_THP:
                 # A large folio that is not lazy-free and clean cannot be
-                # swapped out whole with no swap: shrink_folio_list() splits it.
+                # swapped out whole with no swap: shrink_folio_list() splits it,
+                # unless it is mlocked (unevictable: left alone).
                 step = large_folio_step(mm, vma, table, i, span, start, end,
-                                        not (p.flags & PG_LAZYFREE) or (p.flags & PG_DIRTY) != 0)
+                                        (not (p.flags & PG_LAZYFREE) or (p.flags & PG_DIRTY) != 0)
+                                        and not (p.flags & PG_MLOCKED))
                 if step == 1:
                     continue
                 pte = table[i]
@@ -1689,7 +1740,8 @@ cdef void madvise_pageout_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, ui
                     continue
                 pfn = pte_pfn(pte)
                 p = &mm.machine.frames.pages[pfn]
-            if p.mapcount != 1:
+            if p.mapcount != 1 or p.flags & PG_MLOCKED:
+                # Shared, or unevictable: shrink_folio_list() keeps it mapped.
                 continue
             if p.kind == FRAME_ANON:
                 if not (p.flags & PG_LAZYFREE):
@@ -1708,16 +1760,17 @@ cdef void madvise_pageout_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, ui
             else:
                 if pte & PTR_PAGE_DIRTY:
                     p.flags |= PG_DIRTY
-                mm.rss[MM_SHMEMPAGES] -= 1
+                mm.rss[page_mm_counter(p.kind)] -= 1
             table[i] = 0
             # try_to_unmap_one(): ptep_clear_flush(), one flush per page in a
             # single-threaded process (nothing to batch with), not the gather's.
             mm.stats.tlb_flushes += 1
             p.mapcount -= 1
-            if p.kind == FRAME_SHMEM and not (p.flags & PG_DIRTY):
-                # A clean shmem page skips pageout() and leaves the page
-                # cache (__remove_mapping); only dirty ones fail to be
-                # written without swap and stay.
+            if p.kind != FRAME_ANON and not (p.flags & PG_DIRTY):
+                # A clean shmem or file page skips pageout() and leaves the
+                # page cache (__remove_mapping); only dirty ones fail to be
+                # written without swap and stay. Direct reclaim never writes
+                # a dirty file page back: it stays cached, dirty and unmapped.
                 put_page(mm.machine, pfn)
                 shmem_delete(mm.machine, vma.shmem, p.index)
                 continue
@@ -1898,7 +1951,7 @@ cdef void copy_pte_range(pt_mm *dst, pt_mm *src, pt_vma *vma, pteval_t *dst_pte,
                 p.flags &= ~PG_ANON_EXCLUSIVE
                 dst.rss[MM_ANONPAGES] += 1
             else:
-                dst.rss[MM_SHMEMPAGES] += 1
+                dst.rss[page_mm_counter(p.kind)] += 1
         if cow and pte_write(e):
             # Both sides lose write access; the first write breaks COW.
             e &= ~PTR_PAGE_RW
@@ -2226,6 +2279,8 @@ cdef void huge_pageout(pt_mm *mm, pt_vma *vma, pteval_t *pmd, uint64_t addr) noe
     cdef uint64_t pfn = pte_pfn(e)
     cdef pt_page *pages = mm.machine.frames.pages
     cdef Py_ssize_t i
+    if pages[pfn].flags & PG_MLOCKED:
+        return                     # unevictable: neither discarded nor split
     if (pages[pfn].flags & PG_LAZYFREE) and not (e & PTR_PAGE_DIRTY) and not (pages[pfn].flags & PG_DIRTY):
         pmd[0] = 0
         mm.stats.tlb_flushes += 1
@@ -2239,47 +2294,94 @@ cdef void huge_pageout(pt_mm *mm, pt_vma *vma, pteval_t *pmd, uint64_t addr) noe
         return
     split_folio(mm, vma, pfn, addr)
 
-cdef void split_folio(pt_mm *mm, pt_vma *vma, uint64_t head, uint64_t span) noexcept nogil:
-    """split_folio() of a THP that only this mm maps, at span (by its PMD or by
-    PTEs): it becomes 512 small pages, and remap_page() maps each one that
-    was never written to the shared zero page instead (its frame is freed,
-    RssAnon -4), unless its VMA is mlocked or userfaultfd-armed."""
-    cdef pt_pool *pool = &mm.machine.pool
-    cdef pt_page *pages = mm.machine.frames.pages
-    cdef pteval_t *pmd = walk_pmd(mm, span)
-    cdef pteval_t *table
-    cdef pteval_t e
-    cdef pt_page *p
-    cdef Py_ssize_t i
+cdef inline bint _remap_zero_page(pt_mm *mm, pteval_t *pte, uint64_t addr, uint64_t pfn) noexcept nogil:
+    """try_to_map_unused_to_zeropage() for the entry at addr: if it maps pfn (a
+    page never written), it becomes the zero page (the frame is freed, RssAnon
+    -4), unless the page is mlocked, or the VMA mapping it is mlocked or
+    userfaultfd-armed. The VMA is the one at addr: earlier splits and moves
+    may have left the THP across several. True if the entry maps pfn."""
+    cdef pteval_t e = pte[0]
+    cdef pt_vma *v
     cdef uint64_t vi
-    cdef bint remap
-    if pmd == NULL:
-        return
-    if pmd_huge_leaf(pmd[0]) and split_huge_pmd(mm, vma, pmd) < 0:
-        return
-    table = entry_table(pool, pmd[0]) if pmd[0] != 0 else NULL
+    if not pte_present(e) or pte_special(e) or pte_pfn(e) != pfn:
+        return False
+    if mm.machine.frames.pages[pfn].flags & PG_MLOCKED:
+        return True                # folio_test_mlocked(): kept
+    vi = find_vma(mm, addr)
+    if vi >= mm.nr_vmas or mm.vmas[vi].start > addr:
+        return True
+    v = &mm.vmas[vi]
+    if v.flags & (PTR_VM_LOCKED | PTR_VM_UFFD_WP):
+        return True
+    pte[0] = mk_pte(ZERO_PFN_VALUE, v.page_prot & ~PTR_PAGE_RW) | PTR_PAGE_SPECIAL | (e & PTR_PAGE_UFFD_WP)
+    mm.machine.frames.pages[pfn].mapcount -= 1
+    mm.rss[MM_ANONPAGES] -= 1
+    put_page(mm.machine, pfn)
+    return True
+
+cdef void split_folio(pt_mm *mm, pt_vma *vma, uint64_t head, uint64_t base) noexcept nogil:
+    """split_folio() of a THP that only this mm maps: it becomes 512 small pages,
+    and remap_page() maps each one that was never written to the shared zero page
+    instead (its frame is freed, RssAnon -4), unless the page is mlocked, or
+    the VMA mapping it is mlocked or userfaultfd-armed. base is where the folio's first page is, or would be,
+    mapped: by its PMD (2 MiB-aligned), or by PTEs, which mremap may have moved
+    to any page offset. Pages that mremap moved apart from the rest are found
+    through the VMAs sharing vma's anon_vma (the rmap walk)."""
+    cdef pt_page *pages = mm.machine.frames.pages
+    cdef pteval_t *pmd
+    cdef pteval_t *pte
+    cdef pt_page *p
+    cdef pt_vma *v
+    cdef Py_ssize_t i
+    cdef uint64_t addr, span, end, k, j, pfn
+    cdef uint64_t todo[8]
+    cdef bint missing = False
+    cdef uint64_t anon_vma = vma.anon_vma
+    for i in range(8):
+        todo[i] = 0
+    if (base & ~PTR_PMD_MASK) == 0 and base < mm.task_size:
+        pmd = walk_pmd(mm, base)
+        if pmd != NULL and pmd_huge_leaf(pmd[0]) and pte_pfn(pmd[0]) == head:
+            if split_huge_pmd(mm, vma, pmd) < 0:
+                return
     for i in range(HPAGE_PMD_NR):
         p = &pages[head + i]
         if p.kind != FRAME_ANON or not (p.flags & PG_THP) or p.index != i:
             continue               # freed since, and maybe reused
         p.flags &= ~PG_THP
-        if table == NULL or not (p.flags & PG_ZEROED):
+        if not (p.flags & PG_ZEROED) or p.mapcount == 0:
             continue
-        # try_to_map_unused_to_zeropage() asks the VMA that maps this page:
-        # earlier splits of the VMA may have left the THP across several.
-        vi = find_vma(mm, span + (<uint64_t>i << 12))
-        remap = vi < mm.nr_vmas and mm.vmas[vi].start <= span + (<uint64_t>i << 12) \
-            and not (mm.vmas[vi].flags & (PTR_VM_LOCKED | PTR_VM_UFFD_WP))
-        if not remap:
+        # base + i may wrap around for a folio moved below its first page.
+        addr = base + (<uint64_t>i << 12)
+        pte = walk_pte(mm, addr) if addr < mm.task_size else NULL
+        if pte == NULL or not _remap_zero_page(mm, pte, addr, head + i):
+            todo[i >> 6] |= (<uint64_t>1) << (i & 63)
+            missing = True
+    if not missing or not anon_vma:
+        return
+    # Pages mapped elsewhere: every VMA of this anon_vma, every table it has.
+    for k in range(mm.nr_vmas):
+        v = &mm.vmas[k]
+        if v.anon_vma != anon_vma:
             continue
-        e = table[i]
-        if not pte_present(e) or pte_special(e) or pte_pfn(e) != head + i:
-            continue
-        table[i] = mk_pte(ZERO_PFN_VALUE, mm.vmas[vi].page_prot & ~PTR_PAGE_RW) | PTR_PAGE_SPECIAL \
-            | (e & PTR_PAGE_UFFD_WP)
-        p.mapcount -= 1
-        mm.rss[MM_ANONPAGES] -= 1
-        put_page(mm.machine, head + i)
+        addr = v.start
+        while addr < v.end:
+            span = (addr & PTR_PMD_MASK) + PTR_PMD_SIZE
+            end = span if span < v.end else v.end
+            pte = walk_pte(mm, addr)
+            if pte == NULL:
+                addr = end
+                continue
+            while addr < end:
+                if pte_present(pte[0]) and not pte_special(pte[0]):
+                    pfn = pte_pfn(pte[0])
+                    if head <= pfn < head + HPAGE_PMD_NR:
+                        j = pfn - head
+                        if todo[j >> 6] & ((<uint64_t>1) << (j & 63)):
+                            todo[j >> 6] &= ~((<uint64_t>1) << (j & 63))
+                            _remap_zero_page(mm, pte, addr, pfn)
+                pte += 1
+                addr += 4096
 
 cdef int large_folio_step(pt_mm *mm, pt_vma *vma, pteval_t *table, uint64_t i, uint64_t span,
                           uint64_t start, uint64_t end, bint split_whole) noexcept nogil:
@@ -2301,7 +2403,8 @@ cdef int large_folio_step(pt_mm *mm, pt_vma *vma, pteval_t *table, uint64_t i, u
                 break
         if whole:
             return 0
-    split_folio(mm, vma, head, span)
+    # The folio's first page is where this one is, less its place in the folio.
+    split_folio(mm, vma, head, span + (i << 12) - (<uint64_t>pages[pte_pfn(table[i])].index << 12))
     return 2
 
 cdef int collapse_span(pt_mm *mm, pt_vma *vma, uint64_t haddr) noexcept nogil:

@@ -10,7 +10,9 @@ it simulates so that ``mm/memory.c``, ``mm/pt_reclaim.c``, ``mm/madvise.c``,
 Rule numbers (``R12``) and scenarios (``SC-05``) refer to the behaviour spec,
 ``linux-mm-semantics.md``. Nothing here is shared with the core.
 
-Modelled: private anonymous and shared anonymous (shmem) mappings, 4 KiB
+Modelled: private anonymous and shared anonymous (shmem) mappings, files
+(``Machine.create_file``: disk files cached in 4 KiB folios and shmem files,
+mapped shared or private, with an fd table per process), 4 KiB
 faults, the zero page, fault-around, mprotect/mlock/munlock/munmap/exit,
 every madvise advice of this kernel configuration, guard markers, PT reclaim
 (fast and slow path) and the mmu_gather batching that decides between them,
@@ -21,7 +23,8 @@ tables, PMD and folio splits, MADV_COLLAPSE (``docs/thp.md``), and mremap
 Swap: a swap device on the Machine, written by MADV_PAGEOUT and read back
 on faults (docs/swap.md). hugetlb mappings (MAP_HUGETLB) have a section of
 their own at the end.
-Not modelled yet: files, shmem THPs, khugepaged, userfaultfd.
+Not modelled yet: shmem THPs, large page-cache folios and readahead,
+khugepaged, userfaultfd.
 
 There is no concurrency, so ``need_resched()`` never fires and the PMD
 try-lock of the PT-reclaim fast path always succeeds (R57, R77); the slow
@@ -32,6 +35,7 @@ import bisect
 import errno
 import heapq
 import os
+import weakref
 
 from .constants import (
     MADV_COLD,
@@ -154,7 +158,7 @@ from .constants import (
 )
 from .errors import BusError, InvariantError, OutOfMemory, SegmentationFault
 
-__all__ = ["MM"]
+__all__ = ["MM", "Machine", "File"]
 
 # ---------------------------------------------------------------------------
 # Kernel facts that are not ABI constants.
@@ -181,6 +185,8 @@ _LEGACY_MAP_MASK = (
     | MAP_GROWSDOWN
     | MAP_LOCKED | MAP_NORESERVE | MAP_POPULATE | MAP_NONBLOCK | MAP_STACK | MAP_HUGETLB
 )
+# MAX_LFS_FILESIZE on 64-bit: the largest i_size (and mmap end) of a regular file.
+_MAX_LFS_FILESIZE = (1 << 63) - 1
 # sysctl vm.max_map_count.
 _MAX_MAP_COUNT = 65530
 # fault_around_bytes = 64 KiB (R29).
@@ -287,7 +293,8 @@ _MADV_BATCHED = frozenset((MADV_DONTNEED, MADV_DONTNEED_LOCKED, MADV_FREE))
 MM_FILEPAGES, MM_ANONPAGES, MM_SWAPENTS, MM_SHMEMPAGES = 0, 1, 2, 3
 _ANON = "anon"
 _SHMEM = "shmem"
-_KIND_COUNTER = {_ANON: MM_ANONPAGES, _SHMEM: MM_SHMEMPAGES}
+_FILE = "file"
+_KIND_COUNTER = {_ANON: MM_ANONPAGES, _SHMEM: MM_SHMEMPAGES, _FILE: MM_FILEPAGES}
 
 # Table levels.
 # _PGD is the top with 4-level paging, where the P4D is folded into it (R2);
@@ -464,8 +471,8 @@ def _pte_flags_need_flush(old, new):
 class _Frame:
     """A 4 KiB data page: a small folio, or one of the 512 pages of a THP."""
 
-    __slots__ = ("pfn", "kind", "refcount", "mapcount", "lazyfree", "dirty", "shmem", "index", "exclusive",
-                 "written", "thp_index")
+    __slots__ = ("pfn", "kind", "refcount", "mapping", "mapcount", "lazyfree", "dirty", "index", "exclusive",
+                 "written", "thp_index", "mlocked")
 
     def __init__(self, pfn, kind):
         self.pfn = pfn
@@ -474,7 +481,7 @@ class _Frame:
         self.mapcount = 0
         self.lazyfree = False
         self.dirty = False
-        self.shmem = None
+        self.mapping = None
         self.index = None
         # PG_anon_exclusive: an anonymous page mapped by one process only, which
         # a write fault may reuse without looking further (R69).
@@ -486,6 +493,9 @@ class _Frame:
         self.written = False
         # Place in its THP (0..511) while the page belongs to one, else None.
         self.thp_index = None
+        # PG_mlocked that no locked VMA will clear (after MREMAP_DONTUNMAP of a
+        # locked VMA): reclaim leaves the page alone.
+        self.mlocked = False
 
 
 class _GatherThp:
@@ -582,18 +592,110 @@ class _PhysMem:
         return out
 
 
-class _ShmemObject:
-    """The shmem inode behind one MAP_SHARED|MAP_ANONYMOUS mmap (R28)."""
+class _Inode:
+    """An inode and its page cache: a shmem object (the one behind a
+    MAP_SHARED|MAP_ANONYMOUS mmap, or a memfd) or a regular file on a disk
+    file system (R28-R30).
 
-    __slots__ = ("pages", "nr_pages", "vma_refs", "swapped")
+    ``refs`` counts what keeps the inode alive: VMAs mapping it, open fds and
+    Python ``File`` handles. When it drops to 0 the inode is evicted with its
+    page cache and its swap (iput()).
+    """
 
-    def __init__(self, nr_pages):
-        self.pages = {}  # page index -> _Frame; the object holds one reference
-        self.nr_pages = nr_pages
-        self.vma_refs = 0
+    __slots__ = ("pages", "size", "shmem", "refs", "swapped", "machine", "__weakref__")
+
+    def __init__(self, machine, size, shmem):
+        self.machine = machine
+        machine.inodes.add(self)
+        self.pages = {}  # page index -> _Frame; the page cache holds one reference
+        self.size = size  # i_size in bytes
+        self.shmem = shmem
+        self.refs = 0
         # page index -> swap offset: the swap entries shmem keeps in its page
         # cache for pages written out (each holds one reference to its slot).
         self.swapped = {}
+
+    @property
+    def nr_pages(self):
+        """Pages below i_size: an index at or past this one is beyond EOF."""
+        return (self.size + PAGE_SIZE - 1) >> PAGE_SHIFT
+
+    @property
+    def kind(self):
+        return _SHMEM if self.shmem else _FILE
+
+    def get(self):
+        self.refs += 1
+
+    def put(self):
+        self.refs -= 1
+        if self.refs == 0:
+            mem = self.machine.mem
+            for frame in self.pages.values():
+                mem.folio_put(frame)
+            self.pages.clear()
+            for offset in self.swapped.values():
+                self.machine.swap.swap_free(offset)
+            self.swapped.clear()
+
+    def add_page(self, index):
+        """A new page-cache page at index (clean), or None when no frame is free."""
+        frame = self.machine.mem.alloc_frame(self.kind)
+        if frame is None:
+            return None
+        frame.mapping = self
+        frame.index = index
+        self.pages[index] = frame
+        return frame
+
+    def remove_page(self, index):
+        """Drop the page cache's reference (truncation, hole punch, reclaim)."""
+        self.machine.mem.folio_put(self.pages.pop(index))
+
+
+class File:
+    """A file (the inode) made by ``Machine.create_file``. Its page cache lives
+    while an MM holds it open or maps it, or this object is referenced."""
+
+    __slots__ = ("_inode", "__weakref__")
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("files are made by Machine.create_file()")
+
+    @classmethod
+    def _new(cls, inode):
+        self = object.__new__(cls)
+        self._inode = inode
+        inode.get()
+        return self
+
+    def __del__(self):
+        inode = getattr(self, "_inode", None)
+        if inode is not None:
+            self._inode = None
+            inode.put()
+
+    @property
+    def size(self):
+        return self._inode.size
+
+    @property
+    def shmem(self):
+        return self._inode.shmem
+
+    @property
+    def nr_cached(self):
+        return len(self._inode.pages)
+
+    @property
+    def nr_dirty(self):
+        if self._inode.shmem:
+            return 0
+        return sum(1 for frame in self._inode.pages.values() if frame.dirty)
+
+    def __repr__(self):
+        kind = "shmem" if self.shmem else "file"
+        return f"<File {kind} size={self.size} cached={self.nr_cached}>"
 
 
 class _AnonVma:
@@ -634,15 +736,15 @@ class _Table:
 
 
 class _Vma:
-    __slots__ = ("start", "end", "flags", "pgoff", "anon_vma", "shmem", "hugetlb")
+    __slots__ = ("start", "end", "flags", "pgoff", "anon_vma", "file", "hugetlb")
 
-    def __init__(self, start, end, flags, pgoff, anon_vma=None, shmem=None):
+    def __init__(self, start, end, flags, pgoff, anon_vma=None, file=None):
         self.start = start
         self.end = end
         self.flags = flags
         self.pgoff = pgoff
         self.anon_vma = anon_vma
-        self.shmem = shmem
+        self.file = file
         self.hugetlb = None  # _HugetlbVma for a VM_HUGETLB mapping
 
     def pages(self):
@@ -654,7 +756,26 @@ class _Vma:
 
 def vma_is_anonymous(vma):
     # Private anonymous memory only: shmem VMAs have vm_ops (R17).
-    return vma.shmem is None
+    return vma.file is None
+
+
+def vma_wants_writenotify(vma):
+    """A shared writable mapping of a disk file: the file system wants to hear
+    of the first write to each page (page_mkwrite, dirty accounting), so
+    vm_page_prot is read-only. shmem has neither."""
+    return (
+        (vma.flags & (VM_WRITE | VM_SHARED)) == (VM_WRITE | VM_SHARED)
+        and vma.file is not None
+        and not vma.file.shmem
+    )
+
+
+def vma_page_prot(vma):
+    """vma->vm_page_prot, as vma_set_page_prot() computes it."""
+    flags = vma.flags
+    if vma_wants_writenotify(vma):
+        flags &= ~VM_SHARED
+    return vm_get_page_prot(flags)
 
 
 def vma_is_accessible(vma):
@@ -856,6 +977,29 @@ class Machine:
         # punch unmaps the object from all of them, and check() adds up their
         # mappings of each frame.
         self.mms = []
+        # Every inode with a page cache (weakly: an evicted inode holds nothing).
+        self.inodes = weakref.WeakSet()
+
+    def create_file(self, size, *, shmem=False, cached=True):
+        """A regular file (RssFile) or a shmem file (memfd, RssShmem) of size
+        bytes. cached: every page below size is in the page cache (clean) or,
+        for shmem, written; otherwise the cache is empty (shmem: all holes)."""
+        size = _ulong(size)
+        if size > _MAX_LFS_FILESIZE:
+            raise OverflowError("size is larger than the largest file size")
+        inode = _Inode(self, size, bool(shmem))
+        handle = File._new(inode)
+        if cached:
+            for index in range(inode.nr_pages):
+                frame = inode.add_page(index)
+                if frame is None:
+                    handle._inode = None
+                    inode.put()
+                    raise OutOfMemory(f"no free frame for page {index} of the file")
+                frame.written = True
+                # A written shmem page is dirty (it has no backing store).
+                frame.dirty = inode.shmem
+        return handle
 
     @property
     def frames_in_use(self):
@@ -958,7 +1102,39 @@ class MM:
         self._dead = False
         # mm->hugetlb_usage: pages mapped from the hugetlb pool (HugetlbPages).
         self._hugetlb_usage = 0
+        # The fd table: fd -> (inode, opened for writing).
+        self._fds = {}
         machine.mms.append(self)
+
+    # ------------------------------------------------------------ the fd table
+
+    def open(self, file, write=True):
+        """open(2) of a File made on this machine: the lowest free fd >= 3."""
+        if not isinstance(file, File):
+            raise TypeError(f"open() needs a File, not {type(file).__name__}")
+        self._check_alive()
+        inode = file._inode
+        if inode.machine is not self.machine:
+            raise ValueError("the file belongs to another Machine")
+        fd = 3
+        while fd in self._fds:
+            fd += 1
+        inode.get()
+        self._fds[fd] = (inode, bool(write))
+        return fd
+
+    def close(self, fd):
+        fd = _cint(fd)
+        self._check_alive()
+        entry = self._fds.pop(fd, None)
+        if entry is None:
+            raise _oserror(errno.EBADF)
+        entry[0].put()
+
+    def _close_all(self):
+        for inode, _write in self._fds.values():
+            inode.put()
+        self._fds = {}
 
     def _overcommit_limit(self):
         limit = self.machine.totalram_pages
@@ -999,8 +1175,8 @@ class MM:
     def _insert_vma(self, vma):
         i = bisect.bisect_left(self._vma_starts, vma.start)
         self._vmas.insert(i, vma)
-        if vma.shmem is not None:
-            vma.shmem.vma_refs += 1
+        if vma.file is not None:
+            vma.file.get()
         self._vmas_changed()
 
     def _remove_vma(self, vma):
@@ -1011,18 +1187,10 @@ class MM:
     def _vma_put_file(self, vma):
         if vma.hugetlb is not None:
             self.hugetlb_vm_op_close(vma)
-        obj = vma.shmem
-        if obj is not None:
-            obj.vma_refs -= 1
-            if obj.vma_refs == 0:
-                # Last mapping gone: the shmem inode is evicted with its pages
-                # and its swap.
-                for frame in obj.pages.values():
-                    self._mem.folio_put(frame)
-                obj.pages.clear()
-                for offset in obj.swapped.values():
-                    self.machine.swap.swap_free(offset)
-                obj.swapped.clear()
+        if vma.file is not None:
+            # The last reference gone (no mapping, fd or File handle): the inode
+            # is evicted with its pages and its swap.
+            vma.file.put()
 
     def _new_anon_vma(self):
         self._anon_vma_serial += 1
@@ -1035,7 +1203,7 @@ class MM:
             self.hugetlb_vm_op_split(vma, addr)
         else:
             self.split_huge_pmd_address(vma, addr)
-        new = _Vma(addr, vma.end, vma.flags, vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT), vma.anon_vma, vma.shmem)
+        new = _Vma(addr, vma.end, vma.flags, vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT), vma.anon_vma, vma.file)
         if vma.hugetlb is not None:
             new.hugetlb = self.hugetlb_vm_op_open(vma.hugetlb)
         vma.end = addr
@@ -1053,24 +1221,24 @@ class MM:
         return a is b
 
     @staticmethod
-    def is_mergeable_vma(vma, flags, shmem):
+    def is_mergeable_vma(vma, flags, file):
         # Sticky flags (VM_MAYBE_GUARD) do not stop a merge; the result keeps them.
-        return not ((vma.flags ^ flags) & ~VM_STICKY) and vma.shmem is shmem
+        return not ((vma.flags ^ flags) & ~VM_STICKY) and vma.file is file
 
-    def can_vma_merge_left(self, prev, start, flags, shmem, pgoff, anon_vma):
+    def can_vma_merge_left(self, prev, start, flags, file, pgoff, anon_vma):
         """can_vma_merge_left()/can_vma_merge_after(): merge [start, ..) into prev."""
         if prev is None or prev.end != start:
             return False
-        if not self.is_mergeable_vma(prev, flags, shmem):
+        if not self.is_mergeable_vma(prev, flags, file):
             return False
         if not self._anon_vma_compatible_merge(prev.anon_vma, anon_vma):
             return False
         return prev.pgoff + prev.pages() == pgoff
 
-    def can_vma_merge_right(self, nxt, end, flags, shmem, pgoff, nr_pages, anon_vma, prev, merge_left):
+    def can_vma_merge_right(self, nxt, end, flags, file, pgoff, nr_pages, anon_vma, prev, merge_left):
         if nxt is None or nxt.start != end:
             return False
-        if not self.is_mergeable_vma(nxt, flags, shmem):
+        if not self.is_mergeable_vma(nxt, flags, file):
             return False
         if not self._anon_vma_compatible_merge(nxt.anon_vma, anon_vma):
             return False
@@ -1098,10 +1266,10 @@ class MM:
         merge_left = merge_right = False
         if not (newflags & VM_SPECIAL) and (left_side or right_side):
             if left_side:
-                merge_left = self.can_vma_merge_left(prev, start, newflags, vma.shmem, pgoff, vma.anon_vma)
+                merge_left = self.can_vma_merge_left(prev, start, newflags, vma.file, pgoff, vma.anon_vma)
             if right_side:
                 merge_right = self.can_vma_merge_right(
-                    nxt, end, newflags, vma.shmem, pgoff, nr_pages, vma.anon_vma, prev, merge_left
+                    nxt, end, newflags, vma.file, pgoff, nr_pages, vma.anon_vma, prev, merge_left
                 )
         if merge_left and merge_right:
             prev.end = nxt.end
@@ -1142,8 +1310,8 @@ class MM:
         vma.flags = newflags
         return vma
 
-    def vma_merge_new_range(self, start, end, flags, pgoff):
-        """vma_merge_new_range() for a new anonymous range; the VMA or None."""
+    def vma_merge_new_range(self, start, end, flags, pgoff, file=None):
+        """vma_merge_new_range() for a new range without an anon_vma; the VMA or None."""
         if flags & VM_SPECIAL:
             return None
         nxt = self.find_vma(start)
@@ -1151,8 +1319,8 @@ class MM:
         if nxt is not None and nxt.start < end:
             return None
         nr_pages = (end - start) >> PAGE_SHIFT
-        merge_left = self.can_vma_merge_left(prev, start, flags, None, pgoff, None)
-        merge_right = self.can_vma_merge_right(nxt, end, flags, None, pgoff, nr_pages, None, prev, merge_left)
+        merge_left = self.can_vma_merge_left(prev, start, flags, file, pgoff, None)
+        merge_right = self.can_vma_merge_right(nxt, end, flags, file, pgoff, nr_pages, None, prev, merge_left)
         if merge_left and merge_right:
             prev.end = nxt.end
             prev.flags |= nxt.flags & VM_STICKY
@@ -1179,7 +1347,7 @@ class MM:
             b = b or other
             compatible = (
                 a.end == b.start
-                and a.shmem is b.shmem
+                and a.file is b.file
                 and _vma_hfile(a) is _vma_hfile(b)
                 and not ((a.flags ^ b.flags) & ~(VM_ACCESS_FLAGS | VM_STICKY))
                 and b.pgoff == a.pgoff + ((b.start - a.start) >> PAGE_SHIFT)
@@ -1373,8 +1541,10 @@ class MM:
         """Write to a present read-only PTE in a writable VMA (R26, R69)."""
         pfn = pte_pfn(pte)
         frame = None if pte & _PAGE_SPECIAL else self._mem.frames.get(pfn)
-        if frame is not None and frame.kind == _SHMEM:
-            # A shared mapping's vm_page_prot is writable; nothing to copy.
+        if vma.flags & (VM_SHARED | VM_MAYSHARE):
+            # wp_page_shared(): the first write to a page a read fault mapped
+            # (page_mkwrite for a disk file): writable, and the folio dirty.
+            frame.dirty = True
             pte_table.entries[i] = pte | _PAGE_ACCESSED | _PAGE_DIRTY | _PAGE_RW
             return None
         if frame is not None and frame.kind == _ANON and (frame.exclusive or self.wp_can_reuse_anon_folio(frame)):
@@ -1407,34 +1577,57 @@ class MM:
             # The zero page had no RSS; the copy does.
             self._rss[MM_ANONPAGES] += 1
         else:
-            # Anonymous to anonymous: RssAnon unchanged. Our mapping of the old
-            # page and the reference it held go; the other process keeps it.
-            # The copy holds the old page's data.
+            # Our mapping of the old page and the reference it held go; the
+            # other process (or the page cache) keeps it. The copy holds the old
+            # page's data. A page-cache page leaves RssFile/RssShmem for RssAnon.
+            if old.kind != _ANON:
+                self._rss[_KIND_COUNTER[old.kind]] -= 1
+                self._rss[MM_ANONPAGES] += 1
             new.written = old.written
             old.mapcount -= 1
             self._mem.folio_put(old)
         return None
 
     def do_fault(self, vma, pmd, pte_table, addr, write):
-        """Shmem faults: do_read_fault / do_shared_fault (R28, R29, R30)."""
+        """File and shmem faults on a none PTE (R28-R30)."""
         if not write:
             return self.do_read_fault(vma, pmd, pte_table, addr)
         if not (vma.flags & VM_SHARED):
-            raise NotImplementedError("private file mappings are not simulated")
+            return self.do_cow_fault(vma, pmd, pte_table, addr)
         return self.do_shared_fault(vma, pmd, pte_table, addr)
 
     def _linear_page_index(self, vma, addr):
         return vma.pgoff + ((addr - vma.start) >> PAGE_SHIFT)
 
+    def set_pte_range(self, vma, pte_table, i, frame, write):
+        """Map one page-cache page: read-only unless vm_page_prot allows writes
+        (shmem) or the fault writes. A read fault that maps a dirty folio
+        writable (shmem) maps it dirty, so that a later write needs no fault
+        to set the bit (set_pte_range() in mm/memory.c)."""
+        entry = pfn_pte(frame.pfn, vma_page_prot(vma))
+        if write:
+            entry |= _PAGE_DIRTY
+            if vma.flags & VM_WRITE:
+                entry |= _PAGE_RW
+        elif entry & _PAGE_RW and frame.dirty:
+            entry |= _PAGE_DIRTY
+        pte_table.entries[i] = entry
+        frame.refcount += 1
+        frame.mapcount += 1
+        self._rss[_KIND_COUNTER[frame.kind]] += 1
+
     def do_fault_around(self, vma, pmd, pte_table, addr):
-        """Map the cached pages of the fault-around window (R29)."""
+        """The 16-PTE window around addr, aligned on the PTE index and clipped to
+        the VMA and the PTE table; filemap_map_pages() clips it to EOF and maps
+        the cached pages whose PTE is none (R29)."""
         pte_off = (addr >> PAGE_SHIFT) & 511
         vma_off = (addr - vma.start) >> PAGE_SHIFT
         nr = _FAULT_AROUND_PAGES
         from_pte = max(pte_off & ~(nr - 1), pte_off - min(pte_off, vma_off))
         to_pte = min(from_pte + nr, PTRS_PER_PTE, pte_off + vma.pages() - vma_off) - 1
-        obj = vma.shmem
+        obj = vma.file
         base_index = self._linear_page_index(vma, addr) - pte_off
+        to_pte = min(to_pte, obj.nr_pages - 1 - base_index)
         found = [
             (j, obj.pages[base_index + j])
             for j in range(from_pte, to_pte + 1)
@@ -1445,33 +1638,30 @@ class MM:
             return pte_table, False
         if pte_table is None:
             pte_table = self.__pte_alloc(pmd, addr)
-        prot = vm_get_page_prot(vma.flags)
         mapped_fault_page = False
         for j, frame in found:
             if not pte_none(pte_table.entries[j]):
                 continue
-            pte_table.entries[j] = pfn_pte(frame.pfn, prot)
-            frame.refcount += 1
-            frame.mapcount += 1
-            self._rss[MM_SHMEMPAGES] += 1
+            self.set_pte_range(vma, pte_table, j, frame, False)
             if j == pte_off:
                 mapped_fault_page = True
         return pte_table, mapped_fault_page
 
-    def shmem_fault(self, vma, addr):
-        obj = vma.shmem
+    def filemap_fault(self, vma, addr):
+        """->fault: the page-cache page at the faulting index, read in (regular
+        file: one clean page, no readahead) or allocated (shmem: a zeroed page, or
+        the page read back from swap). SIGBUS at or past EOF."""
+        obj = vma.file
         index = self._linear_page_index(vma, addr)
         if index >= obj.nr_pages:
-            # Past i_size (a mapping grown by mremap beyond its object): SIGBUS.
             raise _FaultError("SIGBUS", addr)
         frame = obj.pages.get(index)
         if frame is None:
-            frame = self._mem.alloc_frame(_SHMEM)
+            frame = obj.add_page(index)
             if frame is None:
                 raise _FaultError("OOM", addr)
-            frame.shmem = obj
-            frame.index = index
-            obj.pages[index] = frame
+            if not obj.shmem:
+                frame.written = True  # file data, not zeroes
             offset = obj.swapped.pop(index, None)
             if offset is not None:
                 # shmem_swapin_folio(): the page comes back dirty, its slot is freed.
@@ -1485,29 +1675,49 @@ class MM:
         i = (addr >> PAGE_SHIFT) & 511
         if not pte_none(pte_table.entries[i]):
             return
-        entry = pfn_pte(frame.pfn, vm_get_page_prot(vma.flags))
         if write:
-            entry |= _PAGE_DIRTY
-            if vma.flags & VM_WRITE:
-                entry |= _PAGE_RW
+            # fault_dirty_shared_page(): the folio is dirtied with the PTE.
             frame.dirty = True
-        pte_table.entries[i] = entry
-        frame.refcount += 1
-        frame.mapcount += 1
-        self._rss[MM_SHMEMPAGES] += 1
+        self.set_pte_range(vma, pte_table, i, frame, write)
 
     def do_read_fault(self, vma, pmd, pte_table, addr):
         pte_table, done = self.do_fault_around(vma, pmd, pte_table, addr)
         if done:
             return None
-        frame = self.shmem_fault(vma, addr)
+        frame = self.filemap_fault(vma, addr)
         self.finish_fault(vma, pmd, pte_table, addr, frame, False)
         return None
 
     def do_shared_fault(self, vma, pmd, pte_table, addr):
-        # Write faults map only the faulting page: no fault-around (R28).
-        frame = self.shmem_fault(vma, addr)
+        # Write faults map only the faulting page: no fault-around (R28, R30).
+        frame = self.filemap_fault(vma, addr)
         self.finish_fault(vma, pmd, pte_table, addr, frame, True)
+        return None
+
+    def do_cow_fault(self, vma, pmd, pte_table, addr):
+        """Private write fault on a none PTE: the page-cache page (read in or
+        allocated as for a read) is copied into a new anonymous page, which is
+        mapped; no fault-around (R30, SC-19)."""
+        self.anon_vma_prepare(vma)
+        new = self._mem.alloc_frame(_ANON)
+        if new is None:
+            raise _FaultError("OOM", addr)
+        try:
+            frame = self.filemap_fault(vma, addr)
+        except _FaultError:
+            self._mem.folio_put(new)
+            raise
+        new.written = frame.written
+        if pte_table is None:
+            pte_table = self.__pte_alloc(pmd, addr)
+        i = (addr >> PAGE_SHIFT) & 511
+        entry = pfn_pte(new.pfn, vma_page_prot(vma)) | _PAGE_DIRTY
+        if vma.flags & VM_WRITE:
+            entry |= _PAGE_RW
+        new.mapcount = 1
+        new.exclusive = True
+        pte_table.entries[i] = entry
+        self._rss[MM_ANONPAGES] += 1
         return None
 
     def _access(self, vma, addr, write):
@@ -1860,6 +2070,8 @@ class MM:
         entry = pmd.entries[index]
         head = pte_pfn(entry)
         first = self._mem.frames[head]
+        if first.mlocked:
+            return  # unevictable: neither discarded nor split
         if first.lazyfree and not (entry & _PAGE_DIRTY) and not first.dirty:
             pmd.entries[index] = 0
             # try_to_unmap_one(): one flush, as for a small page.
@@ -1872,39 +2084,60 @@ class MM:
             return
         self.split_folio(vma, head, span)
 
-    def split_folio(self, vma, head, span):
-        """split_folio() of a THP that only this process maps, at span (by its
-        PMD or by PTEs): it becomes 512 small pages, and remap_page() maps each
-        one never written to the shared zero page instead, freeing it
-        (RssAnon -4 each), unless the VMA of that page is mlocked."""
-        pmd = self._walk_pmd(span)
-        if pmd is None:
-            return
-        index = (span >> PMD_SHIFT) & 511
-        if pmd_trans_huge(pmd.entries[index]):
-            self.split_huge_pmd(vma, pmd, index)
-        table = pmd.children[index]
-        page_vma = None
+    def split_folio(self, vma, head, base):
+        """split_folio() of a THP that only this process maps: it becomes 512
+        small pages, and remap_page() maps each one never written to the shared
+        zero page instead, freeing it (RssAnon -4 each), unless the page or the
+        VMA mapping it is mlocked. base is where the folio's first page is, or would
+        be, mapped: by its PMD, or by PTEs that mremap may have moved to any
+        page offset. Pages moved apart from the rest are found through the VMAs
+        sharing vma's anon_vma (the rmap walk)."""
+        base &= 2**64 - 1  # below 0 for a folio moved below its first page
+        if not base & ~_PMD_MASK and base < self._task_size:
+            pmd = self._walk_pmd(base)
+            index = (base >> PMD_SHIFT) & 511
+            if pmd is not None and pmd_trans_huge(pmd.entries[index]) and pte_pfn(pmd.entries[index]) == head:
+                self.split_huge_pmd(vma, pmd, index)
+        missing = set()
         for frame in self._mem.thp_pages(head):
             i = frame.thp_index
             frame.thp_index = None
-            if table is None or frame.written:
+            if frame.written or frame.mapcount == 0:
                 continue
-            # try_to_map_unused_to_zeropage() asks the VMA that maps the page:
-            # earlier VMA splits may have left the THP across several.
-            addr = span + (i << PAGE_SHIFT)
-            if page_vma is None or not (page_vma.start <= addr < page_vma.end):
-                page_vma = self._vma_containing(addr)
-            if page_vma is None or page_vma.flags & VM_LOCKED:
+            addr = (base + (i << PAGE_SHIFT)) & (2**64 - 1)
+            table = self._walk_pte_table(addr) if addr < self._task_size else None
+            if table is None or not self._remap_zero_page(table, addr, frame):
+                missing.add(frame.pfn)
+        if not missing or vma.anon_vma is None:
+            return
+        for other in list(self._vmas):
+            if other.anon_vma is not vma.anon_vma:
                 continue
-            pte = table.entries[i]
-            if not pte_present(pte) or pte & _PAGE_SPECIAL or pte_pfn(pte) != frame.pfn:
-                continue
-            zero = pfn_pte(ZERO_PFN, vm_get_page_prot(page_vma.flags) & ~_PAGE_RW) | _PAGE_SPECIAL
-            table.entries[i] = zero | (pte & _PAGE_UFFD_WP)
-            frame.mapcount -= 1
-            self._rss[MM_ANONPAGES] -= 1
-            self._mem.folio_put(frame)
+            for addr, pte in list(self.entries(other.start, other.end)):
+                if pte_present(pte) and not pte & _PAGE_SPECIAL and pte_pfn(pte) in missing:
+                    missing.discard(pte_pfn(pte))
+                    self._remap_zero_page(self._walk_pte_table(addr), addr, self._mem.frames[pte_pfn(pte)])
+
+    def _remap_zero_page(self, table, addr, frame):
+        """try_to_map_unused_to_zeropage() for the entry at addr: if it maps
+        frame (never written), it becomes the zero page unless the page or the
+        VMA at addr is mlocked; earlier VMA splits and moves may have left the
+        THP across several VMAs. True if the entry maps frame."""
+        i = (addr >> PAGE_SHIFT) & 511
+        pte = table.entries[i]
+        if not pte_present(pte) or pte & _PAGE_SPECIAL or pte_pfn(pte) != frame.pfn:
+            return False
+        if frame.mlocked:
+            return True  # folio_test_mlocked(): kept
+        page_vma = self._vma_containing(addr)
+        if page_vma is None or page_vma.flags & VM_LOCKED:
+            return True
+        zero = pfn_pte(ZERO_PFN, vm_get_page_prot(page_vma.flags) & ~_PAGE_RW) | _PAGE_SPECIAL
+        table.entries[i] = zero | (pte & _PAGE_UFFD_WP)
+        frame.mapcount -= 1
+        self._rss[MM_ANONPAGES] -= 1
+        self._mem.folio_put(frame)
+        return True
 
     def large_folio_step(self, vma, table, i, span, start, end, split_whole):
         """The large-folio step of the MADV_FREE / COLD / PAGEOUT PTE walks for
@@ -1921,14 +2154,21 @@ class MM:
             if all(pte_present(entries[j]) and not entries[j] & _PAGE_SPECIAL and pte_pfn(entries[j]) == head + j
                    for j in range(PTRS_PER_PTE)):
                 return None
-        self.split_folio(vma, head, span)
+        # The folio's first page is where this one is, less its place in the folio.
+        self.split_folio(vma, head, span + ((i - frame.thp_index) << PAGE_SHIFT))
         return "split"
 
     def madvise_collapse(self, vma, start, end):
         """R72: collapse the aligned 2 MiB spans inside [start, end) of one VMA.
         0, or the errno of the last span that failed (the others are collapsed
         all the same); ENOMEM stops at once."""
-        if vma.shmem is not None:
+        if vma.file is not None and not vma.file.shmem:
+            # thp_vma_allowable_order(): a disk file's VMA qualifies only through
+            # CONFIG_READ_ONLY_THP_FOR_FS for a file nobody has open for writing
+            # and an executable mapping; modelled as never (regular files hold
+            # 4 KiB folios only).
+            return errno.EINVAL
+        if vma.file is not None:
             raise NotImplementedError("MADV_COLLAPSE of shared memory is not simulated (no shmem THP)")
         # thp_vma_allowable_order() for a forced collapse: the sysfs mode does not
         # matter, the VMA's own refusal does, and it must hold a whole span.
@@ -2426,11 +2666,17 @@ class MM:
         # Check order follows sys_mmap, ksys_mmap_pgoff and do_mmap (R19).
         if offset & (PAGE_SIZE - 1):
             raise _oserror(errno.EINVAL)
+        pgoff = offset >> PAGE_SHIFT
+        inode = None
         if not (flags & MAP_ANONYMOUS):
-            if fd < 0:
+            entry = self._fds.get(fd)
+            if entry is None:
                 raise _oserror(errno.EBADF)
-            raise _oserror(errno.ENODEV)
-        if flags & MAP_HUGETLB:
+            inode, fmode_write = entry
+            if flags & MAP_HUGETLB:
+                # Only hugetlbfs files take MAP_HUGETLB.
+                raise _oserror(errno.EINVAL)
+        elif flags & MAP_HUGETLB:
             return self._mmap_hugetlb(addr, length, flags, offset, prot)
         if length == 0:
             raise _oserror(errno.EINVAL)
@@ -2441,16 +2687,37 @@ class MM:
         length = _page_align(length)
         if length == 0:
             raise _oserror(errno.ENOMEM)
+        # pgoff + pages cannot wrap with 64-bit offsets: no EOVERFLOW here.
         if len(self._vmas) > _MAX_MAP_COUNT:
             raise _oserror(errno.ENOMEM)
-        addr = self.__get_unmapped_area(addr, length, flags)
+        addr = self.__get_unmapped_area(addr, length, flags, inode, pgoff)
         if flags & MAP_FIXED_NOREPLACE:
             vma = self.find_vma(addr)
             if vma is not None and vma.start < addr + length:
                 raise _oserror(errno.EEXIST)
         vm_flags = self.calc_vm_flags(prot, flags)
         map_type = flags & MAP_TYPE
-        if map_type == MAP_SHARED:
+        if inode is not None:
+            # file_mmap_ok(): the mapping must end below MAX_LFS_FILESIZE.
+            if pgoff > (_MAX_LFS_FILESIZE - length) >> PAGE_SHIFT:
+                raise _oserror(errno.EOVERFLOW)
+            if map_type in (MAP_SHARED, MAP_SHARED_VALIDATE):
+                if map_type == MAP_SHARED:
+                    # Unknown flags are dropped silently with plain MAP_SHARED.
+                    flags &= _LEGACY_MAP_MASK
+                elif flags & ~_LEGACY_MAP_MASK:
+                    raise _oserror(errno.EOPNOTSUPP)
+                if prot & PROT_WRITE and not fmode_write:
+                    raise _oserror(errno.EACCES)
+                vm_flags |= VM_SHARED | VM_MAYSHARE
+                if not fmode_write:
+                    # A read-only fd can never make the mapping writable.
+                    vm_flags &= ~(VM_MAYWRITE | VM_SHARED)
+            elif map_type != MAP_PRIVATE:
+                raise _oserror(errno.EINVAL)
+            if vm_flags & VM_GROWSDOWN:
+                raise _oserror(errno.EINVAL)
+        elif map_type == MAP_SHARED:
             if flags & MAP_GROWSDOWN:
                 raise _oserror(errno.EINVAL)
             vm_flags |= VM_SHARED | VM_MAYSHARE
@@ -2466,7 +2733,7 @@ class MM:
             raise _oserror(errno.EINVAL)
         if flags & MAP_NORESERVE:
             vm_flags |= VM_NORESERVE
-        addr = self.mmap_region(addr, length, vm_flags, pgoff)
+        addr = self.mmap_region(addr, length, vm_flags, pgoff, inode)
         if (vm_flags & VM_LOCKED) or (flags & (MAP_POPULATE | MAP_NONBLOCK)) == MAP_POPULATE:
             # mm_populate() ignores errors (R19).
             self.__mm_populate(addr, length, True)
@@ -2540,12 +2807,13 @@ class MM:
             vm_flags |= VM_NOHUGEPAGE
         return vm_flags | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
 
-    def mmap_region(self, addr, length, vm_flags, pgoff):
+    def mmap_region(self, addr, length, vm_flags, pgoff, inode=None):
         end = addr + length
         # __mmap_setup(): gather (and split) what MAP_FIXED replaces.
         detached = self._gather_munmap_vmas(addr, end)
         nr_accounted = sum(v.pages() for v in detached if v.flags & VM_ACCOUNT)
         if not (vm_flags & (VM_NORESERVE | VM_SHARED)) and vm_flags & VM_WRITE:
+            # accountable_mapping(): private writable memory, file-backed or not.
             charged = (length >> PAGE_SHIFT) - nr_accounted
             if charged and charged > self._overcommit_limit():
                 # vms_abort_munmap_vmas(): the old VMAs stay, split as they are.
@@ -2555,28 +2823,33 @@ class MM:
         if detached:
             self._clear_ptes(detached, addr, end)
             self._remove_detached(detached)
-        if vm_flags & VM_SHARED:
+        if inode is None and vm_flags & VM_SHARED:
             # shmem_zero_setup() charges the whole object unless VM_NORESERVE;
             # a failure here leaves the unmapped gap behind.
             if not (vm_flags & VM_NORESERVE) and (length >> PAGE_SHIFT) > self._overcommit_limit():
                 raise _oserror(errno.ENOMEM)
-            vma = _Vma(addr, end, vm_flags, pgoff, None, _ShmemObject(length >> PAGE_SHIFT))
+            vma = _Vma(addr, end, vm_flags, pgoff, None, _Inode(self.machine, length, True))
             self._insert_vma(vma)
         else:
-            vma = self.vma_merge_new_range(addr, end, vm_flags, pgoff)
+            # A file mapping merges like anonymous memory, with the same file
+            # at a contiguous offset (vma_merge_new_range()).
+            vma = self.vma_merge_new_range(addr, end, vm_flags, pgoff, inode)
             if vma is None:
-                vma = _Vma(addr, end, vm_flags, pgoff)
+                vma = _Vma(addr, end, vm_flags, pgoff, None, inode)
                 self._insert_vma(vma)
         if vm_flags & VM_LOCKED:
             self._locked_vm += length >> PAGE_SHIFT
         return addr
 
-    def __get_unmapped_area(self, addr, length, flags):
+    def __get_unmapped_area(self, addr, length, flags, inode=None, pgoff=0):
         if length > self._task_size:
             raise _oserror(errno.ENOMEM)
         if flags & MAP_FIXED:
             result = addr
-        elif not (flags & MAP_SHARED) and addr == 0 and length % PMD_SIZE == 0:
+        elif inode is not None and not inode.shmem:
+            # The disk file system's get_unmapped_area is thp_get_unmapped_area().
+            result = self.thp_get_unmapped_area(length, addr, pgoff << PAGE_SHIFT)
+        elif inode is None and not (flags & MAP_SHARED) and addr == 0 and length % PMD_SIZE == 0:
             result = self.thp_get_unmapped_area(length)
         else:
             # shmem_get_unmapped_area() adds nothing with shmem_enabled=never.
@@ -2587,14 +2860,23 @@ class MM:
             raise _oserror(errno.EINVAL)
         return result
 
-    def thp_get_unmapped_area(self, length):
-        """__thp_get_unmapped_area(): pad by 2 MiB, then align (R19)."""
+    def thp_get_unmapped_area(self, length, addr=0, off=0):
+        """__thp_get_unmapped_area(): pad by 2 MiB, then align the address to the
+        file offset modulo 2 MiB (R19). Falls back to an unpadded search when the
+        file range holds no aligned 2 MiB or the padded search fails."""
+        off_end = off + length
+        off_align = (off + PMD_SIZE - 1) & ~(PMD_SIZE - 1)
+        if off_end <= off_align or off_end - off_align < PMD_SIZE:
+            return self.arch_get_unmapped_area_topdown(addr, length)
         len_pad = length + PMD_SIZE
         try:
-            ret = self.arch_get_unmapped_area_topdown(0, len_pad)
+            ret = self.arch_get_unmapped_area_topdown(addr, len_pad)
         except OSError:
-            return self.arch_get_unmapped_area_topdown(0, length)
-        off_sub = (-ret) & (PMD_SIZE - 1)
+            return self.arch_get_unmapped_area_topdown(addr, length)
+        if addr and ret == addr:
+            # The hint was free for the padded length: no alignment.
+            return ret
+        off_sub = (off - ret) & (PMD_SIZE - 1)
         if off_sub == 0:
             # Top-down: use the upper aligned slot of the padded area.
             return ret + PMD_SIZE
@@ -2754,7 +3036,12 @@ class MM:
         vma = self.vma_modify_flags(vma, start, end, newflags)
         # A merged VMA keeps the sticky flags of either side.
         vma.flags = newflags | (vma.flags & VM_STICKY)
-        try_writable = bool(newflags & VM_WRITE) and not (newflags & VM_SHARED)
+        # vma_wants_manual_pte_write_upgrade(): private writable mappings, and
+        # shared ones whose vm_page_prot is read-only (write-notify).
+        if newflags & VM_SHARED:
+            try_writable = vma_wants_writenotify(vma)
+        else:
+            try_writable = bool(newflags & VM_WRITE)
         self.change_protection(tlb, vma, start, end, try_writable)
         if (oldflags & (VM_WRITE | VM_SHARED | VM_LOCKED)) == VM_LOCKED and newflags & VM_WRITE:
             # A locked private VMA becoming writable is COW-populated at once.
@@ -2766,7 +3053,7 @@ class MM:
         if vma.hugetlb is not None:
             self.hugetlb_change_protection(vma, start, end)
             return
-        newprot = vm_get_page_prot(vma.flags)
+        newprot = vma_page_prot(vma)
         self.change_huge_pmd(tlb, vma, start, end, newprot, try_change_writable)
         for span in range(start & _PMD_MASK, end, PMD_SIZE):
             table = self._walk_pte_table(span)
@@ -2790,6 +3077,9 @@ class MM:
     def can_change_pte_writable(self, vma, pte):
         if not (pte & _PAGE_PRESENT):
             return False
+        if vma.flags & VM_SHARED:
+            # A dirty PTE means the file system already heard of the write.
+            return bool(pte & _PAGE_DIRTY)
         frame = self.vm_normal_page(pte)
         # Private mappings: only an exclusive anonymous page (not one that fork
         # shares) may become writable without a write fault.
@@ -2916,7 +3206,7 @@ class MM:
         if behavior == MADV_REMOVE:
             return self.madvise_remove(vma, start, end)
         if behavior == MADV_WILLNEED:
-            return 0  # swap-in/readahead only: nothing to map (R42)
+            return self.madvise_willneed(vma, start, end)
         if behavior in (MADV_COLD, MADV_PAGEOUT):
             return self.madvise_cold_or_pageout(vma, start, end, behavior == MADV_PAGEOUT)
         if behavior in (MADV_FREE, MADV_DONTNEED, MADV_DONTNEED_LOCKED):
@@ -2943,7 +3233,7 @@ class MM:
                 return errno.EINVAL
             new_flags &= ~VM_DONTCOPY
         elif behavior == MADV_WIPEONFORK:
-            if vma.shmem is not None or vma.hugetlb is not None or new_flags & VM_SHARED:
+            if vma.file is not None or vma.hugetlb is not None or new_flags & VM_SHARED:
                 return errno.EINVAL
             new_flags |= VM_WIPEONFORK
         elif behavior == MADV_KEEPONFORK:
@@ -3044,6 +3334,9 @@ class MM:
         as the walk isolates it."""
         if vma.flags & (VM_LOCKED | VM_PFNMAP | VM_HUGETLB):
             return errno.EINVAL
+        # can_do_file_pageout() holds for every file here: the process owns the
+        # files it creates (inode_owner_or_capable()), whatever the fd's mode, so
+        # page-cache pages are paged out like anonymous ones.
         tlb = tlb_gather_mmu(self)
         self.madvise_huge_pmds(tlb, vma, start, end, MADV_PAGEOUT if pageout else MADV_COLD)
         for span in range(start & _PMD_MASK, end, PMD_SIZE):
@@ -3062,7 +3355,8 @@ class MM:
                 if frame.thp_index is not None:
                     # With no swap, a THP that is not lazy-free and clean cannot
                     # be paged out whole: shrink_folio_list() splits it.
-                    split_whole = pageout and (not frame.lazyfree or frame.dirty)
+                    # An mlocked one is unevictable: left whole, and mapped.
+                    split_whole = pageout and (not frame.lazyfree or frame.dirty) and not frame.mlocked
                     step = self.large_folio_step(vma, table, i, span, start, end, split_whole)
                     if step == "skip":
                         continue
@@ -3083,8 +3377,29 @@ class MM:
         tlb_finish_mmu(tlb)
         return 0
 
+    def madvise_willneed(self, vma, start, end):
+        """R42: maps nothing. Anonymous memory and shmem would only start
+        swap-in; a disk file's range is read into the page cache (clean 4 KiB
+        pages, up to EOF) as force_page_cache_readahead() does. The readahead
+        size limit (max(io_pages, ra_pages) per call) is not modelled."""
+        obj = vma.file
+        if obj is None or obj.shmem:
+            return 0
+        first = self._linear_page_index(vma, start)
+        last = min(first + ((end - start) >> PAGE_SHIFT), obj.nr_pages)
+        for index in range(first, last):
+            if index not in obj.pages:
+                frame = obj.add_page(index)
+                if frame is None:
+                    # Readahead gives up quietly when memory runs out.
+                    break
+                frame.written = True
+        return 0
+
     def shrink_folio(self, vma, table, i, frame):
         """shrink_folio_list() for one isolated folio."""
+        if frame.mlocked:
+            return  # unevictable: kept, mapped
         pte = table.entries[i]
         if frame.kind == _ANON:
             if not frame.lazyfree:
@@ -3105,22 +3420,23 @@ class MM:
             self._rss[MM_ANONPAGES] -= 1
             self._mem.folio_put(frame)
             return
-        # Shmem: try_to_unmap() succeeds (moving the PTE's dirty bit to the folio).
-        # A dirty folio goes to pageout(), whose writeout fails for lack of swap, so
-        # it stays in the object, unmapped. A clean one (never written: zero-filled
-        # by a read fault) is simply dropped from the page cache by
-        # __remove_mapping(); the next access faults in a fresh zeroed page.
+        # A page-cache page: try_to_unmap() succeeds (moving the PTE's dirty bit to
+        # the folio). A clean folio is dropped from the page cache by
+        # __remove_mapping(): a disk file reads it again on the next fault, shmem
+        # (never written: zero-filled by a read fault) faults in a fresh zeroed
+        # page. A dirty shmem folio goes to pageout() (swap, or it stays for lack
+        # of it); a dirty disk-file folio is never written back by this reclaim
+        # (only kswapd writes file pages): it stays cached, dirty and unmapped.
         if pte & _PAGE_DIRTY:
             frame.dirty = True
         table.entries[i] = 0
         self._stats["tlb_flushes"] += 1  # ptep_clear_flush(), as above
         frame.mapcount -= 1
-        self._rss[MM_SHMEMPAGES] -= 1
+        self._rss[_KIND_COUNTER[frame.kind]] -= 1
         self._mem.folio_put(frame)
-        if not frame.dirty and frame.mapcount == 0 and frame.shmem.pages.get(frame.index) is frame:
-            del frame.shmem.pages[frame.index]
-            self._mem.folio_put(frame)
-        elif frame.dirty and frame.mapcount == 0:
+        if not frame.dirty and frame.mapcount == 0 and frame.mapping.pages.get(frame.index) is frame:
+            frame.mapping.remove_page(frame.index)
+        elif frame.dirty and frame.mapcount == 0 and frame.kind == _SHMEM:
             self.shmem_writeout(frame)
 
     def try_to_swap_out(self, table, i, frame):
@@ -3148,27 +3464,28 @@ class MM:
         """pageout() of a dirty shmem page no PTE maps: with a free slot the page
         cache entry becomes a swap entry and the page is freed (VmSwap counts
         only anonymous swap entries, R14); without one it stays (redirty)."""
-        if frame.shmem.pages.get(frame.index) is not frame:
+        if frame.mapping.pages.get(frame.index) is not frame:
             return
         offset = self.machine.swap.get_swap_page()
         if offset is None:
             return
-        obj = frame.shmem
+        obj = frame.mapping
         del obj.pages[frame.index]
         obj.swapped[frame.index] = offset
         self._mem.folio_put(frame)
 
     def madvise_remove(self, vma, start, end):
-        """R40: punch a hole in the shmem object, unmapping it everywhere."""
+        """R40: punch a hole in the file (shmem or disk file), unmapping it
+        everywhere; private COW copies stay."""
         if vma.flags & VM_LOCKED:
             return errno.EINVAL
         if vma.hugetlb is not None:
             return self.hugetlb_madvise_remove(vma, start, end)
-        if vma.shmem is None:
+        if vma.file is None:
             return errno.EINVAL
         if (vma.flags & (VM_SHARED | VM_MAYWRITE)) != (VM_SHARED | VM_MAYWRITE):
             return errno.EACCES
-        obj = vma.shmem
+        obj = vma.file
         first = self._linear_page_index(vma, start)
         last = first + ((end - start) >> PAGE_SHIFT) - 1
         self.unmap_mapping_range(obj, first, last)
@@ -3184,7 +3501,7 @@ class MM:
         """Unmap pages [first, last] of obj from every process mapping it."""
         details = _ZapDetails(even_cows=False)
         for mm in list(self.machine.mms):
-            for vma in [v for v in mm._vmas if v.shmem is obj]:
+            for vma in [v for v in mm._vmas if v.file is obj]:
                 vba = vma.pgoff
                 vea = vba + vma.pages() - 1
                 if vea < first or vba > last:
@@ -3224,7 +3541,7 @@ class MM:
         # The whole VMA may hold markers now: a sticky flag, set without a split.
         vma.flags |= VM_MAYBE_GUARD
         # Markers make the range non-empty, so fork must copy it.
-        if vma.shmem is None:
+        if vma.file is None:
             self.anon_vma_prepare(vma)
         for _attempt in range(3):
             if self._guard_install_walk(vma, start, end):
@@ -3397,7 +3714,7 @@ class MM:
         if (
             nxt is not None
             and nxt.start == vma.end
-            and self.is_mergeable_vma(nxt, vma.flags, vma.shmem)
+            and self.is_mergeable_vma(nxt, vma.flags, vma.file)
             and not (vma.anon_vma is not None and nxt.anon_vma is not None and vma.anon_vma is not nxt.anon_vma)
             and not (vma.anon_vma is None and nxt.anon_vma is not None and nxt.anon_vma.forked)
             and vma.pgoff + vma.pages() == nxt.pgoff
@@ -3430,10 +3747,13 @@ class MM:
     def vrm_set_new_addr(self, vrm):
         """MREMAP_FIXED is MAP_FIXED, MREMAP_DONTUNMAP alone a hint; otherwise the
         kernel chooses, as for mmap: no page offset counts for anonymous memory, so
-        a private length that is a multiple of 2 MiB gets a 2 MiB-aligned address."""
+        a private length that is a multiple of 2 MiB gets a 2 MiB-aligned address;
+        a file's own get_unmapped_area gets the moved range's page offset."""
         hint = vrm.new_addr if self._remap_implies_new_addr(vrm) else 0
         flags = (MAP_FIXED if vrm.flags & MREMAP_FIXED else 0) | (MAP_SHARED if vrm.vma.flags & VM_MAYSHARE else 0)
-        vrm.new_addr = self.__get_unmapped_area(hint, vrm.new_len, flags)
+        vma = vrm.vma
+        vrm.new_addr = self.__get_unmapped_area(hint, vrm.new_len, flags, vma.file,
+                                                self._linear_page_index(vma, vrm.addr))
 
     def copy_vma(self, vma, addr, length, pgoff):
         """A VMA like vma at [addr, addr + length), merged with its neighbours
@@ -3446,8 +3766,8 @@ class MM:
         nr_pages = length >> PAGE_SHIFT
         merge_left = merge_right = False
         if not flags & VM_SPECIAL:
-            merge_left = self.can_vma_merge_left(prev, addr, flags, vma.shmem, pgoff, vma.anon_vma)
-            merge_right = self.can_vma_merge_right(nxt, end, flags, vma.shmem, pgoff, nr_pages, vma.anon_vma,
+            merge_left = self.can_vma_merge_left(prev, addr, flags, vma.file, pgoff, vma.anon_vma)
+            merge_right = self.can_vma_merge_right(nxt, end, flags, vma.file, pgoff, nr_pages, vma.anon_vma,
                                                    prev, merge_left)
         if merge_left and merge_right:
             prev.end = nxt.end
@@ -3470,7 +3790,7 @@ class MM:
                 nxt.anon_vma = vma.anon_vma
             self._vmas_changed()
             return nxt
-        new = _Vma(addr, end, flags, pgoff, vma.anon_vma, vma.shmem)
+        new = _Vma(addr, end, flags, pgoff, vma.anon_vma, vma.file)
         self._insert_vma(new)
         return new
 
@@ -3513,6 +3833,18 @@ class MM:
             # it moved, its anon_vma goes too. Nothing merges.
             if old_vma.flags & VM_LOCKED:
                 self._locked_vm_stale += old_vma.pages()
+                # The pages it still maps stay mlocked, and nothing will munlock them:
+                # small pages and PMD-mapped THPs (a THP mapped by PTEs is not
+                # mlocked; splitting its PMD munlocked it).
+                for _, pte in self.entries(old_vma.start, old_vma.end):
+                    frame = self.vm_normal_page(pte) if pte_present(pte) else None
+                    if frame is not None and frame.thp_index is None:
+                        frame.mlocked = True
+                for pmd, index, _, _ in self._huge_pmds_in_range(old_vma.start, old_vma.end):
+                    head = pte_pfn(pmd.entries[index])
+                    if head != HUGE_ZERO_PFN:
+                        for i in range(HPAGE_PMD_NR):
+                            self._mem.frames[head + i].mlocked = True
             old_vma.flags &= ~VM_LOCKED_MASK
             if vrm.addr == old_start and vrm.addr + vrm.old_len == old_end and old_vma is not new_vma \
                     and (old_vma.start, old_vma.end) == (old_start, old_end):
@@ -3716,6 +4048,7 @@ class MM:
     def exit(self):
         self._check_alive()
         self.exit_mmap()
+        self._close_all()
         self._dead = True
         self.machine.mms.remove(self)
 
@@ -3748,11 +4081,16 @@ class MM:
         self._check_alive()
         child = MM(pt_reclaim=self.pt_reclaim, thp=self.thp, split_ptlocks=self.split_ptlocks,
                    machine=self.machine, paging_levels=self.paging_levels)
+        # dup_fd(): the child has the same files open under the same numbers.
+        for inode, _write in self._fds.values():
+            inode.get()
+        child._fds = dict(self._fds)
         try:
             self.dup_mmap(child)
         except OSError:
             # The child never ran: unmap and free what was copied into it.
             child.exit_mmap()
+            child._close_all()
             child._dead = True
             self.machine.mms.remove(child)
             raise
@@ -3772,7 +4110,7 @@ class MM:
                 # security_vm_enough_memory_mm() per VMA, heuristic mode.
                 raise _oserror(errno.ENOMEM)
             # vm_area_dup(); the child does not inherit mlock (VM_LOCKED_MASK).
-            tmp = _Vma(vma.start, vma.end, vma.flags & ~VM_LOCKED_MASK, vma.pgoff, None, vma.shmem)
+            tmp = _Vma(vma.start, vma.end, vma.flags & ~VM_LOCKED_MASK, vma.pgoff, None, vma.file)
             if vma.hugetlb is not None:
                 tmp.hugetlb = self.hugetlb_dup_vma(vma.hugetlb)
             if not (tmp.flags & VM_WIPEONFORK) and vma.anon_vma is not None:
@@ -4029,7 +4367,7 @@ class MM:
             maps = maps_all.get(pfn, 0)
             if frame.mapcount != maps:
                 raise InvariantError("mapcount", f"frame {pfn}: mapcount {frame.mapcount} != {maps} PTEs")
-            held = 1 if frame.shmem is not None and frame.shmem.pages.get(frame.index) is frame else 0
+            held = 1 if frame.mapping is not None and frame.mapping.pages.get(frame.index) is frame else 0
             if frame.refcount != maps + held:
                 raise InvariantError("refcount", f"frame {pfn}: refcount {frame.refcount} != {maps} + {held}")
             if frame.refcount == 0:
@@ -4037,12 +4375,38 @@ class MM:
             if frame.exclusive and (frame.kind != _ANON or frame.mapcount != 1):
                 raise InvariantError("anon-exclusive", f"frame {pfn}: exclusive with mapcount {frame.mapcount}")
         self._check_swap_slots()
+        self._check_inodes()
         locked = sum(v.pages() for v in self._vmas if v.flags & VM_LOCKED) + self._locked_vm_stale
         if locked != self._locked_vm:
             raise InvariantError("locked_vm", f"{self._locked_vm} != {locked} locked VMA pages")
         if self._dead and (self._pgtables_bytes or any(self._rss) or self._vmas):
             raise InvariantError("exit", "state left after exit (R15)")
         self._check_hugetlb()
+
+    def _check_inodes(self):
+        """Page caches: every cached page is a live frame of its inode's kind at
+        its index below EOF; a regular file has no swap; an inode nothing refers
+        to holds nothing; the fd table refers to live inodes."""
+        frames = self._mem.frames
+        for inode in list(self.machine.inodes):
+            for index, frame in inode.pages.items():
+                if frames.get(frame.pfn) is not frame:
+                    raise InvariantError("page-cache", f"cached page {index} is a freed frame")
+                if frame.mapping is not inode or frame.index != index or frame.kind != inode.kind:
+                    raise InvariantError("page-cache", f"cached page {index} belongs elsewhere")
+                if index >= inode.nr_pages:
+                    raise InvariantError("page-cache", f"cached page {index} past EOF ({inode.size} bytes)")
+                if frame.thp_index is not None or frame.exclusive:
+                    raise InvariantError("page-cache", f"cached page {index} is marked anonymous")
+            if inode.swapped and not inode.shmem:
+                raise InvariantError("page-cache", "a disk file holds swap entries")
+            if inode.refs < 0 or (inode.refs == 0 and (inode.pages or inode.swapped)):
+                raise InvariantError("page-cache", f"an inode with {inode.refs} references holds pages")
+        for fd, (inode, _write) in self._fds.items():
+            if fd < 3 or inode.refs <= 0:
+                raise InvariantError("fd", f"fd {fd} refers to a dead file")
+        if self._dead and self._fds:
+            raise InvariantError("exit", "files left open after exit")
 
     def _check_vmas(self):
         prev = None
@@ -4064,7 +4428,7 @@ class MM:
         """Whether Linux would merge two adjacent VMAs."""
         return (
             not (vma.flags & VM_SPECIAL)
-            and self.is_mergeable_vma(prev, vma.flags, vma.shmem)
+            and self.is_mergeable_vma(prev, vma.flags, vma.file)
             and self._anon_vma_compatible_merge(prev.anon_vma, vma.anon_vma)
             and prev.pgoff + prev.pages() == vma.pgoff
         )
@@ -4154,14 +4518,10 @@ class MM:
         if not swap.nr_slots and not swap.count:
             return
         refs = {}
-        objects = {}
         for mm in self.machine.mms:
             for offset, count in mm._swap_references().items():
                 refs[offset] = refs.get(offset, 0) + count
-            for vma in mm._vmas:
-                if vma.shmem is not None:
-                    objects[id(vma.shmem)] = vma.shmem
-        for obj in objects.values():
+        for obj in list(self.machine.inodes):
             for offset in obj.swapped.values():
                 refs[offset] = refs.get(offset, 0) + 1
         if refs != swap.count:
@@ -4234,13 +4594,14 @@ class MM:
             if vma is None or not (vma.start <= addr < vma.end):
                 vma = self._vma_containing(addr)
                 if vma is not None:
-                    prot = vm_get_page_prot(vma.flags)
+                    prot = vma_page_prot(vma)
             if vma is None:
                 raise InvariantError("pte-outside-vma", f"entry {pte:#x} at {addr:#x} outside every VMA")
             if not pte_present(pte):
                 if is_swap_pte(pte):
-                    # A swap entry: private anonymous memory only (R14), a slot in use.
-                    if not vma_is_anonymous(vma) or vma.anon_vma is None:
+                    # A swap entry: an anonymous page (R14) of a private mapping, which
+                    # may be a COW copy in a private file mapping; a slot in use.
+                    if vma.flags & VM_MAYSHARE or vma.anon_vma is None:
                         raise InvariantError("swap-entry", f"swap entry at {addr:#x} outside anonymous memory")
                     if pte & ~(((1 << 50) - 1) << 9) & ~(_PAGE_SWP_EXCLUSIVE | _PAGE_SWP_UFFD_WP):
                         raise InvariantError("swap-entry", f"stray bits in swap entry {pte:#x} at {addr:#x}")
@@ -4266,12 +4627,17 @@ class MM:
             if frame is None:
                 raise InvariantError("frame", f"entry at {addr:#x} maps free frame {pfn}")
             if frame.kind == _ANON:
-                if not vma_is_anonymous(vma) or vma.anon_vma is None:
+                # Private anonymous memory, or a COW copy in a private file mapping.
+                if vma.anon_vma is None or vma.flags & VM_SHARED:
                     raise InvariantError("anon_vma", f"anonymous page at {addr:#x} without an anon_vma (R18)")
                 if pte & _PAGE_RW and not frame.exclusive:
                     raise InvariantError("anon-exclusive", f"writable entry at {addr:#x} maps a shared page (R69)")
-            elif frame.shmem is not vma.shmem or frame.index != self._linear_page_index(vma, addr):
-                raise InvariantError("shmem", f"shmem page at {addr:#x} is not the object's page")
+            else:
+                if frame.mapping is not vma.file or frame.index != self._linear_page_index(vma, addr):
+                    raise InvariantError("file", f"page-cache page at {addr:#x} is not the file's page")
+                if pte & _PAGE_RW and not (vma.flags & VM_SHARED):
+                    raise InvariantError("file", f"writable entry at {addr:#x} maps a page-cache page in a "
+                                         "private mapping (R30)")
             mapped[pfn] = mapped.get(pfn, 0) + 1
 
     # ------------------------------------------------------------------------

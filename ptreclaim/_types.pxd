@@ -100,6 +100,7 @@ cdef enum:
     FRAME_SHMEM = 2
     FRAME_ZERO = 3
     FRAME_RESERVED = 4
+    FRAME_FILE = 5         # a page-cache page of a regular (disk) file: RssFile
     # Frame flags
     PG_DIRTY = 1
     PG_LAZYFREE = 2        # MADV_FREE'd: clean and on the lazy-free LRU
@@ -108,6 +109,9 @@ cdef enum:
     # No store has reached it since it was zero-filled (a population, a THP's
     # other pages): a THP split maps such pages to the zero page.
     PG_ZEROED = 16
+    # mlocked, with no locked VMA left to munlock it (MREMAP_DONTUNMAP of a
+    # locked VMA): unevictable, so reclaim leaves it mapped.
+    PG_MLOCKED = 32
     # Transparent huge pages: a THP is 512 consecutive frames; a PMD mapping
     # counts as one reference and one mapping of each of them.
     HPAGE_PMD_NR = 512
@@ -211,6 +215,9 @@ ctypedef struct pt_pool:
     uint64_t nr_chunks
     uint64_t chunks_cap
 
+cdef enum:
+    SHM_REGULAR = 1            # a regular file on a disk file system, not shmem
+
 ctypedef struct pt_shmem:
     # A shmem object (the inode behind MAP_SHARED|MAP_ANONYMOUS): its page
     # cache as an open-addressing hash of page offset -> frame.
@@ -226,6 +233,11 @@ ctypedef struct pt_shmem:
     # offset (the swap entries shmem keeps in its page cache). NULL until
     # the object first has a page swapped out.
     pt_shmem *swapped
+    # The same structure is the inode of a regular file (SHM_REGULAR): its
+    # pages are FRAME_FILE frames, read in clean and never swapped; a page's
+    # dirty state is PG_DIRTY on its frame.
+    uint32_t flags
+    uint64_t size_bytes        # i_size of a file made by create_file()
 
 # --- hugetlb (2 MiB pages from a pool of their own) ---------------------------------
 

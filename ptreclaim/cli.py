@@ -4,7 +4,7 @@
   the simulator, configured like the host, and prints both side by side; the exit status
   is 0 when they agree on every operation, 1 when they differ, 2 on an error.
   ``compare --random N [--seed S] [--profile P]`` compares a generated script instead
-  (``P``: ``default``, ``fork``, ``thp-fork``: ``ptreclaim.randscript.PROFILES``).
+  (``P``: ``default``, ``fork``, ``thp-fork``, ``file``: ``ptreclaim.randscript.PROFILES``).
 * ``run SCRIPT [--on kernel|sim]`` prints one side's results only (e.g. for a script the
   simulator cannot run yet).
 * ``host`` prints the host configuration the simulator is matched to.
@@ -24,6 +24,11 @@ import sys
 from . import script as S
 
 _SHOWN = ("VmPTE", "RssAnon", "RssShmem", "VmSize")  # the columns; other fields print on a diff
+_SHOWN_FILES = ("VmPTE", "RssAnon", "RssFile", "RssShmem", "VmSize")  # scripts with `file` lines
+
+
+def _shown(ops):
+    return _SHOWN_FILES if any(isinstance(op, S.CreateFile) for op in ops) else _SHOWN
 EXIT_SAME, EXIT_DIFFERENT, EXIT_ERROR = 0, 1, 2
 
 
@@ -123,7 +128,7 @@ def _run_sim(ops, args, config):
     mm = MM(pt_reclaim=config["pt_reclaim"], thp=config["thp"])
     try:
         return S.run(ops, mm, base=args.base)
-    except S.ForkUnsupported as e:
+    except (S.ForkUnsupported, S.FilesUnsupported) as e:
         raise CliError(f"simulator: {e}") from None
 
 
@@ -144,18 +149,20 @@ def _fmt(v):
 
 
 def _print_results(results, base, out):
+    shown = _shown(r.op for r in results)
     opw = max([len("operation")] + [len(str(r.op)) for r in results])
     ew = max([len("errno")] + [len(_outcome(r, base)) for r in results])
-    print(f"{'line':>5}  {'operation':<{opw}} {'errno':<{ew}}" + "".join(f" {f:>9}" for f in _SHOWN)
+    print(f"{'line':>5}  {'operation':<{opw}} {'errno':<{ew}}" + "".join(f" {f:>9}" for f in shown)
           + "  depth", file=out)
     for r in results:
         d = r.delta
         print(f"{r.op.lineno:>5}  {str(r.op):<{opw}} {_outcome(r, base):<{ew}}"
-              + "".join(f" {_fmt(d[f]):>9}" for f in _SHOWN) + f"  {r.depth:>5}", file=out)
+              + "".join(f" {_fmt(d[f]):>9}" for f in shown) + f"  {r.depth:>5}", file=out)
 
 
 def _compare_table(ops, kres, sres, base, out):
     """Print kernel vs simulator per operation; return the number of operations that differ."""
+    _SHOWN = _shown(ops)
     rows = []
     for op, k, s in zip(ops, kres, sres):
         kd, sd = k.delta, s.delta
@@ -197,6 +204,10 @@ def _cmd_compare(args):
     if forks and not hasattr(MM, "fork"):
         raise CliError(f"line {forks[0].lineno}: the simulator has no fork() yet; "
                        "'run --on kernel' runs this script on the host kernel alone")
+    files = [op for op in ops if isinstance(op, S.CreateFile)]
+    if files and not hasattr(getattr(MM(), "machine", None), "create_file"):
+        raise CliError(f"line {files[0].lineno}: the simulator has no files (Machine.create_file) "
+                       "yet; 'run --on kernel' runs this script on the host kernel alone")
     kres = _run_kernel(ops, args)
     sres = _run_sim(ops, args, config)
     print(f"host: Linux {config['kernel']} {config['machine']}, pt_reclaim={config['pt_reclaim']}, "
@@ -239,7 +250,8 @@ def _script_args(p):
     p.add_argument("--seed", type=int, metavar="S", help="seed of --random (default: a fresh one, printed)")
     p.add_argument("--profile", default="default", metavar="P",
                    help="what --random draws: default, fork (one fork/forkp), thp-fork (one fork/forkp "
-                        "and MADV_HUGEPAGE/NOHUGEPAGE with THP faults); see docs/validation.md")
+                        "and MADV_HUGEPAGE/NOHUGEPAGE with THP faults), file (one fork/forkp and file "
+                        "mappings); see docs/validation.md")
     p.add_argument("--base", type=_int, default=S.DEFAULT_BASE,
                    help=f"address ADDR 0 stands for (default {S.DEFAULT_BASE:#x})")
     p.add_argument("--impl", choices=("auto", "core", "reference"), default="auto",

@@ -22,9 +22,9 @@ import sys
 from array import array
 
 from . import constants as C
-from .script import (DEFAULT_BASE, FIELDS, Fork, ForkP, Madvise, Mlock, Mmap, Mprotect, Mremap,
-                     Munlock, Munmap, Result, ScriptError, Touch, _as_ops, absolute,
-                     absolute_new_addr, fork_depth, parse)
+from .script import (DEFAULT_BASE, FIELDS, Close, CreateFile, Fork, ForkP, Madvise, Mlock, Mmap,
+                     Mprotect, Mremap, Munlock, Munmap, Result, ScriptError, Touch, _as_ops,
+                     absolute, absolute_new_addr, fork_depth, parse)
 
 __all__ = ["HostUnsupported", "KernelRunError", "WindowBusy", "WINDOW", "KernelResults",
            "host_config", "run"]
@@ -135,12 +135,33 @@ def _paging_levels():
     return 4
 
 
+def fs_type(path):
+    """The file system type (``/proc/self/mounts``) that holds ``path``, or ``None``."""
+    path = os.path.realpath(path)
+    best, kind = "", None
+    try:
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                mnt = parts[1].replace("\\040", " ")
+                inside = path == mnt or path.startswith(mnt.rstrip("/") + "/")
+                if inside and len(mnt) >= len(best):
+                    best, kind = mnt, parts[2]
+    except OSError:
+        return None
+    return kind
+
+
 def host_config():
     """``{"pt_reclaim": bool, "thp": "always"|"madvise"|"never", ...}`` of this host.
 
     Extra keys: ``pt_reclaim_source`` (``"config"`` or ``"probe"``), ``kernel`` (release),
-    ``machine``, ``paging_levels``.
+    ``machine``, ``paging_levels``, ``file_fs`` (the file system type of the temporary
+    directory, where ``file`` lines create their regular files).
     """
+    import tempfile
     _check_host()
     enabled, source = _pt_reclaim()
     u = os.uname()
@@ -151,6 +172,7 @@ def host_config():
         "kernel": u.release,
         "machine": u.machine,
         "paging_levels": _paging_levels(),
+        "file_fs": fs_type(tempfile.gettempdir()),
     }
 
 
@@ -205,12 +227,26 @@ def _check_mremap_window(op, a, base):
         )
 
 
-def _encode(ops, base, kr):
+def _encode(ops, base, kr, src_fds=None):
+    """The op records; ``src_fds`` maps file names to the descriptors this process holds
+    (the runner opens them again), ``None`` to check the script only."""
     words = array("Q")
+    index = {}  # file name -> index in the runner's table
     for op in ops:
         rec = [0] * kr.OP_WORDS
         if isinstance(op, (Fork, ForkP)):
             rec[0] = kr.OPC_FORK if isinstance(op, Fork) else kr.OPC_FORKP
+        elif isinstance(op, CreateFile):
+            if len(index) == kr.MAX_FILES:
+                raise ScriptError(op.lineno, f"at most {kr.MAX_FILES} 'file' lines per script")
+            if op.size > MAX_FILE_SIZE:
+                raise ScriptError(op.lineno, f"'{op}': the host runner creates files of at most "
+                                  f"{MAX_FILE_SIZE >> 20} MiB")
+            index[op.name] = len(index)
+            rec[0], rec[1], rec[2] = kr.OPC_FILE, src_fds[op.name] if src_fds else 0, index[op.name]
+            rec[3] = os.O_RDONLY if op.ro else os.O_RDWR
+        elif isinstance(op, Close):
+            rec[0], rec[2] = kr.OPC_CLOSE, index[op.name]
         elif isinstance(op, Mremap):
             a = absolute(op, base)
             _check_mremap_window(op, a, base)
@@ -222,6 +258,8 @@ def _encode(ops, base, kr):
             rec[1], rec[2] = a, op.length
             if isinstance(op, Mmap):
                 rec[0], rec[3], rec[4] = kr.OPC_MMAP, op.prot, op.flags
+                if op.file is not None:
+                    rec[kr.OP_FILEIDX], rec[kr.OP_OFFSET] = index[op.file] + 1, op.offset
             elif isinstance(op, Munmap):
                 rec[0] = kr.OPC_MUNMAP
             elif isinstance(op, Mprotect):
@@ -240,6 +278,69 @@ def _encode(ops, base, kr):
         rec[5] = op.lineno
         words.extend(rec)
     return words.tobytes()
+
+
+# The most a `file` line may ask the host for (it is written out on the temp file system).
+MAX_FILE_SIZE = 1 << 30
+
+_CHUNK = b"\x5a" * C.PAGE_SIZE
+
+
+def _write_pages(fd, size):
+    """Fill [0, size) with 4 KiB write()s: the page cache then holds 4 KiB folios (a write
+    allocates a folio of the size it writes), as the simulator's cached files."""
+    off = 0
+    while off < size:
+        off += os.pwrite(fd, _CHUNK[:min(C.PAGE_SIZE, size - off)], off)
+
+
+def _create_file(op, tmpdir):
+    """One ``file`` line on the host: a descriptor (O_RDWR) of a new, unnamed file."""
+    if op.shmem:
+        fd = os.memfd_create(f"ptreclaim-{op.name}", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, op.size)
+            if not op.uncached:
+                _write_pages(fd, op.size)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+    try:
+        # No name, so nothing is left behind whatever happens to this process.
+        fd = os.open(tmpdir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except (AttributeError, OSError):
+        import tempfile
+        fd, path = tempfile.mkstemp(prefix="ptreclaim-", dir=tmpdir)
+        os.unlink(path)
+    try:
+        _write_pages(fd, op.size)
+        # Clean pages: what the simulator's cached files hold; and DONTNEED drops only
+        # clean ones.
+        os.fsync(fd)
+        if op.uncached:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextlib.contextmanager
+def _files(ops, tmpdir):
+    """Create the script's files; closes this process's descriptors afterwards."""
+    import tempfile
+    if tmpdir is None:
+        tmpdir = tempfile.gettempdir()
+    fds = {}
+    try:
+        for op in ops:
+            if isinstance(op, CreateFile):
+                fds[op.name] = _create_file(op, tmpdir)
+        yield fds
+    finally:
+        for fd in fds.values():
+            os.close(fd)
 
 
 _MAX_SO_RANGES = 16  # MAX_SO_RANGES of _kernelrun.c: the ranges it reads before the baseline
@@ -322,7 +423,7 @@ _SETUP_STEPS = {1: "reading /proc/self/maps", 2: "installing the SIGSEGV handler
                 5: "reading /proc/self/status", 6: "forking a calibration child"}
 
 
-def _run(ops, base, timeout):
+def _run(ops, base, timeout, tmpdir=None):
     _check_host()
     kr = _ext()
     if not kr.SUPPORTED:
@@ -332,10 +433,11 @@ def _run(ops, base, timeout):
     depth = fork_depth(ops)
     if depth > kr.MAX_FORK_DEPTH:
         raise ScriptError(ops[-1].lineno, f"at most {kr.MAX_FORK_DEPTH} 'fork' operations per script")
-    blob_ops = _encode(ops, base, kr)
+    _encode(ops, base, kr)  # refuse a bad script before creating any file
     if not ops:
         return KernelResults()
-    with _one_cpu():
+    with _files(ops, tmpdir) as src_fds, _one_cpu():
+        blob_ops = _encode(ops, base, kr, src_fds)
         wstatus, timed_out, blob = kr.run(blob_ops, base, WINDOW, _own_ranges(kr), depth, float(timeout))
 
     w = memoryview(blob).cast("Q")
@@ -394,8 +496,12 @@ def _run(ops, base, timeout):
     return results
 
 
-def run(script, base=DEFAULT_BASE, *, timeout=120.0):
+def run(script, base=DEFAULT_BASE, *, timeout=120.0, tmpdir=None):
     """Run ``script`` (text or operations) on the host kernel; one ``Result`` per operation.
+
+    The regular files of ``file`` lines are created, unnamed, on the file system of
+    ``tmpdir`` (default: ``tempfile.gettempdir()``); their page cache depends on it (the
+    measured scenarios were taken on ext4).
 
     Returns a ``KernelResults`` list whose ``config`` is ``host_config()`` for the run.
     Raises ``HostUnsupported`` off Linux, ``WindowBusy`` when the window is not empty,
@@ -405,6 +511,6 @@ def run(script, base=DEFAULT_BASE, *, timeout=120.0):
     _check_host()
     ops = _as_ops(script)
     config = host_config()
-    results = _run(ops, base, timeout)
+    results = _run(ops, base, timeout, tmpdir)
     results.config = config
     return results

@@ -21,8 +21,9 @@ in ``MADV_HUGEPAGE`` regions) and what the default scripts leave out (a ``fork``
 ``generate`` uses ``DEFAULT_CONFIG``, which is what ``python -m ptreclaim compare --random N
 --seed S`` and ``tests/test_random_vs_kernel.py`` compare.  ``PROFILES`` names the other
 configurations (``--profile`` of ``compare``): ``fork`` (one ``fork`` or ``forkp`` at a random
-point) and ``thp-fork`` (the same, plus ``MADV_HUGEPAGE``/``MADV_NOHUGEPAGE`` on 2 MiB-aligned
-mappings whose accesses fault in transparent huge pages).  A profile draws from the seed's
+point), ``thp-fork`` (the same, plus ``MADV_HUGEPAGE``/``MADV_NOHUGEPAGE`` on 2 MiB-aligned
+mappings whose accesses fault in transparent huge pages) and ``file`` (one ``fork`` or
+``forkp``, plus mappings of small cached files, ``close`` and ``mremap``).  A profile draws from the seed's
 random stream as the default does until its first extra choice, so the default scripts
 are the same with or without them.
 """
@@ -30,13 +31,14 @@ are the same with or without them.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import constants as C
 from . import script as S
 
-__all__ = ["Config", "DEFAULT_CONFIG", "FORK_CONFIG", "THP_FORK_CONFIG", "PROFILES",
+__all__ = ["Config", "DEFAULT_CONFIG", "FORK_CONFIG", "THP_FORK_CONFIG", "FILE_CONFIG", "PROFILES",
            "VALID_ADVICE", "OPTIONAL_ADVICE", "INVALID_ADVICE",
            "generate", "generate_text", "outcome", "first_difference", "minimize"]
 
@@ -106,6 +108,16 @@ class Config:
       spans or any range (unaligned ones too).  Most touches go to ``VM_HUGEPAGE``
       VMAs.  Needs ``thp_faults=True``.  The memory budget counts every 2 MiB span such an
       access may fault in.
+    * ``files``: ``False`` (default), or ``True`` for file mappings: one or two small files
+      (regular or memfd, all pages cached; some opened read-only) created at the start,
+      sometimes a third later; a good part of the mappings map them, shared or private, at
+      random page offsets, never past the end of the file; ``close`` lines; and ``mremap``
+      (shrink, grow in place up to the end of the file, move).  The oracle maps each file
+      mapping as an anonymous mapping of the same kind (the simulators may not have files);
+      the generator follows which ranges map which file itself (``_Gen.fmaps``).  Nothing
+      accesses a regular file's pages again once ``MADV_PAGEOUT`` or ``MADV_REMOVE`` may have
+      evicted some: the kernel would read them back with readahead (large folios, more than
+      the faulting page), which the simulator does not model.
     """
 
     advice: tuple = VALID_ADVICE
@@ -117,6 +129,7 @@ class Config:
     oracle: str | None = "reference"
     fork: str | None = None
     thp_advice: bool = False
+    files: bool = False
 
     def __post_init__(self):
         if self.fork not in (None, "fork", "forkp", "any"):
@@ -138,7 +151,16 @@ DEFAULT_CONFIG = Config()
 FORK_CONFIG = Config(fork="any")
 # One fork or forkp per script, and THP faults in MADV_HUGEPAGE regions (THP "madvise").
 THP_FORK_CONFIG = Config(fork="any", thp_faults=True, thp_advice=True)
-PROFILES = {"default": DEFAULT_CONFIG, "fork": FORK_CONFIG, "thp-fork": THP_FORK_CONFIG}
+# File mappings (regular files and memfds) among the anonymous ones, and one fork or forkp.
+FILE_CONFIG = Config(fork="any", files=True)
+PROFILES = {"default": DEFAULT_CONFIG, "fork": FORK_CONFIG, "thp-fork": THP_FORK_CONFIG,
+            "file": FILE_CONFIG}
+
+# Advice that sets VMA flags on anonymous memory but fails (and stops the walk) or is
+# ignored on file mappings: the oracle's anonymous stand-in would split VMAs the kernel
+# does not (or keep guards the kernel removed), so the file profile keeps them off files.
+_FILE_SHADOW_ADVICE = {C.MADV_WIPEONFORK, C.MADV_KEEPONFORK, C.MADV_MERGEABLE, C.MADV_UNMERGEABLE,
+                       C.MADV_GUARD_INSTALL, C.MADV_GUARD_REMOVE}
 
 # Advice the core raises NotImplementedError for.
 _CORE_MISSING = {C.MADV_COLLAPSE}
@@ -166,6 +188,19 @@ def _oracle_class(cfg):
         raise ValueError(f"Config(fork={cfg.fork!r}) needs an oracle with fork(); "
                          f"{MM.__module__}.MM has none")
     return MM
+
+
+@dataclass
+class _File:
+    size: int
+    ro: bool
+    shmem: bool
+    open: bool = True
+    evicted: bool = False  # a regular file some of whose pages PAGEOUT/REMOVE may have evicted
+
+    @property
+    def pages(self):
+        return (self.size + PAGE - 1) // PAGE
 
 
 def _weighted(rng, pairs):
@@ -197,6 +232,10 @@ class _Gen:
         self.advice = [(a, _ADVICE_WEIGHT.get(a, 1)) for a in cfg.advice]
         self.idle = []     # the oracle's processes a fork left behind (kept alive, as on the host)
         self.pending = []  # operations to emit next (thp_advice: MADV_HUGEPAGE after an mmap)
+        self.files = {}    # name -> _File (files: the files the script created)
+        self.nfiles = 0    # `file` lines drawn so far
+        self.fmaps = []    # [start, end, name, offset]: which file each range maps (relative)
+        self._last_ret = None  # what the oracle's last mmap/mremap returned
 
     # --- the oracle -------------------------------------------------------------------------
 
@@ -209,9 +248,29 @@ class _Gen:
             else:
                 self.idle.append(child)
             self._read_vmas()
+            self._sync_fmaps()
             return 0
+        if isinstance(op, (S.CreateFile, S.Close)) or isinstance(op, S.Mmap) and op.file is not None:
+            return self._apply_file(op)
+        moved = self._mremap_pieces(op) if isinstance(op, S.Mremap) else None
+        err = self._apply_oracle(op)
+        if err == 0 and isinstance(op, S.Mmap):
+            self._fmaps_remove(op.addr, op.addr + _page_up(op.length))
+        if err == 0 and moved is not None:
+            self._mremap_follow(op, moved)
+        if isinstance(op, S.Madvise) and op.advice in (C.MADV_PAGEOUT, C.MADV_REMOVE):
+            # Some pages may have left the page cache, whatever the errno (madvise acts
+            # VMA by VMA before an error stops it).
+            for _, _, name, _ in self._fmaps_in(op.addr, op.length):
+                if not self.files[name].shmem:
+                    self.files[name].evicted = True
+        self._sync_fmaps()
+        return err
+
+    def _apply_oracle(self, op):
+        self._last_ret = None
         try:
-            err, fault, _ = S._apply(self.mm, op, self.base)
+            err, fault, self._last_ret = S._apply(self.mm, op, self.base)
         except NotImplementedError:
             # An optional advice the oracle does not simulate (MADV_COLLAPSE): it refuses
             # before changing anything, and the advice changes no VMA or protection on the
@@ -230,6 +289,94 @@ class _Gen:
 
     def room(self):
         return self.cfg.budget - self.spent
+
+    # --- files (the oracle maps them as anonymous memory of the same kind) -------------------
+
+    def _apply_file(self, op):
+        if isinstance(op, S.CreateFile):
+            self.files[op.name] = _File(op.size, op.ro, op.shmem)
+            return 0
+        f = self.files[op.name if isinstance(op, S.Close) else op.file]
+        if isinstance(op, S.Close):
+            err = 0 if f.open else errno.EBADF
+            f.open = False
+            return err
+        # Checks the anonymous stand-in would not make.  Whichever error the kernel reports
+        # first, nothing is mapped, which is all the generator needs to know.
+        if op.offset % PAGE:
+            return errno.EINVAL
+        if not f.open:
+            return errno.EBADF
+        if op.shared and f.ro and op.prot & C.PROT_WRITE:
+            return errno.EACCES
+        err = self._apply_oracle(dataclasses.replace(op, file=None, offset=0))
+        if err == 0:
+            end = op.addr + _page_up(op.length)
+            self._fmaps_remove(op.addr, end)
+            self.fmaps.append([op.addr, end, op.file, op.offset])
+            self._sync_fmaps()
+        return err
+
+    def _fmaps_in(self, a, n):
+        """The file pieces overlapping [a, a + n) (page-rounded)."""
+        if n >= _U64 // 2:
+            return []
+        lo, hi = _page_down(a), _page_up(a + n)
+        return [p for p in self.fmaps if p[0] < hi and p[1] > lo]
+
+    def _fmaps_remove(self, lo, hi):
+        out = []
+        for s, e, name, off in self.fmaps:
+            if e <= lo or s >= hi:
+                out.append([s, e, name, off])
+                continue
+            if s < lo:
+                out.append([s, lo, name, off])
+            if e > hi:
+                out.append([hi, e, name, off + hi - s])
+        self.fmaps = out
+
+    def _sync_fmaps(self):
+        """Keep only the parts of the file pieces the oracle still maps (munmap, a fork's
+        child without the MADV_DONTFORK VMAs...)."""
+        out = []
+        for s, e, name, off in self.fmaps:
+            for vs, ve, _, _ in self.vmas:
+                lo, hi = max(s, vs), min(e, ve)
+                if lo < hi:
+                    out.append([lo, hi, name, off + lo - s])
+        self.fmaps = out
+
+    def _mremap_pieces(self, op):
+        if not self.cfg.files or op.addr % PAGE or op.length >= _U64 // 2:
+            return None
+        return [list(p) for p in self._fmaps_in(op.addr, op.length)]
+
+    def _mremap_follow(self, op, pieces):
+        """Move the file pieces of the old range where mremap put them, and give a growth
+        the file of the page before it."""
+        old_lo, old_hi = op.addr, op.addr + _page_up(op.length)
+        new_len = _page_up(op.new_length)
+        dest = self._last_ret - self.base if self._last_ret is not None else op.addr
+        if dest != old_lo:
+            self._fmaps_remove(old_lo, old_hi)
+        else:
+            self._fmaps_remove(old_lo + min(new_len, old_hi - old_lo), old_hi)
+        for s, e, name, off in pieces:
+            lo, hi = max(s, old_lo), min(e, old_hi)
+            if lo - old_lo >= new_len:
+                continue
+            nlo, nhi = dest + lo - old_lo, dest + min(hi - old_lo, new_len)
+            if dest != old_lo:
+                self._fmaps_remove(nlo, nhi)
+                self.fmaps.append([nlo, nhi, name, off + lo - s])
+            if hi == old_hi and new_len > old_hi - old_lo:
+                # The growth continues the VMA that held the last page.
+                self.fmaps.append([dest + old_hi - old_lo, dest + new_len, name, off + hi - s])
+
+    def evicted(self, a, n):
+        """Does [a, a + n) map a regular file some of whose pages may have been evicted?"""
+        return any(self.files[name].evicted for _, _, name, _ in self._fmaps_in(a, n))
 
     # --- addresses and ranges ---------------------------------------------------------------
 
@@ -519,6 +666,8 @@ class _Gen:
             n = end - a
         else:
             a, n = self.range()
+        if advice in _FILE_SHADOW_ADVICE and self._fmaps_in(a, n):
+            return None
         if advice in (C.MADV_POPULATE_READ, C.MADV_POPULATE_WRITE):
             if self.hits_hugepage(a, n):
                 return None
@@ -573,19 +722,141 @@ class _Gen:
         a, n = self.range()
         return S.Munlock(a, n)
 
+    # --- file operations (Config.files) --------------------------------------------------
+
+    def op_file(self):
+        rng = self.rng
+        if self.nfiles >= 3:
+            return None
+        self.nfiles += 1
+        pages = _weighted(rng, ((1, 2), (4, 3), (16, 4), (17, 2), (64, 3), (300, 2), (512, 2), (1024, 1)))
+        size = pages * PAGE
+        if rng.random() < 0.25:
+            size -= rng.randint(1, PAGE - 1)  # a partial last page: still mapped, up to EOF
+        return S.CreateFile(name=f"F{self.nfiles - 1}", size=size, ro=rng.random() < 0.2,
+                            shmem=rng.random() < 0.4)
+
+    def op_close(self):
+        names = [n for n, f in self.files.items() if f.open]
+        if not names or self.rng.random() < 0.5:
+            return None
+        return S.Close(name=self.rng.choice(names))
+
+    def op_file_mmap(self):
+        rng = self.rng
+        if not self.files:
+            return None
+        name = rng.choice(sorted(self.files))
+        f = self.files[name]
+        first = rng.randrange(f.pages) if rng.random() < 0.6 else 0
+        n = rng.randint(1, f.pages - first) * PAGE if rng.random() < 0.7 else (f.pages - first) * PAGE
+        if rng.random() < 0.1:
+            n -= rng.randint(1, PAGE - 1)  # rounded up: still inside the file
+        offset = first * PAGE
+        shared = rng.random() < (0.25 if f.ro else 0.55)
+        prot = _weighted(rng, _MMAP_PROTS)
+        if shared and f.ro and rng.random() < 0.9:
+            prot &= ~C.PROT_WRITE  # (else EACCES)
+        if rng.random() < 0.03:
+            offset += rng.choice((1, 100, PAGE // 2))  # EINVAL
+        fixed = rng.random() < 0.1
+        for _ in range(1 if fixed else 8):
+            a = self.addr()
+            if self.vmas and rng.random() < 0.3:
+                vs, ve, _, _ = rng.choice(self.vmas)
+                a = min(max(ve if rng.random() < 0.6 else vs - _page_up(n), 0), WINDOW - PAGE)
+            if not self.overlapping(a, self.fit(a, n)):
+                break
+        if a + _page_up(n) > WINDOW:
+            return None
+        populate = rng.random() < 0.08
+        locked = rng.random() < 0.06
+        if (populate or locked) and prot & 7 and not self.spend(_page_up(n)):
+            populate = locked = False
+        return S.Mmap(a, n, prot, shared=shared, populate=populate, locked=locked,
+                      noreserve=rng.random() < 0.5, fixed=fixed, file=name, offset=offset)
+
+    def op_mremap(self):
+        """Shrink, grow in place (a file mapping up to the end of its file) or move (to a
+        given address: one the kernel chose could lie outside the window) a range inside
+        one VMA and, for a file mapping, inside one piece of one file."""
+        rng = self.rng
+        if not self.vmas:
+            return None
+        s, e, flags, _ = rng.choice(self.vmas)
+        pieces = self._fmaps_in(s, e - s)
+        limit = None  # bytes of file from `lo` on
+        if pieces:
+            ps, pe, name, off = rng.choice(pieces)
+            lo, hi = max(ps, s), min(pe, e)
+            limit = self.files[name].pages * PAGE - (off + lo - ps)
+        else:
+            lo, hi = s, e
+        a = lo if rng.random() < 0.5 else lo + _page_down(rng.randrange(hi - lo))
+        old = hi - a if rng.random() < 0.6 else _page_up(rng.randint(1, hi - a))
+        r = rng.random()
+        new_addr = None
+        mflags = 0
+        if r < 0.3:
+            new = _page_down(rng.randint(0, old - 1)) if old > PAGE else old
+        elif r < 0.65:
+            room = rng.choice((PAGE, 4 * PAGE, 64 * K, 2 * M))
+            if limit is not None:
+                room = min(room, limit - (a - lo) - old)
+            # Growing a locked VMA populates the growth; a shared one grows past the end of
+            # the oracle's stand-in shmem object (SIGBUS there, not in the file).
+            if room < PAGE or flags & (C.VM_LOCKED | C.VM_SHARED):
+                return None
+            new = old + _page_up(rng.randint(1, room))
+            if a + new > WINDOW:
+                return None
+        else:
+            new = old
+            if r > 0.85:
+                new = _page_down(rng.randint(PAGE, old)) if old > PAGE else old
+            mflags = C.MREMAP_MAYMOVE | C.MREMAP_FIXED
+            new_addr = self.addr()
+            if new_addr + new > WINDOW:
+                return None
+        return S.Mremap(a, old, new, mflags, new_addr)
+
+    def reads_evicted(self, op):
+        """Could ``op`` fault in a page of a regular file that PAGEOUT or REMOVE may have
+        evicted (the kernel would read it back with readahead)?"""
+        if not self.cfg.files:
+            return False
+        if isinstance(op, S.Mmap):
+            return op.file is not None and (op.populate or op.locked) and self.files[op.file].evicted
+        populating = (isinstance(op, (S.Touch, S.Mlock, S.Mremap))
+                      or isinstance(op, S.Madvise) and op.advice in (C.MADV_POPULATE_READ, C.MADV_POPULATE_WRITE)
+                      or isinstance(op, S.Mprotect) and op.prot & C.PROT_WRITE)
+        return populating and self.evicted(op.addr, op.length)
+
+    def ro_shared_made_writable(self, op):
+        """mprotect(PROT_WRITE) over a shared mapping of an O_RDONLY file fails (EACCES) on
+        the kernel but not in the oracle's anonymous stand-in: leave it out."""
+        if not (self.cfg.files and isinstance(op, S.Mprotect) and op.prot & C.PROT_WRITE):
+            return False
+        for ps, pe, name, _ in self._fmaps_in(op.addr, op.length):
+            if self.files[name].ro and any(f & C.VM_SHARED for _, _, f, _ in self.overlapping(ps, pe - ps)):
+                return True
+        return False
+
     _KINDS = (("op_mmap", 18), ("op_touch", 24), ("op_madvise", 24), ("op_mprotect", 10),
               ("op_munmap", 9), ("op_mlock", 7), ("op_munlock", 5))
+    _FILE_KINDS = _KINDS + (("op_file_mmap", 14), ("op_mremap", 7), ("op_close", 1), ("op_file", 1))
 
     def next_op(self):
         if self.pending:
             return self.pending.pop(0)
+        kinds = self._FILE_KINDS if self.cfg.files else self._KINDS
         for _ in range(200):
             if not self.vmas or self.rng.random() < 0.05:
-                kind = "op_mmap"
+                kind = "op_file_mmap" if self.cfg.files and self.rng.random() < 0.5 else "op_mmap"
             else:
-                kind = _weighted(self.rng, self._KINDS)
+                kind = _weighted(self.rng, kinds)
             op = getattr(self, kind)()
-            if op is not None:
+            if op is not None and not self.reads_evicted(op) and not self.ro_shared_made_writable(op):
                 return op
         return S.Madvise(0, 0, C.MADV_NORMAL)  # nothing else fits: a harmless no-op
 
@@ -607,6 +878,8 @@ def generate(n_ops, seed, config=DEFAULT_CONFIG, *, base=S.DEFAULT_BASE):
         fork_at = frng.randint(1, n_ops - 2) if n_ops >= 3 else n_ops - 1
         kind = config.fork if config.fork != "any" else frng.choice(("fork", "forkp"))
         fork_op = S.Fork() if kind == "fork" else S.ForkP()
+    if config.files:
+        gen.pending += [gen.op_file() for _ in range(rng.choice((1, 2)))]
     ops = []
     for i in range(n_ops):
         op = fork_op if i == fork_at else gen.next_op()

@@ -15,6 +15,7 @@ the host kernel (``ptreclaim.kernel.run``); both return the same ``Result`` obje
 from __future__ import annotations
 
 import dataclasses
+import errno as errno_module
 import re
 import signal
 from dataclasses import dataclass, field
@@ -26,8 +27,9 @@ from .errors import BusError, SegmentationFault
 __all__ = [
     "DEFAULT_BASE", "FIELDS", "SIGSEGV_ERRNO", "SIGBUS_ERRNO",
     "ScriptError", "ForkUnsupported",
+    "FilesUnsupported",
     "Op", "Mmap", "Munmap", "Mprotect", "Mlock", "Munlock", "Madvise", "Touch", "Fork", "ForkP",
-    "Mremap",
+    "Mremap", "CreateFile", "Close",
     "Result", "parse", "parse_line", "load", "dumps", "run", "fork_depth", "errno_name",
     "format_number", "absolute",
 ]
@@ -61,6 +63,11 @@ class ScriptError(ValueError):
 
 class ForkUnsupported(NotImplementedError):
     """The script forks, and the object it runs on has no ``fork()``."""
+
+
+class FilesUnsupported(NotImplementedError):
+    """The script has ``file`` lines, and the object it runs on has no
+    ``machine.create_file()``."""
 
 
 # --- operations -------------------------------------------------------------------------------
@@ -125,11 +132,15 @@ class Mmap(_Range):
     locked: bool = False
     noreserve: bool = False
     fixed: bool = False
+    file: str | None = None   # the name of a `file` line; None: anonymous
+    offset: int = 0           # byte offset in the file, unsigned 64-bit
 
     @property
     def flags(self):
-        """The ``flags`` argument of the mmap call (always anonymous)."""
-        f = C.MAP_ANONYMOUS | (C.MAP_SHARED if self.shared else C.MAP_PRIVATE)
+        """The ``flags`` argument of the mmap call."""
+        f = C.MAP_SHARED if self.shared else C.MAP_PRIVATE
+        if self.file is None:
+            f |= C.MAP_ANONYMOUS
         # Without `fixed` the script still names the address: MAP_FIXED_NOREPLACE places the
         # mapping there or fails with EEXIST, never silently elsewhere or on top of something.
         f |= C.MAP_FIXED if self.fixed else C.MAP_FIXED_NOREPLACE
@@ -142,6 +153,10 @@ class Mmap(_Range):
         words = [super().__str__(), _fmt_prot(self.prot), "shared" if self.shared else "private"]
         words += [name for name in _MMAP_FLAG_BITS if getattr(self, name)]
         words += ["fixed"] if self.fixed else []
+        if self.file is not None:
+            words.append(f"file={self.file}")
+            if self.offset:
+                words.append(f"off={format_number(self.offset)}")
         return " ".join(words)
 
 
@@ -235,6 +250,37 @@ class ForkP(Op):
     """``forkp``: the rest runs in the parent; the idle child keeps its copy until the end."""
 
     keyword: ClassVar[str] = "forkp"
+
+
+@dataclass(frozen=True)
+class CreateFile(Op):
+    """``file NAME SIZE [ro] [shmem] [uncached]``: create a file of SIZE bytes and open it
+    in the running process (``O_RDONLY`` with ``ro``, else ``O_RDWR``).  A regular file on
+    a disk file system, or with ``shmem`` a memfd; its pages are all in the page cache (a
+    memfd: all written) unless ``uncached``."""
+
+    keyword: ClassVar[str] = "file"
+    name: str = ""
+    size: int = 0
+    ro: bool = False
+    shmem: bool = False
+    uncached: bool = False
+
+    def __str__(self):
+        words = [self.keyword, self.name, format_number(self.size)]
+        words += [w for w in ("ro", "shmem", "uncached") if getattr(self, w)]
+        return " ".join(words)
+
+
+@dataclass(frozen=True)
+class Close(Op):
+    """``close NAME``: close the running process's descriptor of NAME (mappings stay)."""
+
+    keyword: ClassVar[str] = "close"
+    name: str = ""
+
+    def __str__(self):
+        return f"{self.keyword} {self.name}"
 
 
 # --- parsing ----------------------------------------------------------------------------------
@@ -382,21 +428,74 @@ def _advice(text):
     return C.MADV_NAMES[name]
 
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
+
+
+def _name(text):
+    if not _NAME.match(text):
+        raise ValueError(f"bad file NAME {text!r} (a letter or '_', then letters, digits, '_', '.', '-')")
+    return text
+
+
+def _offset(text):
+    v = _number(text, "OFFSET")
+    # As LEN: a negative offset is the unsigned value a C caller passes.
+    if not -(1 << 63) <= v < _U64:
+        raise ValueError(f"OFFSET {text!r} is out of range (-2**63 <= OFFSET < 2**64)")
+    return v % _U64
+
+
 def _parse_mmap(args):
     if len(args) < 4:
-        raise ValueError("mmap needs ADDR LEN PROT KIND [populate] [locked] [noreserve] [fixed]")
+        raise ValueError("mmap needs ADDR LEN PROT KIND [populate] [locked] [noreserve] [fixed] "
+                         "[file=NAME] [off=OFFSET]")
     kind = args[3].lower()
     if kind not in ("private", "shared"):
         raise ValueError(f"bad KIND {args[3]!r} (private or shared)")
     flags = {}
     for word in args[4:]:
-        w = word.lower()
+        key, eq, value = word.partition("=")
+        w = key.lower()
+        if eq:
+            if w not in ("file", "off"):
+                raise ValueError(f"unknown mmap argument {word!r} (file=NAME, off=OFFSET)")
+            w = "offset" if w == "off" else w
+            if w in flags:
+                raise ValueError(f"mmap argument {key}= given twice")
+            flags[w] = _name(value) if w == "file" else _offset(value)
+            continue
         if w not in ("populate", "locked", "noreserve", "fixed"):
             raise ValueError(f"unknown mmap flag {word!r} (populate, locked, noreserve, fixed)")
         if w in flags:
             raise ValueError(f"mmap flag {word!r} given twice")
         flags[w] = True
+    if "offset" in flags and "file" not in flags:
+        raise ValueError("off= needs file=NAME (anonymous mappings have no offset)")
     return Mmap(_addr(args[0]), _length(args[1]), _prot(args[2]), shared=kind == "shared", **flags)
+
+
+def _parse_file(args):
+    if len(args) < 2:
+        raise ValueError("file needs NAME SIZE [ro] [shmem] [uncached]")
+    name = _name(args[0])
+    size = _number(args[1], "SIZE")
+    if not 0 <= size < 1 << 63:
+        raise ValueError(f"SIZE {args[1]!r} is out of range (0 <= SIZE < 2**63)")
+    flags = {}
+    for word in args[2:]:
+        w = word.lower()
+        if w not in ("ro", "shmem", "uncached"):
+            raise ValueError(f"unknown file flag {word!r} (ro, shmem, uncached)")
+        if w in flags:
+            raise ValueError(f"file flag {word!r} given twice")
+        flags[w] = True
+    return CreateFile(name=name, size=size, **flags)
+
+
+def _parse_close(args):
+    if len(args) != 1:
+        raise ValueError("close needs NAME")
+    return Close(name=_name(args[0]))
 
 
 def _parse_range(cls, usage):
@@ -473,6 +572,8 @@ _PARSERS = {
     "mremap": _parse_mremap,
     "fork": _parse_noargs(Fork),
     "forkp": _parse_noargs(ForkP),
+    "file": _parse_file,
+    "close": _parse_close,
 }
 
 
@@ -499,7 +600,23 @@ def parse(text, filename=None):
         op = parse_line(line, lineno, filename)
         if op is not None:
             ops.append(op)
+    check_names(ops, filename)
     return ops
+
+
+def check_names(ops, filename=None):
+    """Every ``file=NAME`` and ``close NAME`` names a file an earlier ``file`` line created,
+    and no two ``file`` lines create the same NAME (``ScriptError`` otherwise)."""
+    seen = set()
+    for op in ops:
+        if isinstance(op, CreateFile):
+            if op.name in seen:
+                raise ScriptError(op.lineno, f"file {op.name!r} is created twice", filename)
+            seen.add(op.name)
+        elif isinstance(op, Close) or isinstance(op, Mmap) and op.file is not None:
+            name = op.name if isinstance(op, Close) else op.file
+            if name not in seen:
+                raise ScriptError(op.lineno, f"no earlier 'file {name} ...' line creates {name!r}", filename)
 
 
 def load(path):
@@ -520,6 +637,7 @@ def _as_ops(script):
     for op in ops:
         if not isinstance(op, Op):
             raise TypeError(f"not a script operation: {op!r}")
+    check_names(ops)
     return ops
 
 
@@ -607,11 +725,21 @@ def _status(mm):
     return {k: st.get(k) for k in FIELDS}
 
 
-def _apply(mm, op, base):
-    """Run one operation on an object with the api.md methods: ``(errno, fault, ret)``."""
+def _apply(mm, op, base, fds=None):
+    """Run one operation on an object with the api.md methods: ``(errno, fault, ret)``.
+
+    ``fds`` maps the script's file names to the descriptors of the running process
+    (``None`` once closed); ``file`` and ``close`` lines update it."""
+    if isinstance(op, (CreateFile, Close)):
+        return _apply_file(mm, op, fds), None, None
     a = absolute(op, base)
     try:
         if isinstance(op, Mmap):
+            if op.file is not None:
+                # A closed name passes -1, which every mmap of a file rejects with EBADF
+                # (the number it had may belong to a newer file by now).
+                fd = fds.get(op.file) if fds is not None else None
+                return 0, None, mm.mmap(a, op.length, op.prot, op.flags, -1 if fd is None else fd, op.offset)
             return 0, None, mm.mmap(a, op.length, op.prot, op.flags)
         if isinstance(op, Mremap):
             return 0, None, mm.mremap(a, op.length, op.new_length, op.flags, absolute_new_addr(op, base))
@@ -638,6 +766,22 @@ def _apply(mm, op, base):
     return 0, None, None
 
 
+def _apply_file(mm, op, fds):
+    try:
+        if isinstance(op, CreateFile):
+            f = mm.machine.create_file(op.size, shmem=op.shmem, cached=not op.uncached)
+            fds[op.name] = mm.open(f, write=not op.ro)
+        else:
+            fd = fds.get(op.name)
+            if fd is None:
+                return errno_module.EBADF  # close(-1), as the host runner does
+            fds[op.name] = None
+            mm.close(fd)
+    except OSError as e:
+        return e.errno
+    return 0
+
+
 def run(script, mm, base=DEFAULT_BASE):
     """Run ``script`` (text or a list of operations) on ``mm``; one ``Result`` per operation.
 
@@ -653,6 +797,12 @@ def run(script, mm, base=DEFAULT_BASE):
         raise ForkUnsupported(
             f"line {forks[0].lineno}: '{forks[0]}' needs fork(), which this simulator does not "
             "have yet; run the script on the host kernel (ptreclaim.kernel.run) instead"
+        )
+    files = [op for op in ops if isinstance(op, CreateFile)]
+    if files and not hasattr(getattr(mm, "machine", None), "create_file"):
+        raise FilesUnsupported(
+            f"line {files[0].lineno}: '{files[0]}' needs machine.create_file(), which this "
+            "simulator does not have yet; run the script on the host kernel (ptreclaim.kernel.run) instead"
         )
     for op in ops:
         if isinstance(op, Mremap):
@@ -673,6 +823,9 @@ def run(script, mm, base=DEFAULT_BASE):
         baselines.append(_status(calib))
 
     idle = []  # processes a fork left behind keep their copies until the end
+    # The running process's descriptors by file name.  A fork copies the descriptor table,
+    # with the same numbers, so the process that goes on keeps using this one.
+    fds = {}
     depth = 0
     results = []
     for op in ops:
@@ -687,6 +840,6 @@ def run(script, mm, base=DEFAULT_BASE):
                 idle.append(child)
             err = 0
         else:
-            err, fault, ret = _apply(mm, op, base)
+            err, fault, ret = _apply(mm, op, base, fds)
         results.append(Result(op, err, _status(mm), baselines[depth], fault, ret, depth))
     return results

@@ -14,6 +14,12 @@ the concrete call, with per-operation caps that keep the reference model fast.
 ``("fork",)`` forks a process and ``("exit",)`` ends one; ``("in", k, op)`` runs op in
 the k-th live process (0 is the first one, the others are children in creation
 order). Every live process is compared after each step.
+
+Files: ``("file", size_i, shmem, cached, write)`` creates a file on both machines and
+opens it in the process; ``("mmap_file", ...)`` maps one of its fds (3..6) at one of
+``FILE_OFFSETS``; ``("close", fd_i)`` and ``("forget", i)`` (drop the test's own handle
+on a file) let the page cache go. They run only when both sides have
+``Machine.create_file`` (``Pair.files``).
 """
 
 import errno
@@ -85,6 +91,15 @@ MREMAP_FLAGS = (0, MREMAP_MAYMOVE, MREMAP_MAYMOVE | MREMAP_FIXED, MREMAP_MAYMOVE
                 MREMAP_MAYMOVE | MREMAP_DONTUNMAP, MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP,
                 MREMAP_FIXED, MREMAP_DONTUNMAP, 8, MREMAP_MAYMOVE | 0x10)
 
+# File sizes (bytes) and mmap offsets for the file operations: whole pages, a page and a
+# byte, short files a mapping runs past, offsets far past EOF, misaligned and too large.
+FILE_SIZES = (4 * K, 8 * K + 1, 20 * K + 100, 64 * K, 1 * M, 2 * M, 4 * M + 4 * K, 0)
+FILE_OFFSETS = (0, 0, 0, PAGE_SIZE, 16 * PAGE_SIZE, 1 * M, 2 * M, 2 * M - 8 * K, 1 * G, 100,
+                0x7FFF_FFFF_FFFF_F000)
+# The fds a file operation aims at: the first files a process opens get 3, 4, ...
+FIRST_FD = 3
+NR_FDS = 4
+
 # Calls that fault pages in: their length is capped so one step stays cheap.
 POPULATE_CAP = 8 * M
 TOUCH_CAP = 4 * M
@@ -121,9 +136,26 @@ def length_of(spec):
     return pages * PAGE_SIZE + (1 if index == -2 else 0)
 
 
-def resolve(vmas, op):
-    """Turn a symbolic operation into (method, args, kwargs) for MM."""
+def resolve(vmas, op, files=True):
+    """Turn a symbolic operation into (method, args, kwargs) for MM. Without ``files``
+    (an implementation without file mappings) an fd is never passed for a mapping."""
     name = op[0]
+    if name == "mmap_file":
+        _, aspec, lspec, prot_i, shared, extra_bits, fd_i, off_i = op
+        addr = addr_of(vmas, aspec)
+        if aspec[0] == 3:
+            addr = 0
+        length = length_of(lspec)
+        flags = (MAP_SHARED if shared else MAP_PRIVATE)
+        for i, bit in enumerate(MAP_EXTRA):
+            if extra_bits >> i & 1:
+                flags |= bit
+        if flags & (MAP_POPULATE | MAP_LOCKED):
+            length = _clamp(addr, length, POPULATE_CAP)
+        return "mmap", (addr, length, PROTS[prot_i % len(PROTS)], flags, FIRST_FD + fd_i % NR_FDS,
+                        FILE_OFFSETS[off_i % len(FILE_OFFSETS)]), {}
+    if name == "close":
+        return "close", (FIRST_FD + op[1] % NR_FDS,), {}
     if name == "mmap":
         _, aspec, lspec, prot_i, type_i, extra_bits, anon, fd_off = op
         addr = addr_of(vmas, aspec)
@@ -136,8 +168,11 @@ def resolve(vmas, op):
                 flags |= bit
         if flags & (MAP_POPULATE | MAP_LOCKED):
             length = _clamp(addr, length, POPULATE_CAP)
-        fd, offset = ((-1, 0), (-1, 0), (-1, 0), (3, 0), (-1, 1), (-1, PAGE_SIZE), (-1, U64 - 4095),
+        fd, offset = ((-1, 0), (-1, 0), (-1, 0), (FIRST_FD, 0), (-1, 1), (-1, PAGE_SIZE), (-1, U64 - 4095),
                       (-1, PMD_SIZE))[fd_off % 8]
+        if not files and not flags & MAP_ANONYMOUS:
+            # Without file mappings an fd >= 0 would only give ENODEV on one side.
+            fd = -1
         return "mmap", (addr, length, PROTS[prot_i % len(PROTS)], flags, fd, offset), {}
     if name in ("munmap", "mlock", "munlock"):
         _, aspec, lspec = op
@@ -235,7 +270,7 @@ class Pair:
     the processes forked from them."""
 
     def __init__(self, pt_reclaim=True, split_ptlocks=True, max_frames=None, totalram_pages=None,
-                 thp="madvise", swap_pages=0, hugetlb_pages=0, paging_levels=4):
+                 thp="madvise", swap_pages=0, hugetlb_pages=0, paging_levels=4, core_module=core_impl):
         self.config = dict(pt_reclaim=pt_reclaim, split_ptlocks=split_ptlocks,
                            max_frames=max_frames, totalram_pages=totalram_pages, thp=thp,
                            swap_pages=swap_pages)
@@ -243,12 +278,14 @@ class Pair:
             self.config["hugetlb_pages"] = hugetlb_pages
         if paging_levels != 4:
             self.config["paging_levels"] = paging_levels
-        self.core_machine = core_impl.Machine(max_frames, totalram_pages, swap_pages,
-                                              hugetlb_pages=hugetlb_pages)
+        # core_module=ref_impl runs the reference against itself: only check() and the
+        # determinism of the two runs are tested then.
+        self.core_machine = core_module.Machine(max_frames, totalram_pages, swap_pages,
+                                                hugetlb_pages=hugetlb_pages)
         self.ref_machine = ref_impl.Machine(max_frames, totalram_pages, swap_pages,
                                             hugetlb_pages=hugetlb_pages)
-        self.core = core_impl.MM(pt_reclaim=pt_reclaim, split_ptlocks=split_ptlocks, thp=thp,
-                                 machine=self.core_machine, paging_levels=paging_levels)
+        self.core = core_module.MM(pt_reclaim=pt_reclaim, split_ptlocks=split_ptlocks, thp=thp,
+                                   machine=self.core_machine, paging_levels=paging_levels)
         self.ref = ref_impl.MM(pt_reclaim=pt_reclaim, split_ptlocks=split_ptlocks, thp=thp,
                                machine=self.ref_machine, paging_levels=paging_levels)
         # The live processes as (core, reference) pairs; the first is the one made
@@ -256,6 +293,9 @@ class Pair:
         self.procs = [(self.core, self.ref)]
         self.pfn_map = {}  # core pfn -> reference frame object
         self.log = []  # concrete calls so far, for the failure message
+        # Whether both sides simulate files; the test's own (core, reference) File handles.
+        self.files = hasattr(self.core_machine, "create_file") and hasattr(self.ref_machine, "create_file")
+        self.handles = []
 
     def describe(self):
         lines = [f"Pair({', '.join(f'{k}={v!r}' for k, v in self.config.items())})"]
@@ -274,11 +314,45 @@ class Pair:
         if op[0] == "in":
             _, k, op = op
             target = k % len(self.procs)
+        if op[0] in ("file", "mmap_file", "close", "forget") and not self.files:
+            raise ValueError("a file operation on an implementation without files")
+        if op[0] == "file":
+            _, size_i, shmem, cached, write = op
+            return self.create_file(FILE_SIZES[size_i % len(FILE_SIZES)], bool(shmem), bool(cached),
+                                    bool(write), target, compare)
+        if op[0] == "forget":
+            if self.handles:
+                del self.handles[op[1] % len(self.handles)]
+            self.log.append((target, "forget", (op[1],), {}))
+            if compare:
+                self.compare()
+            return ("ok", None)
         if op[0] in ("fork", "exit"):
             method, args, kwargs = op[0], (), {}
         else:
-            method, args, kwargs = resolve(self.procs[target][1].vmas(), op)
+            method, args, kwargs = resolve(self.procs[target][1].vmas(), op, self.files)
         return self.call(method, args, kwargs, compare, target)
+
+    def create_file(self, size, shmem, cached, write, target=0, compare=True):
+        """Machine.create_file on both sides, then open() in the target process."""
+        core, ref = self.procs[target]
+        self.log.append((target, "create_file+open", (size,), dict(shmem=shmem, cached=cached, write=write)))
+        got = []
+        for machine, mm in ((self.core_machine, core), (self.ref_machine, ref)):
+            try:
+                f = machine.create_file(size, shmem=shmem, cached=cached)
+            except OutOfMemory:
+                got.append((("OutOfMemory",), None))
+                continue
+            got.append((outcome(mm, "open", (f,), {"write": write}), f))
+        (got_core, core_file), (got_ref, ref_file) = got
+        if got_core != got_ref:
+            self.fail("the result of create_file+open", got_core, got_ref)
+        if core_file is not None:
+            self.handles.append((core_file, ref_file))
+        if compare:
+            self.compare()
+        return got_core
 
     def call(self, method, args, kwargs=None, compare=True, target=0):
         kwargs = kwargs or {}
@@ -315,6 +389,11 @@ class Pair:
                       self.ref_machine.hugetlb_meminfo())
         if self.core_machine.swap_used != self.ref_machine.swap_used:
             self.fail("Machine.swap_used", self.core_machine.swap_used, self.ref_machine.swap_used)
+        for i, (cf, rf) in enumerate(self.handles):
+            a = (cf.size, cf.shmem, cf.nr_cached, cf.nr_dirty)
+            b = (rf.size, rf.shmem, rf.nr_cached, rf.nr_dirty)
+            if a != b:
+                self.fail(f"file {i} (size, shmem, nr_cached, nr_dirty)", a, b)
         if full:
             for k, (core, ref) in enumerate(self.procs):
                 self.compare_entries(core, ref, f"process {k}: " if k else "")

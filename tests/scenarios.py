@@ -3,7 +3,7 @@
 Each scenario is one fresh process. ``setup`` rows run first and are not
 checked; every ``steps`` row is
 
-    (operation, args, expected_errno, dVmPTE, dRssAnon, dRssShmem)
+    (operation, args, expected_errno, dVmPTE, dRssAnon, dRssShmem, dRssFile)
 
 with deltas in kB across that one operation and ``expected_errno`` 0 for
 success. Operations and their arguments:
@@ -18,10 +18,17 @@ success. Operations and their arguments:
   write ``bytes`` at base + i*2M, then madvise(base + i*2M, 2M, advice)
 * ``span_poke`` (base, spans)                    -> write 1 byte in each 2 MiB span
 * ``mremap``   (addr, old_len, new_len, flags, new_addr) -> MM.mremap(...)
+* ``file``     (name, size, *options)            -> f = Machine.create_file(size, ...),
+  then MM.open(f): the file is open in the process under ``name``. Options as in
+  the script language: ``"ro"`` (O_RDONLY), ``"shmem"`` (a memfd), ``"uncached"``
+  (empty page cache).
+* ``mmap_file`` (addr, length, prot, flags, name, offset) -> MM.mmap(..., fd, offset)
+  with the fd of the file opened as ``name``
+* ``close``    (name,)                           -> MM.close(fd of name)
 
 Deltas are the lab machine's (Linux 6.18) for a process whose 512 GiB slot
-at ``B`` holds nothing else. Rows the model cannot reproduce yet (files,
-mremap) are left out; the scenario notes say which.
+at ``B`` holds nothing else. Rows the model cannot reproduce yet are left
+out; the scenario notes say which.
 
 A scenario that needs more than a default machine names it in ``machine``:
 keyword arguments for ``Machine`` (SC-30's swap device, SC-31's hugetlb pool), and the process is
@@ -29,6 +36,7 @@ keyword arguments for ``Machine`` (SC-30's swap device, SC-31's hugetlb pool), a
 """
 
 from ptreclaim.constants import (
+    MADV_COLD,
     MADV_DONTNEED,
     MADV_DONTNEED_LOCKED,
     MADV_FREE,
@@ -38,6 +46,7 @@ from ptreclaim.constants import (
     MADV_POPULATE_READ,
     MADV_POPULATE_WRITE,
     MADV_REMOVE,
+    MADV_WILLNEED,
     MAP_ANONYMOUS,
     MAP_FIXED,
     MAP_FIXED_NOREPLACE,
@@ -66,6 +75,7 @@ SHARED_ANON = MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE
 
 EINVAL = 22
 ENOMEM = 12
+EACCES = 13
 
 SIZE_MAX = (1 << 64) - 1
 
@@ -77,12 +87,12 @@ def anon(addr, length, prot=RW):
     return ("mmap", (addr, length, prot, ANON))
 
 
-def ok(op, args, dpte=0, danon=0, dshmem=0):
-    return (op, args, 0, dpte, danon, dshmem)
+def ok(op, args, dpte=0, danon=0, dshmem=0, dfile=0):
+    return (op, args, 0, dpte, danon, dshmem, dfile)
 
 
-def err(code, op, args, dpte=0, danon=0, dshmem=0):
-    return (op, args, code, dpte, danon, dshmem)
+def err(code, op, args, dpte=0, danon=0, dshmem=0, dfile=0):
+    return (op, args, code, dpte, danon, dshmem, dfile)
 
 
 class Scenario:
@@ -505,6 +515,56 @@ SCENARIOS = [
         ok("madvise", (B + 2 * M, 2 * M, MADV_DONTNEED)),
         ok("munmap", (B, 4 * M), -8, 0),
     ], machine={"hugetlb_pages": 4}),
+    Scenario(
+        "SC-18",
+        "Shared file mapping: fault-around, write, PAGEOUT",
+        [("file", ("f", 4 * M))],
+        [
+            ok("mmap_file", (B, 4 * M, RW, MAP_SHARED | MAP_FIXED_NOREPLACE, "f", 0)),
+            ok("read", (B + 100 * K, 1), 12, dfile=64),
+            ok("read", (B + 2 * M - 4 * K, 1), 0, dfile=64),
+            ok("write", (B + M, 1), 0, dfile=4),
+            ok("madvise", (B, 2 * M, MADV_DONTNEED), -4, dfile=-132),
+            ok("madvise", (B + 2 * M, 2 * M, MADV_PAGEOUT)),
+            ok("read", (B + 2 * M, 2 * M), 4, dfile=2048),
+            ok("madvise", (B + 2 * M, 2 * M, MADV_PAGEOUT), 0, dfile=-2048),
+            ok("munmap", (B, 4 * M), -12),
+        ],
+    ),
+    Scenario(
+        "SC-19",
+        "Private file mapping: COW",
+        [("file", ("f", 2 * M)), ("mmap_file", (B, 2 * M, RW, MAP_PRIVATE | MAP_FIXED_NOREPLACE, "f", 0))],
+        [
+            ok("read", (B + 100 * K, 1), 12, dfile=64),
+            ok("write", (B + 100 * K, 1), 0, 4, dfile=-4),
+            ok("write", (B + M, 1), 0, 4),
+            err(EINVAL, "madvise", (B, 2 * M, MADV_FREE)),
+            ok("madvise", (B, 2 * M, MADV_DONTNEED), -4, -8, dfile=-60),
+        ],
+    ),
+    Scenario(
+        "SC-38",
+        "COLD, PAGEOUT without swap, WILLNEED, REMOVE",
+        [
+            anon(B, 2 * M),
+            ("file", ("f", 2 * M, "uncached")),
+            ("mmap_file", (B + G, 2 * M, RW, MAP_PRIVATE | MAP_FIXED_NOREPLACE, "f", 0)),
+            ("mmap_file", (B + 2 * G, 2 * M, RW, MAP_SHARED | MAP_FIXED_NOREPLACE, "f", 0)),
+        ],
+        [
+            ok("write", (B, 2 * M), 12, 2048),
+            ok("madvise", (B, 2 * M, MADV_COLD)),
+            ok("madvise", (B, 2 * M, MADV_PAGEOUT)),
+            ok("madvise", (B, 2 * M, MADV_WILLNEED)),
+            err(EINVAL, "madvise", (B, 2 * M, MADV_REMOVE)),
+            err(EACCES, "madvise", (B + G, 2 * M, MADV_REMOVE)),
+            ok("write", (B + 2 * G, 2 * M), 8, dfile=2048),
+            ok("madvise", (B + 2 * G, 2 * M, MADV_REMOVE), 0, dfile=-2048),
+            ok("madvise", (B + 2 * G, 2 * M, MADV_DONTNEED), -4),
+        ],
+        note="the file is a sparse 2 MiB ext4 file (ftruncate): an empty page cache",
+    ),
 ]
 
 
@@ -520,27 +580,6 @@ WAITING = [
         ok("madvise", (B, 2 * M, MADV_DONTNEED), 0, 0, -2048),
         ok("read", (B, 1), 0, 0, 2048),
     ], needs="thp"),
-    Scenario("SC-18", "Shared file mapping: fault-around, write, PAGEOUT",
-             [("file", ("f", 4 * M))], [
-        ok("mmap_file", (B, 4 * M, RW, MAP_SHARED | MAP_FIXED_NOREPLACE, "f", 0)),
-        ok("read", (B + 100 * K, 1), 12, 0),
-        ok("read", (B + 2 * M - 4 * K, 1), 0, 0),
-        ok("write", (B + M, 1), 0, 0),
-        ok("madvise", (B, 2 * M, MADV_DONTNEED), -4, 0),
-        ok("madvise", (B + 2 * M, 2 * M, 21)),
-        ok("read", (B + 2 * M, 2 * M), 4, 0),
-        ok("madvise", (B + 2 * M, 2 * M, 21)),
-        ok("munmap", (B, 4 * M), -12, 0),
-    ], note="RssFile deltas +64, +64, +4, -132, 0, +2048, -2048 are not in these rows",
-       needs="files"),
-    Scenario("SC-19", "Private file mapping: COW", [("file", ("f", 2 * M))], [
-        ok("mmap_file", (B, 2 * M, RW, MAP_PRIVATE | MAP_FIXED_NOREPLACE, "f", 0)),
-        ok("read", (B + 100 * K, 1), 12, 0),
-        ok("write", (B + 100 * K, 1), 0, 4),
-        ok("write", (B + M, 1), 0, 4),
-        err(EINVAL, "madvise", (B, 2 * M, MADV_FREE)),
-        ok("madvise", (B, 2 * M, MADV_DONTNEED), -4, -8),
-    ], needs="files"),
 ]
 
 

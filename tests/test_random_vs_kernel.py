@@ -10,7 +10,9 @@ deltas from the start of the script) must be equal.  docs/validation.md has the 
 
 The ``fork`` profile adds one ``fork`` or ``forkp`` at a random line of each script; the
 ``thp-fork`` profile adds one too, and ``MADV_HUGEPAGE``/``MADV_NOHUGEPAGE`` on 2 MiB-aligned
-mappings whose accesses fault in transparent huge pages (``randscript.PROFILES``).
+mappings whose accesses fault in transparent huge pages; the ``file`` profile adds one too,
+and mappings of small cached files (regular and memfd), ``close`` and ``mremap``
+(``randscript.PROFILES``).
 
 A failure names its seed and prints the command that shows the whole comparison.
 These skip only off Linux (or without 4 KiB pages) and when the runner's window cannot
@@ -42,6 +44,7 @@ CORE_SEEDS = range(300)                 # every one against the compiled core
 REFERENCE_SEEDS = range(0, 300, 6)      # 50 of them against the reference model too
 FORK_SEEDS = range(200)                 # profile "fork": one fork or forkp each, against the core
 THP_SEEDS = range(200)                  # profile "thp-fork": THP advice and a fork each
+FILE_SEEDS = range(200)                 # profile "file": file mappings and a fork each
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +208,68 @@ def test_thp_scripts_are_legal_and_fault_huge_pages(host):
                     huge += 1
             prev = k
     assert huge >= len(THP_SEEDS) // 2  # 1.3 per script on the lab machine
+
+
+# --- file mappings and a fork --------------------------------------------------------------
+
+def test_core_agrees_with_kernel_file(host):
+    """200 scripts with file mappings and a fork each: all agree (one test, as thp-fork)."""
+    results = core_results_isolated(FILE_SEEDS, "file", host)
+    bad = {}
+    for seed in FILE_SEEDS:
+        res = results[seed]
+        bad[seed] = res if isinstance(res, str) else disagreement(
+            seed, "core", "file", on_kernel(seed, "file"), res)
+    bad = {seed: why for seed, why in bad.items() if why}
+    if bad:
+        pytest.fail(f"{len(bad)} of {len(FILE_SEEDS)} file scripts differ: seeds {sorted(bad)}\n"
+                    + "\n".join(bad[seed] for seed in sorted(bad)[:3]), pytrace=False)
+
+
+def test_file_scripts_are_legal_and_map_files(host):
+    """The file scripts run on this kernel without a touch fault (no SIGBUS past EOF, no
+    write to a read-only mapping), and their touches do map file and memfd pages."""
+    touches = {"RssFile": 0, "RssShmem": 0}
+    for seed in FILE_SEEDS:
+        ops, kres = script(seed, "file"), on_kernel(seed, "file")
+        prev = None
+        for op, k in zip(ops, kres):
+            if isinstance(op, S.Touch):
+                assert k.errno == 0, f"seed {seed}, line {op.lineno}: '{op}' faulted: an illegal script"
+                for f in touches:
+                    touches[f] += prev is not None and k.delta[f] > prev.delta[f]
+            prev = k
+    assert touches["RssFile"] > 200 and touches["RssShmem"] > 200, touches
+
+
+def test_file_profile_covers_files():
+    """file: regular files and memfds, O_RDONLY ones, partial last pages; shared and private
+    mappings at offsets; close, EBADF, EINVAL offsets; mremap shrinking, growing, moving;
+    PAGEOUT and REMOVE over file mappings; a fork in every script."""
+    from ptreclaim import constants as C
+    ops = [op for seed in FILE_SEEDS for op in script(seed, "file")]
+    files = [op for op in ops if isinstance(op, S.CreateFile)]
+    assert {f.shmem for f in files} == {True, False} and {f.ro for f in files} == {True, False}
+    assert any(f.size % 4096 for f in files) and not any(f.uncached for f in files)
+    fmaps = [op for op in ops if isinstance(op, S.Mmap) and op.file is not None]
+    assert {op.shared for op in fmaps} == {True, False}
+    assert sum(op.offset > 0 for op in fmaps) > 200 and any(op.offset % 4096 for op in fmaps)
+    assert sum(isinstance(op, S.Close) for op in ops) > 20
+    moves = [op for op in ops if isinstance(op, S.Mremap)]
+    assert any(op.new_length < op.length for op in moves)
+    assert any(op.new_length > op.length for op in moves)
+    assert any(op.flags == C.MREMAP_MAYMOVE | C.MREMAP_FIXED for op in moves)
+    assert not any(op.flags & C.MREMAP_MAYMOVE and not op.flags & C.MREMAP_FIXED for op in moves)
+    assert {op.advice for op in ops if isinstance(op, S.Madvise)} >= {C.MADV_PAGEOUT, C.MADV_REMOVE}
+    for seed in FILE_SEEDS:
+        assert sum(isinstance(op, (S.Fork, S.ForkP)) for op in script(seed, "file")) == 1
+
+
+def test_only_the_file_profile_has_files():
+    for profile in ("default", "fork", "thp-fork"):
+        for seed in range(20):
+            assert not any(isinstance(op, (S.CreateFile, S.Close)) or isinstance(op, S.Mmap) and op.file
+                           for op in script(seed, profile)), (profile, seed)
 
 
 # --- the generator ---------------------------------------------------------------------------

@@ -355,3 +355,21 @@ def test_mprotect_keeps_the_accessed_bit(MM):
     mm.mprotect(B, 4096, PROT_READ)
     assert not mm.read_entry(B) & 0x20
     mm.check()
+
+
+def test_a_store_to_a_guard_marker_makes_no_anon_vma(MM):
+    # handle_pte_marker() answers a guard marker with SIGSEGV before the fault
+    # reaches do_cow_fault(), where a first store to a private file mapping
+    # makes the anon_vma; madvise_guard_install() makes none for a file VMA.
+    from ptreclaim.constants import MADV_GUARD_INSTALL
+    from ptreclaim.errors import SegmentationFault
+    mm = MM()
+    fd = mm.open(mm.machine.create_file(64 * K))
+    mm.mmap(B, 64 * K, RW, MAP_PRIVATE | MAP_FIXED_NOREPLACE, fd, 0)
+    mm.madvise(B, 4 * K, MADV_GUARD_INSTALL)
+    with pytest.raises(SegmentationFault):
+        mm.touch(B, 4 * K, write=True)
+    assert [v[3] for v in mm.vmas()] == [False]
+    mm.touch(B + 4 * K, 4 * K, write=True)
+    assert [v[3] for v in mm.vmas()] == [True]
+    mm.check()

@@ -23,8 +23,24 @@ from scenarios import (
 M = 1 << 20
 
 
-def apply(mm, op, args):
-    """Run one scenario operation."""
+def apply(mm, op, args, files=None):
+    """Run one scenario operation. ``files`` maps the names of the files the
+    scenario created to their (File, fd) in the process."""
+    if op == "file":
+        name, size, *options = args
+        unknown = set(options) - {"ro", "shmem", "uncached"}
+        if unknown:
+            raise ValueError(f"unknown file options {sorted(unknown)}")
+        f = mm.machine.create_file(size, shmem="shmem" in options, cached="uncached" not in options)
+        fd = mm.open(f, write="ro" not in options)
+        files[name] = (f, fd)
+        return fd
+    if op == "mmap_file":
+        addr, length, prot, flags, name, offset = args
+        return mm.mmap(addr, length, prot, flags, files[name][1], offset)
+    if op == "close":
+        (name,) = args
+        return mm.close(files[name][1])
     if op == "mmap":
         return mm.mmap(*args)
     if op == "munmap":
@@ -63,8 +79,7 @@ def apply(mm, op, args):
 
 
 # Operations of the waiting scenarios, by the MM method they will call.
-FUTURE_OPS = {"fork_child": "fork", "file": "create_file",
-              "mmap_file": "mmap_file",
+FUTURE_OPS = {"fork_child": "fork",
               "uffd_register_wp": "uffd_register_wp", "uffd_wp": "uffd_wp"}
 
 
@@ -77,20 +92,22 @@ def new_mm(impl, scenario):
 
 def snapshot(mm):
     st = mm.status()
-    return st["VmPTE"], st["RssAnon"], st["RssShmem"]
+    return st["VmPTE"], st["RssAnon"], st["RssShmem"], st["RssFile"]
 
 
-def run_scenario(mm, scenario):
+def run_scenario(mm, scenario, files=None):
     """Apply every row; return (row, expected, got) mismatches."""
+    if files is None:
+        files = {}
     for op, args in scenario.setup:
-        apply(mm, op, args)
+        apply(mm, op, args, files)
     mm.check()
     mismatches = []
     for row in scenario.steps:
         op, args, want_errno, *want_deltas = row
         before = snapshot(mm)
         try:
-            apply(mm, op, args)
+            apply(mm, op, args, files)
             got_errno = 0
         except OSError as exc:
             got_errno = exc.errno
@@ -116,11 +133,12 @@ def test_scenario(impl, scenario):
 def test_waiting_scenario(impl, scenario):
     """Written now, expected to fail until the feature it needs is simulated."""
     mm = new_mm(impl, scenario)
+    files = {}
     try:
         for op, args in scenario.setup:
-            apply(mm, op, args)
+            apply(mm, op, args, files)
         mismatches = run_scenario(mm, type(scenario)(scenario.id, scenario.title, [],
-                                                     scenario.steps))
+                                                     scenario.steps), files)
     except NotImplementedError as exc:
         pytest.xfail(f"waits for {scenario.needs}: {exc}")
     if mismatches:

@@ -42,6 +42,15 @@ K, M, G = 1 << 10, 1 << 20, 1 << 30
     ("touch 1T 1P write", S.Touch(1 << 40, 1 << 50, write=True)),
     ("fork", S.Fork()),
     ("forkp   # the child idles", S.ForkP()),
+    ("file A 64K", S.CreateFile(name="A", size=64 * K)),
+    ("FILE data.1 4K+100 RO shmem uncached",
+     S.CreateFile(name="data.1", size=4 * K + 100, ro=True, shmem=True, uncached=True)),
+    ("file _x 0", S.CreateFile(name="_x", size=0)),
+    ("close A", S.Close(name="A")),
+    ("mmap 0 16K r shared file=A", S.Mmap(0, 16 * K, C.PROT_READ, shared=True, file="A")),
+    ("mmap 0 16K rw private noreserve file=A off=2M+4K",
+     S.Mmap(0, 16 * K, 3, noreserve=True, file="A", offset=2 * M + 4 * K)),
+    ("mmap 0 4K r shared off=-4K file=A", S.Mmap(0, 4 * K, 1, shared=True, file="A", offset=(1 << 64) - 4 * K)),
 ])
 def test_parse_line(line, op):
     assert S.parse_line(line, 7) == op
@@ -62,6 +71,30 @@ def test_parse_skips_blank_and_comment_lines_and_numbers_lines():
     ops = S.parse("# a comment\n\n   \nmmap 0 2M rw private  # trailing\n\t\ntouch 0 2M write\n")
     assert [op.lineno for op in ops] == [4, 6]
     assert ops == [S.Mmap(0, 2 * M, 3), S.Touch(0, 2 * M, write=True)]
+
+
+def test_file_mmap_flags_have_no_map_anonymous():
+    assert S.parse_line("mmap 0 4K r shared file=A").flags == C.MAP_SHARED | C.MAP_FIXED_NOREPLACE
+    assert S.parse_line("mmap 0 4K r private fixed file=A").flags == C.MAP_PRIVATE | C.MAP_FIXED
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("mmap 0 4K r shared file=A\n", "line 1: no earlier 'file A ...' line creates 'A'"),
+    ("close A\nfile A 4K\n", "line 1: no earlier 'file A ...' line creates 'A'"),
+    ("file A 4K\nfile A 8K\n", "line 2: file 'A' is created twice"),
+])
+def test_file_names_must_be_created_first_and_once(text, reason):
+    with pytest.raises(S.ScriptError, match=re.escape(reason)):
+        S.parse(text)
+    with pytest.raises(S.ScriptError, match=re.escape(reason)):
+        S.run([S.parse_line(line, n) for n, line in enumerate(text.splitlines(), 1)], object())
+
+
+def test_file_lines_round_trip():
+    text = ("file A 8K+1 ro\nfile B 1M shmem uncached\nmmap 0 8K r shared file=A off=0x7ffffffffffff000\n"
+            "mmap 2M 4K rw private populate file=B\nclose B\n")
+    ops = S.parse(text)
+    assert S.parse(S.dumps(ops)) == ops
 
 
 def test_mmap_flags():
@@ -111,6 +144,20 @@ def test_dumps_round_trips(path):
     ("touch 0 4K execute", "bad touch mode 'execute'"),
     ("fork now", "fork takes no arguments"),
     ("forkp 1", "forkp takes no arguments"),
+    ("file", "file needs NAME SIZE"),
+    ("file F", "file needs NAME SIZE"),
+    ("file 9F 4K", "bad file NAME '9F'"),
+    ("file F -1", "SIZE '-1' is out of range"),
+    ("file F 4K rw", "unknown file flag 'rw'"),
+    ("file F 4K ro ro", "file flag 'ro' given twice"),
+    ("close", "close needs NAME"),
+    ("close F G", "close needs NAME"),
+    ("mmap 0 4K r shared file=", "bad file NAME ''"),
+    ("mmap 0 4K r shared file=F file=F", "file= given twice"),
+    ("mmap 0 4K r shared fd=3", "unknown mmap argument 'fd=3'"),
+    ("mmap 0 4K r shared off=4K", "off= needs file=NAME"),
+    ("mmap 0 4K r shared file=F off=4Q", "bad OFFSET '4Q'"),
+    ("mmap 0 4K r shared file=F off=0x10000000000000000", "OFFSET '0x10000000000000000' is out of range"),
 ])
 def test_malformed_line_names_line_and_reason(line, reason):
     text = f"# header\nmmap 0 2M rw private\n\n{line}\ntouch 0 1 write\n"
@@ -224,3 +271,77 @@ def test_scenario_on_simulator(MM, path):
     if any(isinstance(op, (S.Fork, S.ForkP)) for op in ops) and not hasattr(MM, "fork"):
         pytest.xfail(f"{path.name} waits for fork() in the simulator")
     check_expectations(S.run(ops, MM(pt_reclaim=True, thp="madvise")), expectations(path))
+
+
+# --- file lines on the simulator (through the Machine.create_file / MM.open API) -------------
+
+class _FakeMachine:
+    def __init__(self):
+        self.created = []
+
+    def create_file(self, size, *, shmem=False, cached=True):
+        self.created.append((size, shmem, cached))
+        return ("file", len(self.created))
+
+
+class _FakeMM:
+    """Records the calls run() makes; descriptors as Linux numbers them (lowest free >= 3)."""
+
+    def __init__(self, machine=None, fds=None, log=None):
+        self.machine = machine or _FakeMachine()
+        self.fds = dict(fds or {})
+        self.log = log if log is not None else []
+
+    def status(self):
+        return dict.fromkeys(S.FIELDS, 0)
+
+    def open(self, f, write=True):
+        fd = min(set(range(3, 3 + len(self.fds) + 1)) - set(self.fds))
+        self.fds[fd] = (f, write)
+        self.log.append(("open", f, write, fd))
+        return fd
+
+    def close(self, fd):
+        if fd not in self.fds:
+            raise OSError(errno.EBADF, "close")
+        del self.fds[fd]
+        self.log.append(("close", fd))
+
+    def mmap(self, addr, length, prot, flags, fd=-1, offset=0):
+        self.log.append(("mmap", addr - B, flags, fd, offset))
+        if not flags & C.MAP_ANONYMOUS and fd not in self.fds:
+            raise OSError(errno.EBADF, "mmap")
+        return addr
+
+    def fork(self):
+        return _FakeMM(self.machine, self.fds, self.log)
+
+
+def test_run_file_lines_call_the_file_api():
+    mm = _FakeMM()
+    res = S.run("file A 8K ro\nfile B 4K shmem uncached\nmmap 0 8K r shared file=A off=4K\n"
+                "close A\nmmap 2M 4K r private file=A\nclose A\nfork\nmmap 4M 4K rw shared file=B\n"
+                "close B\nfile C 4K\nmmap 6M 4K r private file=C\n", mm)
+    assert [S.errno_name(r.errno) for r in res] == [
+        "0", "0", "0", "0", "EBADF", "EBADF", "0", "0", "0", "0", "0"]
+    assert mm.machine.created == [(8 * K, False, True), (4 * K, True, False), (4 * K, False, True)]
+    log = [e for e in mm.log]
+    assert log[:4] == [("open", ("file", 1), False, 3), ("open", ("file", 2), True, 4),
+                       ("mmap", 0, C.MAP_SHARED | C.MAP_FIXED_NOREPLACE, 3, 4 * K), ("close", 3)]
+    # A closed name passes -1 (never a number a newer file may have taken).
+    assert log[4] == ("mmap", 2 * M, C.MAP_PRIVATE | C.MAP_FIXED_NOREPLACE, -1, 0)
+    # After fork the child uses the same numbers (the descriptor table is copied).
+    assert log[5] == ("mmap", 4 * M, C.MAP_SHARED | C.MAP_FIXED_NOREPLACE, 4, 0)
+    assert log[6:] == [("close", 4), ("open", ("file", 3), True, 3),
+                       ("mmap", 6 * M, C.MAP_PRIVATE | C.MAP_FIXED_NOREPLACE, 3, 0)]
+
+
+def test_run_file_lines_need_create_file(MM):
+    """An MM-like object without files is refused before anything runs."""
+    mm = MM(pt_reclaim=True, thp="madvise")
+    if hasattr(mm.machine, "create_file"):
+        assert [r.errno for r in S.run("mmap 0 4K rw private\nfile A 4K\n", mm)] == [0, 0]
+        return
+    with pytest.raises(S.FilesUnsupported, match=r"line 2: 'file A 4K' needs machine.create_file"):
+        S.run("mmap 0 4K rw private\nfile A 4K\n", mm)
+    assert mm.status()["VmSize"] == 0  # refused before anything ran

@@ -14,6 +14,10 @@ at places only 5 levels can map, which 4-level runs must refuse alike.
 Some runs have a small hugetlb pool (2 or 6 huge pages): hugetlb mappings, forks and
 switches between the processes then exercise reservations, copy-on-write and SIGBUS.
 
+File rules (create a file and open it, map it shared or private at an offset, close,
+drop the test's handle, advice aimed at file mappings) run when both implementations
+have ``Machine.create_file`` (``Pair.files``), which both do.
+
 Profiles (HYPOTHESIS_PROFILE, default "ci"):
 
 * ci: 300 examples x 50 steps, derandomized and without a database, so every CI run
@@ -29,13 +33,14 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
-
+import ptreclaim._core as core_impl
 from differential import (
-    ADVICES, ANCHORS, DELTAS, LENGTHS, MAP_EXTRA, MAP_TYPES, MREMAP_FLAGS, PROTS, UNSIMULATED_IN_CORE, Pair,
+    ADVICES, ANCHORS, DELTAS, FILE_OFFSETS, FILE_SIZES, LENGTHS, MAP_EXTRA, MAP_TYPES, MREMAP_FLAGS, NR_FDS,
+    PROTS, UNSIMULATED_IN_CORE, Pair,
 )
 from ptreclaim.constants import (
     MADV_COLD, MADV_COLLAPSE, MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_PAGEOUT,
-    MADV_POPULATE_READ, MADV_POPULATE_WRITE, MAP_HUGETLB, PMD_SIZE,
+    MADV_POPULATE_READ, MADV_POPULATE_WRITE, MADV_REMOVE, MADV_WILLNEED, MAP_HUGETLB, PMD_SIZE,
 )
 
 settings.register_profile(
@@ -88,6 +93,17 @@ thp_advice = st.sampled_from([ADVICES.index(a) for a in (
 vma_edge_specs = st.tuples(st.sampled_from((1, 1, 2)), st.integers(0, 15), st.integers(0, len(DELTAS) - 1))
 child_index = st.integers(0, 3)
 
+# File rules: the advice that acts on file mappings and their page cache.
+file_advice = st.sampled_from([ADVICES.index(a) for a in (
+    MADV_DONTNEED, MADV_DONTNEED, MADV_PAGEOUT, MADV_PAGEOUT, MADV_REMOVE, MADV_REMOVE, MADV_WILLNEED,
+    MADV_COLD, MADV_FREE, MADV_POPULATE_READ, MADV_POPULATE_WRITE, MADV_COLLAPSE)])
+# Mostly the first file a process opened (fd 3), which the rules create most often.
+fd_index = st.sampled_from((0, 0, 0, 0, 1, 1, 2, NR_FDS - 1))
+
+
+def files_on(self):
+    return self.pair.files
+
 
 class CoreMatchesReference(RuleBasedStateMachine):
     @initialize(
@@ -105,8 +121,57 @@ class CoreMatchesReference(RuleBasedStateMachine):
     def start(self, pt_reclaim, split_ptlocks, limits, thp, hugetlb, paging_levels):
         self.pair = Pair(pt_reclaim=pt_reclaim, split_ptlocks=split_ptlocks,
                          max_frames=limits[0], totalram_pages=limits[1], thp=thp,
-                         swap_pages=limits[2], hugetlb_pages=hugetlb, paging_levels=paging_levels)
+                         swap_pages=limits[2], hugetlb_pages=hugetlb, paging_levels=paging_levels,
+                         core_module=self.core_module)
         self.pair.compare()
+
+    core_module = core_impl
+
+    # ------------------------------------------------------------------ files
+
+    @precondition(files_on)
+    @rule(size=st.integers(0, len(FILE_SIZES) - 1), shmem=st.sampled_from((False, False, True)),
+          cached=st.sampled_from((True, True, False)), write=st.sampled_from((True, True, True, False)),
+          who=child_index)
+    def create_file(self, size, shmem, cached, write, who):
+        self.pair.step(("in", who, ("file", size, shmem, cached, write)))
+
+    @precondition(files_on)
+    @rule(addr=mmap_addr_specs, length=small_length_specs, prot=common_prot_index, shared=st.booleans(),
+          placement=placement_bits, options=option_bits, fd=fd_index,
+          offset=st.integers(0, len(FILE_OFFSETS) - 1), who=child_index)
+    def mmap_file(self, addr, length, prot, shared, placement, options, fd, offset, who):
+        self.pair.step(("in", who, ("mmap_file", addr, length, prot, shared, placement | options, fd, offset)))
+
+    @precondition(files_on)
+    @rule(size=st.sampled_from((3, 4, 5, 5, 6, 1)), shmem=st.sampled_from((False, False, True)),
+          cached=st.sampled_from((True, True, False)), shared=st.booleans(), prot=st.sampled_from((0, 0, 1)),
+          anchor=thp_anchor, pages=st.sampled_from((16, 512, 1024, 1100)),
+          offset=st.sampled_from((0, 0, 3, 5, 7, 8)), fill=st.sampled_from(((1, False), (16, True), (600, False))))
+    def file_region(self, size, shmem, cached, shared, prot, anchor, pages, offset, fill):
+        # A file opened O_RDWR and mapped at once, then a first access: the likely path
+        # to file pages in page tables.
+        got = self.pair.step(("file", size, shmem, cached, True))
+        if got[0] != "ok" or got[1] >= 3 + NR_FDS:
+            return
+        where = (0, anchor, 0)
+        self.pair.step(("mmap_file", where, (-1, pages), prot, shared, _FIXED, got[1] - 3, offset))
+        self.pair.step(("touch", where, (-1, fill[0]), fill[1]))
+
+    @precondition(files_on)
+    @rule(fd=fd_index, who=child_index)
+    def close_file(self, fd, who):
+        self.pair.step(("in", who, ("close", fd)))
+
+    @precondition(lambda self: self.pair.files and self.pair.handles)
+    @rule(which=st.integers(0, 7))
+    def forget_file(self, which):
+        self.pair.step(("forget", which))
+
+    @precondition(files_on)
+    @rule(addr=vma_edge_specs, length=small_length_specs, advice=file_advice, who=child_index)
+    def file_madvise(self, addr, length, advice, who):
+        self.pair.step(("in", who, ("madvise", addr, length, advice)))
 
     @rule(addr=mmap_addr_specs, length=small_length_specs, prot=common_prot_index,
           shared=st.booleans(), placement=placement_bits, options=option_bits)
