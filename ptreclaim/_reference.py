@@ -2739,55 +2739,6 @@ class MM:
             self.__mm_populate(addr, length, True)
         return addr
 
-    def _mmap_hugetlb(self, addr, length, flags, offset):
-        """MAP_ANONYMOUS|MAP_HUGETLB with an empty huge page pool (nr_hugepages=0).
-
-        ksys_mmap_pgoff() turns the request into a hugetlbfs file mapping, so the
-        file branch of do_mmap() applies. Every outcome short of success is Linux's
-        (probed on the lab machine); a mapping that would succeed (MAP_NORESERVE
-        skips the reservation) needs hugetlb, which is not simulated.
-        """
-        # hstate_sizelog(): the lab machine has only the 2 MiB hstate (no 1 GiB one).
-        if (flags >> MAP_HUGE_SHIFT) & MAP_HUGE_MASK not in (0, PMD_SHIFT):
-            raise _oserror(errno.EINVAL)
-        length = (length + PMD_SIZE - 1) & ~(PMD_SIZE - 1) & _U64  # may wrap to 0
-        if length == 0:
-            raise _oserror(errno.EINVAL)
-        if flags & MAP_FIXED_NOREPLACE:
-            flags |= MAP_FIXED
-        if not (flags & MAP_FIXED) and addr and addr < _MMAP_MIN_ADDR:
-            addr = _MMAP_MIN_ADDR
-        if len(self._vmas) > _MAX_MAP_COUNT or length > self._task_size:
-            raise _oserror(errno.ENOMEM)
-        if flags & MAP_FIXED:
-            # The huge page alignment is checked before the TASK_SIZE limit.
-            if addr & (PMD_SIZE - 1):
-                raise _oserror(errno.EINVAL)
-            if addr > self._task_size - length:
-                raise _oserror(errno.ENOMEM)
-        if flags & MAP_FIXED_NOREPLACE:
-            vma = self.find_vma(addr)
-            if vma is not None and vma.start < addr + length:
-                raise _oserror(errno.EEXIST)
-        # do_mmap(), file branch. MAP_SHARED_VALIDATE refuses any flag outside
-        # LEGACY_MAP_MASK (MAP_FIXED_NOREPLACE, MAP_SYNC and the huge size bits too).
-        map_type = flags & MAP_TYPE
-        if map_type == MAP_SHARED_VALIDATE and flags & ~_LEGACY_MAP_MASK:
-            raise _oserror(errno.EOPNOTSUPP)
-        if map_type not in (MAP_SHARED, MAP_SHARED_VALIDATE, MAP_PRIVATE):
-            raise _oserror(errno.EINVAL)
-        if flags & MAP_GROWSDOWN:
-            raise _oserror(errno.EINVAL)
-        # hugetlbfs_file_mmap() wants the offset huge-page aligned, then reserves.
-        misaligned = offset & (PMD_SIZE - 1)
-        if flags & MAP_NORESERVE and not misaligned:
-            raise NotImplementedError("hugetlb mappings are not simulated")
-        # mmap_region() clears what a file mapping replaces before calling the
-        # file's mmap; when that fails the gap stays (as for shmem).
-        if flags & MAP_FIXED:
-            self.do_vmi_munmap(addr, addr + length)
-        raise _oserror(errno.EINVAL if misaligned else errno.ENOMEM)
-
     @staticmethod
     def calc_vm_flags(prot, flags):
         vm_flags = 0
