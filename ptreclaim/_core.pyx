@@ -389,7 +389,7 @@ cdef int populate_vma_page_range(pt_mm *mm, uint64_t idx, uint64_t start, uint64
     if is_vm_hugetlb_page(vma):
         r = hugetlb_fault_range(mm, idx, &addr, end, write, True)
         return -ENOMEM if r == FAULT_OOM else (-EFAULT if r != FAULT_OK else 0)
-    if write:
+    if write and not _guard_marker_at(mm, addr):
         anon_vma_prepare(mm, idx)
         vma = &mm.vmas[idx]
     r = fault_range(mm, vma, &addr, end, write, True)
@@ -458,6 +458,12 @@ cdef inline uint64_t mmap_high_limit(pt_mm *mm, uint64_t hint) noexcept nogil:
     if hint > PTR_DEFAULT_MAP_WINDOW:
         return mm.mmap_base + (mm.task_size - PTR_DEFAULT_MAP_WINDOW)
     return mm.mmap_base
+
+cdef inline bint _guard_marker_at(pt_mm *mm, uint64_t addr) noexcept nogil:
+    # A store to a guard marker is refused (handle_pte_marker()) before the
+    # fault would make an anon_vma: callers that prepare one ahead ask first.
+    cdef pteval_t *pte = walk_pte(mm, addr)
+    return pte != NULL and pte[0] == PTR_GUARD_MARKER
 
 cdef uint64_t get_unmapped_area(pt_mm *mm, uint64_t addr, uint64_t length, int flags) noexcept nogil:
     """The address for a new mapping, or 0 when there is none (ENOMEM)."""
@@ -1289,11 +1295,6 @@ STATS_FIELDS = (
 _LEVEL_NAMES = {LEVEL_P4D: "p4d", LEVEL_PUD: "pud", LEVEL_PMD: "pmd", LEVEL_PTE: "pte"}
 
 
-cdef inline bint _guard_marker_at(pt_mm *mm, uint64_t addr) noexcept nogil:
-    cdef pteval_t *pte = walk_pte(mm, addr)
-    return pte != NULL and pte[0] == PTR_GUARD_MARKER
-
-
 @cython.no_gc_clear
 cdef class MM:
     """One simulated process: its mm_struct on Linux 6.18 x86-64 (4- or 5-level paging)."""
@@ -1806,7 +1807,8 @@ cdef class MM:
         if (oldflags & (PTR_VM_WRITE | PTR_VM_SHARED | PTR_VM_LOCKED)) == PTR_VM_LOCKED and (newflags & PTR_VM_WRITE):
             addr = start
             idx = find_vma(mm, start)
-            anon_vma_prepare(mm, idx)
+            if not _guard_marker_at(mm, start):
+                anon_vma_prepare(mm, idx)
             fault_range(mm, &mm.vmas[idx], &addr, end, True, True)
         return r
 
@@ -1974,7 +1976,7 @@ cdef class MM:
                     return EFAULT
                 start = nend
                 continue
-            if write and not (vma.flags & PTR_VM_SHARED):
+            if write and not (vma.flags & PTR_VM_SHARED) and not _guard_marker_at(mm, addr):
                 anon_vma_prepare(mm, idx)
                 vma = &mm.vmas[idx]
             r = fault_range(mm, vma, &addr, nend, write, True)
@@ -2310,8 +2312,6 @@ cdef class MM:
                     return FAULT_SIGSEGV
                 if not (vma.flags & PTR_VM_SHARED) and not vma.anon_vma and not is_vm_hugetlb_page(vma) \
                         and not _guard_marker_at(mm, addr):
-                    # A store to a guard marker is refused before any anon_vma
-                    # is made (handle_pte_marker()).
                     anon_vma_prepare(mm, vi)
             elif not vma_is_accessible(vma):
                 where[0] = addr

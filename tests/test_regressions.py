@@ -373,3 +373,18 @@ def test_a_store_to_a_guard_marker_makes_no_anon_vma(MM):
     mm.touch(B + 4 * K, 4 * K, write=True)
     assert [v[3] for v in mm.vmas()] == [True]
     mm.check()
+
+
+def test_population_stopped_by_a_guard_marker_makes_no_anon_vma(MM):
+    # GUP's write fault meets the marker first (-EFAULT) in a private file
+    # mapping: nothing reaches do_cow_fault(), so no anon_vma either.
+    from ptreclaim.constants import MADV_GUARD_INSTALL, MADV_POPULATE_WRITE
+    mm = MM()
+    fd = mm.open(mm.machine.create_file(64 * K))
+    mm.mmap(B, 64 * K, RW, MAP_PRIVATE | MAP_FIXED_NOREPLACE, fd, 0)
+    mm.madvise(B, 8 * K, MADV_GUARD_INSTALL)
+    assert errno_of(lambda: mm.madvise(B, 64 * K, MADV_POPULATE_WRITE)) == errno.EFAULT
+    assert [v[3] for v in mm.vmas()] == [False]
+    mm.madvise(B + 8 * K, 8 * K, MADV_POPULATE_WRITE)
+    assert [v[3] for v in mm.vmas()] == [True]
+    mm.check()
