@@ -61,6 +61,9 @@ cdef extern from *:
     #define PTR_VM_MERGEABLE   0x80000000ULL
     #define PTR_VM_SYNC        0x800000ULL
     #define PTR_MMAP_BASE      0x7ffff7fff000ULL
+    /* TASK_UNMAPPED_BASE: PAGE_ALIGN(DEFAULT_MAP_WINDOW / 3), where the
+       bottom-up fallback search starts */
+    #define PTR_MMAP_LEGACY_BASE ((0x7ffffffff000ULL / 3 + 4095) & ~4095ULL)
     /* max(vm.mmap_min_addr, CONFIG_LSM_MMAP_MIN_ADDR) on the reference host */
     #define PTR_MMAP_MIN_ADDR  65536ULL
     """
@@ -69,6 +72,7 @@ cdef extern from *:
     const uint64_t PTR_VM_DONTEXPAND, PTR_VM_ACCOUNT, PTR_VM_NORESERVE, PTR_VM_WIPEONFORK
     const uint64_t PTR_VM_DONTDUMP, PTR_VM_MIXEDMAP
     const uint64_t PTR_VM_MERGEABLE, PTR_MMAP_BASE, PTR_MMAP_MIN_ADDR, PTR_VM_SYNC
+    const uint64_t PTR_MMAP_LEGACY_BASE
 
 cdef enum:
     PROT_READ = 1
@@ -442,6 +446,38 @@ cdef uint64_t unmapped_area_topdown(pt_mm *mm, uint64_t length, uint64_t high) n
         hi = vm_start_gap(&mm.vmas[i])
         i -= 1
 
+cdef uint64_t unmapped_area_bottomup(pt_mm *mm, uint64_t length, uint64_t low,
+                                     uint64_t high) noexcept nogil:
+    """Lowest gap at or above low that fits length and ends by high; 0 if none."""
+    cdef uint64_t i = find_vma(mm, low), gap_start = low, gap_end
+    while True:
+        if gap_start > high or high - gap_start < length:
+            return 0
+        gap_end = high
+        if i < mm.nr_vmas and vm_start_gap(&mm.vmas[i]) < gap_end:
+            gap_end = vm_start_gap(&mm.vmas[i])
+        if gap_end >= gap_start and gap_end - gap_start >= length:
+            return gap_start
+        if i >= mm.nr_vmas:
+            return 0
+        if mm.vmas[i].end > gap_start:
+            gap_start = mm.vmas[i].end
+        i += 1
+
+cdef inline uint64_t mmap_bottomup_limit(pt_mm *mm, uint64_t hint) noexcept nogil:
+    # arch_get_unmapped_area()'s end (find_start_end()): DEFAULT_MAP_WINDOW,
+    # or all of TASK_SIZE for a hint above it (LA57).
+    return mm.task_size if hint > PTR_DEFAULT_MAP_WINDOW else PTR_DEFAULT_MAP_WINDOW
+
+cdef uint64_t vm_unmapped_area_any(pt_mm *mm, uint64_t length, uint64_t hint) noexcept nogil:
+    """arch_get_unmapped_area_topdown()'s search: the highest gap below the
+    top-down limit, and when there is none the bottom-up search from
+    TASK_UNMAPPED_BASE that it falls back to. 0 if neither finds one."""
+    cdef uint64_t ret = unmapped_area_topdown(mm, length, mmap_high_limit(mm, hint))
+    if ret == 0:
+        ret = unmapped_area_bottomup(mm, length, PTR_MMAP_LEGACY_BASE, mmap_bottomup_limit(mm, hint))
+    return ret
+
 cdef inline bint mmap_address_hint_valid(pt_mm *mm, uint64_t addr, uint64_t length) noexcept nogil:
     # arch/x86/mm/mmap.c: a hint must fit below TASK_SIZE and lie wholly on
     # one side of DEFAULT_MAP_WINDOW (128 TiB), so that only a program that
@@ -476,15 +512,15 @@ cdef uint64_t get_unmapped_area(pt_mm *mm, uint64_t addr, uint64_t length, int f
             i = find_vma(mm, addr)
             if i == mm.nr_vmas or addr + length <= vm_start_gap(&mm.vmas[i]):
                 return addr
-        return unmapped_area_topdown(mm, length, mmap_high_limit(mm, addr))
+        return vm_unmapped_area_any(mm, length, addr)
     if not (flags & MAP_SHARED) and length & (PTR_PMD_SIZE - 1) == 0:
         # Anonymous lengths that are multiples of 2 MiB get a THP-aligned
         # address: search for len + 2 MiB and align inside that (R19).
-        ret = unmapped_area_topdown(mm, length + PTR_PMD_SIZE, mm.mmap_base)
+        ret = vm_unmapped_area_any(mm, length + PTR_PMD_SIZE, 0)
         if ret:
             off_sub = (0 - ret) & (PTR_PMD_SIZE - 1)
             return ret + (off_sub if off_sub else PTR_PMD_SIZE)
-    return unmapped_area_topdown(mm, length, mm.mmap_base)
+    return vm_unmapped_area_any(mm, length, 0)
 
 cdef uint64_t hugetlb_get_unmapped_area(pt_mm *mm, uint64_t addr, uint64_t length,
                                         int flags) noexcept nogil:
@@ -501,9 +537,12 @@ cdef uint64_t hugetlb_get_unmapped_area(pt_mm *mm, uint64_t addr, uint64_t lengt
             if i == mm.nr_vmas or addr + length <= vm_start_gap(&mm.vmas[i]):
                 return addr
     ret = unmapped_area_topdown(mm, search, mmap_high_limit(mm, addr))
+    if ret:
+        return (ret + search - length) & PTR_PMD_MASK
+    ret = unmapped_area_bottomup(mm, search, PTR_MMAP_LEGACY_BASE, mmap_bottomup_limit(mm, addr))
     if ret == 0:
         return 0
-    return (ret + search - length) & PTR_PMD_MASK
+    return (ret + PTR_PMD_SIZE - 1) & PTR_PMD_MASK
 
 # ---------------------------------------------------------------------------------
 # madvise helpers (mm/madvise.c)

@@ -388,3 +388,21 @@ def test_population_stopped_by_a_guard_marker_makes_no_anon_vma(MM):
     mm.madvise(B + 8 * K, 8 * K, MADV_POPULATE_WRITE)
     assert [v[3] for v in mm.vmas()] == [True]
     mm.check()
+
+
+def test_kernel_chosen_address_falls_back_to_the_bottom_up_search(MM):
+    # arch_get_unmapped_area_topdown(): with no gap below mmap_base, the search
+    # starts again bottom-up from TASK_UNMAPPED_BASE (PAGE_ALIGN(TASK_SIZE / 3))
+    # and ends at TASK_SIZE, so the space above mmap_base is used.
+    from ptreclaim.constants import PROT_NONE
+    mmap_base = 0x7FFF_F7FF_F000
+    mm = MM()
+    low = 0x1_0000
+    mm.mmap(low, mmap_base - low, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE)
+    assert mm.mmap(0, 12 * K, RW, MAP_PRIVATE | MAP_ANONYMOUS) == mmap_base
+    # A 2 MiB multiple searches for 2 MiB more, then takes the aligned address
+    # in it (__thp_get_unmapped_area()): the gap now starts at mmap_base + 12K.
+    assert mm.mmap(0, 2 * M, RW, MAP_PRIVATE | MAP_ANONYMOUS) == 0x7FFF_F820_0000
+    # Past TASK_SIZE nothing fits any more.
+    assert errno_of(lambda: mm.mmap(0, 128 * M, RW, MAP_PRIVATE | MAP_ANONYMOUS)) == errno.ENOMEM
+    mm.check()
