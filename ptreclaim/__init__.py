@@ -12,11 +12,11 @@ from ptreclaim.errors import (  # noqa: F401
 )
 
 if _os.environ.get("PTRECLAIM_PURE_PYTHON") == "1":
-    from ptreclaim._reference import MM, Machine  # noqa: F401
+    from ptreclaim._reference import MM, File, Machine  # noqa: F401
 
     IMPLEMENTATION = "reference"
 else:
-    from ptreclaim._core import MM, Machine  # noqa: F401
+    from ptreclaim._core import MM, File, Machine  # noqa: F401
 
     IMPLEMENTATION = "core"
 
