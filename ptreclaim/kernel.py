@@ -436,7 +436,9 @@ def _run(ops, base, timeout, tmpdir=None):
     _encode(ops, base, kr)  # refuse a bad script before creating any file
     if not ops:
         return KernelResults()
-    with _files(ops, tmpdir) as src_fds, _one_cpu():
+    # Pinned first: the files' pages, written here, then wait in the same CPU's batch
+    # as the runner's own faults, which MADV_PAGEOUT drains (see _one_cpu()).
+    with _one_cpu(), _files(ops, tmpdir) as src_fds:
         blob_ops = _encode(ops, base, kr, src_fds)
         wstatus, timed_out, blob = kr.run(blob_ops, base, WINDOW, _own_ranges(kr), depth, float(timeout))
 
