@@ -251,7 +251,8 @@ def _script_args(p):
     p.add_argument("--profile", default="default", metavar="P",
                    help="what --random draws: default, fork (one fork/forkp), thp-fork (one fork/forkp "
                         "and MADV_HUGEPAGE/NOHUGEPAGE with THP faults), file (one fork/forkp and file "
-                        "mappings); see docs/validation.md")
+                        "mappings), shmem-thp (file profile with memfds and shared memory in 2 MiB "
+                        "spans, and MADV_COLLAPSE); see docs/validation.md")
     p.add_argument("--base", type=_int, default=S.DEFAULT_BASE,
                    help=f"address ADDR 0 stands for (default {S.DEFAULT_BASE:#x})")
     p.add_argument("--impl", choices=("auto", "core", "reference"), default="auto",

@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 from . import constants as C
 from . import script as S
 
-__all__ = ["Config", "DEFAULT_CONFIG", "FORK_CONFIG", "THP_FORK_CONFIG", "FILE_CONFIG", "PROFILES",
+__all__ = ["Config", "DEFAULT_CONFIG", "FORK_CONFIG", "THP_FORK_CONFIG", "FILE_CONFIG",
+           "SHMEM_THP_CONFIG", "PROFILES",
            "VALID_ADVICE", "OPTIONAL_ADVICE", "INVALID_ADVICE",
            "generate", "generate_text", "outcome", "first_difference", "minimize"]
 
@@ -118,6 +119,12 @@ class Config:
       accesses a regular file's pages again once ``MADV_PAGEOUT`` or ``MADV_REMOVE`` may have
       evicted some: the kernel would read them back with readahead (large folios, more than
       the faulting page), which the simulator does not model.
+    * ``shmem_thp``: ``False`` (default), or ``True`` for shmem huge pages: with ``files``,
+      the files are mostly memfds of whole 2 MiB spans, half the mappings (memfd and
+      ``MAP_SHARED|MAP_ANONYMOUS``) are 2 MiB-aligned with 2 MiB-aligned file offsets, and
+      ``MADV_COLLAPSE`` is drawn often, over whole VMAs or their 2 MiB spans.  A collapsed
+      folio is then mapped by PMD, split, paged out, punched and moved by the rest of the
+      script.  Needs ``files=True``.
     """
 
     advice: tuple = VALID_ADVICE
@@ -130,12 +137,15 @@ class Config:
     fork: str | None = None
     thp_advice: bool = False
     files: bool = False
+    shmem_thp: bool = False
 
     def __post_init__(self):
         if self.fork not in (None, "fork", "forkp", "any"):
             raise ValueError(f"fork must be None, 'fork', 'forkp' or 'any', not {self.fork!r}")
         if self.thp_advice and not self.thp_faults:
             raise ValueError("thp_advice=True needs thp_faults=True")
+        if self.shmem_thp and not self.files:
+            raise ValueError("shmem_thp=True needs files=True")
 
     def with_advice(self, *extra):
         """A copy that also draws ``extra`` advice values (e.g. ``OPTIONAL_ADVICE``)."""
@@ -153,8 +163,11 @@ FORK_CONFIG = Config(fork="any")
 THP_FORK_CONFIG = Config(fork="any", thp_faults=True, thp_advice=True)
 # File mappings (regular files and memfds) among the anonymous ones, and one fork or forkp.
 FILE_CONFIG = Config(fork="any", files=True)
+# Shmem huge pages: memfds and shared anonymous memory in whole 2 MiB spans, MADV_COLLAPSE,
+# and one fork or forkp.
+SHMEM_THP_CONFIG = Config(fork="any", files=True, shmem_thp=True).with_advice(C.MADV_COLLAPSE)
 PROFILES = {"default": DEFAULT_CONFIG, "fork": FORK_CONFIG, "thp-fork": THP_FORK_CONFIG,
-            "file": FILE_CONFIG}
+            "file": FILE_CONFIG, "shmem-thp": SHMEM_THP_CONFIG}
 
 # Advice that sets VMA flags on anonymous memory but fails (and stops the walk) or is
 # ignored on file mappings: the oracle's anonymous stand-in would split VMAs the kernel
@@ -561,7 +574,15 @@ class _Gen:
         elif r < 0.06:
             a += rng.choice((1, PAGE // 2))  # EINVAL
         hugepage = False
-        if self.cfg.thp_advice and n and not a % PAGE and rng.random() < 0.5:
+        if self.cfg.shmem_thp and n and not a % PAGE and rng.random() < 0.5:
+            # Whole 2 MiB spans at a 2 MiB boundary, mostly shared: room for shmem THPs.
+            a = min(a & ~(2 * M - 1), WINDOW - 8 * M)
+            if self.overlapping(a, 8 * M) and rng.random() < 0.8:
+                a = self.free_aligned(a)
+            prot = rng.choice((3, 3, 3, 1, 7))
+            shared = rng.random() < 0.7
+            n = rng.randint(1, 3) * 2 * M
+        elif self.cfg.thp_advice and n and not a % PAGE and rng.random() < 0.5:
             # Whole 2 MiB spans at a 2 MiB boundary: a fault there maps a huge page once
             # MADV_HUGEPAGE is set; a few start or end a page off (THP only in the spans
             # that fit inside the VMA).
@@ -608,6 +629,8 @@ class _Gen:
             return None
         if self.cfg.thp_advice and rng.random() < 0.6:
             ok = [v for v in ok if v[2] & C.VM_HUGEPAGE] or ok
+        if self.cfg.shmem_thp and rng.random() < 0.6:
+            ok = [v for v in ok if v[2] & C.VM_SHARED] or ok
         s, e, _, _ = rng.choice(ok)
         # Extend across neighbours that allow the access too.
         runs = {v[0]: v for v in ok}
@@ -657,6 +680,26 @@ class _Gen:
         rng = self.rng
         if self.cfg.thp_advice and rng.random() < 0.3:
             return self.op_thp_advice()
+        if self.cfg.shmem_thp and self.vmas and rng.random() < 0.15:
+            # MADV_COLLAPSE of a whole VMA or of its 2 MiB spans, mostly shared ones.
+            shared = [v for v in self.vmas if v[2] & C.VM_SHARED and v[1] - v[0] >= 2 * M]
+            if shared and rng.random() < 0.7:
+                s, e, _, _ = rng.choice(shared)
+                lo, hi = (s + 2 * M - 1) & ~(2 * M - 1), e & ~(2 * M - 1)
+                if lo < hi and rng.random() < 0.5:
+                    a = lo + rng.randrange((hi - lo) // (2 * M)) * 2 * M
+                    n = 2 * M
+                else:
+                    a, n = s, e - s
+            elif rng.random() < 0.5:
+                s, e, _, _ = rng.choice(self.vmas)
+                a, n = s, e - s
+            else:
+                a, end = self.inside_vma(spans=True)
+                n = end - a
+            if not self.spend(self.mapped_bytes(a, n) + 4 * M):
+                return None
+            return S.Madvise(a, n, C.MADV_COLLAPSE)
         if rng.random() < self.cfg.p_invalid_advice:
             advice = rng.choice(self.cfg.invalid_advice)
         else:
@@ -730,15 +773,20 @@ class _Gen:
             return None
         self.nfiles += 1
         pages = _weighted(rng, ((1, 2), (4, 3), (16, 4), (17, 2), (64, 3), (300, 2), (512, 2), (1024, 1)))
+        shmem = rng.random() < 0.4
+        if self.cfg.shmem_thp:
+            shmem = rng.random() < 0.85
+            if rng.random() < 0.8:
+                pages = rng.choice((512, 1024, 1024, 1536, 2048))
         size = pages * PAGE
-        if rng.random() < 0.25:
+        if rng.random() < 0.25 and not (self.cfg.shmem_thp and pages % 512 == 0):
             size -= rng.randint(1, PAGE - 1)  # a partial last page: still mapped, up to EOF
         return S.CreateFile(name=f"F{self.nfiles - 1}", size=size, ro=rng.random() < 0.2,
-                            shmem=rng.random() < 0.4)
+                            shmem=shmem)
 
     def op_close(self):
         names = [n for n, f in self.files.items() if f.open]
-        if not names or self.rng.random() < 0.5:
+        if not names or self.rng.random() < (0.9 if self.cfg.shmem_thp else 0.5):
             return None
         return S.Close(name=self.rng.choice(names))
 
@@ -755,6 +803,14 @@ class _Gen:
         offset = first * PAGE
         shared = rng.random() < (0.25 if f.ro else 0.55)
         prot = _weighted(rng, _MMAP_PROTS)
+        aligned = self.cfg.shmem_thp and f.pages >= 512 and rng.random() < 0.6
+        if aligned:
+            # A 2 MiB-aligned file offset and whole spans, placed at a 2 MiB boundary below.
+            first = rng.randrange(f.pages // 512) * 512
+            n = rng.randint(1, f.pages // 512 - first // 512) * 2 * M
+            offset = first * PAGE
+            shared = rng.random() < (0.3 if f.ro else 0.7)
+            prot = rng.choice((3, 3, 1, 7)) if not (shared and f.ro) else 1
         if shared and f.ro and rng.random() < 0.9:
             prot &= ~C.PROT_WRITE  # (else EACCES)
         if rng.random() < 0.03:
@@ -765,6 +821,10 @@ class _Gen:
             if self.vmas and rng.random() < 0.3:
                 vs, ve, _, _ = rng.choice(self.vmas)
                 a = min(max(ve if rng.random() < 0.6 else vs - _page_up(n), 0), WINDOW - PAGE)
+            if aligned:
+                a = min(a & ~(2 * M - 1), WINDOW - 8 * M)
+                if self.overlapping(a, n) and rng.random() < 0.9:
+                    a = self.free_aligned(a)
             if not self.overlapping(a, self.fit(a, n)):
                 break
         if a + _page_up(n) > WINDOW:

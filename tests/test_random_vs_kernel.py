@@ -11,8 +11,9 @@ deltas from the start of the script) must be equal.  docs/validation.md has the 
 The ``fork`` profile adds one ``fork`` or ``forkp`` at a random line of each script; the
 ``thp-fork`` profile adds one too, and ``MADV_HUGEPAGE``/``MADV_NOHUGEPAGE`` on 2 MiB-aligned
 mappings whose accesses fault in transparent huge pages; the ``file`` profile adds one too,
-and mappings of small cached files (regular and memfd), ``close`` and ``mremap``
-(``randscript.PROFILES``).
+and mappings of small cached files (regular and memfd), ``close`` and ``mremap``; the
+``shmem-thp`` profile is the ``file`` profile with memfds and shared memory in 2 MiB spans
+and ``MADV_COLLAPSE``, which makes shmem huge pages (``randscript.PROFILES``).
 
 A failure names its seed and prints the command that shows the whole comparison.
 These skip only off Linux (or without 4 KiB pages) and when the runner's window cannot
@@ -45,6 +46,7 @@ REFERENCE_SEEDS = range(0, 300, 6)      # 50 of them against the reference model
 FORK_SEEDS = range(200)                 # profile "fork": one fork or forkp each, against the core
 THP_SEEDS = range(200)                  # profile "thp-fork": THP advice and a fork each
 FILE_SEEDS = range(200)                 # profile "file": file mappings and a fork each
+SHMEM_THP_SEEDS = range(200)            # profile "shmem-thp": MADV_COLLAPSE of shmem and a fork each
 
 
 @pytest.fixture(scope="module")
@@ -263,6 +265,58 @@ def test_file_profile_covers_files():
     assert {op.advice for op in ops if isinstance(op, S.Madvise)} >= {C.MADV_PAGEOUT, C.MADV_REMOVE}
     for seed in FILE_SEEDS:
         assert sum(isinstance(op, (S.Fork, S.ForkP)) for op in script(seed, "file")) == 1
+
+
+# --- shmem huge pages and a fork ---------------------------------------------------------------
+
+def test_core_agrees_with_kernel_shmem_thp(host):
+    """200 scripts that collapse shared memory into huge pages, with a fork each: all agree."""
+    results = core_results_isolated(SHMEM_THP_SEEDS, "shmem-thp", host)
+    bad = {}
+    for seed in SHMEM_THP_SEEDS:
+        res = results[seed]
+        bad[seed] = res if isinstance(res, str) else disagreement(
+            seed, "core", "shmem-thp", on_kernel(seed, "shmem-thp"), res)
+    bad = {seed: why for seed, why in bad.items() if why}
+    if bad:
+        pytest.fail(f"{len(bad)} of {len(SHMEM_THP_SEEDS)} shmem-thp scripts differ: seeds {sorted(bad)}\n"
+                    + "\n".join(bad[seed] for seed in sorted(bad)[:3]), pytrace=False)
+
+
+def test_reference_agrees_with_kernel_shmem_thp(host):
+    """A quarter of them against the reference model too."""
+    from ptreclaim import _reference
+    bad = {}
+    for seed in SHMEM_THP_SEEDS[::4]:
+        ops = list(script(seed, "shmem-thp"))
+        sres = S.run(ops, _reference.MM(pt_reclaim=host["pt_reclaim"], thp=host["thp"]))
+        why = disagreement(seed, "reference", "shmem-thp", on_kernel(seed, "shmem-thp"), sres)
+        if why:
+            bad[seed] = why
+    if bad:
+        pytest.fail(f"{len(bad)} shmem-thp scripts differ on the reference: seeds {sorted(bad)}\n"
+                    + "\n".join(bad[seed] for seed in sorted(bad)[:3]), pytrace=False)
+
+
+def test_shmem_thp_scripts_collapse_and_map_huge_pages(host):
+    """The shmem-thp scripts are legal on this kernel, and their MADV_COLLAPSE calls do turn
+    PTE tables into PMD mappings of shared memory: a table freed (VmPTE down) with RssShmem
+    kept or grown, and a collapse that maps a whole 2 MiB (RssShmem +2048 kB)."""
+    from ptreclaim import constants as C
+    freed = mapped = 0
+    for seed in SHMEM_THP_SEEDS:
+        ops, kres = script(seed, "shmem-thp"), on_kernel(seed, "shmem-thp")
+        prev = None
+        for op, k in zip(ops, kres):
+            if isinstance(op, S.Touch):
+                assert k.errno == 0, f"seed {seed}, line {op.lineno}: '{op}' faulted: an illegal script"
+            if isinstance(op, S.Madvise) and op.advice == C.MADV_COLLAPSE and k.errno == 0 and prev:
+                d_pte = k.delta["VmPTE"] - prev.delta["VmPTE"]
+                d_shmem = k.delta["RssShmem"] - prev.delta["RssShmem"]
+                freed += d_pte < 0 and d_shmem >= 0
+                mapped += d_shmem >= 2048
+            prev = k
+    assert freed >= 20 and mapped >= 40, (freed, mapped)
 
 
 def test_only_the_file_profile_has_files():
