@@ -29,7 +29,11 @@ if ROOT not in sys.path:
 # down (the reference model is the slow side), short ones already reach every path.
 MAX_OPS = 48
 
-OPS = ("mmap", "mmap_any", "munmap", "mprotect", "mlock", "munlock", "madvise", "touch", "touch")
+OPS = ("mmap", "mmap_any", "munmap", "mprotect", "mlock", "munlock", "madvise", "touch", "touch",
+       "mremap", "file", "mmap_file", "mmap_file", "close", "fork", "exit", "in")
+# What a second configuration byte selects: THP mode, a swap device, 5-level paging.
+THP_MODES = ("madvise", "madvise", "always", "never")
+SWAP_PAGES = (0, 0, 300, 4096)
 
 
 class Reader:
@@ -58,16 +62,21 @@ class Reader:
 
 def decode(data):
     """(pair configuration, list of operations) encoded by data."""
-    from differential import ADVICES, ANCHORS, DELTAS, LENGTHS, MAP_EXTRA, MAP_TYPES, PROTS
+    from differential import (ADVICES, ANCHORS, DELTAS, FILE_OFFSETS, FILE_SIZES, LENGTHS, MAP_EXTRA,
+                              MAP_TYPES, MREMAP_FLAGS, NR_FDS, PROTS)
     from differential import UNSIMULATED_IN_CORE
 
     r = Reader(data)
     c = r.byte()
+    c2 = r.byte()
     config = dict(
         pt_reclaim=(True, True, False, "seed")[c & 3],
         split_ptlocks=not (c >> 2 & 3 == 3),
         **((dict(max_frames=None, totalram_pages=None),) * 3
            + (dict(max_frames=600, totalram_pages=None), dict(max_frames=3000, totalram_pages=1024)))[(c >> 4) % 5],
+        thp=THP_MODES[c2 & 3],
+        swap_pages=SWAP_PAGES[c2 >> 2 & 3],
+        paging_levels=5 if c2 >> 4 & 3 == 3 else 4,
     )
 
     def addr(mmap=False):
@@ -79,29 +88,53 @@ def decode(data):
             return (-1 - r.below(2), 1 + r.below(1100))
         return (r.below(12 if small else len(LENGTHS)), 0)
 
-    ops = []
-    while r.left() and len(ops) < MAX_OPS:
-        name = OPS[r.below(len(OPS))]
+    def one(name):
         if name == "mmap":
             # The common case: anonymous, a usual prot, placed fixed/noreplace/hinted.
             placement = (1, 1, 2, 0)[r.below(4)]
             options = (4, 0, 8 | 4, 16, 8)[r.below(5)]
-            ops.append(("mmap", addr(True), length(True), (0, 1, 2, 4)[r.below(4)],
-                        (0, 3)[r.below(2)], placement | options, True, 0))
-        elif name == "mmap_any":
-            ops.append(("mmap", addr(True), length(), r.below(len(PROTS)), r.below(len(MAP_TYPES)),
-                        r.below(1 << len(MAP_EXTRA)), r.below(4) != 0, r.below(7)))
-        elif name in ("munmap", "mlock", "munlock"):
-            ops.append((name, addr(), length()))
-        elif name == "mprotect":
-            ops.append((name, addr(), length(), r.below(len(PROTS))))
-        elif name == "madvise":
+            return ("mmap", addr(True), length(True), (0, 1, 2, 4)[r.below(4)],
+                    (0, 3)[r.below(2)], placement | options, True, 0)
+        if name == "mmap_any":
+            return ("mmap", addr(True), length(), r.below(len(PROTS)), r.below(len(MAP_TYPES)),
+                    r.below(1 << len(MAP_EXTRA)), r.below(4) != 0, r.below(7))
+        if name in ("munmap", "mlock", "munlock"):
+            return (name, addr(), length())
+        if name == "mprotect":
+            return (name, addr(), length(), r.below(len(PROTS)))
+        if name == "madvise":
             advice = r.below(len(ADVICES))
             if ADVICES[advice] in UNSIMULATED_IN_CORE:
                 advice = 0  # not generated until the core simulates it (see differential)
-            ops.append((name, addr(), length(), advice))
+            return (name, addr(), length(), advice)
+        if name == "mremap":
+            return ("mremap", addr(), length(), length(), r.below(len(MREMAP_FLAGS)), addr(True))
+        if name == "file":
+            # Mostly shmem of whole 2 MiB spans or more, mostly cached and writable.
+            return ("file", r.below(len(FILE_SIZES)), r.below(3) != 0, r.below(4) != 0, r.below(4) != 0)
+        if name == "mmap_file":
+            placement = (1, 1, 2, 0)[r.below(4)]
+            return ("mmap_file", addr(True), length(True), (0, 1, 2, 4)[r.below(4)], r.below(2) != 0,
+                    placement | (0, 4, 8, 16)[r.below(4)], r.below(NR_FDS), r.below(len(FILE_OFFSETS)))
+        if name == "close":
+            return ("close", r.below(NR_FDS))
+        if name == "fork":
+            return (name,)
+        return ("touch", addr(), length(True), r.below(4) != 0)
+
+    ops = []
+    while r.left() and len(ops) < MAX_OPS:
+        name = OPS[r.below(len(OPS))]
+        if name == "in":
+            # The next operation, in process k (0: the first; the others, children).
+            k = r.below(4)
+            name = OPS[r.below(len(OPS) - 2)]
+            ops.append(("in", k, one(name)))
+        elif name == "exit":
+            # A child ends (the first process lives to the end); resolved in run_one.
+            ops.append(("exit", r.below(3)))
         else:
-            ops.append(("touch", addr(), length(True), r.below(4) != 0))
+            ops.append(one(name))
     return config, ops
 
 
@@ -113,6 +146,10 @@ def run_one(data):
     pair = Pair(**config)
     pair.compare()
     for op in ops:
+        if op[0] == "exit":
+            if len(pair.procs) > 1:
+                pair.step(("in", 1 + op[1] % (len(pair.procs) - 1), ("exit",)))
+            continue
         pair.step(op)
     pair.finish()
     return len(ops)

@@ -48,14 +48,53 @@ def test_decoder_is_deterministic_and_bounded():
 
 
 def test_decoder_reaches_every_operation():
-    # Every opcode, followed by zero bytes for its arguments (the input runs out).
+    # Every opcode after the two configuration bytes, followed by zero bytes for its
+    # arguments (the input runs out).
     seen = set()
     for opcode in range(len(fuzz_ops.OPS)):
-        _, ops = fuzz_ops.decode(bytes([0, opcode]))
+        _, ops = fuzz_ops.decode(bytes([0, 0, opcode]))
         assert len(ops) == 1
-        method, args, kwargs = resolve([], ops[0])
+        op = ops[0]
+        if op[0] == "in":
+            assert op[1] == 0
+            op = op[2]
+        if op[0] in ("file", "fork", "exit"):
+            seen.add(op[0])
+            continue
+        method, args, kwargs = resolve([], op, files=True)
         seen.add(method)
-    assert seen == {"mmap", "munmap", "mprotect", "mlock", "munlock", "madvise", "touch"}
+    assert seen == {"mmap", "munmap", "mprotect", "mlock", "munlock", "madvise", "touch", "mremap",
+                    "file", "close", "fork", "exit"}
+
+
+def test_decoder_configures_thp_swap_and_paging():
+    configs = [fuzz_ops.decode(bytes([0, c2]))[0] for c2 in range(64)]
+    assert {c["thp"] for c in configs} == {"madvise", "always", "never"}
+    assert {c["swap_pages"] for c in configs} == {0, 300, 4096}
+    assert {c["paging_levels"] for c in configs} == {4, 5}
+
+
+def test_files_forks_and_children_run():
+    # file (shmem, 2 MiB), mapped shared at the base, written, collapsed, forked; the child
+    # writes and exits. Each op: opcode, then its argument bytes.
+    ops = fuzz_ops.OPS
+    data = bytes([0, 0,
+                  ops.index("file"), 5, 1, 1, 1,
+                  ops.index("mmap_file"), 0, 0, 0, 0, 0, 6, 0, 1, 0, 0, 0,
+                  ops.index("touch"), 0, 0, 0, 0, 6, 1,
+                  ops.index("fork"),
+                  ops.index("in"), 1, ops.index("touch"), 0, 0, 0, 0, 6, 1,
+                  ops.index("exit"), 0])
+    config, decoded = fuzz_ops.decode(data)
+    assert [op[0] for op in decoded] == ["file", "mmap_file", "touch", "fork", "in", "exit"]
+    assert fuzz_ops.run_one(data) == 6
+    # The same steps, checked on the reference alone: the file is mapped and written in
+    # both processes.
+    from differential import Pair
+    pair = Pair(**config)
+    for op in decoded[:5]:
+        pair.step(op)
+    assert [p[1].status()["RssShmem"] for p in pair.procs] == [2048, 2048]
 
 
 def test_a_divergence_is_reported(monkeypatch):
