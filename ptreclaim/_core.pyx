@@ -35,6 +35,7 @@ from ptreclaim._hugetlb cimport (
     is_vm_hugetlb_page, hugetlbfs_file_mmap, hugetlb_dup_vma, hugetlb_vm_op_close, hugetlb_fault_range,
     __unmap_hugepage_range, copy_hugetlb_page_range, hugetlb_change_protection,
     hugetlbfs_punch_hole, hugetlb_vm_op_open, move_hugetlb_page_tables, fixup_hugetlb_reservations,
+    hugetlb_move_hits_pmd_share,
 )
 from ptreclaim._vma cimport (
     vma_insert, vma_remove, split_vma, try_merge, is_mergeable,
@@ -643,6 +644,7 @@ cdef enum:
     REMAP_EXPAND = 3
     # Returned for what is not simulated (NotImplementedError).
     REMAP_UNSIMULATED = -2
+    REMAP_HUGETLB_HANG = -3
 
 ctypedef struct remap_state:
     # struct vma_remap_struct, reduced to what the simulation needs
@@ -780,6 +782,8 @@ cdef int remap_move_vma(pt_mm *mm, remap_state *vrm, object unmerged_ok) noexcep
     cdef uint64_t old_addr, new_addr, align
     cdef bint dontunmap = (vrm.flags & MREMAP_DONTUNMAP) != 0
     cdef int64_t moved
+    if is_vm_hugetlb_page(vma) and hugetlb_move_hits_pmd_share(mm, vma, vrm.addr, vrm.new_addr, vrm.old_len):
+        return REMAP_HUGETLB_HANG
     # vrm_calc_charge(): the overcommit heuristic for what the move adds.
     if vma.flags & PTR_VM_ACCOUNT:
         charged = (vrm.new_len if dontunmap else vrm.delta) >> 12
@@ -2233,6 +2237,9 @@ cdef class MM:
         self._raise_pending()
         if err == REMAP_UNSIMULATED:
             raise NotImplementedError("mremap of userfaultfd-registered memory is not simulated yet")
+        if err == REMAP_HUGETLB_HANG:
+            raise NotImplementedError("this mremap of a shared hugetlb mapping hangs Linux 6.18 "
+                                      "(huge_pmd_share() under the move's i_mmap_rwsem); not simulated")
         if err:
             raise _errno(err)
         return result

@@ -44,3 +44,7 @@ cdef void hugetlbfs_punch_hole(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t 
 cdef int64_t move_hugetlb_page_tables(pt_mm *mm, pt_vma *vma, uint64_t old_addr, uint64_t new_addr,
                                       uint64_t length) noexcept nogil
 cdef void fixup_hugetlb_reservations(pt_machine *m, pt_vma *vma, uint64_t addr, uint64_t length) noexcept nogil
+# Whether that move would hang the process in Linux 6.18 (huge_pmd_share() under
+# the i_mmap_rwsem the move holds), which is not simulated.
+cdef bint hugetlb_move_hits_pmd_share(pt_mm *mm, pt_vma *vma, uint64_t old_addr, uint64_t new_addr,
+                                      uint64_t length) noexcept nogil

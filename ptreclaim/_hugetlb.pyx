@@ -562,6 +562,32 @@ cdef int64_t move_hugetlb_page_tables(pt_mm *mm, pt_vma *vma, uint64_t old_addr,
     trace(mm, EV_TLB_FLUSH, old_end - length, old_end)
     return <int64_t>(length + old_addr - old_end)
 
+cdef bint hugetlb_move_hits_pmd_share(pt_mm *mm, pt_vma *vma, uint64_t old_addr, uint64_t new_addr,
+                                      uint64_t length) noexcept nogil:
+    """Whether move_hugetlb_page_tables() would call huge_pmd_share() for the copy
+    of a shared mapping: a page lands in a 1 GiB that the new range covers whole
+    and that has no PMD table yet. huge_pmd_share() then waits for the i_mmap_rwsem
+    that the move itself holds, and the process hangs for good (measured on 6.18:
+    a 2 GiB shared mapping moved to 512 MiB past a 1 GiB boundary)."""
+    cdef uint64_t old_end = old_addr + length
+    cdef uint64_t new_start = new_addr, new_end = new_addr + length, g
+    cdef uint64_t last_addr_mask = PTR_PUD_SIZE - PTR_PMD_SIZE
+    cdef pteval_t *src
+    if not vma_shared(vma):
+        return False
+    while old_addr < old_end:
+        src = walk_pmd(mm, old_addr)
+        if src == NULL:
+            old_addr |= last_addr_mask
+            new_addr |= last_addr_mask
+        elif src[0] != 0:
+            g = new_addr & PTR_PUD_MASK
+            if g >= new_start and g + PTR_PUD_SIZE <= new_end and walk_pmd(mm, new_addr) == NULL:
+                return True
+        old_addr += PTR_PMD_SIZE
+        new_addr += PTR_PMD_SIZE
+    return False
+
 cdef void fixup_hugetlb_reservations(pt_machine *m, pt_vma *vma, uint64_t addr, uint64_t length) noexcept nogil:
     # clear_vma_resv_huge_pages(): after the copy, the new VMA owns the private
     # reserve map; the old VMA lets go of it (and so, when unmapped, gives none of

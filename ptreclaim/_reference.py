@@ -3768,6 +3768,9 @@ class MM:
         vma = vrm.vma
         dontunmap = bool(vrm.flags & MREMAP_DONTUNMAP)
         old_start, old_end = vma.start, vma.end
+        if vma.hugetlb is not None and self.hugetlb_move_hits_pmd_share(vma, vrm.addr, vrm.new_addr, vrm.old_len):
+            raise NotImplementedError("this mremap of a shared hugetlb mapping hangs Linux 6.18 "
+                                      "(huge_pmd_share() under the move's i_mmap_rwsem); not simulated")
         if vma.flags & VM_ACCOUNT:
             charged = (vrm.new_len if dontunmap else vrm.delta) >> PAGE_SHIFT
             if charged > self._overcommit_limit():
@@ -4813,6 +4816,31 @@ class MM:
             new_addr += PMD_SIZE
         # flush_hugetlb_tlb_range() of the old range, whatever moved.
         self._stats["tlb_flushes"] += 1
+
+    def hugetlb_move_hits_pmd_share(self, vma, old_addr, new_addr, length):
+        """Whether move_hugetlb_page_tables() would call huge_pmd_share() for the
+        copy of a shared mapping: a page lands in a 1 GiB that the new range covers
+        whole and that has no PMD table yet. huge_pmd_share() then waits for the
+        i_mmap_rwsem that the move itself holds, and the process hangs for good
+        (measured on 6.18: a 2 GiB shared mapping moved to 512 MiB past a 1 GiB
+        boundary)."""
+        if not vma.flags & VM_MAYSHARE:
+            return False
+        old_end = old_addr + length
+        new_start, new_end = new_addr, new_addr + length
+        last_addr_mask = PUD_SIZE - PMD_SIZE
+        while old_addr < old_end:
+            src = self._walk_pmd(old_addr)
+            if src is None:
+                old_addr |= last_addr_mask
+                new_addr |= last_addr_mask
+            elif src.entries[(old_addr >> PMD_SHIFT) & 511] != 0:
+                g = new_addr & ~(PUD_SIZE - 1)
+                if new_start <= g and g + PUD_SIZE <= new_end and self._walk_pmd(new_addr) is None:
+                    return True
+            old_addr += PMD_SIZE
+            new_addr += PMD_SIZE
+        return False
 
     def fixup_hugetlb_reservations(self, vma, addr, length):
         """clear_vma_resv_huge_pages(): after the copy, the new VMA owns the
