@@ -692,14 +692,15 @@ cdef int remap_check_prep_vma(pt_mm *mm, uint64_t idx, remap_state *vrm) noexcep
         return EFAULT
     vma = &mm.vmas[idx]
     if is_vm_hugetlb_page(vma):
-        # align_hugetlb(): whole huge pages, at 2 MiB-aligned addresses (the new
-        # one only when a new address is given: measured), and no growth, which
-        # the reservations cannot follow. Even a no-op call checks this.
+        # align_hugetlb(): whole huge pages, at 2 MiB-aligned addresses, and no
+        # growth, which the reservations cannot follow. The new address is checked
+        # as the caller passed it, even without MREMAP_FIXED, and even a no-op
+        # call is checked.
         vrm.old_len = (vrm.old_len + PTR_PMD_SIZE - 1) & PTR_PMD_MASK
         vrm.new_len = (vrm.new_len + PTR_PMD_SIZE - 1) & PTR_PMD_MASK
         if vrm.addr & (PTR_PMD_SIZE - 1):
             return EINVAL
-        if remap_implies_new_addr(vrm) and vrm.new_addr & (PTR_PMD_SIZE - 1):
+        if vrm.new_addr & (PTR_PMD_SIZE - 1):
             return EINVAL
         if vrm.new_len > vrm.old_len:
             return EINVAL

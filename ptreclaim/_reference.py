@@ -3623,14 +3623,14 @@ class MM:
         # mlock_future_ok() and may_expand_vm(): no RLIMIT_MEMLOCK or RLIMIT_AS here.
 
     def align_hugetlb(self, vrm):
-        """Whole huge pages, at 2 MiB-aligned addresses (the new one only when a
-        new address is given: measured), and no growth, which the reservations
-        cannot follow. Even a call that changes nothing checks this."""
+        """Whole huge pages, at 2 MiB-aligned addresses, and no growth, which the
+        reservations cannot follow. The new address is checked as the caller passed
+        it, even without MREMAP_FIXED, and even a call that changes nothing is checked."""
         vrm.old_len = (vrm.old_len + PMD_SIZE - 1) & _PMD_MASK
         vrm.new_len = (vrm.new_len + PMD_SIZE - 1) & _PMD_MASK
         if vrm.addr & (PMD_SIZE - 1):
             raise _oserror(errno.EINVAL)
-        if self._remap_implies_new_addr(vrm) and vrm.new_addr & (PMD_SIZE - 1):
+        if vrm.new_addr & (PMD_SIZE - 1):
             raise _oserror(errno.EINVAL)
         if vrm.new_len > vrm.old_len:
             raise _oserror(errno.EINVAL)
