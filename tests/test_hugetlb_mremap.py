@@ -338,10 +338,16 @@ def test_partial_move_leaves_the_rest_without_reservations(MM):
 _SYS = {"mmap": 9, "munmap": 11, "mremap": 25}
 
 
-def _host_free_pages():
+def _host_pool():
+    """(vm.nr_hugepages, free hugetlb pages no one has reserved) of the host."""
     with open("/proc/meminfo") as f:
         info = {line.split(":")[0]: int(line.split()[1]) for line in f if line.startswith("HugePages_")}
-    return info.get("HugePages_Free", 0) - info.get("HugePages_Rsvd", 0)
+    try:
+        with open("/proc/sys/vm/nr_hugepages") as f:
+            nr = int(f.read())
+    except OSError:
+        nr = info.get("HugePages_Total", 0)
+    return nr, info.get("HugePages_Free", 0) - info.get("HugePages_Rsvd", 0)
 
 
 class Host:
@@ -391,8 +397,10 @@ class Host:
 def host():
     if not sys.platform.startswith("linux"):
         pytest.skip("the host is not Linux: no kernel to compare with")
-    if _host_free_pages() < 4:
-        pytest.skip("no free hugetlb pages: vm.nr_hugepages is 0 (4 unreserved ones are needed)")
+    nr, free = _host_pool()
+    if free < 4:
+        pytest.skip(f"no free hugetlb pages: vm.nr_hugepages is {nr}" if nr == 0 else
+                    f"too few free hugetlb pages: {free} unreserved of vm.nr_hugepages={nr}, 4 needed")
     h = Host()
     if h.vmas():
         pytest.skip("the host process already has a mapping between 0x600000000000 and 0x648000000000")
