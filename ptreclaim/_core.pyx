@@ -34,7 +34,8 @@ from ptreclaim._pgtable cimport (
 from ptreclaim._hugetlb cimport (
     is_vm_hugetlb_page, hugetlbfs_file_mmap, hugetlb_dup_vma, hugetlb_vm_op_close, hugetlb_fault_range,
     __unmap_hugepage_range, copy_hugetlb_page_range, hugetlb_change_protection,
-    hugetlbfs_punch_hole,
+    hugetlbfs_punch_hole, hugetlb_vm_op_open, move_hugetlb_page_tables, fixup_hugetlb_reservations,
+    hugetlb_move_hits_pmd_share,
 )
 from ptreclaim._vma cimport (
     vma_insert, vma_remove, split_vma, try_merge, is_mergeable,
@@ -643,7 +644,7 @@ cdef enum:
     REMAP_EXPAND = 3
     # Returned for what is not simulated (NotImplementedError).
     REMAP_UNSIMULATED = -2
-    REMAP_UNSIMULATED_HUGETLB = -3
+    REMAP_HUGETLB_HANG = -3
 
 ctypedef struct remap_state:
     # struct vma_remap_struct, reduced to what the simulation needs
@@ -690,8 +691,19 @@ cdef int remap_check_prep_vma(pt_mm *mm, uint64_t idx, remap_state *vrm) noexcep
     if idx >= mm.nr_vmas:
         return EFAULT
     vma = &mm.vmas[idx]
-    if vma.flags & PTR_VM_HUGETLB:
-        return REMAP_UNSIMULATED_HUGETLB
+    if is_vm_hugetlb_page(vma):
+        # align_hugetlb(): whole huge pages, at 2 MiB-aligned addresses, and no
+        # growth, which the reservations cannot follow. The new address is checked
+        # as the caller passed it, even without MREMAP_FIXED, and even a no-op
+        # call is checked.
+        vrm.old_len = (vrm.old_len + PTR_PMD_SIZE - 1) & PTR_PMD_MASK
+        vrm.new_len = (vrm.new_len + PTR_PMD_SIZE - 1) & PTR_PMD_MASK
+        if vrm.addr & (PTR_PMD_SIZE - 1):
+            return EINVAL
+        if vrm.new_addr & (PTR_PMD_SIZE - 1):
+            return EINVAL
+        if vrm.new_len > vrm.old_len:
+            return EINVAL
     vrm.delta = vrm.old_len - vrm.new_len if vrm.old_len > vrm.new_len else vrm.new_len - vrm.old_len
     if vrm.delta == 0:
         vrm.remap_type = REMAP_NO_RESIZE
@@ -771,6 +783,8 @@ cdef int remap_move_vma(pt_mm *mm, remap_state *vrm, object unmerged_ok) noexcep
     cdef uint64_t old_addr, new_addr, align
     cdef bint dontunmap = (vrm.flags & MREMAP_DONTUNMAP) != 0
     cdef int64_t moved
+    if is_vm_hugetlb_page(vma) and hugetlb_move_hits_pmd_share(mm, vma, vrm.addr, vrm.new_addr, vrm.old_len):
+        return REMAP_HUGETLB_HANG
     # vrm_calc_charge(): the overcommit heuristic for what the move adds.
     if vma.flags & PTR_VM_ACCOUNT:
         charged = (vrm.new_len if dontunmap else vrm.delta) >> 12
@@ -783,13 +797,17 @@ cdef int remap_move_vma(pt_mm *mm, remap_state *vrm, object unmerged_ok) noexcep
     nv.start = vrm.new_addr
     nv.end = vrm.new_addr + vrm.new_len
     nv.pgoff = vma.pgoff + ((vrm.addr - vma.start) >> 12)
-    if vma.shmem == NULL and not vma.anon_vma:
+    if vma.shmem == NULL and vma.hfile == NULL and not vma.anon_vma:
         nv.pgoff = vrm.new_addr >> 12
     nidx = find_vma(mm, vrm.new_addr)
     if vma_insert(mm, nidx, &nv) < 0:
         return ENOMEM
     if nv.shmem != NULL:
         shmem_get(nv.shmem)
+    if is_vm_hugetlb_page(&nv):
+        # vm_ops->open(): the copy shares the file and, for a private mapping,
+        # the reserve map (fixup_hugetlb_reservations() below settles whose it is).
+        hugetlb_vm_op_open(&mm.vmas[nidx])
     if nidx > 0 and try_merge(mm, nidx - 1):
         nidx -= 1
     try_merge(mm, nidx)
@@ -802,6 +820,17 @@ cdef int remap_move_vma(pt_mm *mm, remap_state *vrm, object unmerged_ok) noexcep
     nidx = vma_lookup(mm, vrm.new_addr)
     old_addr = vrm.addr
     new_addr = vrm.new_addr
+    if is_vm_hugetlb_page(&mm.vmas[idx]):
+        # move_page_tables() hands a hugetlb VMA to move_hugetlb_page_tables().
+        moved = move_hugetlb_page_tables(mm, &mm.vmas[idx], old_addr, new_addr, vrm.old_len)
+        fixup_hugetlb_reservations(mm.machine, &mm.vmas[idx], vrm.addr, vrm.old_len)
+        if moved < <int64_t>vrm.old_len:
+            return ENOMEM
+        mm.total_vm += vrm.new_len >> 12
+        # hugetlb memory is never VM_LOCKED, and MREMAP_DONTUNMAP was refused.
+        if munmap_range(mm, vrm.addr, vrm.addr + vrm.old_len):
+            return ENOMEM
+        return 0
     align = old_addr & (PTR_PMD_SIZE - 1)
     if (align and align == (new_addr & (PTR_PMD_SIZE - 1))
             and vrm.old_len >= PTR_PMD_SIZE - align
@@ -2209,8 +2238,9 @@ cdef class MM:
         self._raise_pending()
         if err == REMAP_UNSIMULATED:
             raise NotImplementedError("mremap of userfaultfd-registered memory is not simulated yet")
-        if err == REMAP_UNSIMULATED_HUGETLB:
-            raise NotImplementedError("mremap of hugetlb mappings is not simulated yet")
+        if err == REMAP_HUGETLB_HANG:
+            raise NotImplementedError("this mremap of a shared hugetlb mapping hangs Linux 6.18 "
+                                      "(huge_pmd_share() under the move's i_mmap_rwsem); not simulated")
         if err:
             raise _errno(err)
         return result
@@ -3050,6 +3080,7 @@ cdef _check_hugetlb_pool(Machine machine):
             resv -= 1              # its reservation comes back when it is freed
     if nfree != h.free_huge_pages:
         raise InvariantError("HugePages_Free equals the free huge pages", f"{h.free_huge_pages} != {nfree}")
+    resv += h.resv_orphaned
     if resv != h.resv_huge_pages:
         raise InvariantError("HugePages_Rsvd equals the reservations the maps hold",
                              f"{h.resv_huge_pages} != {resv}")

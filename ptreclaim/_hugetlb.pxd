@@ -37,3 +37,14 @@ cdef void hugetlb_change_protection(pt_mm *mm, pt_vma *vma, uint64_t start, uint
 
 # MADV_REMOVE of [start, end) of a shared writable hugetlb VMA (fallocate PUNCH_HOLE).
 cdef void hugetlbfs_punch_hole(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t end) noexcept nogil
+
+# mremap: the huge PMDs of [old_addr, old_addr + length) move to new_addr; the
+# bytes done (fewer if the host is out of memory). Then the old VMA hands its
+# private reservations to the copy (those outside the moved range are lost).
+cdef int64_t move_hugetlb_page_tables(pt_mm *mm, pt_vma *vma, uint64_t old_addr, uint64_t new_addr,
+                                      uint64_t length) noexcept nogil
+cdef void fixup_hugetlb_reservations(pt_machine *m, pt_vma *vma, uint64_t addr, uint64_t length) noexcept nogil
+# Whether that move would hang the process in Linux 6.18 (huge_pmd_share() under
+# the i_mmap_rwsem the move holds), which is not simulated.
+cdef bint hugetlb_move_hits_pmd_share(pt_mm *mm, pt_vma *vma, uint64_t old_addr, uint64_t new_addr,
+                                      uint64_t length) noexcept nogil

@@ -526,3 +526,83 @@ cdef void hugetlbfs_punch_hole(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t 
             put_huge_page(m, <uint64_t>k)
         else:
             i += 1
+
+# ---------------------------------------------------------------------------------
+# mremap (move_hugetlb_page_tables(), fixup_hugetlb_reservations())
+
+cdef int64_t move_hugetlb_page_tables(pt_mm *mm, pt_vma *vma, uint64_t old_addr, uint64_t new_addr,
+                                      uint64_t length) noexcept nogil:
+    """Move the huge PMDs of [old_addr, old_addr + length) to new_addr, one by one,
+    into PUD and PMD tables made at the destination as a fault would. Returns the
+    bytes done: less than length if the host is out of memory."""
+    cdef uint64_t old_end = old_addr + length
+    cdef uint64_t last_addr_mask = PTR_PUD_SIZE - PTR_PMD_SIZE
+    cdef pteval_t *src
+    cdef pteval_t *dst
+    while old_addr < old_end:
+        src = walk_pmd(mm, old_addr)
+        if src == NULL:
+            # No PMD table: the walk skips to the next 1 GiB of the old range and
+            # moves the new address by the same mask, not by the same distance.
+            # When the two addresses sit at different offsets in their 1 GiB,
+            # the pages after the skip land at the wrong place (measured on 6.18).
+            old_addr |= last_addr_mask
+            new_addr |= last_addr_mask
+        elif src[0] != 0:
+            dst = pmd_alloc_walk(mm, new_addr)      # huge_pte_alloc()
+            if dst == NULL:
+                return <int64_t>(length + old_addr - old_end)
+            # move_huge_pte(): the entry moves as it is.
+            dst[0] = src[0]
+            src[0] = 0
+        old_addr += PTR_PMD_SIZE
+        new_addr += PTR_PMD_SIZE
+    # flush_hugetlb_tlb_range() of the old range, whatever moved.
+    mm.stats.tlb_flushes += 1
+    trace(mm, EV_TLB_FLUSH, old_end - length, old_end)
+    return <int64_t>(length + old_addr - old_end)
+
+cdef bint hugetlb_move_hits_pmd_share(pt_mm *mm, pt_vma *vma, uint64_t old_addr, uint64_t new_addr,
+                                      uint64_t length) noexcept nogil:
+    """Whether move_hugetlb_page_tables() would call huge_pmd_share() for the copy
+    of a shared mapping: a page lands in a 1 GiB that the new range covers whole
+    and that has no PMD table yet. huge_pmd_share() then waits for the i_mmap_rwsem
+    that the move itself holds, and the process hangs for good (measured on 6.18:
+    a 2 GiB shared mapping moved to 512 MiB past a 1 GiB boundary)."""
+    cdef uint64_t old_end = old_addr + length
+    cdef uint64_t new_start = new_addr, new_end = new_addr + length, g
+    cdef uint64_t last_addr_mask = PTR_PUD_SIZE - PTR_PMD_SIZE
+    cdef pteval_t *src
+    if not vma_shared(vma):
+        return False
+    while old_addr < old_end:
+        src = walk_pmd(mm, old_addr)
+        if src == NULL:
+            old_addr |= last_addr_mask
+            new_addr |= last_addr_mask
+        elif src[0] != 0:
+            g = new_addr & PTR_PUD_MASK
+            if g >= new_start and g + PTR_PUD_SIZE <= new_end and walk_pmd(mm, new_addr) == NULL:
+                return True
+        old_addr += PTR_PMD_SIZE
+        new_addr += PTR_PMD_SIZE
+    return False
+
+cdef void fixup_hugetlb_reservations(pt_machine *m, pt_vma *vma, uint64_t addr, uint64_t length) noexcept nogil:
+    # clear_vma_resv_huge_pages(): after the copy, the new VMA owns the private
+    # reserve map; the old VMA lets go of it (and so, when unmapped, gives none of
+    # its reservations back), then hugetlb_dup_vma_private() clears its pointer.
+    # The unconsumed reservations of the part of the old VMA outside the moved
+    # range [addr, addr + length) stay counted in HugePages_Rsvd for good.
+    cdef uint64_t start, end, lo, hi
+    if vma.resv != NULL and (vma.hresv_flags & HPAGE_RESV_OWNER):
+        start = vma_hugecache_offset(vma, vma.start)
+        end = vma_hugecache_offset(vma, vma.end)
+        lo = vma_hugecache_offset(vma, addr)
+        hi = vma_hugecache_offset(vma, addr + length)
+        m.hstate.resv_orphaned += (lo - start) - idxset_count(&vma.resv.consumed, start, lo)
+        m.hstate.resv_orphaned += (end - hi) - idxset_count(&vma.resv.consumed, hi, end)
+        resv_map_put(vma.resv)
+    if not vma_shared(vma):
+        vma.resv = NULL
+        vma.hresv_flags = 0

@@ -3585,8 +3585,8 @@ class MM:
         """check_prep_vma(): the checks on the VMA at addr, in Linux's order."""
         if vma is None:
             raise _oserror(errno.EFAULT)
-        if vma.flags & VM_HUGETLB:
-            raise NotImplementedError("mremap of hugetlb mappings is not simulated yet")
+        if vma.hugetlb is not None:
+            self.align_hugetlb(vrm)
         vrm.vma = vma
         vrm.delta = abs(vrm.old_len - vrm.new_len)
         if vrm.delta == 0:
@@ -3621,6 +3621,19 @@ class MM:
         if vma.flags & (VM_DONTEXPAND | VM_PFNMAP):
             raise _oserror(errno.EFAULT)
         # mlock_future_ok() and may_expand_vm(): no RLIMIT_MEMLOCK or RLIMIT_AS here.
+
+    def align_hugetlb(self, vrm):
+        """Whole huge pages, at 2 MiB-aligned addresses, and no growth, which the
+        reservations cannot follow. The new address is checked as the caller passed
+        it, even without MREMAP_FIXED, and even a call that changes nothing is checked."""
+        vrm.old_len = (vrm.old_len + PMD_SIZE - 1) & _PMD_MASK
+        vrm.new_len = (vrm.new_len + PMD_SIZE - 1) & _PMD_MASK
+        if vrm.addr & (PMD_SIZE - 1):
+            raise _oserror(errno.EINVAL)
+        if vrm.new_addr & (PMD_SIZE - 1):
+            raise _oserror(errno.EINVAL)
+        if vrm.new_len > vrm.old_len:
+            raise _oserror(errno.EINVAL)
 
     def _remap_munmap(self, start, length):
         """do_munmap() with its argument checks."""
@@ -3742,6 +3755,10 @@ class MM:
             self._vmas_changed()
             return nxt
         new = _Vma(addr, end, flags, pgoff, vma.anon_vma, vma.file)
+        if vma.hugetlb is not None:
+            # vm_ops->open(): the copy shares the file and, for a private
+            # mapping, the reserve map (fixup_hugetlb_reservations() settles whose).
+            new.hugetlb = self.hugetlb_vm_op_open(vma.hugetlb)
         self._insert_vma(new)
         return new
 
@@ -3751,17 +3768,27 @@ class MM:
         vma = vrm.vma
         dontunmap = bool(vrm.flags & MREMAP_DONTUNMAP)
         old_start, old_end = vma.start, vma.end
+        if vma.hugetlb is not None and self.hugetlb_move_hits_pmd_share(vma, vrm.addr, vrm.new_addr, vrm.old_len):
+            raise NotImplementedError("this mremap of a shared hugetlb mapping hangs Linux 6.18 "
+                                      "(huge_pmd_share() under the move's i_mmap_rwsem); not simulated")
         if vma.flags & VM_ACCOUNT:
             charged = (vrm.new_len if dontunmap else vrm.delta) >> PAGE_SHIFT
             if charged > self._overcommit_limit():
                 raise _oserror(errno.ENOMEM)
         pgoff = vma.pgoff + ((vrm.addr - vma.start) >> PAGE_SHIFT)
-        if vma_is_anonymous(vma) and vma.anon_vma is None:
+        if vma_is_anonymous(vma) and vma.hugetlb is None and vma.anon_vma is None:
             # Never faulted: it takes the new address as its offset, to merge there.
             pgoff = vrm.new_addr >> PAGE_SHIFT
         new_vma = self.copy_vma(vma, vrm.new_addr, vrm.new_len, pgoff)
         old_vma = self._vma_containing(vrm.addr)  # the copy may have merged with it
         old_addr, new_addr = vrm.addr, vrm.new_addr
+        if old_vma.hugetlb is not None:
+            # move_page_tables() hands a hugetlb VMA to move_hugetlb_page_tables().
+            # hugetlb memory is never VM_LOCKED, and MREMAP_DONTUNMAP was refused.
+            self.move_hugetlb_page_tables(old_addr, new_addr, vrm.old_len)
+            self.fixup_hugetlb_reservations(old_vma, vrm.addr, vrm.old_len)
+            self.do_vmi_munmap(vrm.addr, vrm.addr + vrm.old_len)
+            return
         align = old_addr & (PMD_SIZE - 1)
         if (
             align
@@ -4763,6 +4790,78 @@ class MM:
             h.acct_memory(-(len(f.region) - freed))
             f.region.clear()
 
+    def move_hugetlb_page_tables(self, old_addr, new_addr, length):
+        """Move the huge PMDs of [old_addr, old_addr + length) to new_addr one by
+        one, into PUD and PMD tables made at the destination as a fault would."""
+        old_end = old_addr + length
+        last_addr_mask = PUD_SIZE - PMD_SIZE
+        while old_addr < old_end:
+            src = self._walk_pmd(old_addr)
+            if src is None:
+                # No PMD table: the walk skips to the next 1 GiB of the old range
+                # and moves the new address by the same mask, not by the same
+                # distance. When the two addresses sit at different offsets in
+                # their 1 GiB, the pages after the skip land at the wrong place
+                # (measured on 6.18).
+                old_addr |= last_addr_mask
+                new_addr |= last_addr_mask
+            else:
+                i = (old_addr >> PMD_SHIFT) & 511
+                if src.entries[i] != 0:
+                    dst = self.__pmd_alloc(self.__pud_alloc(new_addr), new_addr)  # huge_pte_alloc()
+                    # move_huge_pte(): the entry moves as it is.
+                    dst.entries[(new_addr >> PMD_SHIFT) & 511] = src.entries[i]
+                    src.entries[i] = 0
+            old_addr += PMD_SIZE
+            new_addr += PMD_SIZE
+        # flush_hugetlb_tlb_range() of the old range, whatever moved.
+        self._stats["tlb_flushes"] += 1
+
+    def hugetlb_move_hits_pmd_share(self, vma, old_addr, new_addr, length):
+        """Whether move_hugetlb_page_tables() would call huge_pmd_share() for the
+        copy of a shared mapping: a page lands in a 1 GiB that the new range covers
+        whole and that has no PMD table yet. huge_pmd_share() then waits for the
+        i_mmap_rwsem that the move itself holds, and the process hangs for good
+        (measured on 6.18: a 2 GiB shared mapping moved to 512 MiB past a 1 GiB
+        boundary)."""
+        if not vma.flags & VM_MAYSHARE:
+            return False
+        old_end = old_addr + length
+        new_start, new_end = new_addr, new_addr + length
+        last_addr_mask = PUD_SIZE - PMD_SIZE
+        while old_addr < old_end:
+            src = self._walk_pmd(old_addr)
+            if src is None:
+                old_addr |= last_addr_mask
+                new_addr |= last_addr_mask
+            elif src.entries[(old_addr >> PMD_SHIFT) & 511] != 0:
+                g = new_addr & ~(PUD_SIZE - 1)
+                if new_start <= g and g + PUD_SIZE <= new_end and self._walk_pmd(new_addr) is None:
+                    return True
+            old_addr += PMD_SIZE
+            new_addr += PMD_SIZE
+        return False
+
+    def fixup_hugetlb_reservations(self, vma, addr, length):
+        """clear_vma_resv_huge_pages(): after the copy, the new VMA owns the
+        private reserve map; the old VMA lets go of it (and so, when unmapped, gives
+        none of its reservations back), then hugetlb_dup_vma_private() clears its
+        pointer. The unconsumed reservations of the part of the old VMA outside the
+        moved range [addr, addr + length) stay counted in HugePages_Rsvd for good."""
+        hv = vma.hugetlb
+        if hv.resv is not None and hv.flags & HPAGE_RESV_OWNER:
+            start = self._hugecache_offset(vma, vma.start)
+            end = self._hugecache_offset(vma, vma.end)
+            lo = self._hugecache_offset(vma, addr)
+            hi = self._hugecache_offset(vma, addr + length)
+            kept = (lo - start) + (end - hi)
+            kept -= sum(1 for i in hv.resv.consumed if start <= i < lo or hi <= i < end)
+            self.machine.hstate.resv_orphaned += kept
+            hv.resv.refs -= 1
+        if not vma.flags & VM_MAYSHARE:
+            hv.resv = None
+            hv.flags = 0
+
     @staticmethod
     def _hugecache_offset(vma, addr):
         return ((addr - vma.start) >> PMD_SHIFT) + (vma.pgoff >> 9)
@@ -5197,6 +5296,10 @@ class _Hstate:
         self.nr_huge_pages = nr
         self.free_huge_pages = nr
         self.resv_huge_pages = 0  # unsigned, and may wrap as the kernel's does
+        # Reservations that no reserve map holds any more: those of the part of a
+        # private mapping that stayed when mremap moved the rest (they never come
+        # back to the pool; only check() needs the count).
+        self.resv_orphaned = 0
 
     def dequeue(self):
         if not self.free_list:
@@ -5281,6 +5384,7 @@ class _Hstate:
                 resv -= 1  # its reservation comes back when it is freed
         if nfree != self.free_huge_pages or len(self.free_list) != nfree:
             raise InvariantError("hugetlb-free", f"HugePages_Free {self.free_huge_pages} != {nfree} free pages")
+        resv += self.resv_orphaned
         if resv & _U64 != self.resv_huge_pages:
             raise InvariantError("hugetlb-resv", f"HugePages_Rsvd {self.resv_huge_pages} != {resv & _U64}")
 

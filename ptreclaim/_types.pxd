@@ -300,6 +300,10 @@ ctypedef struct pt_hstate:
     uint64_t free_huge_pages
     uint64_t resv_huge_pages   # unsigned, and may wrap as the kernel's does
     uint64_t next_file_id
+    # Reservations that no reserve map holds any more: those of the part of a
+    # private mapping that stayed when mremap moved the rest (they never come
+    # back to the pool; only check() needs the count).
+    uint64_t resv_orphaned
 
 ctypedef struct pt_vma:
     uint64_t start
