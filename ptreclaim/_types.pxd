@@ -401,6 +401,9 @@ ctypedef struct pt_mm:
     # VmLck pages that no locked VMA accounts for: MREMAP_DONTUNMAP clears
     # VM_LOCKED on the old VMA without lowering locked_vm (measured on 6.18).
     uint64_t locked_vm_stale
+    # Huge PMDs that map a shmem huge folio (ShmemPmdMapped / 2 MiB); they
+    # carry no deposited table, so they are not in nr_deposits.
+    int64_t nr_shmem_pmds
 
 ctypedef struct mmu_gather:
     # One per syscall (R35). Pages are released, and table batches handed to
