@@ -2946,6 +2946,12 @@ cdef int madvise_collapse(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t end) 
     # boundary (thp_vma_suitable_order()).
     if vma.shmem != NULL and (((vma.start >> 12) - vma.pgoff) & (HPAGE_PMD_NR - 1)) != 0:
         return EINVAL
+    # A range inside one span that reaches no 2 MiB boundary: the kernel's
+    # final "thps == (hend - hstart) >> HPAGE_PMD_SHIFT" compares with a
+    # wrapped count, so it fails (EINVAL); one that ends on the boundary
+    # it starts after (hend == hstart) collapses nothing and succeeds.
+    if hend < hstart:
+        return EINVAL
     addr = hstart
     while addr < hend:
         if vma.shmem != NULL:
