@@ -2824,8 +2824,8 @@ cdef int _collapse_file(pt_mm *mm, pt_shmem *s, uint64_t index0, int64_t *head_o
     """collapse_file(): a huge folio replaces the small pages of [index0,
     index0 + 512), holes filled with zero-filled pages; the old pages are
     unmapped everywhere first, swapped ones read back; then every mm's empty
-    table over it is retracted. 0, EINVAL (nothing there: SCAN_TRUNCATED) or
-    ENOMEM (no frames for the folio)."""
+    table over it is retracted. 0, -EINVAL (nothing there: SCAN_TRUNCATED,
+    which ends the whole call) or ENOMEM (no frames for the folio)."""
     cdef pt_machine *m = mm.machine
     cdef pt_page *pages
     cdef int64_t head, old, off
@@ -2837,7 +2837,7 @@ cdef int _collapse_file(pt_mm *mm, pt_shmem *s, uint64_t index0, int64_t *head_o
             any = True
             break
     if not any:
-        return EINVAL
+        return -EINVAL
     head = alloc_thp(&m.frames)
     if head < 0:
         return ENOMEM
@@ -2872,9 +2872,10 @@ cdef int _collapse_file(pt_mm *mm, pt_shmem *s, uint64_t index0, int64_t *head_o
 
 cdef int _collapse_pte_mapped_thp(pt_mm *mm, pt_vma *vma, uint64_t haddr, uint64_t head) noexcept nogil:
     """collapse_pte_mapped_thp() in the calling mm: a PTE table whose entries
-    are none or map the folio's own pages gives way to a PMD; anything else
-    there (a COW copy, a swap entry, a marker) fails the span with EINVAL. With
-    no table (or no PMD table) the PMD is simply installed."""
+    are none or map the folio's own pages gives way to a PMD. A swap entry or
+    marker there fails the span with EINVAL (SCAN_PTE_NON_PRESENT); any other
+    page (a COW copy) with -EINVAL (SCAN_FAIL, which ends the whole call).
+    With no table (or no PMD table) the PMD is simply installed."""
     cdef pteval_t *pmd = walk_pmd(mm, haddr)
     cdef pteval_t *table
     cdef pteval_t e
@@ -2888,8 +2889,10 @@ cdef int _collapse_pte_mapped_thp(pt_mm *mm, pt_vma *vma, uint64_t haddr, uint64
             e = table[i]
             if pte_none(e):
                 continue
-            if not pte_present(e) or pte_special(e) or pte_pfn(e) != head + <uint64_t>i:
+            if not pte_present(e):
                 return EINVAL
+            if pte_special(e) or pte_pfn(e) != head + <uint64_t>i:
+                return -EINVAL
         for i in range(PTRS_PER_TABLE):
             e = table[i]
             if pte_none(e):
@@ -2917,7 +2920,8 @@ cdef int _collapse_pte_mapped_thp(pt_mm *mm, pt_vma *vma, uint64_t haddr, uint64
 cdef int shmem_collapse_span(pt_mm *mm, pt_vma *vma, uint64_t haddr) noexcept nogil:
     """MADV_COLLAPSE of one aligned 2 MiB span of a shmem VMA: find or make the
     huge folio (hpage_collapse_scan_file() -> collapse_file()), then map it
-    by PMD here (collapse_pte_mapped_thp()). 0 or the span's errno."""
+    by PMD here (collapse_pte_mapped_thp()). 0 or the span's errno, negated
+    for a failure that madvise_collapse() does not whitelist (it stops there)."""
     cdef uint64_t index0 = _vma_pgoff_of(vma, haddr)
     cdef int64_t head = shmem_huge_folio(mm.machine, vma.shmem, index0)
     cdef int r
@@ -2930,7 +2934,8 @@ cdef int shmem_collapse_span(pt_mm *mm, pt_vma *vma, uint64_t haddr) noexcept no
 cdef int madvise_collapse(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t end) noexcept nogil:
     """madvise_collapse() over [start, end) of one VMA: the aligned spans that
     lie inside the range. 0, or the errno of the last span that failed (the
-    others are collapsed all the same); ENOMEM from allocation stops at once."""
+    others are collapsed all the same); ENOMEM from allocation stops at once,
+    and so does a shmem span with nothing cached or a foreign page mapped."""
     cdef uint64_t hstart = (start + PTR_PMD_SIZE - 1) & PTR_PMD_MASK
     cdef uint64_t hend = end & PTR_PMD_MASK
     cdef uint64_t vstart = (vma.start + PTR_PMD_SIZE - 1) & PTR_PMD_MASK
@@ -2960,6 +2965,8 @@ cdef int madvise_collapse(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t end) 
             r = collapse_span(mm, vma, addr)
         if r == ENOMEM:
             return r
+        if r < 0:
+            return -r              # a result outside the whitelist ends the walk
         if r:
             last_fail = r
         addr += PTR_PMD_SIZE
