@@ -730,8 +730,11 @@ cdef int _shmem_fault(pt_mm *mm, pt_vma *vma, uint64_t addr, pteval_t *pmd, bint
     cdef uint64_t pfn
     cdef int ret
     # do_read_fault() tries fault-around first; write faults never do (R30).
-    # Its filemap_map_pmd() maps a huge folio by PMD where it can.
-    if not write and (_do_set_pmd(mm, vma, pmd, addr, False) or _do_fault_around(mm, vma, addr, pmd)):
+    # Its filemap_map_pmd() maps a huge folio by PMD where it can, for a
+    # fault below i_size (the PMD may then reach past it).
+    if not write and ((_vma_pgoff_of(vma, addr) < vma.shmem.size_pages
+                       and _do_set_pmd(mm, vma, pmd, addr, False))
+                      or _do_fault_around(mm, vma, addr, pmd)):
         return FAULT_OK
     # shmem_get_folio_gfp() / filemap_fault(): an index at or past i_size
     # (a mapping longer than its file, or grown by mremap) is VM_FAULT_SIGBUS.
@@ -2622,7 +2625,8 @@ cdef inline bint _file_pmd_suitable(pt_vma *vma, uint64_t addr) noexcept nogil:
 cdef bint _do_set_pmd(pt_mm *mm, pt_vma *vma, pteval_t *pmd, uint64_t addr, bint write) noexcept nogil:
     """A fault with the PMD entry none where the page cache holds a huge folio:
     map it with one PMD (filemap_map_pmd() for a read, finish_fault() for a
-    shared write). No i_size check (shmem maps PMDs across it). True if mapped."""
+    shared write). The caller has checked that the fault is below i_size; the
+    PMD may reach past it (shmem maps PMDs across it). True if mapped."""
     cdef int64_t head
     if pmd[0] != 0 or vma.shmem == NULL or not _file_pmd_suitable(vma, addr):
         return False
