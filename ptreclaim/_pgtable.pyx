@@ -693,16 +693,19 @@ cdef bint _do_fault_around(pt_mm *mm, pt_vma *vma, uint64_t addr, pteval_t *pmd)
         return False
     for i in range(from_pte, to_pte):
         index = pgoff0 + i
-        if index >= vma.shmem.size_pages or not pte_none(table[i]):
+        if index >= vma.shmem.size_pages:
             continue
         pfn = shmem_lookup(vma.shmem, index)
         if pfn < 0:
             continue
         # A large folio that lies inside the VMA and this table is mapped
-        # whole, past the window (and past i_size: shmem may map there).
+        # whole, past the window (and past i_size: shmem may map there),
+        # wherever its entries are none, even if the window's own are not.
+        # It then covers the whole table.
         if _map_whole_folio(mm, vma, table, addr, <uint64_t>pfn, False, False):
-            continue
-        _finish_shmem_page(mm, vma, &table[i], <uint64_t>pfn, False)
+            break
+        if pte_none(table[i]):
+            _finish_shmem_page(mm, vma, &table[i], <uint64_t>pfn, False)
     return pte_present(table[pte_off])
 
 cdef int _do_cow_fault(pt_mm *mm, pt_vma *vma, uint64_t addr, pteval_t *pmd,
@@ -1897,8 +1900,8 @@ cdef int uffd_wp_range(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t end, bin
             if pmd == NULL:
                 return -1
             if pmd_is_file(mm.machine, pmd[0]):
-                # change_huge_pmd() cannot protect part of a file PMD: split
-                # (cleared), then markers go in a table as for small pages.
+                # pgtable_split_needed(): uffd-wp of a file VMA always splits a
+                # huge PMD (cleared), and markers go in a table (change_pmd_prepare()).
                 clear_file_pmd(mm, pmd)
                 mm.stats.thp_split_pmd += 1
             table = pte_alloc(mm, pmd)
