@@ -28,7 +28,7 @@ from ptreclaim._pgtable cimport (
     fault_range, handle_mm_fault, pte_pfn, uffd_wp_range, anon_page_fast,
     guard_install_range, guard_remove_range, copy_page_range, shmem_get, anon_vma_prepare,
     madvise_collapse, move_page_tables, page_stored, find_vma, is_swap_pte, swp_offset, swap_init,
-    pmd_is_file, clear_file_pmd, shmem_punch_split,
+    pmd_is_file, clear_file_pmd, shmem_punch_split, shmem_folio_nr,
     pmd_hugetlb, pfn_is_hugetlb, hpage_index, hugetlb_pool_init, hfile_new, hfile_put,
     idxset_count, idxset_has, p4d_offset, pgd_index, pgd5_index,
 )
@@ -2886,7 +2886,7 @@ cdef bint _check_huge_pmd(pt_mm *mm, pteval_t e, uint64_t base, int64_t *rss, di
         index0 = v.pgoff + ((base - v.start) >> 12)
         for i in range(HPAGE_PMD_NR):
             p = &m.frames.pages[pfn + i]
-            if p.kind != FRAME_SHMEM or not (p.flags & PG_THP) or p.index != index0 + i \
+            if p.kind != FRAME_SHMEM or shmem_folio_nr(p) != HPAGE_PMD_NR or p.index != index0 + i \
                     or shmem_lookup(v.shmem, index0 + i) != <int64_t>(pfn + i):
                 raise InvariantError("a file PMD maps the 512 pages of one huge folio at their own offset",
                                      f"{base:#x}: page {i}")
@@ -3124,7 +3124,7 @@ cdef _check_mm(MM self):
     cdef pt_mm *mm = self.mm
     cdef pt_machine *m = mm.machine
     cdef pt_pool *pool = &m.pool
-    cdef uint64_t g, u, k, t, i, pfn, nlinked = 0, ndeposits = 0, nfile = 0, head
+    cdef uint64_t g, u, k, t, i, pfn, nlinked = 0, ndeposits = 0, nfile = 0, head, nr
     cdef pteval_t *pud
     cdef pteval_t *pmd
     cdef pteval_t *pte
@@ -3300,22 +3300,23 @@ cdef _check_mm(MM self):
                                      f"pfn {i}: refcount {m.frames.pages[i].refcount}, "
                                      f"mapcount {m.frames.pages[i].mapcount}, mapped {everyone.get(i, 0)}")
         if m.frames.pages[i].kind == FRAME_SHMEM and (m.frames.pages[i].flags & PG_THP):
-            # A page of a shmem huge folio: 512 frames in a row at consecutive
-            # offsets from a 512-aligned one; the page cache's reference
-            # plus one per mapping, in every mm.
-            head = i - (m.frames.pages[i].index & (HPAGE_PMD_NR - 1))
-            if head < 3 or head + HPAGE_PMD_NR > m.frames.nr_pages:
-                raise InvariantError("a shmem huge folio is 512 frames at consecutive offsets", f"pfn {i}")
+            # A page of a shmem large folio of order 1..9: 2^order frames in a
+            # row at consecutive offsets from an aligned one; the page
+            # cache's reference plus one per mapping, in every mm.
+            nr = shmem_folio_nr(&m.frames.pages[i])
+            head = i - (m.frames.pages[i].index & (nr - 1))
+            if nr < 2 or nr > HPAGE_PMD_NR or head < 3 or head + nr > m.frames.nr_pages:
+                raise InvariantError("a shmem large folio is 2^order frames at consecutive offsets", f"pfn {i}")
             if head == i:
-                for t in range(HPAGE_PMD_NR):
+                for t in range(nr):
                     if m.frames.pages[head + t].kind != FRAME_SHMEM \
-                            or not (m.frames.pages[head + t].flags & PG_THP) \
+                            or shmem_folio_nr(&m.frames.pages[head + t]) != nr \
                             or m.frames.pages[head + t].index != m.frames.pages[head].index + t:
-                        raise InvariantError("a shmem huge folio is 512 frames at consecutive offsets",
+                        raise InvariantError("a shmem large folio is 2^order frames at consecutive offsets",
                                              f"pfn {head + t}")
-            elif m.frames.pages[head].kind != FRAME_SHMEM or not (m.frames.pages[head].flags & PG_THP) \
+            elif m.frames.pages[head].kind != FRAME_SHMEM or shmem_folio_nr(&m.frames.pages[head]) != nr \
                     or m.frames.pages[head].index + (i - head) != m.frames.pages[i].index:
-                raise InvariantError("a shmem huge folio is 512 frames at consecutive offsets", f"pfn {i}")
+                raise InvariantError("a shmem large folio is 2^order frames at consecutive offsets", f"pfn {i}")
             if everyone is None:
                 everyone = _machine_mappings(self.machine)
             if m.frames.pages[i].mapcount != everyone.get(i, 0) \

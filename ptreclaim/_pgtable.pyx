@@ -701,9 +701,8 @@ cdef bint _do_fault_around(pt_mm *mm, pt_vma *vma, uint64_t addr, pteval_t *pmd)
         # A large folio that lies inside the VMA and this table is mapped
         # whole, past the window (and past i_size: shmem may map there),
         # wherever its entries are none, even if the window's own are not.
-        # It then covers the whole table.
         if _map_whole_folio(mm, vma, table, addr, <uint64_t>pfn, False, False):
-            break
+            continue
         if pte_none(table[i]):
             _finish_shmem_page(mm, vma, &table[i], <uint64_t>pfn, False)
     return pte_present(table[pte_off])
@@ -2444,24 +2443,36 @@ cdef void split_folio(pt_mm *mm, pt_vma *vma, uint64_t head, uint64_t base) noex
 
 cdef int _file_folio_step(pt_mm *mm, pt_vma *vma, pteval_t *table, uint64_t i, uint64_t span,
                           uint64_t start, uint64_t end, bint pageout) noexcept nogil:
-    # large_folio_step() for a page of a PTE-mapped shmem huge folio: skipped
-    # if another mm maps the folio; split unless the range maps all of it
-    # here; a PAGEOUT of all of it reclaims it whole.
+    # large_folio_step() for a page of a PTE-mapped shmem large folio
+    # (madvise_folio_pte_batch()): one that the range maps whole here, in
+    # order, is left alone unless each page is mapped just once, and a
+    # PAGEOUT then reclaims it whole; any other is split, unless another mm
+    # maps it.
     cdef pt_page *pages = mm.machine.frames.pages
     cdef uint64_t pfn = pte_pfn(table[i])
-    cdef uint64_t head = pfn - (pages[pfn].index & (HPAGE_PMD_NR - 1))
-    cdef bint whole = start <= span and span + PTR_PMD_SIZE <= end
-    cdef Py_ssize_t j
-    if _file_folio_shared(mm, vma.shmem, head):
-        return 1
+    cdef uint64_t n = shmem_folio_nr(&pages[pfn])
+    cdef uint64_t head = pfn - (pages[pfn].index & (n - 1))
+    cdef uint64_t slot0, lo, hi
+    cdef bint whole = i >= pfn - head
+    cdef uint64_t j
     if whole:
-        for j in range(HPAGE_PMD_NR):
-            if not pte_present(table[j]) or pte_special(table[j]) or pte_pfn(table[j]) != head + <uint64_t>j:
+        slot0 = i - (pfn - head)
+        lo = span + (slot0 << 12)
+        hi = lo + (n << 12)
+        whole = slot0 + n <= PTRS_PER_TABLE and start <= lo and hi <= end
+    if whole:
+        for j in range(n):
+            if not pte_present(table[slot0 + j]) or pte_special(table[slot0 + j]) \
+                    or pte_pfn(table[slot0 + j]) != head + j:
                 whole = False
                 break
     if not whole:
+        if _file_folio_shared(mm, vma.shmem, head):
+            return 1
         shmem_split_folio(mm.machine, vma.shmem, head)
         return 2
+    if _folio_mapcount(pages, head) != <int64_t>n:
+        return 1
     if pageout:
         _shmem_folio_pageout(mm, vma.shmem, head)
         return 2
@@ -2564,9 +2575,11 @@ cdef int collapse_span(pt_mm *mm, pt_vma *vma, uint64_t haddr) noexcept nogil:
 
 # ---------------------------------------------------------------------------------
 # Shmem huge folios (mm/shmem.c, mm/khugepaged.c collapse_file): 512 consecutive
-# FRAME_SHMEM frames with PG_THP, each in its object's page cache at its index
-# (so a page's place in the folio is index & 511). Only MADV_COLLAPSE makes one
-# (shmem_enabled=never). A PMD leaf maps one with no deposited table.
+# FRAME_SHMEM frames with PG_THP and order 9, each in its object's page cache at
+# its index (so a page's place in the folio is index & 511). Only MADV_COLLAPSE
+# makes one (shmem_enabled=never). A PMD leaf maps one with no deposited table.
+# A hole punched in part of one splits it into folios of every smaller order
+# (folio_split()), which faults map whole as they map the huge one by PTEs.
 
 cdef int64_t shmem_huge_folio(pt_machine *m, pt_shmem *s, uint64_t index) noexcept nogil:
     """The first frame of the huge folio that holds index in s's page cache, or -1."""
@@ -2575,7 +2588,7 @@ cdef int64_t shmem_huge_folio(pt_machine *m, pt_shmem *s, uint64_t index) noexce
     if pfn < 0:
         return -1
     p = &m.frames.pages[pfn]
-    if p.kind != FRAME_SHMEM or not (p.flags & PG_THP):
+    if p.kind != FRAME_SHMEM or shmem_folio_nr(p) != HPAGE_PMD_NR:
         return -1
     return pfn - (p.index & (HPAGE_PMD_NR - 1))
 
@@ -2643,27 +2656,32 @@ cdef bint _map_whole_folio(pt_mm *mm, pt_vma *vma, pteval_t *table, uint64_t add
                            bint write, bint all_none) noexcept nogil:
     """Map every none entry of the large folio that pfn belongs to, when the
     folio lies inside the VMA and inside this PTE table (filemap_map_pages()
-    mapping an entire large folio; finish_fault(), which also wants all 512
+    mapping an entire large folio; finish_fault(), which also wants all its
     entries none). True if it did."""
     cdef pt_page *pages = mm.machine.frames.pages
-    cdef uint64_t head, index0, first
+    cdef uint64_t head, index0, first, n, slot
     cdef Py_ssize_t i
-    if pages[pfn].kind != FRAME_SHMEM or not (pages[pfn].flags & PG_THP):
+    if pages[pfn].kind != FRAME_SHMEM:
         return False
-    head = pfn - (pages[pfn].index & (HPAGE_PMD_NR - 1))
+    n = shmem_folio_nr(&pages[pfn])
+    if n == 1:
+        return False
+    head = pfn - (pages[pfn].index & (n - 1))
     index0 = pages[head].index
-    if index0 < vma.pgoff or index0 + HPAGE_PMD_NR > vma.pgoff + ((vma.end - vma.start) >> 12):
+    if index0 < vma.pgoff or index0 + n > vma.pgoff + ((vma.end - vma.start) >> 12):
         return False
     first = vma.start + ((index0 - vma.pgoff) << 12)
-    if first & ~PTR_PMD_MASK or first != (addr & PTR_PMD_MASK):
+    if (first & PTR_PMD_MASK) != (addr & PTR_PMD_MASK) \
+            or ((first + ((n - 1) << 12)) & PTR_PMD_MASK) != (addr & PTR_PMD_MASK):
         return False
+    slot = pte_index(first)
     if all_none:
-        for i in range(PTRS_PER_TABLE):
-            if not pte_none(table[i]):
+        for i in range(<Py_ssize_t>n):
+            if not pte_none(table[slot + i]):
                 return False
-    for i in range(PTRS_PER_TABLE):
-        if pte_none(table[i]):
-            _finish_shmem_page(mm, vma, &table[i], head + i, write)
+    for i in range(<Py_ssize_t>n):
+        if pte_none(table[slot + i]):
+            _finish_shmem_page(mm, vma, &table[slot + i], head + i, write)
     return True
 
 cdef int64_t _shmem_rmap_one(pt_mm *mm, pt_shmem *s, uint64_t lo, uint64_t hi, bint unmap) noexcept nogil:
@@ -2736,67 +2754,117 @@ cdef void _shmem_unmap_all(pt_machine *m, pt_shmem *s, uint64_t lo, uint64_t hi)
     for k in range(m.nr_mms):
         _shmem_rmap_one(<pt_mm *>m.mms[k], s, lo, hi, True)
 
+cdef int64_t _folio_mapcount(pt_page *pages, uint64_t head) noexcept nogil:
+    cdef int64_t total = 0
+    cdef uint64_t i
+    for i in range(shmem_folio_nr(&pages[head])):
+        total += pages[head + i].mapcount
+    return total
+
 cdef bint _file_folio_shared(pt_mm *mm, pt_shmem *s, uint64_t head) noexcept nogil:
-    """folio_maybe_mapped_shared() of a shmem huge folio (per-mm tracking): some
+    """folio_maybe_mapped_shared() of a shmem large folio (per-mm tracking): some
     other mm maps one of its pages. Two mappings in this mm do not count."""
     cdef pt_page *pages = mm.machine.frames.pages
     cdef uint64_t index0 = pages[head].index
-    cdef int64_t total = 0
-    cdef Py_ssize_t i
-    for i in range(HPAGE_PMD_NR):
-        total += pages[head + i].mapcount
-    return total != _shmem_rmap_one(mm, s, index0, index0 + HPAGE_PMD_NR, False)
+    return _folio_mapcount(pages, head) != _shmem_rmap_one(mm, s, index0,
+                                                          index0 + shmem_folio_nr(&pages[head]), False)
+
+cdef inline void _set_folio_order(pt_page *pages, uint64_t first, uint64_t n, uint64_t order) noexcept nogil:
+    # Frames [first, first + n) become one folio of that order (0: small pages).
+    cdef uint64_t i
+    for i in range(n):
+        pages[first + i].flags &= ~(PG_THP | PG_ORDER_MASK)
+        if order:
+            pages[first + i].flags |= PG_THP | <uint16_t>(order << PG_ORDER_SHIFT)
 
 cdef void shmem_split_folio(pt_machine *m, pt_shmem *s, uint64_t head) noexcept nogil:
-    """split_folio() of a shmem huge folio: unmap_folio() removes every mapping
+    """split_folio() of a shmem large folio: unmap_folio() removes every mapping
     of its pages in every mm, PMD or PTE, and a file folio gets no
-    remap_page(); it becomes 512 small folios, still in the page cache."""
+    remap_page(); it becomes small folios, still in the page cache."""
     cdef pt_page *pages = m.frames.pages
     cdef uint64_t index0 = pages[head].index
-    cdef Py_ssize_t i
-    _shmem_unmap_all(m, s, index0, index0 + HPAGE_PMD_NR)
-    for i in range(HPAGE_PMD_NR):
-        pages[head + i].flags &= ~PG_THP
+    cdef uint64_t n = shmem_folio_nr(&pages[head])
+    _shmem_unmap_all(m, s, index0, index0 + n)
+    _set_folio_order(pages, head, n, 0)
+
+cdef void _shmem_split_at(pt_machine *m, pt_shmem *s, uint64_t pfn) noexcept nogil:
+    """try_folio_split() at page pfn (folio_split(), non-uniform): the folio is
+    unmapped everywhere, then halved again and again around pfn, so pfn ends
+    a small folio and the rest are folios of every order below the old one."""
+    cdef pt_page *pages = m.frames.pages
+    cdef uint64_t n = shmem_folio_nr(&pages[pfn])
+    cdef uint64_t start = pfn - (pages[pfn].index & (n - 1)), half, order
+    if n == 1:
+        return
+    _shmem_unmap_all(m, s, pages[start].index, pages[start].index + n)
+    order = (pages[pfn].flags & PG_ORDER_MASK) >> PG_ORDER_SHIFT
+    while order > 0:
+        order -= 1
+        half = (<uint64_t>1) << order
+        if pfn < start + half:
+            _set_folio_order(pages, start + half, half, order)
+        else:
+            _set_folio_order(pages, start, half, order)
+            start += half
+    _set_folio_order(pages, pfn, 1, 0)
+
+cdef bint _partial_folio(pt_machine *m, pt_shmem *s, uint64_t index, uint64_t first, uint64_t last,
+                         uint64_t *index0, uint64_t *n) noexcept nogil:
+    # The large folio at index, if the hole [first, last] covers it in part.
+    cdef int64_t pfn = shmem_lookup(s, index)
+    cdef pt_page *pages = m.frames.pages
+    if pfn < 0 or pages[pfn].kind != FRAME_SHMEM:
+        return False
+    n[0] = shmem_folio_nr(&pages[pfn])
+    index0[0] = pages[pfn].index & ~(n[0] - 1)
+    return n[0] > 1 and not (first <= index0[0] and index0[0] + n[0] - 1 <= last)
+
+cdef void _split_at_index(pt_machine *m, pt_shmem *s, uint64_t index) noexcept nogil:
+    cdef int64_t pfn = shmem_lookup(s, index)
+    if pfn >= 0 and m.frames.pages[pfn].kind == FRAME_SHMEM:
+        _shmem_split_at(m, s, <uint64_t>pfn)
 
 cdef void shmem_punch_split(pt_machine *m, pt_shmem *s, uint64_t first, uint64_t last) noexcept nogil:
-    """shmem_undo_range() meets a huge folio that the hole [first, last] covers
-    in part: truncate_inode_partial_folio() splits it. One that it covers whole
-    leaves the cache whole, page by page, in shmem_punch()."""
-    cdef int64_t head
-    cdef uint64_t idx, index0
-    cdef int j
-    for j in range(2):
-        idx = first if j == 0 else last
-        head = shmem_huge_folio(m, s, idx)
-        if head < 0:
-            continue
-        index0 = m.frames.pages[head].index
-        if first <= index0 and index0 + HPAGE_PMD_NR - 1 <= last:
-            continue
-        shmem_split_folio(m, s, <uint64_t>head)
+    """shmem_undo_range() meets a large folio that the hole [first, last] covers
+    in part: truncate_inode_partial_folio() splits it at its first page in the
+    hole, then the folio holding the page after the hole at that page
+    (try_folio_split()), so that every folio is inside the hole or outside
+    it. A folio that it covers whole leaves the cache whole, page by page, in
+    shmem_punch()."""
+    cdef uint64_t index0, n
+    cdef bint same = first == last
+    if _partial_folio(m, s, first, first, last, &index0, &n):
+        same = last < index0 + n
+        _split_at_index(m, s, first)
+        if last + 1 < index0 + n:
+            _split_at_index(m, s, last + 1)
+    if not same and _partial_folio(m, s, last, first, last, &index0, &n):
+        _split_at_index(m, s, index0)
+        if last + 1 < index0 + n:
+            _split_at_index(m, s, last + 1)
 
 cdef void _shmem_folio_pageout(pt_mm *mm, pt_shmem *s, uint64_t head) noexcept nogil:
-    """reclaim_pages() of a shmem huge folio that only this mm maps: an mlocked
+    """reclaim_pages() of a shmem large folio that only this mm maps: an mlocked
     one stays. try_to_unmap() removes its mappings in every mm; with no swap
-    device shmem_writeout() cannot write it, and it stays huge in the page
-    cache, dirty. With one, it is split and each of its 512 pages goes as a
+    device shmem_writeout() cannot write it, and it stays large in the page
+    cache, dirty. With one, it is split and each of its pages goes as a
     small page would: a dirty one to swap, a clean one out of the cache."""
     cdef pt_machine *m = mm.machine
     cdef pt_page *pages = m.frames.pages
     cdef uint64_t index0 = pages[head].index
-    cdef Py_ssize_t i
+    cdef uint64_t n = shmem_folio_nr(&pages[head])
+    cdef uint64_t i
     if pages[head].flags & PG_MLOCKED:
         return
-    _shmem_unmap_all(m, s, index0, index0 + HPAGE_PMD_NR)
+    _shmem_unmap_all(m, s, index0, index0 + n)
     if m.swap.nr_slots == 0:
         return
-    for i in range(HPAGE_PMD_NR):
-        pages[head + i].flags &= ~PG_THP
-    for i in range(HPAGE_PMD_NR):
+    _set_folio_order(pages, head, n, 0)
+    for i in range(n):
         if pages[head + i].flags & PG_DIRTY:
             shmem_writeout(m, s, head + i)
         else:
-            shmem_delete(m, s, index0 + <uint64_t>i)
+            shmem_delete(m, s, index0 + i)
 
 cdef void _retract_page_tables(pt_mm *mm, pt_shmem *s, uint64_t index0) noexcept nogil:
     """retract_page_tables() in one mm: a VMA without anon_vma or uffd-wp that
@@ -2839,6 +2907,7 @@ cdef int _collapse_file(pt_mm *mm, pt_shmem *s, uint64_t index0, int64_t *head_o
     cdef Py_ssize_t i
     cdef int64_t k
     cdef bint any = False
+    # Smaller large folios (from a hole punch) are collapsed like small pages.
     for i in range(HPAGE_PMD_NR):
         if shmem_lookup(s, index0 + <uint64_t>i) >= 0 or shmem_swap_lookup(s, index0 + <uint64_t>i) >= 0:
             any = True
@@ -2853,7 +2922,8 @@ cdef int _collapse_file(pt_mm *mm, pt_shmem *s, uint64_t index0, int64_t *head_o
     # shmem folio; not an anonymous zero-filled page.
     m.frames.nr_zeroed -= HPAGE_PMD_NR
     for i in range(HPAGE_PMD_NR):
-        frame_set(&pages[head + i], 1, 0, FRAME_SHMEM, PG_THP | PG_DIRTY, <uint32_t>(index0 + <uint64_t>i))
+        frame_set(&pages[head + i], 1, 0, FRAME_SHMEM, PG_THP | PG_DIRTY | (9 << PG_ORDER_SHIFT),
+                  <uint32_t>(index0 + <uint64_t>i))
     _shmem_unmap_all(m, s, index0, index0 + HPAGE_PMD_NR)
     for i in range(HPAGE_PMD_NR):
         old = _shm_take(s, index0 + <uint64_t>i)
@@ -2865,11 +2935,9 @@ cdef int _collapse_file(pt_mm *mm, pt_shmem *s, uint64_t index0, int64_t *head_o
                 swap_free(m, <uint64_t>off)
         if shmem_insert(s, index0 + <uint64_t>i, <uint32_t>(head + i)) < 0:
             # Host out of memory: the pages not yet in the cache are dropped.
+            _set_folio_order(pages, <uint64_t>head, HPAGE_PMD_NR, 0)
             for k in range(i, HPAGE_PMD_NR):
-                pages[head + k].flags &= ~PG_THP
                 put_page(m, <uint64_t>(head + k))
-            for k in range(i):
-                pages[head + k].flags &= ~PG_THP
             return ENOMEM
     mm.stats.thp_collapse_alloc += 1
     for k in range(m.nr_mms):

@@ -112,6 +112,11 @@ cdef enum:
     # mlocked, with no locked VMA left to munlock it (MREMAP_DONTUNMAP of a
     # locked VMA): unevictable, so reclaim leaves it mapped.
     PG_MLOCKED = 32
+    # A shmem large folio's order (1..9) in bits 8..11 of its frames' flags,
+    # with PG_THP; 9 is a huge folio (PMD-mappable). Truncation splits one
+    # into folios of every smaller order (folio_split()).
+    PG_ORDER_SHIFT = 8
+    PG_ORDER_MASK = 0xF00
     # Transparent huge pages: a THP is 512 consecutive frames; a PMD mapping
     # counts as one reference and one mapping of each of them.
     HPAGE_PMD_NR = 512
