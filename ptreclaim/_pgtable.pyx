@@ -688,6 +688,10 @@ cdef bint _do_fault_around(pt_mm *mm, pt_vma *vma, uint64_t addr, pteval_t *pmd)
             break
     if not have_any:
         return False
+    # filemap_map_pmd(): the folio found there is a huge one, mapped by a PMD
+    # where it can be (past i_size too: shmem maps PMDs across it).
+    if _do_set_pmd(mm, vma, pmd, addr, False):
+        return True
     table = pte_alloc(mm, pmd)
     if table == NULL:
         return False
@@ -732,11 +736,7 @@ cdef int _shmem_fault(pt_mm *mm, pt_vma *vma, uint64_t addr, pteval_t *pmd, bint
     cdef uint64_t pfn
     cdef int ret
     # do_read_fault() tries fault-around first; write faults never do (R30).
-    # Its filemap_map_pmd() maps a huge folio by PMD where it can, for a
-    # fault below i_size (the PMD may then reach past it).
-    if not write and ((_vma_pgoff_of(vma, addr) < vma.shmem.size_pages
-                       and _do_set_pmd(mm, vma, pmd, addr, False))
-                      or _do_fault_around(mm, vma, addr, pmd)):
+    if not write and _do_fault_around(mm, vma, addr, pmd):
         return FAULT_OK
     # shmem_get_folio_gfp() / filemap_fault(): an index at or past i_size
     # (a mapping longer than its file, or grown by mremap) is VM_FAULT_SIGBUS.
@@ -2640,8 +2640,8 @@ cdef inline bint _file_pmd_suitable(pt_vma *vma, uint64_t addr) noexcept nogil:
 
 cdef bint _do_set_pmd(pt_mm *mm, pt_vma *vma, pteval_t *pmd, uint64_t addr, bint write) noexcept nogil:
     """A fault with the PMD entry none where the page cache holds a huge folio:
-    map it with one PMD (filemap_map_pmd() for a read, finish_fault() for a
-    shared write). The caller has checked that the fault is below i_size; the
+    map it with one PMD (filemap_map_pmd() for a read that fault-around finds
+    a page below i_size for, finish_fault() for a fault below i_size); the
     PMD may reach past it (shmem maps PMDs across it). True if mapped."""
     cdef int64_t head
     if pmd[0] != 0 or vma.shmem == NULL or not _file_pmd_suitable(vma, addr):
@@ -2777,15 +2777,27 @@ cdef inline void _set_folio_order(pt_page *pages, uint64_t first, uint64_t n, ui
         if order:
             pages[first + i].flags |= PG_THP | <uint16_t>(order << PG_ORDER_SHIFT)
 
+cdef void _split_piece(pt_machine *m, pt_shmem *s, uint64_t first, uint64_t n, uint64_t order) noexcept nogil:
+    # One folio that a split leaves: __folio_split() drops it from the page
+    # cache if it lies at or past i_size (a huge folio may reach past it).
+    cdef pt_page *pages = m.frames.pages
+    cdef uint64_t index = pages[first].index, i
+    _set_folio_order(pages, first, n, order)
+    if index >= s.size_pages:
+        for i in range(n):
+            shmem_delete(m, s, index + i)
+
 cdef void shmem_split_folio(pt_machine *m, pt_shmem *s, uint64_t head) noexcept nogil:
     """split_folio() of a shmem large folio: unmap_folio() removes every mapping
     of its pages in every mm, PMD or PTE, and a file folio gets no
-    remap_page(); it becomes small folios, still in the page cache."""
+    remap_page(); it becomes small folios, still in the page cache (but
+    those past i_size, which leave it)."""
     cdef pt_page *pages = m.frames.pages
     cdef uint64_t index0 = pages[head].index
-    cdef uint64_t n = shmem_folio_nr(&pages[head])
+    cdef uint64_t n = shmem_folio_nr(&pages[head]), i
     _shmem_unmap_all(m, s, index0, index0 + n)
-    _set_folio_order(pages, head, n, 0)
+    for i in range(n):
+        _split_piece(m, s, head + i, 1, 0)
 
 cdef void _shmem_split_at(pt_machine *m, pt_shmem *s, uint64_t pfn) noexcept nogil:
     """try_folio_split() at page pfn (folio_split(), non-uniform): the folio is
@@ -2802,11 +2814,11 @@ cdef void _shmem_split_at(pt_machine *m, pt_shmem *s, uint64_t pfn) noexcept nog
         order -= 1
         half = (<uint64_t>1) << order
         if pfn < start + half:
-            _set_folio_order(pages, start + half, half, order)
+            _split_piece(m, s, start + half, half, order)
         else:
-            _set_folio_order(pages, start, half, order)
+            _split_piece(m, s, start, half, order)
             start += half
-    _set_folio_order(pages, pfn, 1, 0)
+    _split_piece(m, s, pfn, 1, 0)
 
 cdef bint _partial_folio(pt_machine *m, pt_shmem *s, uint64_t index, uint64_t first, uint64_t last,
                          uint64_t *index0, uint64_t *n) noexcept nogil:
@@ -2859,8 +2871,11 @@ cdef void _shmem_folio_pageout(pt_mm *mm, pt_shmem *s, uint64_t head) noexcept n
     _shmem_unmap_all(m, s, index0, index0 + n)
     if m.swap.nr_slots == 0:
         return
-    _set_folio_order(pages, head, n, 0)
     for i in range(n):
+        _split_piece(m, s, head + i, 1, 0)
+    for i in range(n):
+        if index0 + i >= s.size_pages:
+            continue               # dropped by the split
         if pages[head + i].flags & PG_DIRTY:
             shmem_writeout(m, s, head + i)
         else:
