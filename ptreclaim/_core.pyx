@@ -28,6 +28,7 @@ from ptreclaim._pgtable cimport (
     fault_range, handle_mm_fault, pte_pfn, uffd_wp_range, anon_page_fast,
     guard_install_range, guard_remove_range, copy_page_range, shmem_get, anon_vma_prepare,
     madvise_collapse, move_page_tables, page_stored, find_vma, is_swap_pte, swp_offset, swap_init,
+    pmd_is_file, clear_file_pmd, shmem_punch_split, shmem_folio_nr,
     pmd_hugetlb, pfn_is_hugetlb, hpage_index, hugetlb_pool_init, hfile_new, hfile_put,
     idxset_count, idxset_has, p4d_offset, pgd_index, pgd5_index,
 )
@@ -569,10 +570,17 @@ cdef void _zap_file_pages(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t end) 
     cdef pteval_t *pte
     cdef pt_page *p
     cdef bint any = False
+    cdef pteval_t *pmd
     addr = start
     while addr < end:
         pte = walk_pte(mm, addr)
         if pte == NULL:
+            # A PMD that maps a shmem huge folio goes, whole or in part
+            # (zap_huge_pmd() / __split_huge_pmd(): cleared either way).
+            pmd = walk_pmd(mm, addr)
+            if pmd != NULL and pmd_is_file(mm.machine, pmd[0]):
+                clear_file_pmd(mm, pmd)
+                any = True
             addr = (addr & PTR_PMD_MASK) + PTR_PMD_SIZE
             continue
         if pte_present(pte[0]) and not (pte[0] & PTR_PAGE_SPECIAL):
@@ -1961,8 +1969,6 @@ cdef class MM:
         self._no_reentry()
         err = self.do_madvise(_ulong(addr), _ulong(length), _cint(advice))
         self._raise_pending()
-        if err == -2:
-            raise NotImplementedError("MADV_COLLAPSE of shared memory is not simulated yet (no shmem THP)")
         if err:
             raise _errno(err)
 
@@ -2111,6 +2117,9 @@ cdef class MM:
             # pages; no page table is reclaimed on this path (R40).
             unmap_mapping_range(mm.machine, self.machine.mms, self.machine.nr_mms,
                                 vma.shmem, first, last)
+            # A huge folio the hole covers in part is split first, which
+            # unmaps the rest of it everywhere too.
+            shmem_punch_split(mm.machine, vma.shmem, first, last)
             shmem_punch(mm.machine, vma.shmem, first, last)
             return 0
         if advice == MADV_WILLNEED:
@@ -2133,8 +2142,6 @@ cdef class MM:
                 # through CONFIG_READ_ONLY_THP_FOR_FS (and a file nobody has
                 # open for writing), which is not modelled.
                 return EINVAL
-            if vma.shmem != NULL:
-                return -2                  # shmem THPs are not simulated yet
             return madvise_collapse(mm, vma, start, end)
         if advice == MADV_GUARD_INSTALL or advice == MADV_GUARD_REMOVE:
             return self._madvise_guard(idx, start, end, advice == MADV_GUARD_INSTALL)
@@ -2662,6 +2669,7 @@ cdef class MM:
             "VmPTE": mm.pgtables_bytes // 1024,
             "VmSwap": mm.rss[MM_SWAPENTS] * 4,
             "HugetlbPages": mm.hugetlb_usage * 4,
+            "ShmemPmdMapped": mm.nr_shmem_pmds * 2048,
         }
 
     @property
@@ -2767,8 +2775,8 @@ cdef class MM:
                 out.append(("pmd", gb | (u << 30)))
                 pmd = entry_table(pool, pud[u])
                 for m in range(512):
-                    if pmd_hugetlb(pmd[m]):
-                        continue           # a hugetlb page: no table, no deposit
+                    if pmd_hugetlb(pmd[m]) or pmd_is_file(self.mm.machine, pmd[m]):
+                        continue           # a hugetlb page or shmem folio: no table, no deposit
                     if pmd_huge_leaf(pmd[m]):
                         # The PTE table deposited with a huge PMD: counted in
                         # VmPTE, linked nowhere (R13).
@@ -2890,18 +2898,37 @@ cdef class MM:
             raise ValueError(f"unknown corruption {kind!r}")
 
 
-cdef _check_huge_pmd(pt_mm *mm, pteval_t e, uint64_t base, int64_t *rss, dict mapcounts):
+cdef bint _check_huge_pmd(pt_mm *mm, pteval_t e, uint64_t base, int64_t *rss, dict mapcounts) except -1:
+    """Check one huge PMD (not hugetlb); True if it maps a shmem folio (no deposit)."""
     cdef pt_machine *m = mm.machine
-    cdef uint64_t pfn = pte_pfn(e), i
+    cdef uint64_t pfn = pte_pfn(e), i, index0
+    cdef pt_vma *v
     vi = find_vma(mm, base)
     if vi == mm.nr_vmas or mm.vmas[vi].start > base or mm.vmas[vi].end < base + PTR_PMD_SIZE:
         raise InvariantError("a huge PMD lies inside one VMA", hex(base))
-    if mm.vmas[vi].shmem != NULL:
-        raise InvariantError("a huge PMD in a shared mapping (no shmem THP here)", hex(base))
+    v = &mm.vmas[vi]
+    if v.shmem != NULL:
+        # A shmem huge folio, at its own offset of the VMA's object.
+        if pfn + HPAGE_PMD_NR > m.frames.nr_pages or not pmd_is_file(m, e):
+            raise InvariantError("a huge PMD in a file VMA maps a shmem huge folio", hex(base))
+        if v.shmem.flags & SHM_REGULAR:
+            raise InvariantError("a regular file is mapped by 4 KiB pages only", hex(base))
+        index0 = v.pgoff + ((base - v.start) >> 12)
+        for i in range(HPAGE_PMD_NR):
+            p = &m.frames.pages[pfn + i]
+            if p.kind != FRAME_SHMEM or shmem_folio_nr(p) != HPAGE_PMD_NR or p.index != index0 + i \
+                    or shmem_lookup(v.shmem, index0 + i) != <int64_t>(pfn + i):
+                raise InvariantError("a file PMD maps the 512 pages of one huge folio at their own offset",
+                                     f"{base:#x}: page {i}")
+            mapcounts[pfn + i] = mapcounts.get(pfn + i, 0) + 1
+        if (e & PTR_PAGE_RW) and not (v.flags & PTR_VM_SHARED):
+            raise InvariantError("a page-cache page is writable only in a shared mapping", hex(base))
+        rss[MM_SHMEMPAGES] += HPAGE_PMD_NR
+        return True
     if pfn == HUGE_ZERO_PFN:
         if not (e & PTR_PAGE_SPECIAL) or pte_write(e):
             raise InvariantError("the huge zero page is mapped special and read-only", hex(base))
-        return
+        return False
     if pfn + HPAGE_PMD_NR > m.frames.nr_pages:
         raise InvariantError("a huge PMD maps frames that do not exist", hex(base))
     for i in range(HPAGE_PMD_NR):
@@ -2910,6 +2937,7 @@ cdef _check_huge_pmd(pt_mm *mm, pteval_t e, uint64_t base, int64_t *rss, dict ma
             raise InvariantError("a huge PMD maps the 512 frames of one THP", f"{base:#x}: frame {i}")
         mapcounts[pfn + i] = mapcounts.get(pfn + i, 0) + 1
     rss[MM_ANONPAGES] += HPAGE_PMD_NR
+    return False
 
 
 cdef _check_swap_pte(pt_mm *mm, pt_vma *vma, pteval_t e, uint64_t addr):
@@ -3127,7 +3155,7 @@ cdef _check_mm(MM self):
     cdef pt_mm *mm = self.mm
     cdef pt_machine *m = mm.machine
     cdef pt_pool *pool = &m.pool
-    cdef uint64_t g, u, k, t, i, pfn, nlinked = 0, ndeposits = 0
+    cdef uint64_t g, u, k, t, i, pfn, nlinked = 0, ndeposits = 0, nfile = 0, head, nr
     cdef pteval_t *pud
     cdef pteval_t *pmd
     cdef pteval_t *pte
@@ -3180,8 +3208,10 @@ cdef _check_mm(MM self):
                     _check_hugetlb_pmd(mm, pmd[k], base, hugetlb)
                     continue
                 if pmd_huge_leaf(pmd[k]):
-                    _check_huge_pmd(mm, pmd[k], base, rss, mapcounts)
-                    ndeposits += 1
+                    if _check_huge_pmd(mm, pmd[k], base, rss, mapcounts):
+                        nfile += 1
+                    else:
+                        ndeposits += 1
                     continue
                 vi = find_vma(mm, base)
                 if vi < mm.nr_vmas and mm.vmas[vi].start < base + PTR_PMD_SIZE and is_vm_hugetlb_page(&mm.vmas[vi]):
@@ -3250,6 +3280,9 @@ cdef _check_mm(MM self):
     _check_hugetlb_pool(self.machine)
     if mm.nr_deposits != ndeposits:
         raise InvariantError("every huge PMD has its deposited table", f"{mm.nr_deposits} != {ndeposits}")
+    if mm.nr_shmem_pmds != <int64_t>nfile:
+        raise InvariantError("ShmemPmdMapped equals the PMDs that map shmem folios",
+                             f"{mm.nr_shmem_pmds} != {nfile}")
     if mm.pgtables_bytes != <int64_t>(4096 * (nlinked + ndeposits)):
         raise InvariantError("pgtables_bytes equals 4096 x the tables linked and deposited",
                              f"{mm.pgtables_bytes} != 4096 x ({nlinked} + {ndeposits})")
@@ -3295,6 +3328,31 @@ cdef _check_mm(MM self):
             if m.frames.pages[i].mapcount != everyone.get(i, 0) \
                     or m.frames.pages[i].refcount != m.frames.pages[i].mapcount + 1:
                 raise InvariantError("a file page's references are the page cache's and its mappings",
+                                     f"pfn {i}: refcount {m.frames.pages[i].refcount}, "
+                                     f"mapcount {m.frames.pages[i].mapcount}, mapped {everyone.get(i, 0)}")
+        if m.frames.pages[i].kind == FRAME_SHMEM and (m.frames.pages[i].flags & PG_THP):
+            # A page of a shmem large folio of order 1..9: 2^order frames in a
+            # row at consecutive offsets from an aligned one; the page
+            # cache's reference plus one per mapping, in every mm.
+            nr = shmem_folio_nr(&m.frames.pages[i])
+            head = i - (m.frames.pages[i].index & (nr - 1))
+            if nr < 2 or nr > HPAGE_PMD_NR or head < 3 or head + nr > m.frames.nr_pages:
+                raise InvariantError("a shmem large folio is 2^order frames at consecutive offsets", f"pfn {i}")
+            if head == i:
+                for t in range(nr):
+                    if m.frames.pages[head + t].kind != FRAME_SHMEM \
+                            or shmem_folio_nr(&m.frames.pages[head + t]) != nr \
+                            or m.frames.pages[head + t].index != m.frames.pages[head].index + t:
+                        raise InvariantError("a shmem large folio is 2^order frames at consecutive offsets",
+                                             f"pfn {head + t}")
+            elif m.frames.pages[head].kind != FRAME_SHMEM or shmem_folio_nr(&m.frames.pages[head]) != nr \
+                    or m.frames.pages[head].index + (i - head) != m.frames.pages[i].index:
+                raise InvariantError("a shmem large folio is 2^order frames at consecutive offsets", f"pfn {i}")
+            if everyone is None:
+                everyone = _machine_mappings(self.machine)
+            if m.frames.pages[i].mapcount != everyone.get(i, 0) \
+                    or m.frames.pages[i].refcount != m.frames.pages[i].mapcount + 1:
+                raise InvariantError("a shmem folio page's references are the page cache's and its mappings",
                                      f"pfn {i}: refcount {m.frames.pages[i].refcount}, "
                                      f"mapcount {m.frames.pages[i].mapcount}, mapped {everyone.get(i, 0)}")
         if m.frames.pages[i].flags & PG_ZEROED:

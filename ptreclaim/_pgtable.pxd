@@ -6,7 +6,8 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t, int64_t
 from ptreclaim._types cimport (
     pteval_t, pt_page, pt_frames, pt_pool, pt_shmem, pt_vma, pt_mm, pt_machine,
     pt_idxset, pt_hfile, pt_resv_map, PTR_HUGETLB_PFN_BASE,
-    FRAME_ANON, PG_ANON_EXCLUSIVE, PG_DIRTY, PG_ZEROED,
+    FRAME_ANON, FRAME_SHMEM, HUGE_ZERO_PFN, PG_ANON_EXCLUSIVE, PG_DIRTY, PG_ZEROED, PG_THP,
+    PG_ORDER_SHIFT, PG_ORDER_MASK,
     mmu_gather, zap_details,
     PTR_PAGE_PRESENT, PTR_PAGE_PROTNONE, PTR_PAGE_PSE, PTR_PAGE_ACCESSED,
     PTR_PAGE_DIRTY, PTR_PAGE_RW, PTR_PAGE_SPECIAL, PTR_PFN_MASK,
@@ -316,6 +317,32 @@ cdef inline uint64_t hpage_index(uint64_t pfn) noexcept nogil:
 cdef inline bint pmd_hugetlb(pteval_t pmd) noexcept nogil:
     # A huge PMD that maps a page of the hugetlb pool (not a THP).
     return pmd_huge_leaf(pmd) and pfn_is_hugetlb(pte_pfn(pmd))
+
+# --- shmem huge folios: 512 consecutive FRAME_SHMEM frames with PG_THP, index = page offset --
+
+cdef inline bint pmd_is_file(pt_machine *m, pteval_t pmd) noexcept nogil:
+    # A huge PMD that maps a shmem huge folio (not an anonymous THP, the huge
+    # zero page or a hugetlb page): told apart by the kind of its frames.
+    cdef uint64_t pfn
+    if not pmd_huge_leaf(pmd):
+        return False
+    pfn = pte_pfn(pmd)
+    return pfn != HUGE_ZERO_PFN and not pfn_is_hugetlb(pfn) and m.frames.pages[pfn].kind == FRAME_SHMEM
+
+cdef inline uint64_t shmem_folio_nr(const pt_page *p) noexcept nogil:
+    # Pages in the shmem folio that p belongs to (1 for a small one).
+    if not (p.flags & PG_THP):
+        return 1
+    return (<uint64_t>1) << ((p.flags & PG_ORDER_MASK) >> PG_ORDER_SHIFT)
+
+cdef inline uint64_t shmem_folio_head(const pt_page *pages, uint64_t pfn) noexcept nogil:
+    # The first frame of pfn's shmem folio: folios are aligned in the file.
+    return pfn - (pages[pfn].index & (shmem_folio_nr(&pages[pfn]) - 1))
+
+cdef int64_t shmem_huge_folio(pt_machine *m, pt_shmem *s, uint64_t index) noexcept nogil  # -1: none
+cdef void clear_file_pmd(pt_mm *mm, pteval_t *pmd) noexcept nogil
+cdef void shmem_split_folio(pt_machine *m, pt_shmem *s, uint64_t head) noexcept nogil
+cdef void shmem_punch_split(pt_machine *m, pt_shmem *s, uint64_t first, uint64_t last) noexcept nogil
 
 cdef int hugetlb_pool_init(pt_machine *m, uint64_t nr) noexcept nogil        # -1: host OOM
 cdef int64_t dequeue_huge_page(pt_machine *m) noexcept nogil                 # -1: none free

@@ -669,7 +669,7 @@ cdef bint _do_fault_around(pt_mm *mm, pt_vma *vma, uint64_t addr, pteval_t *pmd)
     cdef uint64_t from_pte, to_pte, i, pgoff0, index
     cdef int64_t pfn
     cdef pteval_t *table
-    cdef bint mapped_addr = False, have_any = False
+    cdef bint have_any = False
     from_pte = pte_off & ~<uint64_t>(FAULT_AROUND_PAGES - 1)
     if pte_off - (pte_off if pte_off < vma_off else vma_off) > from_pte:
         from_pte = pte_off - (pte_off if pte_off < vma_off else vma_off)
@@ -688,20 +688,28 @@ cdef bint _do_fault_around(pt_mm *mm, pt_vma *vma, uint64_t addr, pteval_t *pmd)
             break
     if not have_any:
         return False
+    # filemap_map_pmd(): the folio found there is a huge one, mapped by a PMD
+    # where it can be (past i_size too: shmem maps PMDs across it).
+    if _do_set_pmd(mm, vma, pmd, addr, False):
+        return True
     table = pte_alloc(mm, pmd)
     if table == NULL:
         return False
     for i in range(from_pte, to_pte):
         index = pgoff0 + i
-        if index >= vma.shmem.size_pages or not pte_none(table[i]):
+        if index >= vma.shmem.size_pages:
             continue
         pfn = shmem_lookup(vma.shmem, index)
         if pfn < 0:
             continue
-        _finish_shmem_page(mm, vma, &table[i], <uint64_t>pfn, False)
-        if i == pte_off:
-            mapped_addr = True
-    return mapped_addr
+        # A large folio that lies inside the VMA and this table is mapped
+        # whole, past the window (and past i_size: shmem may map there),
+        # wherever its entries are none, even if the window's own are not.
+        if _map_whole_folio(mm, vma, table, addr, <uint64_t>pfn, False, False):
+            continue
+        if pte_none(table[i]):
+            _finish_shmem_page(mm, vma, &table[i], <uint64_t>pfn, False)
+    return pte_present(table[pte_off])
 
 cdef int _do_cow_fault(pt_mm *mm, pt_vma *vma, uint64_t addr, pteval_t *pmd,
                        uint64_t pfn) noexcept nogil:
@@ -739,9 +747,16 @@ cdef int _shmem_fault(pt_mm *mm, pt_vma *vma, uint64_t addr, pteval_t *pmd, bint
         return ret
     if write and not (vma.flags & PTR_VM_SHARED):
         return _do_cow_fault(mm, vma, addr, pmd, pfn)
+    # finish_fault(): a huge folio by PMD if the entry is none, else all of
+    # it by PTEs if the whole table is none (not for a userfaultfd-armed
+    # VMA), else the one page.
+    if _do_set_pmd(mm, vma, pmd, addr, write):
+        return FAULT_OK
     table = pte_alloc(mm, pmd)
     if table == NULL:
         return FAULT_OOM
+    if not (vma.flags & PTR_VM_UFFD_WP) and _map_whole_folio(mm, vma, table, addr, pfn, write, True):
+        return FAULT_OK
     return _finish_shmem_page(mm, vma, &table[pte_index(addr)], pfn, write)
 
 cdef int _do_anonymous_page(pt_mm *mm, pt_vma *vma, uint64_t addr, pteval_t *pmd,
@@ -1415,7 +1430,7 @@ cdef void _huge_pmds_in_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint
     cdef pteval_t *pmd
     cdef pteval_t e, new
     cdef Py_ssize_t i
-    cdef bint whole, zero
+    cdef bint whole, zero, file
     while addr < end:
         next = (addr & PTR_PMD_MASK) + PTR_PMD_SIZE
         if next > end:
@@ -1429,6 +1444,7 @@ cdef void _huge_pmds_in_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint
         zero = pfn == HUGE_ZERO_PFN
         whole = next - addr == PTR_PMD_SIZE
         pages = mm.machine.frames.pages
+        file = pmd_is_file(mm.machine, e)
         if op == HUGE_MPROTECT:
             if not whole:
                 split_huge_pmd(mm, vma, pmd)
@@ -1438,12 +1454,28 @@ cdef void _huge_pmds_in_range(mmu_gather *tlb, pt_vma *vma, uint64_t start, uint
                 new = (e & (PTR_PAGE_CHG_MASK | PTR_PAGE_PSE)) | (newprot & ~(PTR_PAGE_CHG_MASK | PTR_PAGE_PSE))
                 if pte_needs_invert(e) != pte_needs_invert(new):
                     new ^= PTR_PFN_MASK
+                # can_change_pmd_writable(): an exclusive anonymous THP, or a
+                # dirty shared file PMD.
                 if try_writable and not zero and not pte_write(new) and (new & PTR_PAGE_PRESENT) \
-                        and (pages[pfn].flags & PG_ANON_EXCLUSIVE):
+                        and ((pages[pfn].flags & PG_ANON_EXCLUSIVE)
+                             or (file and (vma.flags & PTR_VM_SHARED) and (new & PTR_PAGE_DIRTY))):
                     new |= PTR_PAGE_RW
                 pmd[0] = new
                 if pte_needs_flush(e, new):
                     tlb_adjust_range(tlb, addr, PTR_PMD_SIZE)
+        elif file:
+            # madvise_cold_or_pageout_pte_range() on a shmem folio: left alone
+            # if another mm maps it; split for a part of it (every mapping
+            # goes, the PTE walk then finds the PMD none).
+            if not _file_folio_shared(mm, vma.shmem, pfn):
+                if not whole:
+                    shmem_split_folio(mm.machine, vma.shmem, pfn)
+                else:
+                    if e & PTR_PAGE_ACCESSED:
+                        pmd[0] = e & ~PTR_PAGE_ACCESSED
+                        tlb_adjust_range(tlb, addr, PTR_PMD_SIZE)
+                    if op == HUGE_PAGEOUT:
+                        _shmem_folio_pageout(mm, vma.shmem, pfn)
         elif not zero and not _thp_shared(pages, pfn):
             if not whole:
                 # madvise_free_huge_pmd() / the cold-pageout walk split the
@@ -1866,6 +1898,11 @@ cdef int uffd_wp_range(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t end, bin
             pmd = pmd_alloc_walk(mm, addr)
             if pmd == NULL:
                 return -1
+            if pmd_is_file(mm.machine, pmd[0]):
+                # pgtable_split_needed(): uffd-wp of a file VMA always splits a
+                # huge PMD (cleared), and markers go in a table (change_pmd_prepare()).
+                clear_file_pmd(mm, pmd)
+                mm.stats.thp_split_pmd += 1
             table = pte_alloc(mm, pmd)
             if table == NULL:
                 return -1
@@ -2144,9 +2181,16 @@ cdef int split_huge_pmd(pt_mm *mm, pt_vma *vma, pteval_t *pmd) noexcept nogil:
     cdef pteval_t e = pmd[0]
     cdef uint64_t pfn = pte_pfn(e)
     cdef Py_ssize_t i
-    cdef int64_t slot = pool_alloc(&mm.machine.pool, LEVEL_PTE)
+    cdef int64_t slot
     cdef pteval_t *table
     cdef pteval_t bits
+    if pmd_is_file(mm.machine, e):
+        # A file PMD is not remapped by PTEs: it is cleared, and faults map
+        # its pages again (__split_huge_pmd_locked() for !vma_is_anonymous).
+        clear_file_pmd(mm, pmd)
+        mm.stats.thp_split_pmd += 1
+        return 0
+    slot = pool_alloc(&mm.machine.pool, LEVEL_PTE)
     if slot < 0:
         return -1
     table = pool_table(&mm.machine.pool, <uint32_t>slot)
@@ -2175,6 +2219,12 @@ cdef void zap_huge_pmd(mmu_gather *tlb, pt_vma *vma, pteval_t *pmd, uint64_t add
     cdef uint64_t pfn = pte_pfn(e)
     cdef Py_ssize_t i
     cdef pt_page *pages = mm.machine.frames.pages
+    if pmd_is_file(mm.machine, e):
+        # No deposit to free; the folio stays in the page cache, whose
+        # reference keeps it.
+        tlb_adjust_range(tlb, addr & PTR_PMD_MASK, PTR_PMD_SIZE)
+        clear_file_pmd(mm, pmd)
+        return
     pmd[0] = 0
     tlb_adjust_range(tlb, addr & PTR_PMD_MASK, PTR_PMD_SIZE)
     mm.pgtables_bytes -= 4096
@@ -2215,6 +2265,12 @@ cdef int huge_pmd_fault(pt_mm *mm, pt_vma *vma, pteval_t *pmd, uint64_t addr, bi
             pmd[0] = e | PTR_PAGE_ACCESSED | (PTR_PAGE_DIRTY if write else 0)
         return FAULT_OK
     mm.stats.page_faults += 1
+    if pmd_is_file(mm.machine, e):
+        # wp_huge_pmd() of a file PMD: it is cleared, and the fault goes on
+        # with the entry none (a PMD again if shared, do_cow_fault() if private).
+        clear_file_pmd(mm, pmd)
+        mm.stats.thp_split_pmd += 1
+        return _shmem_fault(mm, vma, addr, pmd, True)
     if pfn == HUGE_ZERO_PFN:
         head = alloc_thp(&mm.machine.frames)
         if head >= 0:
@@ -2244,6 +2300,8 @@ cdef void copy_huge_pmd(pt_mm *dst, pt_mm *src, pt_vma *vma, pteval_t *dst_pmd,
     cdef uint64_t pfn = pte_pfn(e)
     cdef Py_ssize_t i
     cdef pt_page *pages = src.machine.frames.pages
+    if pmd_is_file(src.machine, e):
+        return                     # a file PMD is not copied: the child faults it in
     _deposit(dst)
     if pfn == HUGE_ZERO_PFN:
         dst_pmd[0] = mk_pte(HUGE_ZERO_PFN, vma.page_prot & ~PTR_PAGE_RW) | PTR_PAGE_PSE | PTR_PAGE_SPECIAL
@@ -2383,6 +2441,43 @@ cdef void split_folio(pt_mm *mm, pt_vma *vma, uint64_t head, uint64_t base) noex
                 pte += 1
                 addr += 4096
 
+cdef int _file_folio_step(pt_mm *mm, pt_vma *vma, pteval_t *table, uint64_t i, uint64_t span,
+                          uint64_t start, uint64_t end, bint pageout) noexcept nogil:
+    # large_folio_step() for a page of a PTE-mapped shmem large folio
+    # (madvise_folio_pte_batch()): one that the range maps whole here, in
+    # order, is left alone unless each page is mapped just once, and a
+    # PAGEOUT then reclaims it whole; any other is split, unless another mm
+    # maps it.
+    cdef pt_page *pages = mm.machine.frames.pages
+    cdef uint64_t pfn = pte_pfn(table[i])
+    cdef uint64_t n = shmem_folio_nr(&pages[pfn])
+    cdef uint64_t head = pfn - (pages[pfn].index & (n - 1))
+    cdef uint64_t slot0, lo, hi
+    cdef bint whole = i >= pfn - head
+    cdef uint64_t j
+    if whole:
+        slot0 = i - (pfn - head)
+        lo = span + (slot0 << 12)
+        hi = lo + (n << 12)
+        whole = slot0 + n <= PTRS_PER_TABLE and start <= lo and hi <= end
+    if whole:
+        for j in range(n):
+            if not pte_present(table[slot0 + j]) or pte_special(table[slot0 + j]) \
+                    or pte_pfn(table[slot0 + j]) != head + j:
+                whole = False
+                break
+    if not whole:
+        if _file_folio_shared(mm, vma.shmem, head):
+            return 1
+        shmem_split_folio(mm.machine, vma.shmem, head)
+        return 2
+    if _folio_mapcount(pages, head) != <int64_t>n:
+        return 1
+    if pageout:
+        _shmem_folio_pageout(mm, vma.shmem, head)
+        return 2
+    return 0
+
 cdef int large_folio_step(pt_mm *mm, pt_vma *vma, pteval_t *table, uint64_t i, uint64_t span,
                           uint64_t start, uint64_t end, bint split_whole) noexcept nogil:
     """The large-folio step of the MADV_FREE / COLD / PAGEOUT PTE walks, for
@@ -2394,6 +2489,8 @@ cdef int large_folio_step(pt_mm *mm, pt_vma *vma, pteval_t *table, uint64_t i, u
     cdef uint64_t head = pte_pfn(table[i]) - pages[pte_pfn(table[i])].index
     cdef Py_ssize_t j
     cdef bint whole = start <= span and span + PTR_PMD_SIZE <= end
+    if pages[pte_pfn(table[i])].kind == FRAME_SHMEM:
+        return _file_folio_step(mm, vma, table, i, span, start, end, split_whole)
     if _thp_shared(pages, head):
         return 1
     if whole and not split_whole:
@@ -2476,10 +2573,459 @@ cdef int collapse_span(pt_mm *mm, pt_vma *vma, uint64_t haddr) noexcept nogil:
     mm.stats.thp_collapse_alloc += 1
     return 0
 
+# ---------------------------------------------------------------------------------
+# Shmem huge folios (mm/shmem.c, mm/khugepaged.c collapse_file): 512 consecutive
+# FRAME_SHMEM frames with PG_THP and order 9, each in its object's page cache at
+# its index (so a page's place in the folio is index & 511). Only MADV_COLLAPSE
+# makes one (shmem_enabled=never). A PMD leaf maps one with no deposited table.
+# A hole punched in part of one splits it into folios of every smaller order
+# (folio_split()), which faults map whole as they map the huge one by PTEs.
+
+cdef int64_t shmem_huge_folio(pt_machine *m, pt_shmem *s, uint64_t index) noexcept nogil:
+    """The first frame of the huge folio that holds index in s's page cache, or -1."""
+    cdef int64_t pfn = shmem_lookup(s, index)
+    cdef pt_page *p
+    if pfn < 0:
+        return -1
+    p = &m.frames.pages[pfn]
+    if p.kind != FRAME_SHMEM or shmem_folio_nr(p) != HPAGE_PMD_NR:
+        return -1
+    return pfn - (p.index & (HPAGE_PMD_NR - 1))
+
+cdef void clear_file_pmd(pt_mm *mm, pteval_t *pmd) noexcept nogil:
+    """__split_huge_pmd() of a PMD that maps a shmem folio: the entry just goes
+    (no table is made, a file page can be faulted back); each page loses one
+    mapping and reference; the folio stays huge in the page cache."""
+    cdef pteval_t e = pmd[0]
+    cdef uint64_t head = pte_pfn(e)
+    cdef pt_page *pages = mm.machine.frames.pages
+    cdef Py_ssize_t i
+    pmd[0] = 0
+    for i in range(HPAGE_PMD_NR):
+        pages[head + i].mapcount -= 1
+        if e & PTR_PAGE_DIRTY:
+            pages[head + i].flags |= PG_DIRTY
+        # The page cache holds its own reference: this is never the last.
+        put_page(mm.machine, head + i)
+    mm.rss[MM_SHMEMPAGES] -= HPAGE_PMD_NR
+    mm.nr_shmem_pmds -= 1
+
+cdef void _set_file_pmd(pt_mm *mm, pt_vma *vma, pteval_t *pmd, uint64_t head, bint write) noexcept nogil:
+    # do_set_pmd() / set_huge_pmd(): vm_page_prot, dirty and writable for a
+    # write; no deposit on x86.
+    cdef pt_page *pages = mm.machine.frames.pages
+    cdef Py_ssize_t i
+    cdef pteval_t e = mk_pte(head, vma.page_prot) | PTR_PAGE_PSE
+    if write:
+        e |= PTR_PAGE_DIRTY | PTR_PAGE_RW
+    for i in range(HPAGE_PMD_NR):
+        pages[head + i].refcount += 1
+        pages[head + i].mapcount += 1
+        if write:
+            pages[head + i].flags |= PG_DIRTY
+    pmd[0] = e
+    mm.rss[MM_SHMEMPAGES] += HPAGE_PMD_NR
+    mm.nr_shmem_pmds += 1
+
+cdef inline bint _file_pmd_suitable(pt_vma *vma, uint64_t addr) noexcept nogil:
+    # thp_vma_suitable_order() + vma_thp_disabled(): the aligned 2 MiB around
+    # addr inside the VMA, at a file offset that puts a folio's first page on
+    # the 2 MiB boundary.
+    cdef uint64_t haddr = addr & PTR_PMD_MASK
+    if vma.flags & PTR_VM_NOHUGEPAGE:
+        return False
+    if (((vma.start >> 12) - vma.pgoff) & (HPAGE_PMD_NR - 1)) != 0:
+        return False
+    return haddr >= vma.start and haddr + PTR_PMD_SIZE <= vma.end
+
+cdef bint _do_set_pmd(pt_mm *mm, pt_vma *vma, pteval_t *pmd, uint64_t addr, bint write) noexcept nogil:
+    """A fault with the PMD entry none where the page cache holds a huge folio:
+    map it with one PMD (filemap_map_pmd() for a read that fault-around finds
+    a page below i_size for, finish_fault() for a fault below i_size); the
+    PMD may reach past it (shmem maps PMDs across it). True if mapped."""
+    cdef int64_t head
+    if pmd[0] != 0 or vma.shmem == NULL or not _file_pmd_suitable(vma, addr):
+        return False
+    head = shmem_huge_folio(mm.machine, vma.shmem, _vma_pgoff_of(vma, addr))
+    if head < 0:
+        return False
+    _set_file_pmd(mm, vma, pmd, <uint64_t>head, write)
+    return True
+
+cdef bint _map_whole_folio(pt_mm *mm, pt_vma *vma, pteval_t *table, uint64_t addr, uint64_t pfn,
+                           bint write, bint all_none) noexcept nogil:
+    """Map every none entry of the large folio that pfn belongs to, when the
+    folio lies inside the VMA and inside this PTE table (filemap_map_pages()
+    mapping an entire large folio; finish_fault(), which also wants all its
+    entries none). True if it did."""
+    cdef pt_page *pages = mm.machine.frames.pages
+    cdef uint64_t head, index0, first, n, slot
+    cdef Py_ssize_t i
+    if pages[pfn].kind != FRAME_SHMEM:
+        return False
+    n = shmem_folio_nr(&pages[pfn])
+    if n == 1:
+        return False
+    head = pfn - (pages[pfn].index & (n - 1))
+    index0 = pages[head].index
+    if index0 < vma.pgoff or index0 + n > vma.pgoff + ((vma.end - vma.start) >> 12):
+        return False
+    first = vma.start + ((index0 - vma.pgoff) << 12)
+    if (first & PTR_PMD_MASK) != (addr & PTR_PMD_MASK) \
+            or ((first + ((n - 1) << 12)) & PTR_PMD_MASK) != (addr & PTR_PMD_MASK):
+        return False
+    slot = pte_index(first)
+    if all_none:
+        for i in range(<Py_ssize_t>n):
+            if not pte_none(table[slot + i]):
+                return False
+    for i in range(<Py_ssize_t>n):
+        if pte_none(table[slot + i]):
+            _finish_shmem_page(mm, vma, &table[slot + i], head + i, write)
+    return True
+
+cdef int64_t _shmem_rmap_one(pt_mm *mm, pt_shmem *s, uint64_t lo, uint64_t hi, bint unmap) noexcept nogil:
+    """The rmap walk of one mm over the page-cache pages [lo, hi) of s: how many
+    page mappings (a PMD counts 512) it has of them, and with unmap, remove
+    them all (try_to_unmap() / unmap_folio(); a PMD goes whole). Private COW
+    copies are anonymous pages, not theirs: they stay."""
+    cdef pt_page *pages = mm.machine.frames.pages
+    cdef pt_vma *v
+    cdef uint64_t k, vlo, vhi, a, b, addr, end, next, pfn
+    cdef pteval_t *pmd
+    cdef pteval_t *pte
+    cdef pteval_t e
+    cdef pt_page *p
+    cdef int64_t count = 0
+    cdef bint cleared = False
+    for k in range(mm.nr_vmas):
+        v = &mm.vmas[k]
+        if v.shmem != s:
+            continue
+        vlo = v.pgoff
+        vhi = v.pgoff + ((v.end - v.start) >> 12)
+        a = lo if lo > vlo else vlo
+        b = hi if hi < vhi else vhi
+        if a >= b:
+            continue
+        addr = v.start + ((a - vlo) << 12)
+        end = v.start + ((b - vlo) << 12)
+        while addr < end:
+            next = (addr & PTR_PMD_MASK) + PTR_PMD_SIZE
+            if next > end:
+                next = end
+            pmd = walk_pmd(mm, addr)
+            if pmd == NULL or pmd[0] == 0:
+                addr = next
+                continue
+            if pmd_huge_leaf(pmd[0]):
+                if pmd_is_file(mm.machine, pmd[0]):
+                    count += HPAGE_PMD_NR
+                    if unmap:
+                        clear_file_pmd(mm, pmd)
+                        cleared = True
+                addr = next
+                continue
+            pte = entry_table(&mm.machine.pool, pmd[0]) + pte_index(addr)
+            while addr < next:
+                e = pte[0]
+                if pte_present(e) and not pte_special(e):
+                    pfn = pte_pfn(e)
+                    p = &pages[pfn]
+                    if p.kind == FRAME_SHMEM and lo <= p.index < hi:
+                        count += 1
+                        if unmap:
+                            pte[0] = 0
+                            if e & PTR_PAGE_DIRTY:
+                                p.flags |= PG_DIRTY
+                            p.mapcount -= 1
+                            mm.rss[MM_SHMEMPAGES] -= 1
+                            put_page(mm.machine, pfn)
+                            cleared = True
+                pte += 1
+                addr += 4096
+    if cleared:
+        mm.stats.tlb_flushes += 1
+    return count
+
+cdef void _shmem_unmap_all(pt_machine *m, pt_shmem *s, uint64_t lo, uint64_t hi) noexcept nogil:
+    # Every mapping of page-cache pages [lo, hi) of s, in every mm of the machine.
+    cdef int64_t k
+    for k in range(m.nr_mms):
+        _shmem_rmap_one(<pt_mm *>m.mms[k], s, lo, hi, True)
+
+cdef int64_t _folio_mapcount(pt_page *pages, uint64_t head) noexcept nogil:
+    cdef int64_t total = 0
+    cdef uint64_t i
+    for i in range(shmem_folio_nr(&pages[head])):
+        total += pages[head + i].mapcount
+    return total
+
+cdef bint _file_folio_shared(pt_mm *mm, pt_shmem *s, uint64_t head) noexcept nogil:
+    """folio_maybe_mapped_shared() of a shmem large folio (per-mm tracking): some
+    other mm maps one of its pages. Two mappings in this mm do not count."""
+    cdef pt_page *pages = mm.machine.frames.pages
+    cdef uint64_t index0 = pages[head].index
+    return _folio_mapcount(pages, head) != _shmem_rmap_one(mm, s, index0,
+                                                          index0 + shmem_folio_nr(&pages[head]), False)
+
+cdef inline void _set_folio_order(pt_page *pages, uint64_t first, uint64_t n, uint64_t order) noexcept nogil:
+    # Frames [first, first + n) become one folio of that order (0: small pages).
+    cdef uint64_t i
+    for i in range(n):
+        pages[first + i].flags &= ~(PG_THP | PG_ORDER_MASK)
+        if order:
+            pages[first + i].flags |= PG_THP | <uint16_t>(order << PG_ORDER_SHIFT)
+
+cdef void _split_piece(pt_machine *m, pt_shmem *s, uint64_t first, uint64_t n, uint64_t order) noexcept nogil:
+    # One folio that a split leaves: __folio_split() drops it from the page
+    # cache if it lies at or past i_size (a huge folio may reach past it).
+    cdef pt_page *pages = m.frames.pages
+    cdef uint64_t index = pages[first].index, i
+    _set_folio_order(pages, first, n, order)
+    if index >= s.size_pages:
+        for i in range(n):
+            shmem_delete(m, s, index + i)
+
+cdef void shmem_split_folio(pt_machine *m, pt_shmem *s, uint64_t head) noexcept nogil:
+    """split_folio() of a shmem large folio: unmap_folio() removes every mapping
+    of its pages in every mm, PMD or PTE, and a file folio gets no
+    remap_page(); it becomes small folios, still in the page cache (but
+    those past i_size, which leave it)."""
+    cdef pt_page *pages = m.frames.pages
+    cdef uint64_t index0 = pages[head].index
+    cdef uint64_t n = shmem_folio_nr(&pages[head]), i
+    _shmem_unmap_all(m, s, index0, index0 + n)
+    for i in range(n):
+        _split_piece(m, s, head + i, 1, 0)
+
+cdef void _shmem_split_at(pt_machine *m, pt_shmem *s, uint64_t pfn) noexcept nogil:
+    """try_folio_split() at page pfn (folio_split(), non-uniform): the folio is
+    unmapped everywhere, then halved again and again around pfn, so pfn ends
+    a small folio and the rest are folios of every order below the old one."""
+    cdef pt_page *pages = m.frames.pages
+    cdef uint64_t n = shmem_folio_nr(&pages[pfn])
+    cdef uint64_t start = pfn - (pages[pfn].index & (n - 1)), half, order
+    if n == 1:
+        return
+    _shmem_unmap_all(m, s, pages[start].index, pages[start].index + n)
+    order = (pages[pfn].flags & PG_ORDER_MASK) >> PG_ORDER_SHIFT
+    while order > 0:
+        order -= 1
+        half = (<uint64_t>1) << order
+        if pfn < start + half:
+            _split_piece(m, s, start + half, half, order)
+        else:
+            _split_piece(m, s, start, half, order)
+            start += half
+    _split_piece(m, s, pfn, 1, 0)
+
+cdef bint _partial_folio(pt_machine *m, pt_shmem *s, uint64_t index, uint64_t first, uint64_t last,
+                         uint64_t *index0, uint64_t *n) noexcept nogil:
+    # The large folio at index, if the hole [first, last] covers it in part.
+    cdef int64_t pfn = shmem_lookup(s, index)
+    cdef pt_page *pages = m.frames.pages
+    if pfn < 0 or pages[pfn].kind != FRAME_SHMEM:
+        return False
+    n[0] = shmem_folio_nr(&pages[pfn])
+    index0[0] = pages[pfn].index & ~(n[0] - 1)
+    return n[0] > 1 and not (first <= index0[0] and index0[0] + n[0] - 1 <= last)
+
+cdef void _split_at_index(pt_machine *m, pt_shmem *s, uint64_t index) noexcept nogil:
+    cdef int64_t pfn = shmem_lookup(s, index)
+    if pfn >= 0 and m.frames.pages[pfn].kind == FRAME_SHMEM:
+        _shmem_split_at(m, s, <uint64_t>pfn)
+
+cdef void shmem_punch_split(pt_machine *m, pt_shmem *s, uint64_t first, uint64_t last) noexcept nogil:
+    """shmem_undo_range() meets a large folio that the hole [first, last] covers
+    in part: truncate_inode_partial_folio() splits it at its first page in the
+    hole, then the folio holding the page after the hole at that page
+    (try_folio_split()), so that every folio is inside the hole or outside
+    it. A folio that it covers whole leaves the cache whole, page by page, in
+    shmem_punch()."""
+    cdef uint64_t index0, n
+    cdef bint same = first == last
+    if _partial_folio(m, s, first, first, last, &index0, &n):
+        same = last < index0 + n
+        _split_at_index(m, s, first)
+        if last + 1 < index0 + n:
+            _split_at_index(m, s, last + 1)
+    if not same and _partial_folio(m, s, last, first, last, &index0, &n):
+        _split_at_index(m, s, index0)
+        if last + 1 < index0 + n:
+            _split_at_index(m, s, last + 1)
+
+cdef void _shmem_folio_pageout(pt_mm *mm, pt_shmem *s, uint64_t head) noexcept nogil:
+    """reclaim_pages() of a shmem large folio that only this mm maps: an mlocked
+    one stays. try_to_unmap() removes its mappings in every mm; with no swap
+    device shmem_writeout() cannot write it, and it stays large in the page
+    cache, dirty. With one, it is split and each of its pages goes as a
+    small page would: a dirty one to swap, a clean one out of the cache."""
+    cdef pt_machine *m = mm.machine
+    cdef pt_page *pages = m.frames.pages
+    cdef uint64_t index0 = pages[head].index
+    cdef uint64_t n = shmem_folio_nr(&pages[head])
+    cdef uint64_t i
+    if pages[head].flags & PG_MLOCKED:
+        return
+    _shmem_unmap_all(m, s, index0, index0 + n)
+    if m.swap.nr_slots == 0:
+        return
+    for i in range(n):
+        _split_piece(m, s, head + i, 1, 0)
+    for i in range(n):
+        if index0 + i >= s.size_pages:
+            continue               # dropped by the split
+        if pages[head + i].flags & PG_DIRTY:
+            shmem_writeout(m, s, head + i)
+        else:
+            shmem_delete(m, s, index0 + i)
+
+cdef void _retract_page_tables(pt_mm *mm, pt_shmem *s, uint64_t index0) noexcept nogil:
+    """retract_page_tables() in one mm: a VMA without anon_vma or uffd-wp that
+    maps the folio at index0 on a 2 MiB boundary, whose PTE table there is
+    empty, loses that table (VmPTE -4); the next fault maps the PMD."""
+    cdef pt_vma *v
+    cdef uint64_t k, addr
+    cdef pteval_t *pmd
+    cdef pteval_t e
+    for k in range(mm.nr_vmas):
+        v = &mm.vmas[k]
+        if v.shmem != s or v.anon_vma or (v.flags & PTR_VM_UFFD_WP):
+            continue
+        if index0 < v.pgoff or index0 + HPAGE_PMD_NR > v.pgoff + ((v.end - v.start) >> 12):
+            continue
+        addr = v.start + ((index0 - v.pgoff) << 12)
+        if addr & ~PTR_PMD_MASK:
+            continue
+        pmd = walk_pmd(mm, addr)
+        if pmd == NULL or pmd[0] == 0 or pmd_huge_leaf(pmd[0]):
+            continue
+        if not pte_table_empty(entry_table(&mm.machine.pool, pmd[0])):
+            continue
+        e = pmd[0]
+        pmd[0] = 0
+        mm.stats.tlb_flushes += 1          # pmdp_collapse_flush()
+        pool_release(&mm.machine.pool, entry_table_slot(e))
+        mm.pgtables_bytes -= 4096
+        trace(mm, EV_TABLE_FREE, addr, entry_table_slot(e))
+
+cdef int _collapse_file(pt_mm *mm, pt_shmem *s, uint64_t index0, int64_t *head_out) noexcept nogil:
+    """collapse_file(): a huge folio replaces the small pages of [index0,
+    index0 + 512), holes filled with zero-filled pages; the old pages are
+    unmapped everywhere first, swapped ones read back; then every mm's empty
+    table over it is retracted. 0, -EINVAL (nothing there: SCAN_TRUNCATED,
+    which ends the whole call) or ENOMEM (no frames for the folio)."""
+    cdef pt_machine *m = mm.machine
+    cdef pt_page *pages
+    cdef int64_t head, old, off
+    cdef Py_ssize_t i
+    cdef int64_t k
+    cdef bint any = False
+    # Smaller large folios (from a hole punch) are collapsed like small pages.
+    for i in range(HPAGE_PMD_NR):
+        if shmem_lookup(s, index0 + <uint64_t>i) >= 0 or shmem_swap_lookup(s, index0 + <uint64_t>i) >= 0:
+            any = True
+            break
+    if not any:
+        return -EINVAL
+    head = alloc_thp(&m.frames)
+    if head < 0:
+        return ENOMEM
+    pages = m.frames.pages
+    # Held by the page cache only, and dirty as collapse_file() leaves a
+    # shmem folio; not an anonymous zero-filled page.
+    m.frames.nr_zeroed -= HPAGE_PMD_NR
+    for i in range(HPAGE_PMD_NR):
+        frame_set(&pages[head + i], 1, 0, FRAME_SHMEM, PG_THP | PG_DIRTY | (9 << PG_ORDER_SHIFT),
+                  <uint32_t>(index0 + <uint64_t>i))
+    _shmem_unmap_all(m, s, index0, index0 + HPAGE_PMD_NR)
+    for i in range(HPAGE_PMD_NR):
+        old = _shm_take(s, index0 + <uint64_t>i)
+        if old >= 0:
+            put_page(m, <uint64_t>old)
+        elif s.swapped != NULL:
+            off = _shm_take(s.swapped, index0 + <uint64_t>i)
+            if off >= 0:
+                swap_free(m, <uint64_t>off)
+        if shmem_insert(s, index0 + <uint64_t>i, <uint32_t>(head + i)) < 0:
+            # Host out of memory: the pages not yet in the cache are dropped.
+            _set_folio_order(pages, <uint64_t>head, HPAGE_PMD_NR, 0)
+            for k in range(i, HPAGE_PMD_NR):
+                put_page(m, <uint64_t>(head + k))
+            return ENOMEM
+    mm.stats.thp_collapse_alloc += 1
+    for k in range(m.nr_mms):
+        _retract_page_tables(<pt_mm *>m.mms[k], s, index0)
+    head_out[0] = head
+    return 0
+
+cdef int _collapse_pte_mapped_thp(pt_mm *mm, pt_vma *vma, uint64_t haddr, uint64_t head) noexcept nogil:
+    """collapse_pte_mapped_thp() in the calling mm: a PTE table whose entries
+    are none or map the folio's own pages gives way to a PMD. A swap entry or
+    marker there fails the span with EINVAL (SCAN_PTE_NON_PRESENT); any other
+    page (a COW copy) with -EINVAL (SCAN_FAIL, which ends the whole call).
+    With no table (or no PMD table) the PMD is simply installed."""
+    cdef pteval_t *pmd = walk_pmd(mm, haddr)
+    cdef pteval_t *table
+    cdef pteval_t e
+    cdef pt_page *p
+    cdef Py_ssize_t i
+    if pmd != NULL and pmd[0] != 0:
+        if pmd_huge_leaf(pmd[0]):
+            return 0               # already PMD-mapped
+        table = entry_table(&mm.machine.pool, pmd[0])
+        for i in range(PTRS_PER_TABLE):
+            e = table[i]
+            if pte_none(e):
+                continue
+            if not pte_present(e):
+                return EINVAL
+            if pte_special(e) or pte_pfn(e) != head + <uint64_t>i:
+                return -EINVAL
+        for i in range(PTRS_PER_TABLE):
+            e = table[i]
+            if pte_none(e):
+                continue
+            table[i] = 0
+            p = &mm.machine.frames.pages[head + i]
+            if e & PTR_PAGE_DIRTY:
+                p.flags |= PG_DIRTY
+            p.mapcount -= 1
+            mm.rss[MM_SHMEMPAGES] -= 1
+            put_page(mm.machine, head + i)
+        e = pmd[0]
+        pmd[0] = 0
+        mm.stats.tlb_flushes += 1          # pmdp_collapse_flush()
+        pool_release(&mm.machine.pool, entry_table_slot(e))
+        mm.pgtables_bytes -= 4096
+        trace(mm, EV_TABLE_FREE, haddr, entry_table_slot(e))
+    else:
+        pmd = pmd_alloc_walk(mm, haddr)
+        if pmd == NULL:
+            return ENOMEM
+    _set_file_pmd(mm, vma, pmd, head, False)
+    return 0
+
+cdef int shmem_collapse_span(pt_mm *mm, pt_vma *vma, uint64_t haddr) noexcept nogil:
+    """MADV_COLLAPSE of one aligned 2 MiB span of a shmem VMA: find or make the
+    huge folio (hpage_collapse_scan_file() -> collapse_file()), then map it
+    by PMD here (collapse_pte_mapped_thp()). 0 or the span's errno, negated
+    for a failure that madvise_collapse() does not whitelist (it stops there)."""
+    cdef uint64_t index0 = _vma_pgoff_of(vma, haddr)
+    cdef int64_t head = shmem_huge_folio(mm.machine, vma.shmem, index0)
+    cdef int r
+    if head < 0:
+        r = _collapse_file(mm, vma.shmem, index0, &head)
+        if r:
+            return r
+    return _collapse_pte_mapped_thp(mm, vma, haddr, <uint64_t>head)
+
 cdef int madvise_collapse(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t end) noexcept nogil:
     """madvise_collapse() over [start, end) of one VMA: the aligned spans that
     lie inside the range. 0, or the errno of the last span that failed (the
-    others are collapsed all the same); ENOMEM from allocation stops at once."""
+    others are collapsed all the same); ENOMEM from allocation stops at once,
+    and so does a shmem span with nothing cached or a foreign page mapped."""
     cdef uint64_t hstart = (start + PTR_PMD_SIZE - 1) & PTR_PMD_MASK
     cdef uint64_t hend = end & PTR_PMD_MASK
     cdef uint64_t vstart = (vma.start + PTR_PMD_SIZE - 1) & PTR_PMD_MASK
@@ -2491,11 +3037,26 @@ cdef int madvise_collapse(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t end) 
         return EINVAL
     if vstart + PTR_PMD_SIZE > vma.end or vstart + PTR_PMD_SIZE < vstart:
         return EINVAL
+    # A file VMA also needs its offset to put a folio's first page on a 2 MiB
+    # boundary (thp_vma_suitable_order()).
+    if vma.shmem != NULL and (((vma.start >> 12) - vma.pgoff) & (HPAGE_PMD_NR - 1)) != 0:
+        return EINVAL
+    # A range inside one span that reaches no 2 MiB boundary: the kernel's
+    # final "thps == (hend - hstart) >> HPAGE_PMD_SHIFT" compares with a
+    # wrapped count, so it fails (EINVAL); one that ends on the boundary
+    # it starts after (hend == hstart) collapses nothing and succeeds.
+    if hend < hstart:
+        return EINVAL
     addr = hstart
     while addr < hend:
-        r = collapse_span(mm, vma, addr)
+        if vma.shmem != NULL:
+            r = shmem_collapse_span(mm, vma, addr)
+        else:
+            r = collapse_span(mm, vma, addr)
         if r == ENOMEM:
             return r
+        if r < 0:
+            return -r              # a result outside the whitelist ends the walk
         if r:
             last_fail = r
         addr += PTR_PMD_SIZE
@@ -3114,6 +3675,11 @@ cdef int64_t move_page_tables(pt_mm *mm, pt_vma *old_vma, uint64_t old_addr, uin
                 continue
             if split_huge_pmd(mm, old_vma, old_pmd) < 0:
                 return -1
+            if old_pmd[0] == 0:
+                # A file PMD is cleared, not split into a table: nothing to move.
+                old_addr += extent
+                new_addr += extent
+                continue
         elif extent == PTR_PMD_SIZE and new_pmd[0] == 0:
             # move_normal_pmd(): the PTE table moves; VmPTE does not change.
             new_pmd[0] = old_pmd[0]

@@ -112,6 +112,11 @@ cdef enum:
     # mlocked, with no locked VMA left to munlock it (MREMAP_DONTUNMAP of a
     # locked VMA): unevictable, so reclaim leaves it mapped.
     PG_MLOCKED = 32
+    # A shmem large folio's order (1..9) in bits 8..11 of its frames' flags,
+    # with PG_THP; 9 is a huge folio (PMD-mappable). Truncation splits one
+    # into folios of every smaller order (folio_split()).
+    PG_ORDER_SHIFT = 8
+    PG_ORDER_MASK = 0xF00
     # Transparent huge pages: a THP is 512 consecutive frames; a PMD mapping
     # counts as one reference and one mapping of each of them.
     HPAGE_PMD_NR = 512
@@ -405,6 +410,9 @@ ctypedef struct pt_mm:
     # VmLck pages that no locked VMA accounts for: MREMAP_DONTUNMAP clears
     # VM_LOCKED on the old VMA without lowering locked_vm (measured on 6.18).
     uint64_t locked_vm_stale
+    # Huge PMDs that map a shmem huge folio (ShmemPmdMapped / 2 MiB); they
+    # carry no deposited table, so they are not in nr_deposits.
+    int64_t nr_shmem_pmds
 
 ctypedef struct mmu_gather:
     # One per syscall (R35). Pages are released, and table batches handed to

@@ -261,7 +261,7 @@ def core_supports_guard():
 # Advice the core does not simulate yet, and which the reference already does:
 # excluded from generation (not tolerated after the fact) until the core has them.
 UNSIMULATED_IN_CORE = () if core_supports_guard() else (MADV_GUARD_INSTALL, MADV_GUARD_REMOVE)
-# Both simulate it for private memory; for shmem both raise NotImplementedError.
+# Both simulate it, for private memory and for shmem.
 assert MADV_COLLAPSE in ADVICES
 
 
