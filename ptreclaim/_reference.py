@@ -21,10 +21,12 @@ huge pages: PMD-mapped THPs and the huge zero page with their deposited PTE
 tables, PMD and folio splits, MADV_COLLAPSE (``docs/thp.md``), and mremap
 (``mm/mremap.c``: move_page_tables, copy_vma, MREMAP_FIXED/DONTUNMAP).
 Swap: a swap device on the Machine, written by MADV_PAGEOUT and read back
-on faults (docs/swap.md). hugetlb mappings (MAP_HUGETLB) have a section of
-their own at the end.
-Not modelled yet: shmem THPs, large page-cache folios and readahead,
-khugepaged, userfaultfd.
+on faults (docs/swap.md). Shmem huge folios: made by MADV_COLLAPSE, mapped
+by PMD leaves without a deposit or by PTEs, split by partial COLD/PAGEOUT and
+hole punches. hugetlb mappings (MAP_HUGETLB) have a section of their own at
+the end.
+Not modelled yet: large folios of disk files and readahead, khugepaged,
+userfaultfd.
 
 There is no concurrency, so ``need_resched()`` never fires and the PMD
 try-lock of the PT-reclaim fast path always succeeds (R57, R77); the slow
@@ -546,10 +548,9 @@ class _PhysMem:
             del self.frames[frame.pfn]
             self._free_pfns.append(frame.pfn)
 
-    def alloc_thp(self):
-        """A new anonymous THP as a PMD fault maps it: 512 exclusive pages, each
-        with the PMD's reference and mapping. Its first pfn, or None if
-        max_frames leaves no room for 512 frames."""
+    def alloc_pmd_folio(self, kind):
+        """512 consecutive new frames of one folio, each with one reference and
+        no mapping. Its first pfn, or None if max_frames leaves no room."""
         if self.max_frames is not None and len(self.frames) + HPAGE_PMD_NR > self.max_frames:
             return None
         if self._free_blocks:
@@ -558,11 +559,22 @@ class _PhysMem:
             head = self._next_pfn
             self._next_pfn += HPAGE_PMD_NR
         for i in range(HPAGE_PMD_NR):
-            frame = _Frame(head + i, _ANON)
-            frame.mapcount = 1
-            frame.exclusive = True
+            frame = _Frame(head + i, kind)
             frame.thp_index = i
             self.frames[head + i] = frame
+        return head
+
+    def alloc_thp(self):
+        """A new anonymous THP as a PMD fault maps it: 512 exclusive pages, each
+        with the PMD's reference and mapping. Its first pfn, or None if
+        max_frames leaves no room for 512 frames."""
+        head = self.alloc_pmd_folio(_ANON)
+        if head is None:
+            return None
+        for i in range(HPAGE_PMD_NR):
+            frame = self.frames[head + i]
+            frame.mapcount = 1
+            frame.exclusive = True
         return head
 
     def put_thp(self, head):
@@ -651,6 +663,14 @@ class _Inode:
     def remove_page(self, index):
         """Drop the page cache's reference (truncation, hole punch, reclaim)."""
         self.machine.mem.folio_put(self.pages.pop(index))
+
+    def huge_head(self, index):
+        """The first pfn of the huge (PMD-sized) folio that holds page index, or
+        None: a small folio, or nothing cached there."""
+        frame = self.pages.get(index)
+        if frame is None or frame.thp_index is None:
+            return None
+        return frame.pfn - frame.thp_index
 
 
 class File:
@@ -1452,6 +1472,13 @@ class MM:
         if pmd_trans_huge(pmd.entries[index]):
             # The hardware walk let the access through unless it is a write to
             # a write-protected huge PMD.
+            if self._is_file_pmd(pmd.entries[index]):
+                if not write:
+                    return None
+                # wp_huge_pmd(): shmem has no ->huge_fault, so the PMD is split
+                # (for a file PMD: cleared) and the fault goes on with it none.
+                self.split_huge_pmd(vma, pmd, index)
+                return self.do_fault(vma, pmd, None, addr, True)
             return self.do_huge_pmd_wp_page(vma, pmd, index, addr)
         pte_table = pmd.children[index]
         if pte_table is None:
@@ -1637,12 +1664,27 @@ class MM:
             # filemap_map_pages() installs the table only with a folio to map.
             return pte_table, False
         if pte_table is None:
+            # filemap_map_pmd(): the window's first folio, if PMD-sized, is mapped
+            # by the PMD when do_set_pmd() accepts it.
+            if found[0][1].thp_index is not None and self.do_set_pmd(vma, pmd, addr, found[0][1], False):
+                return None, True
             pte_table = self.__pte_alloc(pmd, addr)
+        todo = dict(found)
+        if obj.shmem:
+            # filemap_map_folio_range(): a large folio is mapped whole when it lies
+            # inside the VMA and inside this PTE table, EOF or not for shmem.
+            for j, frame in found:
+                if frame.thp_index is not None and j == frame.thp_index \
+                        and vma.start <= pte_table.base and pte_table.base + PMD_SIZE <= vma.end:
+                    head = frame.pfn - frame.thp_index
+                    for k in range(HPAGE_PMD_NR):
+                        todo.setdefault(k, self._mem.frames[head + k])
+                    break
         mapped_fault_page = False
-        for j, frame in found:
+        for j in sorted(todo):
             if not pte_none(pte_table.entries[j]):
                 continue
-            self.set_pte_range(vma, pte_table, j, frame, False)
+            self.set_pte_range(vma, pte_table, j, todo[j], False)
             if j == pte_off:
                 mapped_fault_page = True
         return pte_table, mapped_fault_page
@@ -1671,8 +1713,23 @@ class MM:
 
     def finish_fault(self, vma, pmd, pte_table, addr, frame, write):
         if pte_table is None:
+            if frame.thp_index is not None and self.do_set_pmd(vma, pmd, addr, frame, write):
+                return
             pte_table = self.__pte_alloc(pmd, addr)
         i = (addr >> PAGE_SHIFT) & 511
+        if frame.thp_index is not None and i == frame.thp_index \
+                and vma.start <= pte_table.base and pte_table.base + PMD_SIZE <= vma.end \
+                and pte_table_empty(pte_table.entries):
+            # A shmem huge folio that lies inside the VMA and this PTE table, all
+            # of whose entries are none, is mapped whole; otherwise the faulting
+            # page alone.
+            head = frame.pfn - frame.thp_index
+            for k in range(HPAGE_PMD_NR):
+                page = self._mem.frames[head + k]
+                if write:
+                    page.dirty = True
+                self.set_pte_range(vma, pte_table, k, page, write)
+            return
         if not pte_none(pte_table.entries[i]):
             return
         if write:
@@ -1933,8 +1990,13 @@ class MM:
 
     def split_huge_pmd(self, vma, pmd, index):
         """__split_huge_pmd_locked() (R71): the deposit becomes the PMD's PTE
-        table, with an entry for each of the 512 pages; VmPTE and RSS stay."""
+        table, with an entry for each of the 512 pages; VmPTE and RSS stay.
+        A PMD that maps a shmem folio is cleared instead (_clear_file_pmd())."""
         entry = pmd.entries[index]
+        if self._is_file_pmd(entry):
+            self._clear_file_pmd(pmd, index)
+            self._stats["thp_split_pmd"] += 1
+            return
         pfn = pte_pfn(entry)
         prot = vm_get_page_prot(vma.flags)
         table = _Table(_PTE, self._mem.alloc_table_pfn(), pmd.base + (index << PMD_SHIFT))
@@ -1969,13 +2031,19 @@ class MM:
         entry = pmd.entries[index]
         pmd.entries[index] = 0
         tlb.need_flush = True
-        self.zap_deposited_table()
         pfn = pte_pfn(entry)
+        kind = _ANON if pfn == HUGE_ZERO_PFN else self._mem.frames[pfn].kind
+        if kind == _ANON:
+            # A file PMD has no deposit (x86 deposits none for file THPs).
+            self.zap_deposited_table()
         if pfn == HUGE_ZERO_PFN:
             return
         for i in range(HPAGE_PMD_NR):
-            self._mem.frames[pfn + i].mapcount -= 1
-        self._rss[MM_ANONPAGES] -= HPAGE_PMD_NR
+            frame = self._mem.frames[pfn + i]
+            frame.mapcount -= 1
+            if kind != _ANON and entry & _PAGE_DIRTY:
+                frame.dirty = True
+        self._rss[_KIND_COUNTER[kind]] -= HPAGE_PMD_NR
         if tlb_remove_folio_pages(tlb, _GatherThp(pfn), False):
             tlb_flush_mmu(tlb)
 
@@ -1983,6 +2051,9 @@ class MM:
         """fork of a huge PMD (R67): the child gets a deposit of its own and maps
         the same THP; both lose write access. The huge zero page is mapped anew."""
         entry = src_pmd.entries[index]
+        if self._is_file_pmd(entry):
+            # copy_huge_pmd(): a file PMD is not copied; the child faults it in.
+            return
         pfn = pte_pfn(entry)
         dst.pgtable_trans_huge_deposit()
         if pfn == HUGE_ZERO_PFN:
@@ -2042,7 +2113,12 @@ class MM:
         rest (docs/thp.md)."""
         for pmd, index, addr, nxt in list(self._huge_pmds_in_range(start, end)):
             entry = pmd.entries[index]
+            if not pmd_trans_huge(entry):
+                continue  # unmapped by a shmem folio split or pageout earlier in the walk
             head = pte_pfn(entry)
+            if head != HUGE_ZERO_PFN and self._mem.frames[head].kind != _ANON:
+                self.madvise_file_huge_pmd(tlb, pmd, index, addr, nxt, behavior)
+                continue
             if head == HUGE_ZERO_PFN or self.folio_maybe_mapped_shared(head):
                 continue
             span = addr & _PMD_MASK
@@ -2168,8 +2244,6 @@ class MM:
             # and an executable mapping; modelled as never (regular files hold
             # 4 KiB folios only).
             return errno.EINVAL
-        if vma.file is not None:
-            raise NotImplementedError("MADV_COLLAPSE of shared memory is not simulated (no shmem THP)")
         # thp_vma_allowable_order() for a forced collapse: the sysfs mode does not
         # matter, the VMA's own refusal does, and it must hold a whole span.
         if vma.flags & (VM_NOHUGEPAGE | VM_HUGETLB | VM_PFNMAP):
@@ -2177,9 +2251,15 @@ class MM:
         vstart = (vma.start + PMD_SIZE - 1) & _PMD_MASK
         if vstart + PMD_SIZE > vma.end:
             return errno.EINVAL
+        if vma.file is not None and ((vma.start >> PAGE_SHIFT) - vma.pgoff) % HPAGE_PMD_NR:
+            # thp_vma_suitable_order(): a file folio must land on a 2 MiB boundary.
+            return errno.EINVAL
         last_fail = 0
         for haddr in range((start + PMD_SIZE - 1) & _PMD_MASK, end & _PMD_MASK, PMD_SIZE):
-            ret = self.collapse_huge_page(vma, haddr)
+            if vma.file is not None:
+                ret = self.collapse_file_span(vma, haddr)
+            else:
+                ret = self.collapse_huge_page(vma, haddr)
             if ret == errno.ENOMEM:
                 return ret
             if ret:
@@ -2240,6 +2320,352 @@ class MM:
         self._rss[MM_ANONPAGES] += HPAGE_PMD_NR - present
         self._stats["tlb_flushes"] += 1  # pmdp_collapse_flush()
         self._stats["thp_collapse_alloc"] += 1
+        return 0
+
+    # ------------------------------------------------- shmem huge folios
+
+    # A shmem object's page cache may hold PMD-sized folios: 512 frames at the
+    # indices [k * 512, k * 512 + 512), consecutive pfns, each cached at its own
+    # index with thp_index set. Only MADV_COLLAPSE makes one (shmem_enabled is
+    # "never", so faults allocate 4 KiB folios). Faults map it by one PMD leaf
+    # (do_set_pmd(), no deposit) or by PTEs; it stays huge until a split, which
+    # unmaps it everywhere and leaves 512 small folios in the cache.
+
+    def _is_file_pmd(self, entry):
+        """A huge PMD leaf that maps a page-cache folio (not an anonymous THP,
+        not the huge zero page)."""
+        pfn = pte_pfn(entry)
+        return pfn != HUGE_ZERO_PFN and self._mem.frames[pfn].kind != _ANON
+
+    @staticmethod
+    def _file_pmd_suitable(vma, haddr):
+        """thp_vma_suitable_order() for a file VMA, and no VM_NOHUGEPAGE
+        (vma_thp_disabled()): the span lies inside the VMA and the folio's first
+        page lands on its 2 MiB boundary."""
+        if vma.file is None or not vma.file.shmem or vma.flags & VM_NOHUGEPAGE:
+            return False
+        if ((vma.start >> PAGE_SHIFT) - vma.pgoff) % HPAGE_PMD_NR:
+            return False
+        return vma.start <= haddr and haddr + PMD_SIZE <= vma.end
+
+    def do_set_pmd(self, vma, pmd, addr, frame, write):
+        """Map the huge folio holding frame with one PMD leaf at addr's span, if
+        the PMD entry is none and the VMA suits. True if mapped. No i_size check
+        (6.18)."""
+        haddr = addr & _PMD_MASK
+        index = (addr >> PMD_SHIFT) & 511
+        if pmd.entries[index] or not self._file_pmd_suitable(vma, haddr):
+            return False
+        self._map_file_pmd(vma, pmd, index, frame.pfn - frame.thp_index, write)
+        return True
+
+    def _map_file_pmd(self, vma, pmd, index, head, write):
+        """A PMD leaf with vm_page_prot (writable at once in a shared writable
+        mapping), dirty on a write; one reference and mapping per page, no deposit."""
+        entry = pfn_pte(head, vma_page_prot(vma)) | _PAGE_PSE
+        if write:
+            entry |= _PAGE_DIRTY
+            if vma.flags & VM_WRITE:
+                entry |= _PAGE_RW
+        for i in range(HPAGE_PMD_NR):
+            frame = self._mem.frames[head + i]
+            frame.refcount += 1
+            frame.mapcount += 1
+            if write:
+                frame.dirty = True
+        pmd.entries[index] = entry
+        self._rss[_KIND_COUNTER[self._mem.frames[head].kind]] += HPAGE_PMD_NR
+
+    def _clear_file_pmd(self, pmd, index):
+        """A file PMD goes (__split_huge_pmd_locked() of a file PMD, or an rmap
+        unmap): the entry becomes none and no PTE table is made (faults find the
+        pages again); the folio stays huge; the dirty bit goes to the folio."""
+        entry = pmd.entries[index]
+        head = pte_pfn(entry)
+        pmd.entries[index] = 0
+        for i in range(HPAGE_PMD_NR):
+            frame = self._mem.frames[head + i]
+            if entry & _PAGE_DIRTY:
+                frame.dirty = True
+            frame.mapcount -= 1
+            self._mem.folio_put(frame)
+        self._rss[_KIND_COUNTER[self._mem.frames[head].kind]] -= HPAGE_PMD_NR
+
+    def _rmap_unmap_cache_pages(self, obj, lo, hi):
+        """try_to_unmap() / unmap_folio() of obj's cached pages [lo, hi) in this
+        process: every PTE and PMD that maps one goes (a PMD whole); private COW
+        copies are anonymous pages, not these, and stay; markers and swap
+        entries stay. One TLB flush if anything was unmapped."""
+        cleared = False
+        frames = self._mem.frames
+        for vma in [v for v in self._vmas if v.file is obj]:
+            a = max(lo, vma.pgoff)
+            b = min(hi, vma.pgoff + vma.pages())
+            if a >= b:
+                continue
+            addr = vma.start + ((a - vma.pgoff) << PAGE_SHIFT)
+            end = vma.start + ((b - vma.pgoff) << PAGE_SHIFT)
+            while addr < end:
+                nxt = min((addr & _PMD_MASK) + PMD_SIZE, end)
+                pmd = self._walk_pmd(addr)
+                index = (addr >> PMD_SHIFT) & 511
+                if pmd is None:
+                    addr = nxt
+                    continue
+                if pmd_trans_huge(pmd.entries[index]):
+                    if self._is_file_pmd(pmd.entries[index]):
+                        self._clear_file_pmd(pmd, index)
+                        cleared = True
+                    addr = nxt
+                    continue
+                table = pmd.children[index]
+                if table is None:
+                    addr = nxt
+                    continue
+                entries = table.entries
+                for i in range((addr >> PAGE_SHIFT) & 511, (((nxt - 1) >> PAGE_SHIFT) & 511) + 1):
+                    pte = entries[i]
+                    if not pte_present(pte) or pte & _PAGE_SPECIAL:
+                        continue
+                    frame = frames[pte_pfn(pte)]
+                    if frame.mapping is not obj or not lo <= frame.index < hi:
+                        continue
+                    entries[i] = 0
+                    if pte & _PAGE_DIRTY:
+                        frame.dirty = True
+                    frame.mapcount -= 1
+                    self._rss[_KIND_COUNTER[frame.kind]] -= 1
+                    self._mem.folio_put(frame)
+                    cleared = True
+                addr = nxt
+        if cleared:
+            self._stats["tlb_flushes"] += 1
+
+    def _shmem_unmap_all(self, obj, lo, hi):
+        """The rmap walk over every process of the machine (cached pages [lo, hi))."""
+        for mm in self.machine.mms:
+            mm._rmap_unmap_cache_pages(obj, lo, hi)
+
+    def _mms_mapping_folio(self, head):
+        """The processes that map some page of the huge shmem folio at head."""
+        frames = self._mem.frames
+        if not any(frames[head + i].mapcount for i in range(HPAGE_PMD_NR)):
+            return []
+        obj = frames[head].mapping
+        index0 = frames[head].index
+        out = []
+        for mm in self.machine.mms:
+            if any(mm._vma_maps_folio(vma, index0, head) for vma in mm._vmas if vma.file is obj):
+                out.append(mm)
+        return out
+
+    def _vma_maps_folio(self, vma, index0, head):
+        lo = max(index0, vma.pgoff)
+        hi = min(index0 + HPAGE_PMD_NR, vma.pgoff + vma.pages())
+        for index in range(lo, hi):
+            addr = vma.start + ((index - vma.pgoff) << PAGE_SHIFT)
+            table, i = self._leaf_entry(addr)
+            if table is None:
+                continue
+            entry = table.entries[i]
+            if not pte_present(entry) or entry & _PAGE_SPECIAL:
+                continue
+            pfn = pte_pfn(entry)
+            if table.level == _PMD:
+                pfn += (addr >> PAGE_SHIFT) & 511
+            if pfn == head + index - index0:
+                return True
+        return False
+
+    def shmem_folio_maybe_mapped_shared(self, head):
+        """folio_maybe_mapped_shared() of a large folio on 6.18 (per-mm tracking):
+        mapped by more than one process; several mappings in one do not count."""
+        return len(self._mms_mapping_folio(head)) > 1
+
+    def split_shmem_folio(self, head):
+        """split_folio() of a shmem huge folio: unmap_folio() removes every mapping
+        of its pages, PMD or PTE, in every process, and file folios are not mapped
+        again (no remap_page()); 512 small folios stay in the cache."""
+        frames = self._mem.frames
+        index0 = frames[head].index
+        self._shmem_unmap_all(frames[head].mapping, index0, index0 + HPAGE_PMD_NR)
+        for i in range(HPAGE_PMD_NR):
+            frames[head + i].thp_index = None
+
+    def shmem_huge_pageout(self, head):
+        """reclaim_pages() of a whole shmem huge folio: try_to_unmap() unmaps it
+        from every process. Without a swap device shmem_writeout() redirties it:
+        it stays in the cache, huge. With one, the folio is split (no order-9
+        slots) and each page is written out as a small dirty shmem page is."""
+        frames = self._mem.frames
+        obj = frames[head].mapping
+        index0 = frames[head].index
+        if frames[head].mlocked:
+            return  # unevictable: kept, mapped
+        self._shmem_unmap_all(obj, index0, index0 + HPAGE_PMD_NR)
+        if not self.machine.swap.nr_slots:
+            return
+        for i in range(HPAGE_PMD_NR):
+            frames[head + i].thp_index = None
+        for i in range(HPAGE_PMD_NR):
+            frame = frames[head + i]
+            if frame.dirty:
+                self.shmem_writeout(frame)
+            else:
+                obj.remove_page(frame.index)
+
+    def madvise_file_huge_pmd(self, tlb, pmd, index, addr, nxt, behavior):
+        """madvise_cold_or_pageout_pte_range() at a PMD that maps a shmem folio:
+        left alone if another process maps the folio; split if the range covers
+        it in part (the PTE walk then finds the PMD none); else COLD clears young
+        and PAGEOUT reclaims the folio."""
+        entry = pmd.entries[index]
+        head = pte_pfn(entry)
+        if self.shmem_folio_maybe_mapped_shared(head):
+            return
+        if nxt - addr != PMD_SIZE:
+            self.split_shmem_folio(head)
+            return
+        if entry & _PAGE_ACCESSED:
+            pmd.entries[index] = entry & ~_PAGE_ACCESSED
+            tlb.need_flush = True
+        if behavior == MADV_PAGEOUT:
+            self.shmem_huge_pageout(head)
+
+    def shmem_large_folio_step(self, table, i, span, start, end, pageout):
+        """The COLD / PAGEOUT PTE walk at table.entries[i], a page of a shmem huge
+        folio: True to treat the page as usual. A folio other processes map is
+        skipped; one the range covers in part, or not mapped whole by this table,
+        is split (its entries are none after); a whole one is reclaimed (PAGEOUT)
+        or has young cleared on all its entries (COLD)."""
+        entries = table.entries
+        frame = self.vm_normal_page(entries[i])
+        head = frame.pfn - frame.thp_index
+        if self.shmem_folio_maybe_mapped_shared(head):
+            return False
+        whole = (i == frame.thp_index and start <= span and span + PMD_SIZE <= end
+                 and all(pte_present(entries[j]) and not entries[j] & _PAGE_SPECIAL
+                         and pte_pfn(entries[j]) == head + j for j in range(PTRS_PER_PTE)))
+        if not whole:
+            self.split_shmem_folio(head)
+            return False
+        if pageout:
+            self.shmem_huge_pageout(head)
+            return False
+        for j in range(PTRS_PER_PTE):
+            entries[j] &= ~_PAGE_ACCESSED
+        return False
+
+    def collapse_file_span(self, vma, haddr):
+        """MADV_COLLAPSE of one aligned span of a shmem VMA: hpage_collapse_scan_file()
+        and collapse_file() make the huge folio unless the cache has it already,
+        then collapse_pte_mapped_thp() maps it by PMD here. 0 or an errno."""
+        obj = vma.file
+        index0 = self._linear_page_index(vma, haddr)
+        head = obj.huge_head(index0)
+        if head is None:
+            ret, head = self.collapse_file(obj, index0)
+            if ret:
+                return ret
+            self.retract_page_tables(obj, index0)
+        return self.collapse_pte_mapped_thp(vma, haddr, head)
+
+    def collapse_file(self, obj, index0):
+        """Replace the small folios at [index0, index0 + 512) by one huge folio:
+        (0, head), or (errno, None). A span with nothing cached nor swapped is
+        SCAN_TRUNCATED. Every page present is unmapped from every process first;
+        holes become zero-filled pages, past i_size too; swapped pages are read
+        straight into the new folio."""
+        present = [i for i in range(index0, index0 + HPAGE_PMD_NR) if i in obj.pages]
+        swapped = [i for i in range(index0, index0 + HPAGE_PMD_NR) if i in obj.swapped]
+        if not present and not swapped:
+            return errno.EINVAL, None
+        head = self._mem.alloc_pmd_folio(obj.kind)
+        if head is None:
+            return errno.ENOMEM, None  # SCAN_ALLOC_HUGE_PAGE_FAIL
+        self._shmem_unmap_all(obj, index0, index0 + HPAGE_PMD_NR)
+        swap = self.machine.swap
+        for i in range(HPAGE_PMD_NR):
+            index = index0 + i
+            new = self._mem.frames[head + i]
+            new.mapping = obj
+            new.index = index
+            # collapse_file() marks the new shmem folio dirty.
+            new.dirty = True
+            old = obj.pages.get(index)
+            if old is not None:
+                new.written = old.written
+                obj.pages[index] = new
+                self._mem.folio_put(old)
+                continue
+            offset = obj.swapped.pop(index, None)
+            if offset is not None:
+                new.written = True
+                swap.swap_free(offset)
+            obj.pages[index] = new
+        self._stats["thp_collapse_alloc"] += 1
+        return 0, head
+
+    def retract_page_tables(self, obj, index0):
+        """In every process, each VMA that maps [index0, index0 + 512) of obj on a
+        2 MiB boundary inside it, with no anon_vma, loses the PTE table there if
+        all its entries are none (a marker keeps it): VmPTE -4 in that process."""
+        for mm in self.machine.mms:
+            for vma in mm._vmas:
+                if vma.file is not obj or vma.anon_vma is not None or index0 < vma.pgoff:
+                    continue
+                addr = vma.start + ((index0 - vma.pgoff) << PAGE_SHIFT)
+                if addr & (PMD_SIZE - 1) or addr + PMD_SIZE > vma.end:
+                    continue
+                pmd = mm._walk_pmd(addr)
+                if pmd is None:
+                    continue
+                index = (addr >> PMD_SHIFT) & 511
+                table = pmd.children[index]
+                if table is None or not pte_table_empty(table.entries):
+                    continue
+                pmd.children[index] = None
+                pmd.entries[index] = 0
+                mm._stats["tlb_flushes"] += 1  # pmdp_collapse_flush()
+                # pte_free_defer(): an RCU free, no mmu_gather.
+                mm._mem.free_table_pfn(table.pfn)
+                mm._pgtables_bytes -= PAGE_SIZE
+
+    def collapse_pte_mapped_thp(self, vma, haddr, head):
+        """Map the huge folio at head by a PMD at haddr in this process: done if
+        the PMD is huge already; a PTE table there must hold only none entries
+        or the folio's own pages at their places (else EINVAL), which are
+        unmapped before the table is freed; no table (or no PMD table at all):
+        the leaf is installed, making the tables it needs."""
+        index = (haddr >> PMD_SHIFT) & 511
+        pmd = self._walk_pmd(haddr)
+        if pmd is None:
+            pmd = self.__pmd_alloc(self.__pud_alloc(haddr), haddr)
+        elif pmd_trans_huge(pmd.entries[index]):
+            return 0
+        table = pmd.children[index]
+        if table is not None:
+            entries = table.entries
+            for j, pte in enumerate(entries):
+                if pte_none(pte):
+                    continue
+                if not pte_present(pte) or pte & _PAGE_SPECIAL or pte_pfn(pte) != head + j:
+                    return errno.EINVAL  # SCAN_PTE_NON_PRESENT / SCAN_PAGE_COMPOUND
+            for j, pte in enumerate(entries):
+                if pte_none(pte):
+                    continue
+                frame = self._mem.frames[head + j]
+                if pte & _PAGE_DIRTY:
+                    frame.dirty = True
+                frame.mapcount -= 1
+                self._mem.folio_put(frame)
+                self._rss[_KIND_COUNTER[frame.kind]] -= 1
+            pmd.children[index] = None
+            pmd.entries[index] = 0
+            self._stats["tlb_flushes"] += 1  # pmdp_collapse_flush()
+            self._mem.free_table_pfn(table.pfn)
+            self._pgtables_bytes -= PAGE_SIZE
+        self._map_file_pmd(vma, pmd, index, head, False)
         return 0
 
     # ----------------------------------------------------------------- zap
@@ -3303,7 +3729,10 @@ class MM:
                 frame = self.vm_normal_page(pte)
                 if frame is None:
                     continue
-                if frame.thp_index is not None:
+                if frame.thp_index is not None and frame.kind != _ANON:
+                    if not self.shmem_large_folio_step(table, i, span, start, end, pageout):
+                        continue
+                elif frame.thp_index is not None:
                     # With no swap, a THP that is not lazy-free and clean cannot
                     # be paged out whole: shrink_folio_list() splits it.
                     # An mlocked one is unevictable: left whole, and mapped.
@@ -3440,6 +3869,13 @@ class MM:
         first = self._linear_page_index(vma, start)
         last = first + ((end - start) >> PAGE_SHIFT) - 1
         self.unmap_mapping_range(obj, first, last)
+        # shmem_undo_range(): a huge folio the hole covers in part is split
+        # (which unmaps all its pages everywhere); one it covers whole goes whole.
+        heads = {obj.huge_head(i) for i in obj.pages if first <= i <= last} - {None}
+        for head in sorted(heads):
+            index0 = self._mem.frames[head].index
+            if index0 < first or index0 + HPAGE_PMD_NR - 1 > last:
+                self.split_shmem_folio(head)
         # The cached pages in the hole, in index order (not every index of a range that
         # may span hundreds of GiB).
         for index in sorted(i for i in obj.pages if first <= i <= last):
@@ -4201,6 +4637,10 @@ class MM:
             "VmPTE": self._pgtables_bytes // 1024,
             "VmSwap": rss[MM_SWAPENTS] * 4,
             "HugetlbPages": self._hugetlb_usage * 4,
+            # smaps_rollup's ShmemPmdMapped: shmem mapped by PMD leaves.
+            "ShmemPmdMapped": sum(HPAGE_PMD_NR * 4 for _, entry in self._iter_huge_pmds()
+                                  if not entry & _PAGE_SPECIAL
+                                  and self._mem.frames[pte_pfn(entry)].kind == _SHMEM),
         }
 
     def vmas(self):
@@ -4243,7 +4683,8 @@ class MM:
                         out.append(("pte", pte_table.base))
                 # The tables deposited with huge PMDs: counted in VmPTE, linked
                 # nowhere (R13).
-                out.extend(("deposit", pmd.base + (index << PMD_SHIFT)) for index in _huge_indexes(pmd))
+                out.extend(("deposit", pmd.base + (index << PMD_SHIFT)) for index in _huge_indexes(pmd)
+                           if not self._is_file_pmd(pmd.entries[index]))
         # By address, then from the top of the hierarchy down (api.md); the level
         # names do not sort that way alphabetically.
         depth = {"p4d": -1, "pud": 0, "pmd": 1, "pte": 2, "deposit": 2}
@@ -4345,10 +4786,24 @@ class MM:
                     raise InvariantError("page-cache", f"cached page {index} is a freed frame")
                 if frame.mapping is not inode or frame.index != index or frame.kind != inode.kind:
                     raise InvariantError("page-cache", f"cached page {index} belongs elsewhere")
-                if index >= inode.nr_pages:
-                    raise InvariantError("page-cache", f"cached page {index} past EOF ({inode.size} bytes)")
-                if frame.thp_index is not None or frame.exclusive:
+                if frame.exclusive:
                     raise InvariantError("page-cache", f"cached page {index} is marked anonymous")
+                first = index
+                if frame.thp_index is not None:
+                    # A page of a huge folio: the folio is 512 consecutive frames
+                    # cached at [first, first + 512), first a multiple of 512.
+                    first = index - frame.thp_index
+                    head = frame.pfn - frame.thp_index
+                    if not inode.shmem or first % HPAGE_PMD_NR:
+                        raise InvariantError("page-cache", f"cached page {index}: a misplaced huge folio")
+                    check = range(HPAGE_PMD_NR) if frame.thp_index == 0 else (0,)
+                    for k in check:
+                        page = inode.pages.get(first + k)
+                        if page is None or page.pfn != head + k or page.thp_index != k:
+                            raise InvariantError("page-cache", f"huge folio at {first} is not whole (page {k})")
+                # A huge folio may reach past EOF (MADV_COLLAPSE fills the span).
+                if first >= inode.nr_pages:
+                    raise InvariantError("page-cache", f"cached page {index} past EOF ({inode.size} bytes)")
             if inode.swapped and not inode.shmem:
                 raise InvariantError("page-cache", "a disk file holds swap entries")
             if inode.refs < 0 or (inode.refs == 0 and (inode.pages or inode.swapped)):
@@ -4419,7 +4874,8 @@ class MM:
                 for index in _huge_indexes(pmd):
                     if pmd.children[index] is not None:
                         raise InvariantError("table-link", f"huge PMD entry {index} with a table")
-                    deposits += 1
+                    if not self._is_file_pmd(pmd.entries[index]):
+                        deposits += 1
                     self._check_huge_pmd(pmd.base + (index << PMD_SHIFT), pmd.entries[index], mapped)
         return counted, deposits, mapped
 
@@ -4427,6 +4883,10 @@ class MM:
         vma = self._vma_containing(addr)
         if vma is None or vma.end < addr + PMD_SIZE:
             raise InvariantError("huge-pmd", f"huge PMD at {addr:#x} not inside one VMA")
+        head = pte_pfn(entry)
+        if head != HUGE_ZERO_PFN and head in self._mem.frames and self._mem.frames[head].kind != _ANON:
+            self._check_file_pmd(addr, entry, vma, mapped)
+            return
         if not vma_is_anonymous(vma) or vma.anon_vma is None:
             raise InvariantError("huge-pmd", f"huge PMD at {addr:#x} outside private anonymous memory "
                                  "with an anon_vma")
@@ -4451,6 +4911,30 @@ class MM:
             mapped[head + i] = mapped.get(head + i, 0) + 1
         if entry & _PAGE_RW and not self._mem.frames[head].exclusive:
             raise InvariantError("anon-exclusive", f"writable huge PMD at {addr:#x} maps a shared THP (R69)")
+
+    def _check_file_pmd(self, addr, entry, vma, mapped):
+        """A PMD leaf mapping a shmem huge folio: in a shmem VMA that suits it, with
+        vm_page_prot, writable only in a shared mapping, mapping the 512 cached
+        pages of one huge folio at their own offsets."""
+        # VM_NOHUGEPAGE set later does not unmap a leaf, so it is not checked.
+        if (vma.file is None or not vma.file.shmem or addr < vma.start
+                or ((vma.start >> PAGE_SHIFT) - vma.pgoff) % HPAGE_PMD_NR):
+            raise InvariantError("huge-pmd", f"file PMD at {addr:#x} in a VMA that does not suit it")
+        prot = vma_page_prot(vma)
+        fixed = _PAGE_PRESENT | _PAGE_PROTNONE | _PAGE_USER | _PAGE_NX
+        if (entry & fixed) != (prot & fixed) or entry & _PAGE_SPECIAL:
+            raise InvariantError("pte-prot", f"file PMD {entry:#x} at {addr:#x} does not match vm_page_prot {prot:#x}")
+        if entry & _PAGE_RW and (vma.flags & (VM_WRITE | VM_SHARED)) != (VM_WRITE | VM_SHARED):
+            raise InvariantError("pte-prot", f"writable file PMD at {addr:#x} outside a shared writable mapping")
+        head = pte_pfn(entry)
+        index0 = self._linear_page_index(vma, addr)
+        for i in range(HPAGE_PMD_NR):
+            frame = self._mem.frames.get(head + i)
+            if (frame is None or frame.thp_index != i or frame.mapping is not vma.file
+                    or frame.index != index0 + i or vma.file.pages.get(index0 + i) is not frame):
+                raise InvariantError("thp", f"file PMD at {addr:#x} does not map the cached huge folio at "
+                                     f"offset {index0} (page {i})")
+            mapped[head + i] = mapped.get(head + i, 0) + 1
 
     def _swap_references(self):
         """offset -> swap entries of this mm's page tables that refer to it."""
