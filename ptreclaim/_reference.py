@@ -2489,8 +2489,19 @@ class MM:
         frames = self._mem.frames
         index0 = frames[head].index
         self._shmem_unmap_all(frames[head].mapping, index0, index0 + HPAGE_PMD_NR)
+        self._split_unmapped_shmem_folio(head)
+
+    def _split_unmapped_shmem_folio(self, head):
+        """__split_unmapped_folio(): 512 small folios; those past EOF (a folio that
+        MADV_COLLAPSE filled beyond i_size) leave the page cache."""
+        frames = self._mem.frames
+        obj = frames[head].mapping
         for i in range(HPAGE_PMD_NR):
             frames[head + i].thp_index = None
+        for i in range(HPAGE_PMD_NR):
+            frame = frames.get(head + i)
+            if frame is not None and frame.index >= obj.nr_pages and obj.pages.get(frame.index) is frame:
+                obj.remove_page(frame.index)
 
     def shmem_huge_pageout(self, head):
         """reclaim_pages() of a whole shmem huge folio: try_to_unmap() unmaps it
@@ -2505,10 +2516,11 @@ class MM:
         self._shmem_unmap_all(obj, index0, index0 + HPAGE_PMD_NR)
         if not self.machine.swap.nr_slots:
             return
+        self._split_unmapped_shmem_folio(head)
         for i in range(HPAGE_PMD_NR):
-            frames[head + i].thp_index = None
-        for i in range(HPAGE_PMD_NR):
-            frame = frames[head + i]
+            frame = frames.get(head + i)
+            if frame is None or obj.pages.get(frame.index) is not frame:
+                continue
             if frame.dirty:
                 self.shmem_writeout(frame)
             else:
@@ -2533,28 +2545,30 @@ class MM:
             self.shmem_huge_pageout(head)
 
     def shmem_large_folio_step(self, table, i, span, start, end, pageout):
-        """The COLD / PAGEOUT PTE walk at table.entries[i], a page of a shmem huge
-        folio: True to treat the page as usual. A folio other processes map is
-        skipped; one the range covers in part, or not mapped whole by this table,
-        is split (its entries are none after); a whole one is reclaimed (PAGEOUT)
-        or has young cleared on all its entries (COLD)."""
+        """The COLD / PAGEOUT PTE walk at table.entries[i], the first page it meets
+        of a shmem huge folio. Unless the range covers the folio whole and this
+        table maps all of it (madvise_folio_pte_batch()), it is split if no other
+        process maps it (its entries are none after). A whole one is left alone
+        unless these 512 PTEs are its only mappings (folio_mapcount() ==
+        folio_nr_pages()); then PAGEOUT reclaims it and COLD clears young."""
         entries = table.entries
         frame = self.vm_normal_page(entries[i])
         head = frame.pfn - frame.thp_index
-        if self.shmem_folio_maybe_mapped_shared(head):
-            return False
-        whole = (i == frame.thp_index and start <= span and span + PMD_SIZE <= end
+        whole = (i == frame.thp_index == 0 and start <= span and span + PMD_SIZE <= end
                  and all(pte_present(entries[j]) and not entries[j] & _PAGE_SPECIAL
                          and pte_pfn(entries[j]) == head + j for j in range(PTRS_PER_PTE)))
         if not whole:
-            self.split_shmem_folio(head)
-            return False
+            if not self.shmem_folio_maybe_mapped_shared(head):
+                self.split_shmem_folio(head)
+            return
+        if sum(self._mem.frames[head + j].mapcount for j in range(HPAGE_PMD_NR)) != HPAGE_PMD_NR:
+            return
         if pageout:
             self.shmem_huge_pageout(head)
-            return False
+            return
         for j in range(PTRS_PER_PTE):
-            entries[j] &= ~_PAGE_ACCESSED
-        return False
+            if entries[j] & _PAGE_ACCESSED:
+                entries[j] &= ~_PAGE_ACCESSED
 
     def collapse_file_span(self, vma, haddr):
         """MADV_COLLAPSE of one aligned span of a shmem VMA: hpage_collapse_scan_file()
@@ -3716,6 +3730,8 @@ class MM:
         # page-cache pages are paged out like anonymous ones.
         tlb = tlb_gather_mmu(self)
         self.madvise_huge_pmds(tlb, vma, start, end, MADV_PAGEOUT if pageout else MADV_COLD)
+        # Shmem huge folios the walk has dealt with (as a whole, at their first page met).
+        done = set()
         for span in range(start & _PMD_MASK, end, PMD_SIZE):
             table = self._walk_pte_table(span)
             if table is None:
@@ -3730,9 +3746,12 @@ class MM:
                 if frame is None:
                     continue
                 if frame.thp_index is not None and frame.kind != _ANON:
-                    if not self.shmem_large_folio_step(table, i, span, start, end, pageout):
-                        continue
-                elif frame.thp_index is not None:
+                    head = frame.pfn - frame.thp_index
+                    if head not in done:
+                        done.add(head)
+                        self.shmem_large_folio_step(table, i, span, start, end, pageout)
+                    continue
+                if frame.thp_index is not None:
                     # With no swap, a THP that is not lazy-free and clean cannot
                     # be paged out whole: shrink_folio_list() splits it.
                     # An mlocked one is unevictable: left whole, and mapped.
