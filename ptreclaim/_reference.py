@@ -2237,7 +2237,10 @@ class MM:
     def madvise_collapse(self, vma, start, end):
         """R72: collapse the aligned 2 MiB spans inside [start, end) of one VMA.
         0, or the errno of the last span that failed (the others are collapsed
-        all the same); ENOMEM stops at once."""
+        all the same); ENOMEM stops at once. In a shmem VMA a span that fails
+        other than by a non-present entry stops the walk too (madvise_collapse()
+        goes on only after a whitelisted scan result), and a range inside one
+        span that touches neither of its ends is EINVAL (hend < hstart)."""
         if vma.file is not None and not vma.file.shmem:
             # thp_vma_allowable_order(): a disk file's VMA qualifies only through
             # CONFIG_READ_ONLY_THP_FOR_FS for a file nobody has open for writing
@@ -2255,11 +2258,21 @@ class MM:
             # thp_vma_suitable_order(): a file folio must land on a 2 MiB boundary.
             return errno.EINVAL
         last_fail = 0
-        for haddr in range((start + PMD_SIZE - 1) & _PMD_MASK, end & _PMD_MASK, PMD_SIZE):
+        hstart = (start + PMD_SIZE - 1) & _PMD_MASK
+        hend = end & _PMD_MASK
+        if vma.file is not None and hend < hstart:
+            # No span, but thps == (hend - hstart) >> HPAGE_PMD_SHIFT fails on the
+            # unsigned wrap-around: madvise_collapse_errno(SCAN_FAIL).
+            return errno.EINVAL
+        for haddr in range(hstart, hend, PMD_SIZE):
             if vma.file is not None:
-                ret = self.collapse_file_span(vma, haddr)
-            else:
-                ret = self.collapse_huge_page(vma, haddr)
+                ret, stop = self.collapse_file_span(vma, haddr)
+                if stop:
+                    return ret
+                if ret:
+                    last_fail = ret
+                continue
+            ret = self.collapse_huge_page(vma, haddr)
             if ret == errno.ENOMEM:
                 return ret
             if ret:
@@ -2573,14 +2586,16 @@ class MM:
     def collapse_file_span(self, vma, haddr):
         """MADV_COLLAPSE of one aligned span of a shmem VMA: hpage_collapse_scan_file()
         and collapse_file() make the huge folio unless the cache has it already,
-        then collapse_pte_mapped_thp() maps it by PMD here. 0 or an errno."""
+        then collapse_pte_mapped_thp() maps it by PMD here. (errno or 0, whether
+        the walk over the spans stops here): SCAN_TRUNCATED, SCAN_FAIL and
+        SCAN_ALLOC_HUGE_PAGE_FAIL stop it, SCAN_PTE_NON_PRESENT does not."""
         obj = vma.file
         index0 = self._linear_page_index(vma, haddr)
         head = obj.huge_head(index0)
         if head is None:
             ret, head = self.collapse_file(obj, index0)
             if ret:
-                return ret
+                return ret, True
             self.retract_page_tables(obj, index0)
         return self.collapse_pte_mapped_thp(vma, haddr, head)
 
@@ -2650,21 +2665,26 @@ class MM:
         the PMD is huge already; a PTE table there must hold only none entries
         or the folio's own pages at their places (else EINVAL), which are
         unmapped before the table is freed; no table (or no PMD table at all):
-        the leaf is installed, making the tables it needs."""
+        the leaf is installed, making the tables it needs. (errno or 0, whether
+        madvise_collapse() stops): a non-present entry (marker, swap) is
+        SCAN_PTE_NON_PRESENT, which lets it go on; another page (a private COW
+        copy) is SCAN_FAIL, which stops it."""
         index = (haddr >> PMD_SHIFT) & 511
         pmd = self._walk_pmd(haddr)
         if pmd is None:
             pmd = self.__pmd_alloc(self.__pud_alloc(haddr), haddr)
         elif pmd_trans_huge(pmd.entries[index]):
-            return 0
+            return 0, False
         table = pmd.children[index]
         if table is not None:
             entries = table.entries
             for j, pte in enumerate(entries):
                 if pte_none(pte):
                     continue
-                if not pte_present(pte) or pte & _PAGE_SPECIAL or pte_pfn(pte) != head + j:
-                    return errno.EINVAL  # SCAN_PTE_NON_PRESENT / SCAN_PAGE_COMPOUND
+                if not pte_present(pte):
+                    return errno.EINVAL, False  # SCAN_PTE_NON_PRESENT
+                if pte & _PAGE_SPECIAL or pte_pfn(pte) != head + j:
+                    return errno.EINVAL, True  # SCAN_FAIL
             for j, pte in enumerate(entries):
                 if pte_none(pte):
                     continue
@@ -2680,7 +2700,7 @@ class MM:
             self._mem.free_table_pfn(table.pfn)
             self._pgtables_bytes -= PAGE_SIZE
         self._map_file_pmd(vma, pmd, index, head, False)
-        return 0
+        return 0, False
 
     # ----------------------------------------------------------------- zap
 

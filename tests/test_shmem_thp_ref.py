@@ -1,8 +1,10 @@
 """Shmem huge folios (SC-39, R31, R44) in the reference model: the host-kernel
 measurements in tests/data/shmem_thp/, replayed through the script runner.
 
-Each m-X.txt was run on Linux 6.18 (shmem_enabled=never, no swap) with
-``python -m ptreclaim run --on kernel``; m-X.out is that output. Every line's errno and
+Each X.txt was run on Linux 6.18 (shmem_enabled=never, no swap) with
+``python -m ptreclaim run --on kernel``; X.out is that output. The m-*.txt are the
+measurements of the shmem huge page spec; k-*.txt cover what random scripts on the
+host kernel showed besides. Every line's errno and
 its VmPTE, RssAnon, RssFile, RssShmem and VmSize deltas must match, and check() must hold
 in every process of the machine after every operation.
 """
@@ -22,7 +24,7 @@ from ptreclaim.constants import (
 from ptreclaim.script import errno_name, run
 
 DATA = pathlib.Path(__file__).parent / "data" / "shmem_thp"
-SCRIPTS = sorted(p.stem for p in DATA.glob("m-*.txt"))
+SCRIPTS = sorted(p.stem for p in DATA.glob("*.txt"))
 FIELDS = ("VmPTE", "RssAnon", "RssFile", "RssShmem", "VmSize")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 K = 1024
