@@ -195,6 +195,8 @@ _MAX_MAP_COUNT = 65530
 _FAULT_AROUND_PAGES = 16
 # A PMD-sized THP: 512 consecutive frames (HPAGE_PMD_NR).
 HPAGE_PMD_NR = PMD_SIZE // PAGE_SIZE
+# Sizes (pages) of the large page-cache folios: order 1 to PMD order.
+_LARGE_FOLIO_SIZES = frozenset(1 << order for order in range(1, 10))
 # The huge zero page's frame; the small zero page is ZERO_PFN (docs/thp.md).
 HUGE_ZERO_PFN = 2
 
@@ -474,7 +476,7 @@ class _Frame:
     """A 4 KiB data page: a small folio, or one of the 512 pages of a THP."""
 
     __slots__ = ("pfn", "kind", "refcount", "mapping", "mapcount", "lazyfree", "dirty", "index", "exclusive",
-                 "written", "thp_index", "mlocked")
+                 "written", "thp_index", "mlocked", "folio_nr")
 
     def __init__(self, pfn, kind):
         self.pfn = pfn
@@ -493,8 +495,12 @@ class _Frame:
         # collapse copy inherits it. A folio split maps the pages that were
         # never written to the shared zero page (docs/thp.md).
         self.written = False
-        # Place in its THP (0..511) while the page belongs to one, else None.
+        # Place in its THP (0..511) while the page belongs to one, else None. A
+        # shmem page-cache folio may also be large with fewer pages (the pieces
+        # a hole punch leaves of a huge one): the place in that folio.
         self.thp_index = None
+        # Pages in its folio while thp_index is set (512 for a THP).
+        self.folio_nr = 1
         # PG_mlocked that no locked VMA will clear (after MREMAP_DONTUNMAP of a
         # locked VMA): reclaim leaves the page alone.
         self.mlocked = False
@@ -561,6 +567,7 @@ class _PhysMem:
         for i in range(HPAGE_PMD_NR):
             frame = _Frame(head + i, kind)
             frame.thp_index = i
+            frame.folio_nr = HPAGE_PMD_NR
             self.frames[head + i] = frame
         return head
 
@@ -666,9 +673,9 @@ class _Inode:
 
     def huge_head(self, index):
         """The first pfn of the huge (PMD-sized) folio that holds page index, or
-        None: a small folio, or nothing cached there."""
+        None: a smaller folio, or nothing cached there."""
         frame = self.pages.get(index)
-        if frame is None or frame.thp_index is None:
+        if frame is None or frame.thp_index is None or frame.folio_nr != HPAGE_PMD_NR:
             return None
         return frame.pfn - frame.thp_index
 
@@ -1666,7 +1673,7 @@ class MM:
         if pte_table is None:
             # filemap_map_pmd(): the window's first folio, if PMD-sized, is mapped
             # by the PMD when do_set_pmd() accepts it.
-            if found[0][1].thp_index is not None and self.do_set_pmd(vma, pmd, addr, found[0][1], False):
+            if found[0][1].folio_nr == HPAGE_PMD_NR and self.do_set_pmd(vma, pmd, addr, found[0][1], False):
                 return None, True
             pte_table = self.__pte_alloc(pmd, addr)
         todo = dict(found)
@@ -1674,12 +1681,11 @@ class MM:
             # filemap_map_folio_range(): a large folio is mapped whole when it lies
             # inside the VMA and inside this PTE table, EOF or not for shmem.
             for j, frame in found:
-                if frame.thp_index is not None and j == frame.thp_index \
-                        and vma.start <= pte_table.base and pte_table.base + PMD_SIZE <= vma.end:
+                if frame.thp_index is not None and self._folio_fits_table(vma, pte_table, j, frame):
                     head = frame.pfn - frame.thp_index
-                    for k in range(HPAGE_PMD_NR):
-                        todo.setdefault(k, self._mem.frames[head + k])
-                    break
+                    first = j - frame.thp_index
+                    for k in range(frame.folio_nr):
+                        todo.setdefault(first + k, self._mem.frames[head + k])
         mapped_fault_page = False
         for j in sorted(todo):
             if not pte_none(pte_table.entries[j]):
@@ -1717,18 +1723,18 @@ class MM:
                 return
             pte_table = self.__pte_alloc(pmd, addr)
         i = (addr >> PAGE_SHIFT) & 511
-        if frame.thp_index is not None and i == frame.thp_index \
-                and vma.start <= pte_table.base and pte_table.base + PMD_SIZE <= vma.end \
-                and pte_table_empty(pte_table.entries):
-            # A shmem huge folio that lies inside the VMA and this PTE table, all
+        first = i - frame.thp_index if frame.thp_index is not None else i
+        if frame.thp_index is not None and self._folio_fits_table(vma, pte_table, i, frame) \
+                and pte_table_empty(pte_table.entries[first:first + frame.folio_nr]):
+            # A large shmem folio that lies inside the VMA and this PTE table, all
             # of whose entries are none, is mapped whole; otherwise the faulting
             # page alone.
             head = frame.pfn - frame.thp_index
-            for k in range(HPAGE_PMD_NR):
+            for k in range(frame.folio_nr):
                 page = self._mem.frames[head + k]
                 if write:
                     page.dirty = True
-                self.set_pte_range(vma, pte_table, k, page, write)
+                self.set_pte_range(vma, pte_table, first + k, page, write)
             return
         if not pte_none(pte_table.entries[i]):
             return
@@ -1736,6 +1742,16 @@ class MM:
             # fault_dirty_shared_page(): the folio is dirtied with the PTE.
             frame.dirty = True
         self.set_pte_range(vma, pte_table, i, frame, write)
+
+    @staticmethod
+    def _folio_fits_table(vma, table, j, frame):
+        """The large folio of frame, mapped at table slot j, lies inside the VMA
+        and inside this PTE table (folio_within_vma(), one PMD)."""
+        first = j - frame.thp_index
+        if first < 0 or first + frame.folio_nr > PTRS_PER_PTE:
+            return False
+        return vma.start <= table.base + (first << PAGE_SHIFT) \
+            and table.base + ((first + frame.folio_nr) << PAGE_SHIFT) <= vma.end
 
     def do_read_fault(self, vma, pmd, pte_table, addr):
         pte_table, done = self.do_fault_around(vma, pmd, pte_table, addr)
@@ -2367,7 +2383,7 @@ class MM:
         (6.18)."""
         haddr = addr & _PMD_MASK
         index = (addr >> PMD_SHIFT) & 511
-        if pmd.entries[index] or not self._file_pmd_suitable(vma, haddr):
+        if frame.folio_nr != HPAGE_PMD_NR or pmd.entries[index] or not self._file_pmd_suitable(vma, haddr):
             return False
         self._map_file_pmd(vma, pmd, index, frame.pfn - frame.thp_index, write)
         return True
@@ -2460,21 +2476,22 @@ class MM:
             mm._rmap_unmap_cache_pages(obj, lo, hi)
 
     def _mms_mapping_folio(self, head):
-        """The processes that map some page of the huge shmem folio at head."""
+        """The processes that map some page of the large shmem folio at head."""
         frames = self._mem.frames
-        if not any(frames[head + i].mapcount for i in range(HPAGE_PMD_NR)):
+        nr = frames[head].folio_nr
+        if not any(frames[head + i].mapcount for i in range(nr)):
             return []
         obj = frames[head].mapping
         index0 = frames[head].index
         out = []
         for mm in self.machine.mms:
-            if any(mm._vma_maps_folio(vma, index0, head) for vma in mm._vmas if vma.file is obj):
+            if any(mm._vma_maps_folio(vma, index0, nr, head) for vma in mm._vmas if vma.file is obj):
                 out.append(mm)
         return out
 
-    def _vma_maps_folio(self, vma, index0, head):
+    def _vma_maps_folio(self, vma, index0, nr, head):
         lo = max(index0, vma.pgoff)
-        hi = min(index0 + HPAGE_PMD_NR, vma.pgoff + vma.pages())
+        hi = min(index0 + nr, vma.pgoff + vma.pages())
         for index in range(lo, hi):
             addr = vma.start + ((index - vma.pgoff) << PAGE_SHIFT)
             table, i = self._leaf_entry(addr)
@@ -2495,26 +2512,83 @@ class MM:
         mapped by more than one process; several mappings in one do not count."""
         return len(self._mms_mapping_folio(head)) > 1
 
-    def split_shmem_folio(self, head):
-        """split_folio() of a shmem huge folio: unmap_folio() removes every mapping
-        of its pages, PMD or PTE, in every process, and file folios are not mapped
-        again (no remap_page()); 512 small folios stay in the cache."""
+    def split_shmem_folio(self, head, at=None):
+        """split_folio() of a large shmem folio (at=None: into small folios), or
+        folio_split() at page index at (non-uniform: the page at `at` alone, the
+        rest in the largest aligned folios around it, as buddies). unmap_folio()
+        first removes every mapping of its pages, PMD or PTE, in every process,
+        and file folios are not mapped again (no remap_page())."""
         frames = self._mem.frames
         index0 = frames[head].index
-        self._shmem_unmap_all(frames[head].mapping, index0, index0 + HPAGE_PMD_NR)
-        self._split_unmapped_shmem_folio(head)
+        self._shmem_unmap_all(frames[head].mapping, index0, index0 + frames[head].folio_nr)
+        self._split_unmapped_shmem_folio(head, at)
 
-    def _split_unmapped_shmem_folio(self, head):
-        """__split_unmapped_folio(): 512 small folios; those past EOF (a folio that
-        MADV_COLLAPSE filled beyond i_size) leave the page cache."""
+    def _split_unmapped_shmem_folio(self, head, at=None):
+        """__split_unmapped_folio(): the new folios stay in the page cache, but
+        those that start past EOF (MADV_COLLAPSE may have filled a span beyond
+        i_size) leave it."""
         frames = self._mem.frames
         obj = frames[head].mapping
-        for i in range(HPAGE_PMD_NR):
-            frames[head + i].thp_index = None
-        for i in range(HPAGE_PMD_NR):
-            frame = frames.get(head + i)
-            if frame is not None and frame.index >= obj.nr_pages and obj.pages.get(frame.index) is frame:
-                obj.remove_page(frame.index)
+        start = frames[head].index
+        nr = frames[head].folio_nr
+        if at is None:
+            pieces = [(start + k, 1) for k in range(nr)]
+        else:
+            pieces = []
+            while nr > 1:
+                nr //= 2
+                if at < start + nr:
+                    pieces.append((start + nr, nr))
+                else:
+                    pieces.append((start, nr))
+                    start += nr
+            pieces.append((start, 1))
+        base = frames[head].index
+        for first, n in pieces:
+            for k in range(n):
+                frame = frames[head + first - base + k]
+                frame.thp_index = k if n > 1 else None
+                frame.folio_nr = n
+        for first, n in pieces:
+            if first >= obj.nr_pages:
+                for k in range(n):
+                    if first + k in obj.pages:
+                        obj.remove_page(first + k)
+
+    def shmem_punch_split(self, obj, first, last):
+        """shmem_undo_range() of the hole [first, last]: a large folio that holds
+        first or last and that the hole covers in part is split by
+        truncate_inode_partial_folio(): at the hole's first page in it, then the
+        folio that holds the page after the hole at that page, so that the hole
+        is made of whole folios (the rest stay large)."""
+        def partial(index):
+            frame = obj.pages.get(index)
+            if frame is None or frame.thp_index is None:
+                return None
+            start = index - frame.thp_index
+            return frame.pfn - frame.thp_index, start, frame.folio_nr
+
+        same_folio = first == last
+        folio = partial(first)
+        if folio is not None:
+            same_folio = last < folio[1] + folio[2]
+            self._truncate_partial_folio(obj, folio, first, last)
+        if not same_folio:
+            folio = partial(last)
+            if folio is not None:
+                self._truncate_partial_folio(obj, folio, first, last)
+
+    def _truncate_partial_folio(self, obj, folio, first, last):
+        head, start, nr = folio
+        at = max(first, start)
+        after = min(last + 1, start + nr)
+        if at == start and after == start + nr:
+            return  # inside the hole whole: it goes whole
+        self.split_shmem_folio(head, at)
+        if after < start + nr:
+            frame = obj.pages.get(after)
+            if frame is not None and frame.thp_index is not None:
+                self.split_shmem_folio(frame.pfn - frame.thp_index, after)
 
     def shmem_huge_pageout(self, head):
         """reclaim_pages() of a whole shmem huge folio: try_to_unmap() unmaps it
@@ -2524,13 +2598,14 @@ class MM:
         frames = self._mem.frames
         obj = frames[head].mapping
         index0 = frames[head].index
+        nr = frames[head].folio_nr
         if frames[head].mlocked:
             return  # unevictable: kept, mapped
-        self._shmem_unmap_all(obj, index0, index0 + HPAGE_PMD_NR)
+        self._shmem_unmap_all(obj, index0, index0 + nr)
         if not self.machine.swap.nr_slots:
             return
         self._split_unmapped_shmem_folio(head)
-        for i in range(HPAGE_PMD_NR):
+        for i in range(nr):
             frame = frames.get(head + i)
             if frame is None or obj.pages.get(frame.index) is not frame:
                 continue
@@ -2567,19 +2642,23 @@ class MM:
         entries = table.entries
         frame = self.vm_normal_page(entries[i])
         head = frame.pfn - frame.thp_index
-        whole = (i == frame.thp_index == 0 and start <= span and span + PMD_SIZE <= end
-                 and all(pte_present(entries[j]) and not entries[j] & _PAGE_SPECIAL
-                         and pte_pfn(entries[j]) == head + j for j in range(PTRS_PER_PTE)))
+        nr = frame.folio_nr
+        first = i - frame.thp_index
+        folio_start = span + (first << PAGE_SHIFT)
+        whole = (first >= 0 and first + nr <= PTRS_PER_PTE and i == first
+                 and start <= folio_start and folio_start + (nr << PAGE_SHIFT) <= end
+                 and all(pte_present(entries[first + j]) and not entries[first + j] & _PAGE_SPECIAL
+                         and pte_pfn(entries[first + j]) == head + j for j in range(nr)))
         if not whole:
             if not self.shmem_folio_maybe_mapped_shared(head):
                 self.split_shmem_folio(head)
             return
-        if sum(self._mem.frames[head + j].mapcount for j in range(HPAGE_PMD_NR)) != HPAGE_PMD_NR:
+        if sum(self._mem.frames[head + j].mapcount for j in range(nr)) != nr:
             return
         if pageout:
             self.shmem_huge_pageout(head)
             return
-        for j in range(PTRS_PER_PTE):
+        for j in range(first, first + nr):
             if entries[j] & _PAGE_ACCESSED:
                 entries[j] &= ~_PAGE_ACCESSED
 
@@ -3908,13 +3987,8 @@ class MM:
         first = self._linear_page_index(vma, start)
         last = first + ((end - start) >> PAGE_SHIFT) - 1
         self.unmap_mapping_range(obj, first, last)
-        # shmem_undo_range(): a huge folio the hole covers in part is split
-        # (which unmaps all its pages everywhere); one it covers whole goes whole.
-        heads = {obj.huge_head(i) for i in obj.pages if first <= i <= last} - {None}
-        for head in sorted(heads):
-            index0 = self._mem.frames[head].index
-            if index0 < first or index0 + HPAGE_PMD_NR - 1 > last:
-                self.split_shmem_folio(head)
+        if obj.shmem:
+            self.shmem_punch_split(obj, first, last)
         # The cached pages in the hole, in index order (not every index of a range that
         # may span hundreds of GiB).
         for index in sorted(i for i in obj.pages if first <= i <= last):
@@ -4829,18 +4903,21 @@ class MM:
                     raise InvariantError("page-cache", f"cached page {index} is marked anonymous")
                 first = index
                 if frame.thp_index is not None:
-                    # A page of a huge folio: the folio is 512 consecutive frames
-                    # cached at [first, first + 512), first a multiple of 512.
+                    # A page of a large folio of nr pages (a power of 2 up to 512):
+                    # nr consecutive frames cached at [first, first + nr), first a
+                    # multiple of nr.
                     first = index - frame.thp_index
                     head = frame.pfn - frame.thp_index
-                    if not inode.shmem or first % HPAGE_PMD_NR:
-                        raise InvariantError("page-cache", f"cached page {index}: a misplaced huge folio")
-                    check = range(HPAGE_PMD_NR) if frame.thp_index == 0 else (0,)
+                    nr = frame.folio_nr
+                    if (not inode.shmem or nr not in _LARGE_FOLIO_SIZES or first % nr
+                            or not 0 <= frame.thp_index < nr):
+                        raise InvariantError("page-cache", f"cached page {index}: a misplaced large folio")
+                    check = range(nr) if frame.thp_index == 0 else (0,)
                     for k in check:
                         page = inode.pages.get(first + k)
-                        if page is None or page.pfn != head + k or page.thp_index != k:
-                            raise InvariantError("page-cache", f"huge folio at {first} is not whole (page {k})")
-                # A huge folio may reach past EOF (MADV_COLLAPSE fills the span).
+                        if page is None or page.pfn != head + k or page.thp_index != k or page.folio_nr != nr:
+                            raise InvariantError("page-cache", f"large folio at {first} is not whole (page {k})")
+                # A large folio may reach past EOF (MADV_COLLAPSE fills the span).
                 if first >= inode.nr_pages:
                     raise InvariantError("page-cache", f"cached page {index} past EOF ({inode.size} bytes)")
             if inode.swapped and not inode.shmem:
@@ -4969,7 +5046,8 @@ class MM:
         index0 = self._linear_page_index(vma, addr)
         for i in range(HPAGE_PMD_NR):
             frame = self._mem.frames.get(head + i)
-            if (frame is None or frame.thp_index != i or frame.mapping is not vma.file
+            if (frame is None or frame.thp_index != i or frame.folio_nr != HPAGE_PMD_NR
+                    or frame.mapping is not vma.file
                     or frame.index != index0 + i or vma.file.pages.get(index0 + i) is not frame):
                 raise InvariantError("thp", f"file PMD at {addr:#x} does not map the cached huge folio at "
                                      f"offset {index0} (page {i})")

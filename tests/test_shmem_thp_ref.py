@@ -253,7 +253,8 @@ def test_pageout_with_swap_splits_and_writes_the_pages_out():
 
 def test_remove_of_a_whole_folio_and_of_part_of_one():
     """A hole punch that covers a huge folio whole takes it out whole; one covering a
-    part splits it, unmapping it everywhere (A)."""
+    part splits it, unmapping it everywhere (A), into the largest folios around the
+    hole (folio_split(), measured in k-punch-split)."""
     machine, mm, f, fd = collapsed(size=4 * M)
     mm.touch(B + 2 * M, 2 * M)
     mm.madvise(B + 2 * M, 2 * M, MADV_COLLAPSE)
@@ -262,8 +263,8 @@ def test_remove_of_a_whole_folio_and_of_part_of_one():
     assert counts(mm) == (8, 0, 2048, 2048) and f.nr_cached == 512
     mm.madvise(B + 3 * M, 4 * K, MADV_REMOVE)
     assert counts(mm) == (8, 0, 0, 0) and f.nr_cached == 511
-    mm.touch(B + 2 * M, 1, write=False)   # small pages now: a 16-page window
-    assert counts(mm) == (12, 0, 64, 0)
+    mm.touch(B + 2 * M, 1, write=False)   # the 1 MiB folio before the hole, whole
+    assert counts(mm) == (12, 0, 1024, 0)
     mm.check()
 
 
