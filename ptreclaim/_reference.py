@@ -473,7 +473,8 @@ def _pte_flags_need_flush(old, new):
 
 
 class _Frame:
-    """A 4 KiB data page: a small folio, or one of the 512 pages of a THP."""
+    """A 4 KiB data page: a small folio, one of the 512 pages of a THP, or a page
+    of a large shmem page-cache folio."""
 
     __slots__ = ("pfn", "kind", "refcount", "mapping", "mapcount", "lazyfree", "dirty", "index", "exclusive",
                  "written", "thp_index", "mlocked", "folio_nr")
@@ -2355,10 +2356,12 @@ class MM:
 
     # A shmem object's page cache may hold PMD-sized folios: 512 frames at the
     # indices [k * 512, k * 512 + 512), consecutive pfns, each cached at its own
-    # index with thp_index set. Only MADV_COLLAPSE makes one (shmem_enabled is
-    # "never", so faults allocate 4 KiB folios). Faults map it by one PMD leaf
-    # (do_set_pmd(), no deposit) or by PTEs; it stays huge until a split, which
-    # unmaps it everywhere and leaves 512 small folios in the cache.
+    # index with thp_index (its place) and folio_nr (512) set. Only MADV_COLLAPSE
+    # makes one (shmem_enabled is "never", so faults allocate 4 KiB folios).
+    # Faults map it by one PMD leaf (do_set_pmd(), no deposit) or by PTEs; it
+    # stays huge until a split, which unmaps it everywhere: split_folio() leaves
+    # 512 small folios, a hole punch's folio_split() aligned folios of every
+    # order below (folio_nr 256 .. 2, or small), which faults map whole too.
 
     def _is_file_pmd(self, entry):
         """A huge PMD leaf that maps a page-cache folio (not an anonymous THP,
@@ -2591,10 +2594,11 @@ class MM:
                 self.split_shmem_folio(frame.pfn - frame.thp_index, after)
 
     def shmem_huge_pageout(self, head):
-        """reclaim_pages() of a whole shmem huge folio: try_to_unmap() unmaps it
+        """reclaim_pages() of a whole large shmem folio: try_to_unmap() unmaps it
         from every process. Without a swap device shmem_writeout() redirties it:
-        it stays in the cache, huge. With one, the folio is split (no order-9
-        slots) and each page is written out as a small dirty shmem page is."""
+        it stays in the cache, large. With one, the folio is split into small
+        folios (the model gives swap no large slots) and each page is written out
+        as a small dirty shmem page is."""
         frames = self._mem.frames
         obj = frames[head].mapping
         index0 = frames[head].index
@@ -2632,12 +2636,12 @@ class MM:
         if behavior == MADV_PAGEOUT:
             self.shmem_huge_pageout(head)
 
-    def shmem_large_folio_step(self, table, i, span, start, end, pageout):
+    def shmem_large_folio_step(self, tlb, table, i, span, start, end, pageout):
         """The COLD / PAGEOUT PTE walk at table.entries[i], the first page it meets
-        of a shmem huge folio. Unless the range covers the folio whole and this
+        of a large shmem folio. Unless the range covers the folio whole and this
         table maps all of it (madvise_folio_pte_batch()), it is split if no other
         process maps it (its entries are none after). A whole one is left alone
-        unless these 512 PTEs are its only mappings (folio_mapcount() ==
+        unless these PTEs are its only mappings (folio_mapcount() ==
         folio_nr_pages()); then PAGEOUT reclaims it and COLD clears young."""
         entries = table.entries
         frame = self.vm_normal_page(entries[i])
@@ -2661,6 +2665,7 @@ class MM:
         for j in range(first, first + nr):
             if entries[j] & _PAGE_ACCESSED:
                 entries[j] &= ~_PAGE_ACCESSED
+                tlb.need_flush = True
 
     def collapse_file_span(self, vma, haddr):
         """MADV_COLLAPSE of one aligned span of a shmem VMA: hpage_collapse_scan_file()
@@ -3848,7 +3853,7 @@ class MM:
                     head = frame.pfn - frame.thp_index
                     if head not in done:
                         done.add(head)
-                        self.shmem_large_folio_step(table, i, span, start, end, pageout)
+                        self.shmem_large_folio_step(tlb, table, i, span, start, end, pageout)
                     continue
                 if frame.thp_index is not None:
                     # With no swap, a THP that is not lazy-free and clean cannot
