@@ -2256,8 +2256,8 @@ class MM:
         0, or the errno of the last span that failed (the others are collapsed
         all the same); ENOMEM stops at once. In a shmem VMA a span that fails
         other than by a non-present entry stops the walk too (madvise_collapse()
-        goes on only after a whitelisted scan result), and a range inside one
-        span that touches neither of its ends is EINVAL (hend < hstart)."""
+        goes on only after a whitelisted scan result). A range inside one span
+        that touches neither of its ends is EINVAL (hend < hstart)."""
         if vma.file is not None and not vma.file.shmem:
             # thp_vma_allowable_order(): a disk file's VMA qualifies only through
             # CONFIG_READ_ONLY_THP_FOR_FS for a file nobody has open for writing
@@ -2277,9 +2277,10 @@ class MM:
         last_fail = 0
         hstart = (start + PMD_SIZE - 1) & _PMD_MASK
         hend = end & _PMD_MASK
-        if vma.file is not None and hend < hstart:
+        if hend < hstart:
             # No span, but thps == (hend - hstart) >> HPAGE_PMD_SHIFT fails on the
-            # unsigned wrap-around: madvise_collapse_errno(SCAN_FAIL).
+            # unsigned wrap-around: madvise_collapse_errno(SCAN_FAIL). Anonymous
+            # memory and shmem alike (measured); hend == hstart succeeds.
             return errno.EINVAL
         for haddr in range(hstart, hend, PMD_SIZE):
             if vma.file is not None:

@@ -324,3 +324,17 @@ def test_exit_frees_everything():
     mm.check()
     del f
     assert machine.frames_in_use == 0
+
+
+def test_collapse_range_inside_one_span_is_einval_for_anonymous_memory_too():
+    """madvise_collapse()'s final thps == (hend - hstart) >> HPAGE_PMD_SHIFT wraps when
+    the range reaches no 2 MiB boundary: EINVAL, as for shmem (k-collapse-walk line 13);
+    measured on the host for a private anonymous VMA with an anon_vma too."""
+    mm = _reference.MM()
+    mm.mmap(B, 4 * M + 512 * K, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE)
+    mm.touch(B, 4 * K)
+    mm.madvise(B + 1 * M + 252 * K, 2 * M + 176 * K, MADV_COLLAPSE)   # hend == hstart: 0
+    with pytest.raises(OSError) as e:
+        mm.madvise(B + 1 * M, 4 * K, MADV_COLLAPSE)
+    assert e.value.errno == errno.EINVAL
+    mm.check()
