@@ -21,10 +21,12 @@ huge pages: PMD-mapped THPs and the huge zero page with their deposited PTE
 tables, PMD and folio splits, MADV_COLLAPSE (``docs/thp.md``), and mremap
 (``mm/mremap.c``: move_page_tables, copy_vma, MREMAP_FIXED/DONTUNMAP).
 Swap: a swap device on the Machine, written by MADV_PAGEOUT and read back
-on faults (docs/swap.md). hugetlb mappings (MAP_HUGETLB) have a section of
-their own at the end.
-Not modelled yet: shmem THPs, large page-cache folios and readahead,
-khugepaged, userfaultfd.
+on faults (docs/swap.md). Shmem huge folios: made by MADV_COLLAPSE, mapped
+by PMD leaves without a deposit or by PTEs, split by partial COLD/PAGEOUT and
+hole punches. hugetlb mappings (MAP_HUGETLB) have a section of their own at
+the end.
+Not modelled yet: large folios of disk files and readahead, khugepaged,
+userfaultfd.
 
 There is no concurrency, so ``need_resched()`` never fires and the PMD
 try-lock of the PT-reclaim fast path always succeeds (R57, R77); the slow
@@ -193,6 +195,8 @@ _MAX_MAP_COUNT = 65530
 _FAULT_AROUND_PAGES = 16
 # A PMD-sized THP: 512 consecutive frames (HPAGE_PMD_NR).
 HPAGE_PMD_NR = PMD_SIZE // PAGE_SIZE
+# Sizes (pages) of the large page-cache folios: order 1 to PMD order.
+_LARGE_FOLIO_SIZES = frozenset(1 << order for order in range(1, 10))
 # The huge zero page's frame; the small zero page is ZERO_PFN (docs/thp.md).
 HUGE_ZERO_PFN = 2
 
@@ -469,10 +473,11 @@ def _pte_flags_need_flush(old, new):
 
 
 class _Frame:
-    """A 4 KiB data page: a small folio, or one of the 512 pages of a THP."""
+    """A 4 KiB data page: a small folio, one of the 512 pages of a THP, or a page
+    of a large shmem page-cache folio."""
 
     __slots__ = ("pfn", "kind", "refcount", "mapping", "mapcount", "lazyfree", "dirty", "index", "exclusive",
-                 "written", "thp_index", "mlocked")
+                 "written", "thp_index", "mlocked", "folio_nr")
 
     def __init__(self, pfn, kind):
         self.pfn = pfn
@@ -491,8 +496,12 @@ class _Frame:
         # collapse copy inherits it. A folio split maps the pages that were
         # never written to the shared zero page (docs/thp.md).
         self.written = False
-        # Place in its THP (0..511) while the page belongs to one, else None.
+        # Place in its THP (0..511) while the page belongs to one, else None. A
+        # shmem page-cache folio may also be large with fewer pages (the pieces
+        # a hole punch leaves of a huge one): the place in that folio.
         self.thp_index = None
+        # Pages in its folio while thp_index is set (512 for a THP).
+        self.folio_nr = 1
         # PG_mlocked that no locked VMA will clear (after MREMAP_DONTUNMAP of a
         # locked VMA): reclaim leaves the page alone.
         self.mlocked = False
@@ -546,10 +555,9 @@ class _PhysMem:
             del self.frames[frame.pfn]
             self._free_pfns.append(frame.pfn)
 
-    def alloc_thp(self):
-        """A new anonymous THP as a PMD fault maps it: 512 exclusive pages, each
-        with the PMD's reference and mapping. Its first pfn, or None if
-        max_frames leaves no room for 512 frames."""
+    def alloc_pmd_folio(self, kind):
+        """512 consecutive new frames of one folio, each with one reference and
+        no mapping. Its first pfn, or None if max_frames leaves no room."""
         if self.max_frames is not None and len(self.frames) + HPAGE_PMD_NR > self.max_frames:
             return None
         if self._free_blocks:
@@ -558,11 +566,23 @@ class _PhysMem:
             head = self._next_pfn
             self._next_pfn += HPAGE_PMD_NR
         for i in range(HPAGE_PMD_NR):
-            frame = _Frame(head + i, _ANON)
+            frame = _Frame(head + i, kind)
+            frame.thp_index = i
+            frame.folio_nr = HPAGE_PMD_NR
+            self.frames[head + i] = frame
+        return head
+
+    def alloc_thp(self):
+        """A new anonymous THP as a PMD fault maps it: 512 exclusive pages, each
+        with the PMD's reference and mapping. Its first pfn, or None if
+        max_frames leaves no room for 512 frames."""
+        head = self.alloc_pmd_folio(_ANON)
+        if head is None:
+            return None
+        for i in range(HPAGE_PMD_NR):
+            frame = self.frames[head + i]
             frame.mapcount = 1
             frame.exclusive = True
-            frame.thp_index = i
-            self.frames[head + i] = frame
         return head
 
     def put_thp(self, head):
@@ -651,6 +671,14 @@ class _Inode:
     def remove_page(self, index):
         """Drop the page cache's reference (truncation, hole punch, reclaim)."""
         self.machine.mem.folio_put(self.pages.pop(index))
+
+    def huge_head(self, index):
+        """The first pfn of the huge (PMD-sized) folio that holds page index, or
+        None: a smaller folio, or nothing cached there."""
+        frame = self.pages.get(index)
+        if frame is None or frame.thp_index is None or frame.folio_nr != HPAGE_PMD_NR:
+            return None
+        return frame.pfn - frame.thp_index
 
 
 class File:
@@ -1452,6 +1480,13 @@ class MM:
         if pmd_trans_huge(pmd.entries[index]):
             # The hardware walk let the access through unless it is a write to
             # a write-protected huge PMD.
+            if self._is_file_pmd(pmd.entries[index]):
+                if not write:
+                    return None
+                # wp_huge_pmd(): shmem has no ->huge_fault, so the PMD is split
+                # (for a file PMD: cleared) and the fault goes on with it none.
+                self.split_huge_pmd(vma, pmd, index)
+                return self.do_fault(vma, pmd, None, addr, True)
             return self.do_huge_pmd_wp_page(vma, pmd, index, addr)
         pte_table = pmd.children[index]
         if pte_table is None:
@@ -1637,12 +1672,26 @@ class MM:
             # filemap_map_pages() installs the table only with a folio to map.
             return pte_table, False
         if pte_table is None:
+            # filemap_map_pmd(): the window's first folio, if PMD-sized, is mapped
+            # by the PMD when do_set_pmd() accepts it.
+            if found[0][1].folio_nr == HPAGE_PMD_NR and self.do_set_pmd(vma, pmd, addr, found[0][1], False):
+                return None, True
             pte_table = self.__pte_alloc(pmd, addr)
+        todo = dict(found)
+        if obj.shmem:
+            # filemap_map_folio_range(): a large folio is mapped whole when it lies
+            # inside the VMA and inside this PTE table, EOF or not for shmem.
+            for j, frame in found:
+                if frame.thp_index is not None and self._folio_fits_table(vma, pte_table, j, frame):
+                    head = frame.pfn - frame.thp_index
+                    first = j - frame.thp_index
+                    for k in range(frame.folio_nr):
+                        todo.setdefault(first + k, self._mem.frames[head + k])
         mapped_fault_page = False
-        for j, frame in found:
+        for j in sorted(todo):
             if not pte_none(pte_table.entries[j]):
                 continue
-            self.set_pte_range(vma, pte_table, j, frame, False)
+            self.set_pte_range(vma, pte_table, j, todo[j], False)
             if j == pte_off:
                 mapped_fault_page = True
         return pte_table, mapped_fault_page
@@ -1671,14 +1720,39 @@ class MM:
 
     def finish_fault(self, vma, pmd, pte_table, addr, frame, write):
         if pte_table is None:
+            if frame.thp_index is not None and self.do_set_pmd(vma, pmd, addr, frame, write):
+                return
             pte_table = self.__pte_alloc(pmd, addr)
         i = (addr >> PAGE_SHIFT) & 511
+        first = i - frame.thp_index if frame.thp_index is not None else i
+        if frame.thp_index is not None and self._folio_fits_table(vma, pte_table, i, frame) \
+                and pte_table_empty(pte_table.entries[first:first + frame.folio_nr]):
+            # A large shmem folio that lies inside the VMA and this PTE table, all
+            # of whose entries are none, is mapped whole; otherwise the faulting
+            # page alone.
+            head = frame.pfn - frame.thp_index
+            for k in range(frame.folio_nr):
+                page = self._mem.frames[head + k]
+                if write:
+                    page.dirty = True
+                self.set_pte_range(vma, pte_table, first + k, page, write)
+            return
         if not pte_none(pte_table.entries[i]):
             return
         if write:
             # fault_dirty_shared_page(): the folio is dirtied with the PTE.
             frame.dirty = True
         self.set_pte_range(vma, pte_table, i, frame, write)
+
+    @staticmethod
+    def _folio_fits_table(vma, table, j, frame):
+        """The large folio of frame, mapped at table slot j, lies inside the VMA
+        and inside this PTE table (folio_within_vma(), one PMD)."""
+        first = j - frame.thp_index
+        if first < 0 or first + frame.folio_nr > PTRS_PER_PTE:
+            return False
+        return vma.start <= table.base + (first << PAGE_SHIFT) \
+            and table.base + ((first + frame.folio_nr) << PAGE_SHIFT) <= vma.end
 
     def do_read_fault(self, vma, pmd, pte_table, addr):
         pte_table, done = self.do_fault_around(vma, pmd, pte_table, addr)
@@ -1933,8 +2007,13 @@ class MM:
 
     def split_huge_pmd(self, vma, pmd, index):
         """__split_huge_pmd_locked() (R71): the deposit becomes the PMD's PTE
-        table, with an entry for each of the 512 pages; VmPTE and RSS stay."""
+        table, with an entry for each of the 512 pages; VmPTE and RSS stay.
+        A PMD that maps a shmem folio is cleared instead (_clear_file_pmd())."""
         entry = pmd.entries[index]
+        if self._is_file_pmd(entry):
+            self._clear_file_pmd(pmd, index)
+            self._stats["thp_split_pmd"] += 1
+            return
         pfn = pte_pfn(entry)
         prot = vm_get_page_prot(vma.flags)
         table = _Table(_PTE, self._mem.alloc_table_pfn(), pmd.base + (index << PMD_SHIFT))
@@ -1969,13 +2048,19 @@ class MM:
         entry = pmd.entries[index]
         pmd.entries[index] = 0
         tlb.need_flush = True
-        self.zap_deposited_table()
         pfn = pte_pfn(entry)
+        kind = _ANON if pfn == HUGE_ZERO_PFN else self._mem.frames[pfn].kind
+        if kind == _ANON:
+            # A file PMD has no deposit (x86 deposits none for file THPs).
+            self.zap_deposited_table()
         if pfn == HUGE_ZERO_PFN:
             return
         for i in range(HPAGE_PMD_NR):
-            self._mem.frames[pfn + i].mapcount -= 1
-        self._rss[MM_ANONPAGES] -= HPAGE_PMD_NR
+            frame = self._mem.frames[pfn + i]
+            frame.mapcount -= 1
+            if kind != _ANON and entry & _PAGE_DIRTY:
+                frame.dirty = True
+        self._rss[_KIND_COUNTER[kind]] -= HPAGE_PMD_NR
         if tlb_remove_folio_pages(tlb, _GatherThp(pfn), False):
             tlb_flush_mmu(tlb)
 
@@ -1983,6 +2068,9 @@ class MM:
         """fork of a huge PMD (R67): the child gets a deposit of its own and maps
         the same THP; both lose write access. The huge zero page is mapped anew."""
         entry = src_pmd.entries[index]
+        if self._is_file_pmd(entry):
+            # copy_huge_pmd(): a file PMD is not copied; the child faults it in.
+            return
         pfn = pte_pfn(entry)
         dst.pgtable_trans_huge_deposit()
         if pfn == HUGE_ZERO_PFN:
@@ -2042,7 +2130,12 @@ class MM:
         rest (docs/thp.md)."""
         for pmd, index, addr, nxt in list(self._huge_pmds_in_range(start, end)):
             entry = pmd.entries[index]
+            if not pmd_trans_huge(entry):
+                continue  # unmapped by a shmem folio split or pageout earlier in the walk
             head = pte_pfn(entry)
+            if head != HUGE_ZERO_PFN and self._mem.frames[head].kind != _ANON:
+                self.madvise_file_huge_pmd(tlb, pmd, index, addr, nxt, behavior)
+                continue
             if head == HUGE_ZERO_PFN or self.folio_maybe_mapped_shared(head):
                 continue
             span = addr & _PMD_MASK
@@ -2161,15 +2254,16 @@ class MM:
     def madvise_collapse(self, vma, start, end):
         """R72: collapse the aligned 2 MiB spans inside [start, end) of one VMA.
         0, or the errno of the last span that failed (the others are collapsed
-        all the same); ENOMEM stops at once."""
+        all the same); ENOMEM stops at once. In a shmem VMA a span that fails
+        other than by a non-present entry stops the walk too (madvise_collapse()
+        goes on only after a whitelisted scan result). A range inside one span
+        that touches neither of its ends is EINVAL (hend < hstart)."""
         if vma.file is not None and not vma.file.shmem:
             # thp_vma_allowable_order(): a disk file's VMA qualifies only through
             # CONFIG_READ_ONLY_THP_FOR_FS for a file nobody has open for writing
             # and an executable mapping; modelled as never (regular files hold
             # 4 KiB folios only).
             return errno.EINVAL
-        if vma.file is not None:
-            raise NotImplementedError("MADV_COLLAPSE of shared memory is not simulated (no shmem THP)")
         # thp_vma_allowable_order() for a forced collapse: the sysfs mode does not
         # matter, the VMA's own refusal does, and it must hold a whole span.
         if vma.flags & (VM_NOHUGEPAGE | VM_HUGETLB | VM_PFNMAP):
@@ -2177,8 +2271,25 @@ class MM:
         vstart = (vma.start + PMD_SIZE - 1) & _PMD_MASK
         if vstart + PMD_SIZE > vma.end:
             return errno.EINVAL
+        if vma.file is not None and ((vma.start >> PAGE_SHIFT) - vma.pgoff) % HPAGE_PMD_NR:
+            # thp_vma_suitable_order(): a file folio must land on a 2 MiB boundary.
+            return errno.EINVAL
         last_fail = 0
-        for haddr in range((start + PMD_SIZE - 1) & _PMD_MASK, end & _PMD_MASK, PMD_SIZE):
+        hstart = (start + PMD_SIZE - 1) & _PMD_MASK
+        hend = end & _PMD_MASK
+        if hend < hstart:
+            # No span, but thps == (hend - hstart) >> HPAGE_PMD_SHIFT fails on the
+            # unsigned wrap-around: madvise_collapse_errno(SCAN_FAIL). Anonymous
+            # memory and shmem alike (measured); hend == hstart succeeds.
+            return errno.EINVAL
+        for haddr in range(hstart, hend, PMD_SIZE):
+            if vma.file is not None:
+                ret, stop = self.collapse_file_span(vma, haddr)
+                if stop:
+                    return ret
+                if ret:
+                    last_fail = ret
+                continue
             ret = self.collapse_huge_page(vma, haddr)
             if ret == errno.ENOMEM:
                 return ret
@@ -2241,6 +2352,440 @@ class MM:
         self._stats["tlb_flushes"] += 1  # pmdp_collapse_flush()
         self._stats["thp_collapse_alloc"] += 1
         return 0
+
+    # ------------------------------------------------- shmem huge folios
+
+    # A shmem object's page cache may hold PMD-sized folios: 512 frames at the
+    # indices [k * 512, k * 512 + 512), consecutive pfns, each cached at its own
+    # index with thp_index (its place) and folio_nr (512) set. Only MADV_COLLAPSE
+    # makes one (shmem_enabled is "never", so faults allocate 4 KiB folios).
+    # Faults map it by one PMD leaf (do_set_pmd(), no deposit) or by PTEs; it
+    # stays huge until a split, which unmaps it everywhere: split_folio() leaves
+    # 512 small folios, a hole punch's folio_split() aligned folios of every
+    # order below (folio_nr 256 .. 2, or small), which faults map whole too.
+
+    def _is_file_pmd(self, entry):
+        """A huge PMD leaf that maps a page-cache folio (not an anonymous THP,
+        not the huge zero page)."""
+        pfn = pte_pfn(entry)
+        return pfn != HUGE_ZERO_PFN and self._mem.frames[pfn].kind != _ANON
+
+    @staticmethod
+    def _file_pmd_suitable(vma, haddr):
+        """thp_vma_suitable_order() for a file VMA, and no VM_NOHUGEPAGE
+        (vma_thp_disabled()): the span lies inside the VMA and the folio's first
+        page lands on its 2 MiB boundary."""
+        if vma.file is None or not vma.file.shmem or vma.flags & VM_NOHUGEPAGE:
+            return False
+        if ((vma.start >> PAGE_SHIFT) - vma.pgoff) % HPAGE_PMD_NR:
+            return False
+        return vma.start <= haddr and haddr + PMD_SIZE <= vma.end
+
+    def do_set_pmd(self, vma, pmd, addr, frame, write):
+        """Map the huge folio holding frame with one PMD leaf at addr's span, if
+        the PMD entry is none and the VMA suits. True if mapped. No i_size check
+        (6.18)."""
+        haddr = addr & _PMD_MASK
+        index = (addr >> PMD_SHIFT) & 511
+        if frame.folio_nr != HPAGE_PMD_NR or pmd.entries[index] or not self._file_pmd_suitable(vma, haddr):
+            return False
+        self._map_file_pmd(vma, pmd, index, frame.pfn - frame.thp_index, write)
+        return True
+
+    def _map_file_pmd(self, vma, pmd, index, head, write):
+        """A PMD leaf with vm_page_prot (writable at once in a shared writable
+        mapping), dirty on a write; one reference and mapping per page, no deposit."""
+        entry = pfn_pte(head, vma_page_prot(vma)) | _PAGE_PSE
+        if write:
+            entry |= _PAGE_DIRTY
+            if vma.flags & VM_WRITE:
+                entry |= _PAGE_RW
+        for i in range(HPAGE_PMD_NR):
+            frame = self._mem.frames[head + i]
+            frame.refcount += 1
+            frame.mapcount += 1
+            if write:
+                frame.dirty = True
+        pmd.entries[index] = entry
+        self._rss[_KIND_COUNTER[self._mem.frames[head].kind]] += HPAGE_PMD_NR
+
+    def _clear_file_pmd(self, pmd, index):
+        """A file PMD goes (__split_huge_pmd_locked() of a file PMD, or an rmap
+        unmap): the entry becomes none and no PTE table is made (faults find the
+        pages again); the folio stays huge; the dirty bit goes to the folio."""
+        entry = pmd.entries[index]
+        head = pte_pfn(entry)
+        pmd.entries[index] = 0
+        for i in range(HPAGE_PMD_NR):
+            frame = self._mem.frames[head + i]
+            if entry & _PAGE_DIRTY:
+                frame.dirty = True
+            frame.mapcount -= 1
+            self._mem.folio_put(frame)
+        self._rss[_KIND_COUNTER[self._mem.frames[head].kind]] -= HPAGE_PMD_NR
+
+    def _rmap_unmap_cache_pages(self, obj, lo, hi):
+        """try_to_unmap() / unmap_folio() of obj's cached pages [lo, hi) in this
+        process: every PTE and PMD that maps one goes (a PMD whole); private COW
+        copies are anonymous pages, not these, and stay; markers and swap
+        entries stay. One TLB flush if anything was unmapped."""
+        cleared = False
+        frames = self._mem.frames
+        for vma in [v for v in self._vmas if v.file is obj]:
+            a = max(lo, vma.pgoff)
+            b = min(hi, vma.pgoff + vma.pages())
+            if a >= b:
+                continue
+            addr = vma.start + ((a - vma.pgoff) << PAGE_SHIFT)
+            end = vma.start + ((b - vma.pgoff) << PAGE_SHIFT)
+            while addr < end:
+                nxt = min((addr & _PMD_MASK) + PMD_SIZE, end)
+                pmd = self._walk_pmd(addr)
+                index = (addr >> PMD_SHIFT) & 511
+                if pmd is None:
+                    addr = nxt
+                    continue
+                if pmd_trans_huge(pmd.entries[index]):
+                    if self._is_file_pmd(pmd.entries[index]):
+                        self._clear_file_pmd(pmd, index)
+                        cleared = True
+                    addr = nxt
+                    continue
+                table = pmd.children[index]
+                if table is None:
+                    addr = nxt
+                    continue
+                entries = table.entries
+                for i in range((addr >> PAGE_SHIFT) & 511, (((nxt - 1) >> PAGE_SHIFT) & 511) + 1):
+                    pte = entries[i]
+                    if not pte_present(pte) or pte & _PAGE_SPECIAL:
+                        continue
+                    frame = frames[pte_pfn(pte)]
+                    if frame.mapping is not obj or not lo <= frame.index < hi:
+                        continue
+                    entries[i] = 0
+                    if pte & _PAGE_DIRTY:
+                        frame.dirty = True
+                    frame.mapcount -= 1
+                    self._rss[_KIND_COUNTER[frame.kind]] -= 1
+                    self._mem.folio_put(frame)
+                    cleared = True
+                addr = nxt
+        if cleared:
+            self._stats["tlb_flushes"] += 1
+
+    def _shmem_unmap_all(self, obj, lo, hi):
+        """The rmap walk over every process of the machine (cached pages [lo, hi))."""
+        for mm in self.machine.mms:
+            mm._rmap_unmap_cache_pages(obj, lo, hi)
+
+    def _mms_mapping_folio(self, head):
+        """The processes that map some page of the large shmem folio at head."""
+        frames = self._mem.frames
+        nr = frames[head].folio_nr
+        if not any(frames[head + i].mapcount for i in range(nr)):
+            return []
+        obj = frames[head].mapping
+        index0 = frames[head].index
+        out = []
+        for mm in self.machine.mms:
+            if any(mm._vma_maps_folio(vma, index0, nr, head) for vma in mm._vmas if vma.file is obj):
+                out.append(mm)
+        return out
+
+    def _vma_maps_folio(self, vma, index0, nr, head):
+        lo = max(index0, vma.pgoff)
+        hi = min(index0 + nr, vma.pgoff + vma.pages())
+        for index in range(lo, hi):
+            addr = vma.start + ((index - vma.pgoff) << PAGE_SHIFT)
+            table, i = self._leaf_entry(addr)
+            if table is None:
+                continue
+            entry = table.entries[i]
+            if not pte_present(entry) or entry & _PAGE_SPECIAL:
+                continue
+            pfn = pte_pfn(entry)
+            if table.level == _PMD:
+                pfn += (addr >> PAGE_SHIFT) & 511
+            if pfn == head + index - index0:
+                return True
+        return False
+
+    def shmem_folio_maybe_mapped_shared(self, head):
+        """folio_maybe_mapped_shared() of a large folio on 6.18 (per-mm tracking):
+        mapped by more than one process; several mappings in one do not count."""
+        return len(self._mms_mapping_folio(head)) > 1
+
+    def split_shmem_folio(self, head, at=None):
+        """split_folio() of a large shmem folio (at=None: into small folios), or
+        folio_split() at page index at (non-uniform: the page at `at` alone, the
+        rest in the largest aligned folios around it, as buddies). unmap_folio()
+        first removes every mapping of its pages, PMD or PTE, in every process,
+        and file folios are not mapped again (no remap_page())."""
+        frames = self._mem.frames
+        index0 = frames[head].index
+        self._shmem_unmap_all(frames[head].mapping, index0, index0 + frames[head].folio_nr)
+        self._split_unmapped_shmem_folio(head, at)
+
+    def _split_unmapped_shmem_folio(self, head, at=None):
+        """__split_unmapped_folio(): the new folios stay in the page cache, but
+        those that start past EOF (MADV_COLLAPSE may have filled a span beyond
+        i_size) leave it."""
+        frames = self._mem.frames
+        obj = frames[head].mapping
+        start = frames[head].index
+        nr = frames[head].folio_nr
+        if at is None:
+            pieces = [(start + k, 1) for k in range(nr)]
+        else:
+            pieces = []
+            while nr > 1:
+                nr //= 2
+                if at < start + nr:
+                    pieces.append((start + nr, nr))
+                else:
+                    pieces.append((start, nr))
+                    start += nr
+            pieces.append((start, 1))
+        base = frames[head].index
+        for first, n in pieces:
+            for k in range(n):
+                frame = frames[head + first - base + k]
+                frame.thp_index = k if n > 1 else None
+                frame.folio_nr = n
+        for first, n in pieces:
+            if first >= obj.nr_pages:
+                for k in range(n):
+                    if first + k in obj.pages:
+                        obj.remove_page(first + k)
+
+    def shmem_punch_split(self, obj, first, last):
+        """shmem_undo_range() of the hole [first, last]: a large folio that holds
+        first or last and that the hole covers in part is split by
+        truncate_inode_partial_folio(): at the hole's first page in it, then the
+        folio that holds the page after the hole at that page, so that the hole
+        is made of whole folios (the rest stay large)."""
+        def partial(index):
+            frame = obj.pages.get(index)
+            if frame is None or frame.thp_index is None:
+                return None
+            start = index - frame.thp_index
+            return frame.pfn - frame.thp_index, start, frame.folio_nr
+
+        same_folio = first == last
+        folio = partial(first)
+        if folio is not None:
+            same_folio = last < folio[1] + folio[2]
+            self._truncate_partial_folio(obj, folio, first, last)
+        if not same_folio:
+            folio = partial(last)
+            if folio is not None:
+                self._truncate_partial_folio(obj, folio, first, last)
+
+    def _truncate_partial_folio(self, obj, folio, first, last):
+        head, start, nr = folio
+        at = max(first, start)
+        after = min(last + 1, start + nr)
+        if at == start and after == start + nr:
+            return  # inside the hole whole: it goes whole
+        self.split_shmem_folio(head, at)
+        if after < start + nr:
+            frame = obj.pages.get(after)
+            if frame is not None and frame.thp_index is not None:
+                self.split_shmem_folio(frame.pfn - frame.thp_index, after)
+
+    def shmem_huge_pageout(self, head):
+        """reclaim_pages() of a whole large shmem folio: try_to_unmap() unmaps it
+        from every process. Without a swap device shmem_writeout() redirties it:
+        it stays in the cache, large. With one, the folio is split into small
+        folios (the model gives swap no large slots) and each page is written out
+        as a small dirty shmem page is."""
+        frames = self._mem.frames
+        obj = frames[head].mapping
+        index0 = frames[head].index
+        nr = frames[head].folio_nr
+        if frames[head].mlocked:
+            return  # unevictable: kept, mapped
+        self._shmem_unmap_all(obj, index0, index0 + nr)
+        if not self.machine.swap.nr_slots:
+            return
+        self._split_unmapped_shmem_folio(head)
+        for i in range(nr):
+            frame = frames.get(head + i)
+            if frame is None or obj.pages.get(frame.index) is not frame:
+                continue
+            if frame.dirty:
+                self.shmem_writeout(frame)
+            else:
+                obj.remove_page(frame.index)
+
+    def madvise_file_huge_pmd(self, tlb, pmd, index, addr, nxt, behavior):
+        """madvise_cold_or_pageout_pte_range() at a PMD that maps a shmem folio:
+        left alone if another process maps the folio; split if the range covers
+        it in part (the PTE walk then finds the PMD none); else COLD clears young
+        and PAGEOUT reclaims the folio."""
+        entry = pmd.entries[index]
+        head = pte_pfn(entry)
+        if self.shmem_folio_maybe_mapped_shared(head):
+            return
+        if nxt - addr != PMD_SIZE:
+            self.split_shmem_folio(head)
+            return
+        if entry & _PAGE_ACCESSED:
+            pmd.entries[index] = entry & ~_PAGE_ACCESSED
+            tlb.need_flush = True
+        if behavior == MADV_PAGEOUT:
+            self.shmem_huge_pageout(head)
+
+    def shmem_large_folio_step(self, tlb, table, i, span, start, end, pageout):
+        """The COLD / PAGEOUT PTE walk at table.entries[i], the first page it meets
+        of a large shmem folio. Unless the range covers the folio whole and this
+        table maps all of it (madvise_folio_pte_batch()), it is split if no other
+        process maps it (its entries are none after). A whole one is left alone
+        unless these PTEs are its only mappings (folio_mapcount() ==
+        folio_nr_pages()); then PAGEOUT reclaims it and COLD clears young."""
+        entries = table.entries
+        frame = self.vm_normal_page(entries[i])
+        head = frame.pfn - frame.thp_index
+        nr = frame.folio_nr
+        first = i - frame.thp_index
+        folio_start = span + (first << PAGE_SHIFT)
+        whole = (first >= 0 and first + nr <= PTRS_PER_PTE and i == first
+                 and start <= folio_start and folio_start + (nr << PAGE_SHIFT) <= end
+                 and all(pte_present(entries[first + j]) and not entries[first + j] & _PAGE_SPECIAL
+                         and pte_pfn(entries[first + j]) == head + j for j in range(nr)))
+        if not whole:
+            if not self.shmem_folio_maybe_mapped_shared(head):
+                self.split_shmem_folio(head)
+            return
+        if sum(self._mem.frames[head + j].mapcount for j in range(nr)) != nr:
+            return
+        if pageout:
+            self.shmem_huge_pageout(head)
+            return
+        for j in range(first, first + nr):
+            if entries[j] & _PAGE_ACCESSED:
+                entries[j] &= ~_PAGE_ACCESSED
+                tlb.need_flush = True
+
+    def collapse_file_span(self, vma, haddr):
+        """MADV_COLLAPSE of one aligned span of a shmem VMA: hpage_collapse_scan_file()
+        and collapse_file() make the huge folio unless the cache has it already,
+        then collapse_pte_mapped_thp() maps it by PMD here. (errno or 0, whether
+        the walk over the spans stops here): SCAN_TRUNCATED, SCAN_FAIL and
+        SCAN_ALLOC_HUGE_PAGE_FAIL stop it, SCAN_PTE_NON_PRESENT does not."""
+        obj = vma.file
+        index0 = self._linear_page_index(vma, haddr)
+        head = obj.huge_head(index0)
+        if head is None:
+            ret, head = self.collapse_file(obj, index0)
+            if ret:
+                return ret, True
+            self.retract_page_tables(obj, index0)
+        return self.collapse_pte_mapped_thp(vma, haddr, head)
+
+    def collapse_file(self, obj, index0):
+        """Replace the small folios at [index0, index0 + 512) by one huge folio:
+        (0, head), or (errno, None). A span with nothing cached nor swapped is
+        SCAN_TRUNCATED. Every page present is unmapped from every process first;
+        holes become zero-filled pages, past i_size too; swapped pages are read
+        straight into the new folio."""
+        present = [i for i in range(index0, index0 + HPAGE_PMD_NR) if i in obj.pages]
+        swapped = [i for i in range(index0, index0 + HPAGE_PMD_NR) if i in obj.swapped]
+        if not present and not swapped:
+            return errno.EINVAL, None
+        head = self._mem.alloc_pmd_folio(obj.kind)
+        if head is None:
+            return errno.ENOMEM, None  # SCAN_ALLOC_HUGE_PAGE_FAIL
+        self._shmem_unmap_all(obj, index0, index0 + HPAGE_PMD_NR)
+        swap = self.machine.swap
+        for i in range(HPAGE_PMD_NR):
+            index = index0 + i
+            new = self._mem.frames[head + i]
+            new.mapping = obj
+            new.index = index
+            # collapse_file() marks the new shmem folio dirty.
+            new.dirty = True
+            old = obj.pages.get(index)
+            if old is not None:
+                new.written = old.written
+                obj.pages[index] = new
+                self._mem.folio_put(old)
+                continue
+            offset = obj.swapped.pop(index, None)
+            if offset is not None:
+                new.written = True
+                swap.swap_free(offset)
+            obj.pages[index] = new
+        self._stats["thp_collapse_alloc"] += 1
+        return 0, head
+
+    def retract_page_tables(self, obj, index0):
+        """In every process, each VMA that maps [index0, index0 + 512) of obj on a
+        2 MiB boundary inside it, with no anon_vma, loses the PTE table there if
+        all its entries are none (a marker keeps it): VmPTE -4 in that process."""
+        for mm in self.machine.mms:
+            for vma in mm._vmas:
+                if vma.file is not obj or vma.anon_vma is not None or index0 < vma.pgoff:
+                    continue
+                addr = vma.start + ((index0 - vma.pgoff) << PAGE_SHIFT)
+                if addr & (PMD_SIZE - 1) or addr + PMD_SIZE > vma.end:
+                    continue
+                pmd = mm._walk_pmd(addr)
+                if pmd is None:
+                    continue
+                index = (addr >> PMD_SHIFT) & 511
+                table = pmd.children[index]
+                if table is None or not pte_table_empty(table.entries):
+                    continue
+                pmd.children[index] = None
+                pmd.entries[index] = 0
+                mm._stats["tlb_flushes"] += 1  # pmdp_collapse_flush()
+                # pte_free_defer(): an RCU free, no mmu_gather.
+                mm._mem.free_table_pfn(table.pfn)
+                mm._pgtables_bytes -= PAGE_SIZE
+
+    def collapse_pte_mapped_thp(self, vma, haddr, head):
+        """Map the huge folio at head by a PMD at haddr in this process: done if
+        the PMD is huge already; a PTE table there must hold only none entries
+        or the folio's own pages at their places (else EINVAL), which are
+        unmapped before the table is freed; no table (or no PMD table at all):
+        the leaf is installed, making the tables it needs. (errno or 0, whether
+        madvise_collapse() stops): a non-present entry (marker, swap) is
+        SCAN_PTE_NON_PRESENT, which lets it go on; another page (a private COW
+        copy) is SCAN_FAIL, which stops it."""
+        index = (haddr >> PMD_SHIFT) & 511
+        pmd = self._walk_pmd(haddr)
+        if pmd is None:
+            pmd = self.__pmd_alloc(self.__pud_alloc(haddr), haddr)
+        elif pmd_trans_huge(pmd.entries[index]):
+            return 0, False
+        table = pmd.children[index]
+        if table is not None:
+            entries = table.entries
+            for j, pte in enumerate(entries):
+                if pte_none(pte):
+                    continue
+                if not pte_present(pte):
+                    return errno.EINVAL, False  # SCAN_PTE_NON_PRESENT
+                if pte & _PAGE_SPECIAL or pte_pfn(pte) != head + j:
+                    return errno.EINVAL, True  # SCAN_FAIL
+            for j, pte in enumerate(entries):
+                if pte_none(pte):
+                    continue
+                frame = self._mem.frames[head + j]
+                if pte & _PAGE_DIRTY:
+                    frame.dirty = True
+                frame.mapcount -= 1
+                self._mem.folio_put(frame)
+                self._rss[_KIND_COUNTER[frame.kind]] -= 1
+            pmd.children[index] = None
+            pmd.entries[index] = 0
+            self._stats["tlb_flushes"] += 1  # pmdp_collapse_flush()
+            self._mem.free_table_pfn(table.pfn)
+            self._pgtables_bytes -= PAGE_SIZE
+        self._map_file_pmd(vma, pmd, index, head, False)
+        return 0, False
 
     # ----------------------------------------------------------------- zap
 
@@ -3290,6 +3835,8 @@ class MM:
         # page-cache pages are paged out like anonymous ones.
         tlb = tlb_gather_mmu(self)
         self.madvise_huge_pmds(tlb, vma, start, end, MADV_PAGEOUT if pageout else MADV_COLD)
+        # Shmem huge folios the walk has dealt with (as a whole, at their first page met).
+        done = set()
         for span in range(start & _PMD_MASK, end, PMD_SIZE):
             table = self._walk_pte_table(span)
             if table is None:
@@ -3302,6 +3849,12 @@ class MM:
                     continue
                 frame = self.vm_normal_page(pte)
                 if frame is None:
+                    continue
+                if frame.thp_index is not None and frame.kind != _ANON:
+                    head = frame.pfn - frame.thp_index
+                    if head not in done:
+                        done.add(head)
+                        self.shmem_large_folio_step(tlb, table, i, span, start, end, pageout)
                     continue
                 if frame.thp_index is not None:
                     # With no swap, a THP that is not lazy-free and clean cannot
@@ -3440,6 +3993,8 @@ class MM:
         first = self._linear_page_index(vma, start)
         last = first + ((end - start) >> PAGE_SHIFT) - 1
         self.unmap_mapping_range(obj, first, last)
+        if obj.shmem:
+            self.shmem_punch_split(obj, first, last)
         # The cached pages in the hole, in index order (not every index of a range that
         # may span hundreds of GiB).
         for index in sorted(i for i in obj.pages if first <= i <= last):
@@ -4228,6 +4783,10 @@ class MM:
             "VmPTE": self._pgtables_bytes // 1024,
             "VmSwap": rss[MM_SWAPENTS] * 4,
             "HugetlbPages": self._hugetlb_usage * 4,
+            # smaps_rollup's ShmemPmdMapped: shmem mapped by PMD leaves.
+            "ShmemPmdMapped": sum(HPAGE_PMD_NR * 4 for _, entry in self._iter_huge_pmds()
+                                  if not entry & _PAGE_SPECIAL
+                                  and self._mem.frames[pte_pfn(entry)].kind == _SHMEM),
         }
 
     def vmas(self):
@@ -4270,7 +4829,8 @@ class MM:
                         out.append(("pte", pte_table.base))
                 # The tables deposited with huge PMDs: counted in VmPTE, linked
                 # nowhere (R13).
-                out.extend(("deposit", pmd.base + (index << PMD_SHIFT)) for index in _huge_indexes(pmd))
+                out.extend(("deposit", pmd.base + (index << PMD_SHIFT)) for index in _huge_indexes(pmd)
+                           if not self._is_file_pmd(pmd.entries[index]))
         # By address, then from the top of the hierarchy down (api.md); the level
         # names do not sort that way alphabetically.
         depth = {"p4d": -1, "pud": 0, "pmd": 1, "pte": 2, "deposit": 2}
@@ -4372,10 +4932,27 @@ class MM:
                     raise InvariantError("page-cache", f"cached page {index} is a freed frame")
                 if frame.mapping is not inode or frame.index != index or frame.kind != inode.kind:
                     raise InvariantError("page-cache", f"cached page {index} belongs elsewhere")
-                if index >= inode.nr_pages:
-                    raise InvariantError("page-cache", f"cached page {index} past EOF ({inode.size} bytes)")
-                if frame.thp_index is not None or frame.exclusive:
+                if frame.exclusive:
                     raise InvariantError("page-cache", f"cached page {index} is marked anonymous")
+                first = index
+                if frame.thp_index is not None:
+                    # A page of a large folio of nr pages (a power of 2 up to 512):
+                    # nr consecutive frames cached at [first, first + nr), first a
+                    # multiple of nr.
+                    first = index - frame.thp_index
+                    head = frame.pfn - frame.thp_index
+                    nr = frame.folio_nr
+                    if (not inode.shmem or nr not in _LARGE_FOLIO_SIZES or first % nr
+                            or not 0 <= frame.thp_index < nr):
+                        raise InvariantError("page-cache", f"cached page {index}: a misplaced large folio")
+                    check = range(nr) if frame.thp_index == 0 else (0,)
+                    for k in check:
+                        page = inode.pages.get(first + k)
+                        if page is None or page.pfn != head + k or page.thp_index != k or page.folio_nr != nr:
+                            raise InvariantError("page-cache", f"large folio at {first} is not whole (page {k})")
+                # A large folio may reach past EOF (MADV_COLLAPSE fills the span).
+                if first >= inode.nr_pages:
+                    raise InvariantError("page-cache", f"cached page {index} past EOF ({inode.size} bytes)")
             if inode.swapped and not inode.shmem:
                 raise InvariantError("page-cache", "a disk file holds swap entries")
             if inode.refs < 0 or (inode.refs == 0 and (inode.pages or inode.swapped)):
@@ -4446,7 +5023,8 @@ class MM:
                 for index in _huge_indexes(pmd):
                     if pmd.children[index] is not None:
                         raise InvariantError("table-link", f"huge PMD entry {index} with a table")
-                    deposits += 1
+                    if not self._is_file_pmd(pmd.entries[index]):
+                        deposits += 1
                     self._check_huge_pmd(pmd.base + (index << PMD_SHIFT), pmd.entries[index], mapped)
         return counted, deposits, mapped
 
@@ -4454,6 +5032,10 @@ class MM:
         vma = self._vma_containing(addr)
         if vma is None or vma.end < addr + PMD_SIZE:
             raise InvariantError("huge-pmd", f"huge PMD at {addr:#x} not inside one VMA")
+        head = pte_pfn(entry)
+        if head != HUGE_ZERO_PFN and head in self._mem.frames and self._mem.frames[head].kind != _ANON:
+            self._check_file_pmd(addr, entry, vma, mapped)
+            return
         if not vma_is_anonymous(vma) or vma.anon_vma is None:
             raise InvariantError("huge-pmd", f"huge PMD at {addr:#x} outside private anonymous memory "
                                  "with an anon_vma")
@@ -4478,6 +5060,31 @@ class MM:
             mapped[head + i] = mapped.get(head + i, 0) + 1
         if entry & _PAGE_RW and not self._mem.frames[head].exclusive:
             raise InvariantError("anon-exclusive", f"writable huge PMD at {addr:#x} maps a shared THP (R69)")
+
+    def _check_file_pmd(self, addr, entry, vma, mapped):
+        """A PMD leaf mapping a shmem huge folio: in a shmem VMA that suits it, with
+        vm_page_prot, writable only in a shared mapping, mapping the 512 cached
+        pages of one huge folio at their own offsets."""
+        # VM_NOHUGEPAGE set later does not unmap a leaf, so it is not checked.
+        if (vma.file is None or not vma.file.shmem or addr < vma.start
+                or ((vma.start >> PAGE_SHIFT) - vma.pgoff) % HPAGE_PMD_NR):
+            raise InvariantError("huge-pmd", f"file PMD at {addr:#x} in a VMA that does not suit it")
+        prot = vma_page_prot(vma)
+        fixed = _PAGE_PRESENT | _PAGE_PROTNONE | _PAGE_USER | _PAGE_NX
+        if (entry & fixed) != (prot & fixed) or entry & _PAGE_SPECIAL:
+            raise InvariantError("pte-prot", f"file PMD {entry:#x} at {addr:#x} does not match vm_page_prot {prot:#x}")
+        if entry & _PAGE_RW and (vma.flags & (VM_WRITE | VM_SHARED)) != (VM_WRITE | VM_SHARED):
+            raise InvariantError("pte-prot", f"writable file PMD at {addr:#x} outside a shared writable mapping")
+        head = pte_pfn(entry)
+        index0 = self._linear_page_index(vma, addr)
+        for i in range(HPAGE_PMD_NR):
+            frame = self._mem.frames.get(head + i)
+            if (frame is None or frame.thp_index != i or frame.folio_nr != HPAGE_PMD_NR
+                    or frame.mapping is not vma.file
+                    or frame.index != index0 + i or vma.file.pages.get(index0 + i) is not frame):
+                raise InvariantError("thp", f"file PMD at {addr:#x} does not map the cached huge folio at "
+                                     f"offset {index0} (page {i})")
+            mapped[head + i] = mapped.get(head + i, 0) + 1
 
     def _swap_references(self):
         """offset -> swap entries of this mm's page tables that refer to it."""

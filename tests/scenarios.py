@@ -574,15 +574,15 @@ SCENARIOS = [
         ],
         note="the file is a sparse 2 MiB ext4 file (ftruncate): an empty page cache",
     ),
+    Scenario("SC-39", "MADV_COLLAPSE on shmem frees the PTE table",
+             [("mmap", (B, 2 * M, RW, SHARED_ANON))], [
+        ok("write", (B, 2 * M), 12, 0, 2048),
+        ok("madvise", (B, 2 * M, 25), -4, 0, 0),
+        ok("madvise", (B, 2 * M, MADV_DONTNEED), 0, 0, -2048),
+        ok("read", (B, 1), 0, 0, 2048),
+    ]),
 ]
 
-
-# Scenarios of §14 that need what the simulator does not have yet. They are kept
-# here, in the same form, and run as tests expected to fail until their feature
-# lands; operations the API lacks (files, swap, hugetlb) raise
-# NotImplementedError in the test driver.
-WAITING = [
-]
 
 
 def seed_scenario(spans):

@@ -19,7 +19,7 @@ from ptreclaim.constants import (
 )
 from ptreclaim.errors import OutOfMemory, SegmentationFault
 
-from scenarios import SCENARIOS, WAITING
+from scenarios import SCENARIOS
 
 K = 1024
 M = 1024 * K
@@ -98,10 +98,10 @@ def test_sc25_child_gets_tables_only_for_vmas_with_an_anon_vma(MM):
 
 
 def test_sc25_scenario_rows(MM):
-    """The SC-25 scenario of scenarios.py, whether it is still in WAITING or not."""
+    """The SC-25 scenario of scenarios.py."""
     from test_scenarios import run_scenario
 
-    (scenario,) = [s for s in SCENARIOS + WAITING if s.id == "SC-25"]
+    (scenario,) = [s for s in SCENARIOS if s.id == "SC-25"]
     mm = MM()
     assert run_scenario(mm, scenario) == []
     mm.exit()

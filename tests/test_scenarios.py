@@ -15,7 +15,6 @@ from ptreclaim.errors import SegmentationFault
 
 from scenarios import (
     SCENARIOS,
-    WAITING,
     seed_rcu_scenario,
     seed_scenario,
 )
@@ -127,23 +126,6 @@ def test_scenario(impl, scenario):
     mm.exit()
     mm.check()
     assert mm.pgtables_bytes == 0
-
-
-@pytest.mark.parametrize("scenario", WAITING, ids=[s.id for s in WAITING])
-def test_waiting_scenario(impl, scenario):
-    """Written now, expected to fail until the feature it needs is simulated."""
-    mm = new_mm(impl, scenario)
-    files = {}
-    try:
-        for op, args in scenario.setup:
-            apply(mm, op, args, files)
-        mismatches = run_scenario(mm, type(scenario)(scenario.id, scenario.title, [],
-                                                     scenario.steps), files)
-    except NotImplementedError as exc:
-        pytest.xfail(f"waits for {scenario.needs}: {exc}")
-    if mismatches:
-        pytest.xfail(f"waits for {scenario.needs}: {len(mismatches)} rows differ")
-    pytest.fail(f"{scenario.id} now passes: move it to SCENARIOS")
 
 
 def test_seed_small(MM):
