@@ -712,14 +712,10 @@ cdef bint _do_fault_around(pt_mm *mm, pt_vma *vma, uint64_t addr, pteval_t *pmd)
     return pte_present(table[pte_off])
 
 cdef int _do_cow_fault(pt_mm *mm, pt_vma *vma, uint64_t addr, pteval_t *pmd,
-                       uint64_t pfn) noexcept nogil:
-    # do_cow_fault(): the page-cache page is copied into a new anonymous page
-    # (the caller prepared the anon_vma); only the copy is mapped.
-    cdef pteval_t *table
-    cdef int64_t new = alloc_frame(&mm.machine.frames, FRAME_ANON)
-    if new < 0:
-        return FAULT_OOM
-    table = pte_alloc(mm, pmd)
+                       int64_t new) noexcept nogil:
+    # do_cow_fault(): the page-cache page was copied into the new anonymous
+    # page (the caller prepared the anon_vma); only the copy is mapped.
+    cdef pteval_t *table = pte_alloc(mm, pmd)
     if table == NULL:
         put_page(mm.machine, <uint64_t>new)
         return FAULT_OOM
@@ -735,18 +731,29 @@ cdef int _shmem_fault(pt_mm *mm, pt_vma *vma, uint64_t addr, pteval_t *pmd, bint
     cdef pteval_t *table
     cdef uint64_t pfn
     cdef int ret
+    cdef int64_t new = -1
     # do_read_fault() tries fault-around first; write faults never do (R30).
     if not write and _do_fault_around(mm, vma, addr, pmd):
         return FAULT_OK
+    if write and not (vma.flags & PTR_VM_SHARED):
+        # do_cow_fault() allocates the copy before it asks for the page: out of
+        # memory there, nothing is read into the page cache.
+        new = alloc_frame(&mm.machine.frames, FRAME_ANON)
+        if new < 0:
+            return FAULT_OOM
     # shmem_get_folio_gfp() / filemap_fault(): an index at or past i_size
     # (a mapping longer than its file, or grown by mremap) is VM_FAULT_SIGBUS.
     if _vma_pgoff_of(vma, addr) >= vma.shmem.size_pages:
-        return FAULT_SIGBUS
-    ret = _shmem_get_page(mm, vma.shmem, _vma_pgoff_of(vma, addr), &pfn)
+        ret = FAULT_SIGBUS
+    else:
+        ret = _shmem_get_page(mm, vma.shmem, _vma_pgoff_of(vma, addr), &pfn)
+    if new >= 0:
+        if ret != FAULT_OK:
+            put_page(mm.machine, <uint64_t>new)
+            return ret
+        return _do_cow_fault(mm, vma, addr, pmd, new)
     if ret != FAULT_OK:
         return ret
-    if write and not (vma.flags & PTR_VM_SHARED):
-        return _do_cow_fault(mm, vma, addr, pmd, pfn)
     # finish_fault(): a huge folio by PMD if the entry is none, else all of
     # it by PTEs if the whole table is none (not for a userfaultfd-armed
     # VMA), else the one page.
@@ -2521,8 +2528,12 @@ cdef int collapse_span(pt_mm *mm, pt_vma *vma, uint64_t haddr) noexcept nogil:
     cdef int64_t present = 0
     cdef Py_ssize_t i, j
     cdef bint any_swap = False
-    if pmd == NULL or pmd[0] == 0:
-        return EINVAL              # SCAN_PMD_NULL
+    if pmd == NULL:
+        return EINVAL              # SCAN_PMD_NULL: no PMD table; the walk goes on
+    if pmd[0] == 0:
+        # SCAN_PMD_NONE is not among the results madvise_collapse() goes on
+        # after: the spans after this one are left alone.
+        return -EINVAL
     if pmd_huge_leaf(pmd[0]):
         return 0                   # SCAN_PMD_MAPPED: a THP or the huge zero page already
     table = entry_table(pool, pmd[0])
@@ -3025,7 +3036,8 @@ cdef int madvise_collapse(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t end) 
     """madvise_collapse() over [start, end) of one VMA: the aligned spans that
     lie inside the range. 0, or the errno of the last span that failed (the
     others are collapsed all the same); ENOMEM from allocation stops at once,
-    and so does a shmem span with nothing cached or a foreign page mapped."""
+    and so do an empty PMD entry under an existing PMD table and a shmem span
+    with nothing cached or a foreign page mapped."""
     cdef uint64_t hstart = (start + PTR_PMD_SIZE - 1) & PTR_PMD_MASK
     cdef uint64_t hend = end & PTR_PMD_MASK
     cdef uint64_t vstart = (vma.start + PTR_PMD_SIZE - 1) & PTR_PMD_MASK
@@ -3036,6 +3048,10 @@ cdef int madvise_collapse(pt_mm *mm, pt_vma *vma, uint64_t start, uint64_t end) 
     if vma.flags & (PTR_VM_NOHUGEPAGE | PTR_VM_UFFD_WP | PTR_VM_HUGETLB | PTR_VM_PFNMAP):
         return EINVAL
     if vstart + PTR_PMD_SIZE > vma.end or vstart + PTR_PMD_SIZE < vstart:
+        return EINVAL
+    # An anonymous VMA qualifies only once it has an anon_vma (only page faults
+    # and smaps are let through without one), whatever the range holds.
+    if vma.shmem == NULL and not vma.anon_vma:
         return EINVAL
     # A file VMA also needs its offset to put a folio's first page on a 2 MiB
     # boundary (thp_vma_suitable_order()).

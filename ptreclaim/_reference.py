@@ -2254,9 +2254,10 @@ class MM:
     def madvise_collapse(self, vma, start, end):
         """R72: collapse the aligned 2 MiB spans inside [start, end) of one VMA.
         0, or the errno of the last span that failed (the others are collapsed
-        all the same); ENOMEM stops at once. In a shmem VMA a span that fails
-        other than by a non-present entry stops the walk too (madvise_collapse()
-        goes on only after a whitelisted scan result). A range inside one span
+        all the same); ENOMEM stops at once. A span that fails with a result
+        madvise_collapse() does not go on after stops the walk too: an empty PMD
+        entry under an existing PMD table, and in a shmem VMA anything but a
+        non-present entry. A range inside one span
         that touches neither of its ends is EINVAL (hend < hstart)."""
         if vma.file is not None and not vma.file.shmem:
             # thp_vma_allowable_order(): a disk file's VMA qualifies only through
@@ -2270,6 +2271,10 @@ class MM:
             return errno.EINVAL
         vstart = (vma.start + PMD_SIZE - 1) & _PMD_MASK
         if vstart + PMD_SIZE > vma.end:
+            return errno.EINVAL
+        if vma.file is None and vma.anon_vma is None:
+            # An anonymous VMA qualifies only once it has an anon_vma (only page
+            # faults and smaps are let through without one), whatever the range holds.
             return errno.EINVAL
         if vma.file is not None and ((vma.start >> PAGE_SHIFT) - vma.pgoff) % HPAGE_PMD_NR:
             # thp_vma_suitable_order(): a file folio must land on a 2 MiB boundary.
@@ -2293,6 +2298,8 @@ class MM:
             ret = self.collapse_huge_page(vma, haddr)
             if ret == errno.ENOMEM:
                 return ret
+            if ret < 0:
+                return -ret
             if ret:
                 last_fail = ret
         return last_fail
@@ -2304,8 +2311,12 @@ class MM:
         (now) PMD-mapped, else its errno."""
         pmd = self._walk_pmd(haddr)
         index = (haddr >> PMD_SHIFT) & 511
-        if pmd is None or not pmd.entries[index]:
-            return errno.EINVAL  # SCAN_PMD_NULL
+        if pmd is None:
+            return errno.EINVAL  # SCAN_PMD_NULL: no PMD table; the walk goes on
+        if not pmd.entries[index]:
+            # SCAN_PMD_NONE is not among the results madvise_collapse() goes on
+            # after: the spans after this one are left alone.
+            return -errno.EINVAL
         if pmd_trans_huge(pmd.entries[index]):
             return 0  # SCAN_PMD_MAPPED: a THP or the huge zero page already
         table = pmd.children[index]

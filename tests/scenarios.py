@@ -584,7 +584,6 @@ SCENARIOS = [
 ]
 
 
-
 def seed_scenario(spans):
     """SC-44 (a) at B with ``spans`` iterations instead of 25 600.
 

@@ -406,3 +406,23 @@ def test_kernel_chosen_address_falls_back_to_the_bottom_up_search(MM):
     # Past TASK_SIZE nothing fits any more.
     assert errno_of(lambda: mm.mmap(0, 128 * M, RW, MAP_PRIVATE | MAP_ANONYMOUS)) == errno.ENOMEM
     mm.check()
+
+
+def test_private_file_write_out_of_memory_reads_nothing_into_the_page_cache(impl):
+    # do_cow_fault() allocates the copy (folio_prealloc()) before __do_fault() reads
+    # the file's page: with one frame left, the copy takes it, the read fails, the copy
+    # is freed, and the page cache stays empty. The core used to read the page first
+    # and keep it (the state machine: frames_in_use one higher than the reference's).
+    from ptreclaim.errors import OutOfMemory
+    from ptreclaim.constants import MAP_FIXED
+    machine = impl.Machine(max_frames=3, totalram_pages=1 << 20)
+    mm = impl.MM(machine=machine)
+    f = machine.create_file(64 * K, cached=False)
+    fd = mm.open(f)
+    mm.mmap(B, 64 * K, RW, MAP_PRIVATE | MAP_FIXED, fd, 0)
+    mm.mmap(B + M, 8 * K, RW, ANON)
+    mm.touch(B + M, 8 * K, write=True)  # two of the three frames
+    with pytest.raises(OutOfMemory):
+        mm.touch(B, 1, write=True)
+    assert (f.nr_cached, machine.frames_in_use, mm.status()["RssAnon"]) == (0, 2, 8)
+    mm.check()
