@@ -173,7 +173,7 @@ def test_nohugepage_write_maps_whole_folio_by_ptes(impl):
 def test_mprotect_whole_keeps_part_clears(impl):
     """change_huge_pmd() keeps a PMD that mprotect covers whole, with the new protection
     (a shared RW VMA's is writable: the write then needs no fault); a VMA boundary inside
-    it clears it (R31, shmem-thp-a.txt line 11)."""
+    it clears it (R31, shmem-thp-sc39.txt, the mprotect line)."""
     mm = collapsed(impl, size=4 * M)  # the second 2 MiB stays in small pages
     mm.mprotect(B, PMD, PROT_READ)
     assert [a for a, _ in mm.huge_pmds()] == [B] and mm.status()["RssShmem"] == 4096
@@ -191,7 +191,7 @@ def test_mprotect_whole_keeps_part_clears(impl):
 
 def test_private_write_to_pmd_cows_one_page(impl):
     """wp_huge_pmd() in a private mapping: the PMD is cleared and do_cow_fault() maps one
-    anonymous copy in a new table (shmem-thp-g.txt line 7); the folio stays huge, so a
+    anonymous copy in a new table (shmem-thp-collapse.txt, the private mapping at 2G); the folio stays huge, so a
     read maps the rest of it by PTEs (line 8)."""
     mm = impl.MM()
     f, fd = shmem_file(impl, mm, 2 * M)

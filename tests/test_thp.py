@@ -196,7 +196,7 @@ def test_collapse_errors(MM):
     assert e.value.errno == errno.EINVAL
     shared = MM()
     shared.mmap(B, PMD_SIZE, RW, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE)
-    with pytest.raises(OSError) as e:  # nothing in the page cache: SCAN_TRUNCATED (shmem-thp-b.txt)
+    with pytest.raises(OSError) as e:  # nothing in the page cache: SCAN_TRUNCATED (shmem-thp-collapse.txt)
         shared.madvise(B, PMD_SIZE, MADV_COLLAPSE)
     assert e.value.errno == errno.EINVAL
     mm.check()

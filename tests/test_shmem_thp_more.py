@@ -1,32 +1,19 @@
-"""Shmem huge folios (SC-39, R31, R44) in the reference model: the host-kernel
-measurements in tests/data/shmem_thp/, replayed through the script runner.
-
-Each X.txt was run on Linux 6.18 (shmem_enabled=never, no swap) with
-``python -m ptreclaim run --on kernel``; X.out is that output. The m-*.txt are the
-measurements of the shmem huge page spec; k-*.txt cover what random scripts on the
-host kernel showed besides. Every line's errno and
-its VmPTE, RssAnon, RssFile, RssShmem and VmSize deltas must match, and check() must hold
-in every process of the machine after every operation.
-"""
+"""Shmem huge folios (SC-39, R31, R44): rules that no measured script shows line by line,
+checked on both implementations through their state (PMDs, tables, status, check()).
+The measured scripts are tests/data/scenarios/shmem-thp-*.txt (test_shmem_thp.py,
+test_script.py, test_kernel.py)."""
 
 import errno
-import pathlib
-import re
 
 import pytest
 
-from ptreclaim import _reference
 from ptreclaim.constants import (
     MADV_COLLAPSE, MADV_DONTNEED, MADV_GUARD_INSTALL, MADV_GUARD_REMOVE, MADV_NOHUGEPAGE,
     MADV_PAGEOUT, MADV_REMOVE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, MAP_SHARED,
     MREMAP_FIXED, MREMAP_MAYMOVE, PROT_READ, PROT_WRITE, _PAGE_DIRTY, _PAGE_RW,
 )
-from ptreclaim.script import errno_name, run
+from ptreclaim.script import run
 
-DATA = pathlib.Path(__file__).parent / "data" / "shmem_thp"
-SCRIPTS = sorted(p.stem for p in DATA.glob("*.txt"))
-FIELDS = ("VmPTE", "RssAnon", "RssFile", "RssShmem", "VmSize")
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 K = 1024
 M = 1024 * K
 G = 1024 * M
@@ -58,58 +45,10 @@ class Checked:
         return call
 
 
-def _addr(text):
-    """1M+1020K and the like, as the runner prints them."""
-    total = 0
-    for term in text.split("+"):
-        m = re.fullmatch(r"(0x[0-9a-fA-F]+|\d+)([KMG]?)", term)
-        assert m, text
-        total += int(m.group(1), 0) * _UNITS[m.group(2)]
-    return total
-
-
-def load_expected(name):
-    """{line: (errno name, fault offset or None, {field: delta})} from an m-X.out."""
-    lines = (DATA / f"{name}.out").read_text().splitlines()
-    header = lines[1].split()
-    # line, operation, errno, the numeric fields..., depth
-    numeric = header[header.index("errno") + 1:]
-    out = {}
-    for row in lines[2:]:
-        tok = row.split()
-        if not tok:
-            continue
-        values = dict(zip(numeric, (int(t) for t in tok[-len(numeric):])))
-        err = tok[-len(numeric) - 1]
-        err_name, _, where = err.partition("@")
-        out[int(tok[0])] = (err_name, where or None, values)
-    return out
-
-
-@pytest.mark.parametrize("name", SCRIPTS)
-def test_measured_script(name):
-    expected = load_expected(name)
-    machine = _reference.Machine()
-    mm = _reference.MM(machine=machine)
-    base = B
-    results = run((DATA / f"{name}.txt").read_text(), Checked(mm), base=base)
-    assert [r.op.lineno for r in results] == sorted(expected)
-    for r in results:
-        err_name, where, values = expected[r.op.lineno]
-        got = {k: r.delta[k] for k in FIELDS if k in values}
-        want = {k: values[k] for k in FIELDS if k in values}
-        assert (errno_name(r.errno), got, r.depth) == (err_name, want, values["depth"]), \
-            f"{name} line {r.op.lineno}: {r.op}"
-        if err_name.startswith("SIG"):
-            assert r.fault - base == _addr(where)
-        elif where is not None:
-            assert r.ret - base == _addr(where)
-
-
-def test_status_shmem_pmd_mapped():
+def test_status_shmem_pmd_mapped(impl):
     """ShmemPmdMapped counts the 2 MiB of a PMD-mapped shmem folio, not PTE-mapped ones
     (SC-39: write, COLLAPSE, then a DONTNEED and a read fault map it again by PMD)."""
-    results = run("mmap 0 2M rw shared\ntouch 0 2M write\nmadvise 0 2M COLLAPSE\n", mm := _reference.MM())
+    results = run("mmap 0 2M rw shared\ntouch 0 2M write\nmadvise 0 2M COLLAPSE\n", mm := impl.MM())
     assert [r.errno for r in results] == [0, 0, 0]
     assert mm.status()["ShmemPmdMapped"] == 2048
     assert not [t for t in mm.tables() if t[0] == "deposit"]
@@ -127,11 +66,11 @@ def counts(mm):
     return st["VmPTE"], st["RssAnon"], st["RssShmem"], st["ShmemPmdMapped"]
 
 
-def collapsed(machine=None, size=2 * M, flags=MAP_SHARED):
+def collapsed(impl, machine=None, size=2 * M, flags=MAP_SHARED):
     """A process mapping a shmem file at B whose first 2 MiB were written and
     collapsed, so B is PMD-mapped (SC-39)."""
-    machine = machine or _reference.Machine()
-    mm = _reference.MM(machine=machine)
+    machine = machine or impl.Machine()
+    mm = impl.MM(machine=machine)
     f = machine.create_file(size, shmem=True, cached=False)
     fd = mm.open(f)
     mm.mmap(B, size, RW, MAP_SHARED | MAP_FIXED_NOREPLACE, fd)
@@ -145,10 +84,10 @@ def collapsed(machine=None, size=2 * M, flags=MAP_SHARED):
     return machine, mm, f, fd
 
 
-def test_fork_does_not_copy_a_file_pmd():
+def test_fork_does_not_copy_a_file_pmd(impl):
     """copy_huge_pmd(): a file PMD is not copied (D, fork), even in a private VMA
     whose anon_vma makes fork copy its tables; the COW copy next to it is copied."""
-    machine, mm, f, fd = collapsed(size=4 * M, flags=MAP_PRIVATE)
+    machine, mm, f, fd = collapsed(impl, size=4 * M, flags=MAP_PRIVATE)
     mm.touch(B, 1, write=False)          # B: read fault with the PMD none -> PMD (B)
     mm.touch(B + 2 * M, 1, write=True)   # anon_vma, a COW copy in the second span
     assert counts(mm) == (12, 4, 2048, 2048)
@@ -162,10 +101,10 @@ def test_fork_does_not_copy_a_file_pmd():
         p.check()
 
 
-def test_munmap_keeps_the_folio_huge():
+def test_munmap_keeps_the_folio_huge(impl):
     """A zap of the whole PMD drops the mapping only; the folio stays huge (A), so a
     new suitable VMA maps it by PMD again on a read (B)."""
-    machine, mm, f, fd = collapsed()
+    machine, mm, f, fd = collapsed(impl)
     mm.munmap(B, 2 * M)
     assert counts(mm) == (0, 0, 0, 0) and f.nr_cached == 512
     mm.mmap(B + G, 2 * M, PROT_READ, MAP_SHARED | MAP_FIXED_NOREPLACE, fd)
@@ -176,9 +115,9 @@ def test_munmap_keeps_the_folio_huge():
     mm.check()
 
 
-def test_mprotect_whole_pmd_changes_it_in_place():
+def test_mprotect_whole_pmd_changes_it_in_place(impl):
     """change_huge_pmd() keeps a PMD that mprotect covers whole (D)."""
-    machine, mm, f, fd = collapsed()
+    machine, mm, f, fd = collapsed(impl)
     mm.mprotect(B, 2 * M, PROT_READ)
     assert counts(mm) == (8, 0, 2048, 2048)
     assert not mm.huge_pmds()[0][1] & _PAGE_RW
@@ -189,10 +128,10 @@ def test_mprotect_whole_pmd_changes_it_in_place():
     mm.check()
 
 
-def test_write_fault_on_read_only_shared_pmd_maps_it_again():
+def test_write_fault_on_read_only_shared_pmd_maps_it_again(impl):
     """wp_huge_pmd() of a shared mapping: cleared, then B again, writable and dirty
     (net RSS 0, D)."""
-    machine, mm, f, fd = collapsed()
+    machine, mm, f, fd = collapsed(impl)
     mm.mmap(B + G, 2 * M, PROT_READ, MAP_SHARED | MAP_FIXED_NOREPLACE, fd)
     mm.touch(B + G, 1, write=False)
     mm.mprotect(B + G, 2 * M, RW)
@@ -204,10 +143,10 @@ def test_write_fault_on_read_only_shared_pmd_maps_it_again():
     mm.check()
 
 
-def test_pmd_is_skipped_when_another_process_maps_the_folio():
+def test_pmd_is_skipped_when_another_process_maps_the_folio(impl):
     """folio_maybe_mapped_shared(): COLD/PAGEOUT leave a folio that another mm maps,
     whole or in part (A, D)."""
-    machine, mm, f, fd = collapsed()
+    machine, mm, f, fd = collapsed(impl)
     child = mm.fork()      # a shared VMA without anon_vma: nothing copied
     child.touch(B, 1, write=False)
     assert counts(child) == (8, 0, 2048, 2048)
@@ -222,10 +161,10 @@ def test_pmd_is_skipped_when_another_process_maps_the_folio():
     mm.check()
 
 
-def test_pageout_of_a_pte_mapped_whole_folio_without_swap():
+def test_pageout_of_a_pte_mapped_whole_folio_without_swap(impl):
     """A folio mapped whole by PTEs and covered whole by PAGEOUT is unmapped and
     stays huge (D, no swap); the next read maps all of it by PTEs again (C)."""
-    machine, mm, f, fd = collapsed()
+    machine, mm, f, fd = collapsed(impl)
     mm.madvise(B, 2 * M, MADV_DONTNEED)
     mm.madvise(B + 2 * M - 4 * K, 4 * K, MADV_GUARD_INSTALL)   # a PTE table (+4)
     mm.madvise(B + 2 * M - 4 * K, 4 * K, MADV_GUARD_REMOVE)
@@ -238,11 +177,11 @@ def test_pageout_of_a_pte_mapped_whole_folio_without_swap():
     mm.check()
 
 
-def test_pageout_with_swap_splits_and_writes_the_pages_out():
+def test_pageout_with_swap_splits_and_writes_the_pages_out(impl):
     """With a swap device, PAGEOUT of a whole PMD-mapped folio splits it and writes
     its 512 pages out like small dirty shmem pages (the choice documented for the
     simulator, D); they come back small."""
-    machine, mm, f, fd = collapsed(machine=_reference.Machine(swap_pages=1024))
+    machine, mm, f, fd = collapsed(impl, machine=impl.Machine(swap_pages=1024))
     mm.madvise(B, 2 * M, MADV_PAGEOUT)
     assert counts(mm) == (8, 0, 0, 0)
     assert (machine.swap_used, f.nr_cached) == (512, 0)
@@ -251,11 +190,11 @@ def test_pageout_with_swap_splits_and_writes_the_pages_out():
     mm.check()
 
 
-def test_remove_of_a_whole_folio_and_of_part_of_one():
+def test_remove_of_a_whole_folio_and_of_part_of_one(impl):
     """A hole punch that covers a huge folio whole takes it out whole; one covering a
     part splits it, unmapping it everywhere (A), into the largest folios around the
     hole (folio_split(), measured in k-punch-split)."""
-    machine, mm, f, fd = collapsed(size=4 * M)
+    machine, mm, f, fd = collapsed(impl, size=4 * M)
     mm.touch(B + 2 * M, 2 * M)
     mm.madvise(B + 2 * M, 2 * M, MADV_COLLAPSE)
     assert counts(mm) == (8, 0, 4096, 4096)   # the second span's table retracted too
@@ -268,10 +207,10 @@ def test_remove_of_a_whole_folio_and_of_part_of_one():
     mm.check()
 
 
-def test_nohugepage_vma_maps_the_folio_by_ptes():
+def test_nohugepage_vma_maps_the_folio_by_ptes(impl):
     """VM_NOHUGEPAGE: no PMD (B) and COLLAPSE is EINVAL (E), but the read fault maps
     the whole folio by PTEs (C)."""
-    machine, mm, f, fd = collapsed()
+    machine, mm, f, fd = collapsed(impl)
     mm.madvise(B, 2 * M, MADV_DONTNEED)
     mm.madvise(B, 2 * M, MADV_NOHUGEPAGE)
     with pytest.raises(OSError) as e:
@@ -282,19 +221,19 @@ def test_nohugepage_vma_maps_the_folio_by_ptes():
     mm.check()
 
 
-def test_aligned_mremap_moves_the_pmd_without_deposit():
+def test_aligned_mremap_moves_the_pmd_without_deposit(impl):
     """move_huge_pmd() of a file PMD: no deposit moves (D, m-i line 4)."""
-    machine, mm, f, fd = collapsed()
+    machine, mm, f, fd = collapsed(impl)
     mm.mremap(B, 2 * M, 2 * M, MREMAP_MAYMOVE | MREMAP_FIXED, B + G)
     assert counts(mm) == (8, 0, 2048, 2048)
     assert [t for t in mm.tables() if t[0] == "deposit"] == []
     mm.check()
 
 
-def test_collapse_without_frames_is_enomem():
+def test_collapse_without_frames_is_enomem(impl):
     """ENOMEM when the new folio cannot be allocated (E), nothing changed."""
-    machine = _reference.Machine(max_frames=600)
-    mm = _reference.MM(machine=machine)
+    machine = impl.Machine(max_frames=600)
+    mm = impl.MM(machine=machine)
     mm.mmap(B, 2 * M, RW, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE)
     mm.touch(B, 2 * M)
     with pytest.raises(OSError) as e:
@@ -304,11 +243,11 @@ def test_collapse_without_frames_is_enomem():
     mm.check()
 
 
-def test_collapse_reads_swapped_pages_back():
+def test_collapse_reads_swapped_pages_back(impl):
     """collapse_file() takes swapped-out pages of the span too (E): the span is
     collapsed and their slots are freed."""
-    machine = _reference.Machine(swap_pages=64)
-    mm = _reference.MM(machine=machine)
+    machine = impl.Machine(swap_pages=64)
+    mm = impl.MM(machine=machine)
     mm.mmap(B, 2 * M, RW, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE)
     mm.touch(B, 64 * K)
     mm.madvise(B, 64 * K, MADV_PAGEOUT)
@@ -318,19 +257,19 @@ def test_collapse_reads_swapped_pages_back():
     mm.check()
 
 
-def test_exit_frees_everything():
-    machine, mm, f, fd = collapsed()
+def test_exit_frees_everything(impl):
+    machine, mm, f, fd = collapsed(impl)
     mm.exit()
     mm.check()
     del f
     assert machine.frames_in_use == 0
 
 
-def test_collapse_range_inside_one_span_is_einval_for_anonymous_memory_too():
+def test_collapse_range_inside_one_span_is_einval_for_anonymous_memory_too(impl):
     """madvise_collapse()'s final thps == (hend - hstart) >> HPAGE_PMD_SHIFT wraps when
     the range reaches no 2 MiB boundary: EINVAL, as for shmem (k-collapse-walk line 13);
     measured on the host for a private anonymous VMA with an anon_vma too."""
-    mm = _reference.MM()
+    mm = impl.MM()
     mm.mmap(B, 4 * M + 512 * K, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE)
     mm.touch(B, 4 * K)
     mm.madvise(B + 1 * M + 252 * K, 2 * M + 176 * K, MADV_COLLAPSE)   # hend == hstart: 0
