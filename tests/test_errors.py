@@ -5,7 +5,6 @@ Every errno case is also made as a real syscall in this test process (in the emp
 512 GiB slot at B, prepared the same way), so the expected errno is the host kernel's,
 not ours."""
 
-import ctypes
 import errno
 import os
 import sys
@@ -17,6 +16,8 @@ from ptreclaim.constants import (
     MAP_GROWSDOWN, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED, MAP_SHARED_VALIDATE, PROT_GROWSDOWN,
     PROT_GROWSUP, PROT_READ, PROT_WRITE, TASK_SIZE,
 )
+
+from rawsys import RawSyscalls
 
 B = 0x2000_0000_0000
 M = 1 << 20
@@ -33,22 +34,10 @@ def snapshot(mm):
 
 # --- the host kernel, through raw syscalls ------------------------------------------------
 
-_SYS = {"mmap": 9, "mprotect": 10, "munmap": 11, "madvise": 28, "mlock": 149, "munlock": 150}
 
 
-class Host:
+class Host(RawSyscalls):
     """Raw syscalls in this process, confined to the 512 GiB slot at B."""
-
-    def __init__(self):
-        libc = ctypes.CDLL(None, use_errno=True)
-        self._syscall = libc.syscall
-        self._syscall.restype = ctypes.c_long
-
-    def call(self, name, *args):
-        cargs = [ctypes.c_ulong(a & U64) for a in args]
-        ctypes.set_errno(0)
-        r = self._syscall(ctypes.c_long(_SYS[name]), *cargs)
-        return ctypes.get_errno() if r == -1 else 0
 
     def slot_is_empty(self):
         with open("/proc/self/maps") as f:

@@ -25,6 +25,8 @@ from ptreclaim.constants import (
     MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE, PROT_READ, PROT_WRITE,
 )
 
+from rawsys import RawSyscalls
+
 K, M, G = 1 << 10, 1 << 20, 1 << 30
 H = 2 * M
 U64 = (1 << 64) - 1
@@ -335,7 +337,6 @@ def test_partial_move_leaves_the_rest_without_reservations(MM):
 
 # --- the host kernel ----------------------------------------------------------------
 
-_SYS = {"mmap": 9, "munmap": 11, "mremap": 25}
 
 
 def _host_pool():
@@ -350,21 +351,8 @@ def _host_pool():
     return nr, info.get("HugePages_Free", 0) - info.get("HugePages_Rsvd", 0)
 
 
-class Host:
+class Host(RawSyscalls):
     """Raw syscalls in this process, at A and A2."""
-
-    def __init__(self):
-        libc = ctypes.CDLL(None, use_errno=True)
-        self._syscall = libc.syscall
-        self._syscall.restype = ctypes.c_long
-
-    def call(self, name, *args):
-        """errno, or 0 on success (the result is in .last)."""
-        cargs = [ctypes.c_ulong(a & U64) for a in args]
-        ctypes.set_errno(0)
-        r = self._syscall(ctypes.c_long(_SYS[name]), *cargs)
-        self.last = r & U64
-        return ctypes.get_errno() if r == -1 else 0
 
     @staticmethod
     def counts():

@@ -19,6 +19,8 @@ from ptreclaim.constants import (
 )
 from ptreclaim.errors import BusError
 
+from rawsys import RawSyscalls
+
 B = 0x2000_0000_0000
 K, M, G = 1 << 10, 1 << 20, 1 << 30
 U64 = (1 << 64) - 1
@@ -44,24 +46,10 @@ def pte(mm):
 
 # --- the host kernel, through raw syscalls ------------------------------------------------
 
-_SYS = {"mmap": 9, "munmap": 11, "mremap": 25, "mlock": 149, "munlock": 150}
 
 
-class Host:
+class Host(RawSyscalls):
     """Raw syscalls in this process, confined to the 512 GiB slot at B."""
-
-    def __init__(self):
-        libc = ctypes.CDLL(None, use_errno=True)
-        self._syscall = libc.syscall
-        self._syscall.restype = ctypes.c_long
-
-    def call(self, name, *args):
-        """errno, or 0 on success (the result is in .last)."""
-        cargs = [ctypes.c_ulong(a & U64) for a in args]
-        ctypes.set_errno(0)
-        r = self._syscall(ctypes.c_long(_SYS[name]), *cargs)
-        self.last = r & U64
-        return ctypes.get_errno() if r == -1 else 0
 
     @staticmethod
     def vm_flags():

@@ -174,6 +174,21 @@ def core_results_isolated(seeds, profile, host):
     return out
 
 
+def core_agrees_in_profile(seeds, profile, host, what):
+    """Every script of ``profile`` agrees with the kernel on the core (run isolated); the
+    failure lists the seeds that differ and shows the first three."""
+    results = core_results_isolated(seeds, profile, host)
+    bad = {}
+    for seed in seeds:
+        res = results[seed]
+        bad[seed] = res if isinstance(res, str) else disagreement(
+            seed, "core", profile, on_kernel(seed, profile), res)
+    bad = {seed: why for seed, why in bad.items() if why}
+    if bad:
+        pytest.fail(f"{len(bad)} of {len(seeds)} {what} scripts differ: seeds {sorted(bad)}\n"
+                    + "\n".join(bad[seed] for seed in sorted(bad)[:3]), pytrace=False)
+
+
 def test_core_agrees_with_kernel_thp_fork(host):
     """200 scripts with MADV_HUGEPAGE/NOHUGEPAGE (THP faults) and a fork each: all agree.
 
@@ -181,16 +196,7 @@ def test_core_agrees_with_kernel_thp_fork(host):
     would pass on the seeds that never fault a huge page); the core runs in a child process
     so that a crash in THP code fails this test instead of ending the session.  The
     message lists the seeds that differ."""
-    results = core_results_isolated(THP_SEEDS, "thp-fork", host)
-    bad = {}
-    for seed in THP_SEEDS:
-        res = results[seed]
-        bad[seed] = res if isinstance(res, str) else disagreement(
-            seed, "core", "thp-fork", on_kernel(seed, "thp-fork"), res)
-    bad = {seed: why for seed, why in bad.items() if why}
-    if bad:
-        pytest.fail(f"{len(bad)} of {len(THP_SEEDS)} THP scripts differ: seeds {sorted(bad)}\n"
-                    + "\n".join(bad[seed] for seed in sorted(bad)[:3]), pytrace=False)
+    core_agrees_in_profile(THP_SEEDS, "thp-fork", host, "THP")
 
 
 def test_thp_scripts_are_legal_and_fault_huge_pages(host):
@@ -216,16 +222,7 @@ def test_thp_scripts_are_legal_and_fault_huge_pages(host):
 
 def test_core_agrees_with_kernel_file(host):
     """200 scripts with file mappings and a fork each: all agree (one test, as thp-fork)."""
-    results = core_results_isolated(FILE_SEEDS, "file", host)
-    bad = {}
-    for seed in FILE_SEEDS:
-        res = results[seed]
-        bad[seed] = res if isinstance(res, str) else disagreement(
-            seed, "core", "file", on_kernel(seed, "file"), res)
-    bad = {seed: why for seed, why in bad.items() if why}
-    if bad:
-        pytest.fail(f"{len(bad)} of {len(FILE_SEEDS)} file scripts differ: seeds {sorted(bad)}\n"
-                    + "\n".join(bad[seed] for seed in sorted(bad)[:3]), pytrace=False)
+    core_agrees_in_profile(FILE_SEEDS, "file", host, "file")
 
 
 def test_file_scripts_are_legal_and_map_files(host):
@@ -271,16 +268,7 @@ def test_file_profile_covers_files():
 
 def test_core_agrees_with_kernel_shmem_thp(host):
     """200 scripts that collapse shared memory into huge pages, with a fork each: all agree."""
-    results = core_results_isolated(SHMEM_THP_SEEDS, "shmem-thp", host)
-    bad = {}
-    for seed in SHMEM_THP_SEEDS:
-        res = results[seed]
-        bad[seed] = res if isinstance(res, str) else disagreement(
-            seed, "core", "shmem-thp", on_kernel(seed, "shmem-thp"), res)
-    bad = {seed: why for seed, why in bad.items() if why}
-    if bad:
-        pytest.fail(f"{len(bad)} of {len(SHMEM_THP_SEEDS)} shmem-thp scripts differ: seeds {sorted(bad)}\n"
-                    + "\n".join(bad[seed] for seed in sorted(bad)[:3]), pytrace=False)
+    core_agrees_in_profile(SHMEM_THP_SEEDS, "shmem-thp", host, "shmem-thp")
 
 
 def test_reference_agrees_with_kernel_shmem_thp(host):
