@@ -2892,6 +2892,16 @@ cdef void _shmem_folio_pageout(pt_mm *mm, pt_shmem *s, uint64_t head) noexcept n
         else:
             shmem_delete(m, s, index0 + i)
 
+cdef inline void _collapse_and_free_pmd(pt_mm *mm, pteval_t *pmd, uint64_t addr) noexcept nogil:
+    # pmdp_collapse_flush() and pte_free_defer(): an emptied PTE table leaves its
+    # PMD entry (VmPTE -4); a fault or a PMD mapping takes its place.
+    cdef pteval_t e = pmd[0]
+    pmd[0] = 0
+    mm.stats.tlb_flushes += 1
+    pool_release(&mm.machine.pool, entry_table_slot(e))
+    mm.pgtables_bytes -= 4096
+    trace(mm, EV_TABLE_FREE, addr, entry_table_slot(e))
+
 cdef void _retract_page_tables(pt_mm *mm, pt_shmem *s, uint64_t index0) noexcept nogil:
     """retract_page_tables() in one mm: a VMA without anon_vma or uffd-wp that
     maps the folio at index0 on a 2 MiB boundary, whose PTE table there is
@@ -2914,12 +2924,7 @@ cdef void _retract_page_tables(pt_mm *mm, pt_shmem *s, uint64_t index0) noexcept
             continue
         if not pte_table_empty(entry_table(&mm.machine.pool, pmd[0])):
             continue
-        e = pmd[0]
-        pmd[0] = 0
-        mm.stats.tlb_flushes += 1          # pmdp_collapse_flush()
-        pool_release(&mm.machine.pool, entry_table_slot(e))
-        mm.pgtables_bytes -= 4096
-        trace(mm, EV_TABLE_FREE, addr, entry_table_slot(e))
+        _collapse_and_free_pmd(mm, pmd, addr)
 
 cdef int _collapse_file(pt_mm *mm, pt_shmem *s, uint64_t index0, int64_t *head_out) noexcept nogil:
     """collapse_file(): a huge folio replaces the small pages of [index0,
@@ -3005,12 +3010,7 @@ cdef int _collapse_pte_mapped_thp(pt_mm *mm, pt_vma *vma, uint64_t haddr, uint64
             p.mapcount -= 1
             mm.rss[MM_SHMEMPAGES] -= 1
             put_page(mm.machine, head + i)
-        e = pmd[0]
-        pmd[0] = 0
-        mm.stats.tlb_flushes += 1          # pmdp_collapse_flush()
-        pool_release(&mm.machine.pool, entry_table_slot(e))
-        mm.pgtables_bytes -= 4096
-        trace(mm, EV_TABLE_FREE, haddr, entry_table_slot(e))
+        _collapse_and_free_pmd(mm, pmd, haddr)
     else:
         pmd = pmd_alloc_walk(mm, haddr)
         if pmd == NULL:
