@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import constants as C
 from . import script as S
